@@ -1,0 +1,367 @@
+//! The catalogue: which editions exist in each product line, the highest tier
+//! each allows, and which reports each tier opens. It is data (TOML), checked
+//! once at start-up; a bad file stops start-up with the line and the problem.
+
+use std::{collections::HashSet, ops::Range, path::Path, time::Duration};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::domain::{Tier, validate_id};
+
+/// The catalogue built into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../catalogue/default.toml");
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalogue {
+    product_lines: Vec<ProductLine>,
+    reports: Vec<Report>,
+    data_delay: Duration,
+    /// The reports each tier opens, indexed by `Tier as usize`, computed once.
+    reports_by_tier: [Vec<Report>; 3],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductLine {
+    pub id: String,
+    pub display_name: String,
+    /// In ascending order.
+    pub editions: Vec<Edition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edition {
+    pub id: String,
+    /// The highest tier a holder may have; every lower tier is allowed too.
+    pub max_tier: Tier,
+}
+
+impl Edition {
+    pub fn allows(&self, tier: Tier) -> bool {
+        tier <= self.max_tier
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    Live,
+    Historical,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub id: String,
+    pub display_name: String,
+    /// The lowest tier that opens this report.
+    pub tier: Tier,
+    pub kind: ReportKind,
+}
+
+/// Why a catalogue file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("cannot read catalogue file `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("catalogue `{origin}`: {message}")]
+    Parse { origin: String, message: String },
+    #[error("catalogue `{origin}` line {line}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        message: String,
+    },
+}
+
+impl Catalogue {
+    /// The catalogue built into the binary.
+    pub fn builtin() -> Result<Self, CatalogueError> {
+        Self::from_toml(DEFAULT_TOML, "built-in")
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, CatalogueError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks a catalogue; `origin` names it in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, CatalogueError> {
+        let raw: RawCatalogue = toml::from_str(text).map_err(|e| CatalogueError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |span: Range<usize>, message: String| CatalogueError::Invalid {
+            origin: origin.to_owned(),
+            line: line_of(text, span.start),
+            message,
+        };
+
+        let data_delay = humantime::parse_duration(raw.data_delay.get_ref()).map_err(|e| {
+            invalid(
+                raw.data_delay.span(),
+                format!(
+                    "data_delay `{}` is not a duration ({e}); write it like `48h` or `90m`",
+                    raw.data_delay.get_ref()
+                ),
+            )
+        })?;
+
+        if raw.product_line.is_empty() {
+            return Err(invalid(
+                0..0,
+                "no product lines; add at least one [[product_line]]".to_owned(),
+            ));
+        }
+        let mut product_lines = Vec::with_capacity(raw.product_line.len());
+        let mut line_ids = HashSet::new();
+        for line in raw.product_line {
+            let id =
+                checked_id(&line.id, "product line id").map_err(|m| invalid(line.id.span(), m))?;
+            if !line_ids.insert(id.clone()) {
+                return Err(invalid(
+                    line.id.span(),
+                    format!("product line `{id}` is listed twice"),
+                ));
+            }
+            if line.editions.is_empty() {
+                return Err(invalid(
+                    line.id.span(),
+                    format!("product line `{id}` has no editions; list them in ascending order"),
+                ));
+            }
+            let mut editions: Vec<Edition> = Vec::with_capacity(line.editions.len());
+            for edition in line.editions {
+                let eid = checked_id(&edition.id, "edition id")
+                    .map_err(|m| invalid(edition.id.span(), m))?;
+                if editions.iter().any(|e| e.id == eid) {
+                    return Err(invalid(
+                        edition.id.span(),
+                        format!("edition `{eid}` is listed twice in product line `{id}`"),
+                    ));
+                }
+                let max_tier = parse_tier(&edition.max_tier)
+                    .map_err(|m| invalid(edition.max_tier.span(), m))?;
+                editions.push(Edition { id: eid, max_tier });
+            }
+            product_lines.push(ProductLine {
+                id,
+                display_name: line.display_name.unwrap_or_default(),
+                editions,
+            });
+        }
+
+        let mut reports = Vec::with_capacity(raw.report.len());
+        let mut report_ids = HashSet::new();
+        for report in raw.report {
+            let id =
+                checked_id(&report.id, "report id").map_err(|m| invalid(report.id.span(), m))?;
+            if !report_ids.insert(id.clone()) {
+                return Err(invalid(
+                    report.id.span(),
+                    format!("report `{id}` is listed twice"),
+                ));
+            }
+            let tier = parse_tier(&report.tier).map_err(|m| invalid(report.tier.span(), m))?;
+            if tier == Tier::None {
+                return Err(invalid(
+                    report.tier.span(),
+                    format!(
+                        "report `{id}` has tier `none`; a report needs essentials or supervisor"
+                    ),
+                ));
+            }
+            let kind = match report.kind.get_ref().as_str() {
+                "live" => ReportKind::Live,
+                "historical" => ReportKind::Historical,
+                other => {
+                    return Err(invalid(
+                        report.kind.span(),
+                        format!("report kind `{other}` is unknown; use `live` or `historical`"),
+                    ));
+                }
+            };
+            reports.push(Report {
+                id,
+                display_name: report.display_name,
+                tier,
+                kind,
+            });
+        }
+
+        let reports_by_tier = Tier::ALL.map(|tier| {
+            reports
+                .iter()
+                .filter(|r| r.tier <= tier && tier.grants_access())
+                .cloned()
+                .collect()
+        });
+        Ok(Catalogue {
+            product_lines,
+            reports,
+            data_delay,
+            reports_by_tier,
+        })
+    }
+
+    pub fn product_lines(&self) -> &[ProductLine] {
+        &self.product_lines
+    }
+
+    pub fn product_line(&self, id: &str) -> Option<&ProductLine> {
+        self.product_lines.iter().find(|l| l.id == id)
+    }
+
+    pub fn reports(&self) -> &[Report] {
+        &self.reports
+    }
+
+    /// The reports `tier` opens (its own and every lower tier's).
+    pub fn reports_for(&self, tier: Tier) -> &[Report] {
+        &self.reports_by_tier[tier as usize]
+    }
+
+    pub fn data_delay(&self) -> Duration {
+        self.data_delay
+    }
+
+    pub fn with_data_delay(mut self, delay: Duration) -> Self {
+        self.data_delay = delay;
+        self
+    }
+}
+
+impl ProductLine {
+    pub fn edition(&self, id: &str) -> Option<&Edition> {
+        self.editions.iter().find(|e| e.id == id)
+    }
+
+    /// The editions of this line that allow `tier`, in order.
+    pub fn editions_allowing(&self, tier: Tier) -> Vec<&str> {
+        self.editions
+            .iter()
+            .filter(|e| e.allows(tier))
+            .map(|e| e.id.as_str())
+            .collect()
+    }
+
+    pub fn edition_ids(&self) -> Vec<&str> {
+        self.editions.iter().map(|e| e.id.as_str()).collect()
+    }
+}
+
+fn checked_id(id: &Spanned<String>, what: &str) -> Result<String, String> {
+    let id = id.get_ref();
+    validate_id(id).map_err(|e| format!("{what} `{id}` {e}"))?;
+    Ok(id.clone())
+}
+
+fn parse_tier(tier: &Spanned<String>) -> Result<Tier, String> {
+    tier.get_ref().parse()
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(at)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalogue {
+    data_delay: Spanned<String>,
+    #[serde(default)]
+    product_line: Vec<RawProductLine>,
+    #[serde(default)]
+    report: Vec<RawReport>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProductLine {
+    id: Spanned<String>,
+    display_name: Option<String>,
+    editions: Vec<RawEdition>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdition {
+    id: Spanned<String>,
+    max_tier: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    id: Spanned<String>,
+    display_name: String,
+    tier: Spanned<String>,
+    kind: Spanned<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_holds_the_documented_rules() {
+        let c = Catalogue::builtin().unwrap();
+        let vo = c.product_line("virtual-office").unwrap();
+        assert_eq!(
+            vo.editions_allowing(Tier::Essentials),
+            ["X2", "X5", "X6", "X8", "X8e"]
+        );
+        assert_eq!(vo.editions_allowing(Tier::Supervisor), ["X6", "X8", "X8e"]);
+        let work = c.product_line("work").unwrap();
+        assert_eq!(
+            work.edition_ids(),
+            ["X1", "X2", "X3", "X4", "X5", "X6", "X7", "X8", "X8e"]
+        );
+        assert_eq!(
+            work.editions_allowing(Tier::Supervisor),
+            ["X4", "X5", "X6", "X7", "X8", "X8e"]
+        );
+        assert_eq!(c.data_delay(), Duration::from_secs(48 * 3600));
+        assert!(c.reports_for(Tier::None).is_empty());
+        assert_eq!(c.reports_for(Tier::Essentials).len(), 7);
+        assert_eq!(c.reports_for(Tier::Supervisor).len(), 12);
+    }
+
+    fn error_of(text: &str) -> String {
+        Catalogue::from_toml(text, "t.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_line_and_problem() {
+        let dup = "data_delay = \"1h\"\n[[product_line]]\nid = \"work\"\neditions = [{ id = \"X1\", max_tier = \"essentials\" },\n  { id = \"X1\", max_tier = \"supervisor\" }]\n";
+        assert_eq!(
+            error_of(dup),
+            "catalogue `t.toml` line 5: edition `X1` is listed twice in product line `work`"
+        );
+        let bad_tier = "data_delay = \"1h\"\n[[product_line]]\nid = \"work\"\neditions = [{ id = \"X1\", max_tier = \"gold\" }]\n";
+        assert_eq!(
+            error_of(bad_tier),
+            "catalogue `t.toml` line 4: unknown tier `gold`; use one of none, essentials, supervisor"
+        );
+        let bad_delay = "data_delay = \"soon\"\n[[product_line]]\nid = \"w\"\neditions = [{ id = \"X1\", max_tier = \"none\" }]\n";
+        assert!(
+            error_of(bad_delay)
+                .starts_with("catalogue `t.toml` line 1: data_delay `soon` is not a duration")
+        );
+        let unknown_key = "data_delay = \"1h\"\ncolour = \"red\"\n";
+        let msg = error_of(unknown_key);
+        assert!(msg.contains("line 2") && msg.contains("colour"), "{msg}");
+        assert!(error_of("data_delay = \"1h\"\n").contains("no product lines"));
+    }
+}

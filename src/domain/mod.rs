@@ -1,0 +1,89 @@
+//! Domain types: accounts, users, tiers, decisions. No transport or storage
+//! concerns live here.
+
+mod ids;
+mod tier;
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+pub use ids::{AccountId, IdError, UserId, validate_id};
+pub use tier::Tier;
+
+/// One customer company (a tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub display_name: String,
+    pub product_line: String,
+    pub created_at: SystemTime,
+    /// When the first user of the account was first given a tier other than
+    /// none; never unset once set.
+    pub analytics_activated_at: Option<SystemTime>,
+}
+
+/// One person's extension inside an account, with its services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub account_id: AccountId,
+    pub id: UserId,
+    pub display_name: String,
+    /// The edition licence; `None` when the user holds no licence.
+    pub edition: Option<String>,
+    /// The tier as stored (validated against the catalogue at write time).
+    pub tier: Tier,
+    /// The store revision at which this user last changed.
+    pub revision: u64,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// Something the service changed by itself while applying a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: NoticeKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// The tier was lowered because the new edition does not allow it.
+    TierLowered,
+    /// The tier was set to none because the licence was removed.
+    TierRemoved,
+}
+
+/// Why a check answered less than full access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    AccountNotFound,
+    UserNotFound,
+    NoEdition,
+    AnalyticsNotEnabled,
+    /// The stored tier is not allowed by the catalogue in force.
+    EditionNotEligible,
+}
+
+/// The answer to a check: a value, never an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The effective tier (never above what the catalogue allows now).
+    pub tier: Tier,
+    pub stored_tier: Tier,
+    pub edition: Option<String>,
+    pub denial: Option<Denial>,
+    pub data_available_at: Option<SystemTime>,
+    pub data_ready: bool,
+    pub reports: Vec<ReportAccess>,
+    pub revision: u64,
+    pub reason: String,
+}
+
+/// One report of the effective tier, and whether it can be opened now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportAccess {
+    pub report: crate::catalogue::Report,
+    pub available: bool,
+}

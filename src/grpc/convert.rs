@@ -1,0 +1,314 @@
+//! The one place that converts between generated protobuf types and domain
+//! types. Domain → protobuf cannot fail; protobuf → domain fails with a
+//! `ConversionError` that names the field and the value.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+use crate::{
+    catalogue::{Catalogue, Report, ReportKind},
+    domain::{
+        Account, AccountId, Decision, Denial, IdError, Notice, NoticeKind, Tier, User, UserId,
+        validate_id,
+    },
+    proto::v1 as pb,
+};
+
+/// The longest display name accepted, in characters.
+pub const MAX_DISPLAY_NAME: usize = 256;
+/// ListUsers' page size when the request gives none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// ListUsers' largest page; larger requests are served this many.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Why a request field could not become a domain value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConversionError {
+    #[error("{field} is required: give 1 to 128 characters of A-Z a-z 0-9 . _ - @ : +")]
+    Missing { field: &'static str },
+    #[error("{field} `{value}` {problem}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        problem: String,
+    },
+}
+
+impl ConversionError {
+    fn invalid(
+        field: &'static str,
+        value: impl std::fmt::Display,
+        problem: impl Into<String>,
+    ) -> Self {
+        ConversionError::Invalid {
+            field,
+            value: shorten(&value.to_string()),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Keeps error messages short when a caller sends a huge value.
+fn shorten(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_owned(),
+    }
+}
+
+/// Checks an id field without taking it (the check path borrows its ids).
+pub fn id(field: &'static str, value: &str) -> Result<(), ConversionError> {
+    validate_id(value).map_err(|e| match e {
+        IdError::Empty => ConversionError::Missing { field },
+        e => ConversionError::invalid(field, value, e.to_string()),
+    })
+}
+
+pub fn account_id(field: &'static str, value: String) -> Result<AccountId, ConversionError> {
+    id(field, &value)?;
+    AccountId::try_from(value).map_err(|e| ConversionError::invalid(field, "", e.to_string()))
+}
+
+pub fn user_id(field: &'static str, value: String) -> Result<UserId, ConversionError> {
+    id(field, &value)?;
+    UserId::try_from(value).map_err(|e| ConversionError::invalid(field, "", e.to_string()))
+}
+
+pub fn display_name(field: &'static str, value: String) -> Result<String, ConversionError> {
+    let len = value.chars().count();
+    if len > MAX_DISPLAY_NAME {
+        return Err(ConversionError::invalid(
+            field,
+            &value,
+            format!("is {len} characters long; the most is {MAX_DISPLAY_NAME}"),
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(ConversionError::invalid(
+            field,
+            value.escape_debug(),
+            format!(
+                "contains the control character {}; remove it",
+                c.escape_unicode()
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// A tier a request sets: unspecified and unknown values are refused.
+pub fn tier(field: &'static str, value: i32) -> Result<Tier, ConversionError> {
+    match pb::AnalyticsTier::try_from(value) {
+        Ok(pb::AnalyticsTier::None) => Ok(Tier::None),
+        Ok(pb::AnalyticsTier::Essentials) => Ok(Tier::Essentials),
+        Ok(pb::AnalyticsTier::Supervisor) => Ok(Tier::Supervisor),
+        Ok(pb::AnalyticsTier::Unspecified) => Err(ConversionError::invalid(
+            field,
+            "ANALYTICS_TIER_UNSPECIFIED",
+            "is not a tier; set ANALYTICS_TIER_NONE, ANALYTICS_TIER_ESSENTIALS or ANALYTICS_TIER_SUPERVISOR, or leave the field unset to keep the tier",
+        )),
+        Err(_) => Err(ConversionError::invalid(
+            field,
+            value,
+            "is not a tier; use ANALYTICS_TIER_NONE (1), ANALYTICS_TIER_ESSENTIALS (2) or ANALYTICS_TIER_SUPERVISOR (3)",
+        )),
+    }
+}
+
+/// A page size: 0 means the default, larger than the maximum means the
+/// maximum (as Google's AIP-158 has it), negative is refused.
+pub fn page_size(value: i32) -> Result<usize, ConversionError> {
+    match usize::try_from(value) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(n) => Ok(n.min(MAX_PAGE_SIZE)),
+        Err(_) => Err(ConversionError::invalid(
+            "page_size",
+            value,
+            format!(
+                "is negative; use 0 for the default ({DEFAULT_PAGE_SIZE}) or up to {MAX_PAGE_SIZE}"
+            ),
+        )),
+    }
+}
+
+const PAGE_TOKEN_VERSION: &str = "v1";
+
+/// An opaque cursor: the last user id served. Stable while users are added.
+pub fn page_token(account: &AccountId, last: &UserId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_VERSION}\n{account}\n{last}"))
+}
+
+/// The user id to continue after, if the token is for this account.
+pub fn page_cursor(account: &AccountId, token: &str) -> Result<Option<UserId>, ConversionError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = |problem: &str| ConversionError::invalid("page_token", token, problem);
+    let decoded = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            bad("is not a page token; pass a next_page_token unchanged, or \"\" for the first page")
+        })?;
+    let mut parts = decoded.splitn(3, '\n');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(PAGE_TOKEN_VERSION), Some(acc), Some(last)) => {
+            if acc != account.as_str() {
+                return Err(bad(&format!(
+                    "was issued for another account, not `{account}`; start again with an empty page_token"
+                )));
+            }
+            UserId::try_from(last.to_owned()).map(Some).map_err(|_| {
+                bad("is damaged; pass a next_page_token unchanged, or \"\" for the first page")
+            })
+        }
+        _ => Err(bad(
+            "is not a page token; pass a next_page_token unchanged, or \"\" for the first page",
+        )),
+    }
+}
+
+impl From<Tier> for pb::AnalyticsTier {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::None => pb::AnalyticsTier::None,
+            Tier::Essentials => pb::AnalyticsTier::Essentials,
+            Tier::Supervisor => pb::AnalyticsTier::Supervisor,
+        }
+    }
+}
+
+fn tier_i32(t: Tier) -> i32 {
+    pb::AnalyticsTier::from(t) as i32
+}
+
+impl From<ReportKind> for pb::ReportKind {
+    fn from(k: ReportKind) -> Self {
+        match k {
+            ReportKind::Live => pb::ReportKind::Live,
+            ReportKind::Historical => pb::ReportKind::Historical,
+        }
+    }
+}
+
+impl From<&Account> for pb::Account {
+    fn from(a: &Account) -> Self {
+        pb::Account {
+            account_id: a.id.to_string(),
+            display_name: a.display_name.clone(),
+            product_line: a.product_line.clone(),
+            created_at: Some(a.created_at.into()),
+            analytics_activated_at: a.analytics_activated_at.map(Into::into),
+        }
+    }
+}
+
+impl From<&User> for pb::User {
+    fn from(u: &User) -> Self {
+        pb::User {
+            account_id: u.account_id.to_string(),
+            user_id: u.id.to_string(),
+            display_name: u.display_name.clone(),
+            edition: u.edition.clone().unwrap_or_default(),
+            analytics_tier: tier_i32(u.tier),
+            revision: u.revision,
+            updated_at: Some(u.updated_at.into()),
+            created_at: Some(u.created_at.into()),
+        }
+    }
+}
+
+impl From<&Notice> for pb::Notice {
+    fn from(n: &Notice) -> Self {
+        let kind = match n.kind {
+            NoticeKind::TierLowered => pb::NoticeKind::TierLowered,
+            NoticeKind::TierRemoved => pb::NoticeKind::TierRemoved,
+        };
+        pb::Notice {
+            kind: kind as i32,
+            message: n.message.clone(),
+        }
+    }
+}
+
+impl From<Denial> for pb::DenialReason {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::AccountNotFound => pb::DenialReason::AccountNotFound,
+            Denial::UserNotFound => pb::DenialReason::UserNotFound,
+            Denial::NoEdition => pb::DenialReason::NoEdition,
+            Denial::AnalyticsNotEnabled => pb::DenialReason::AnalyticsNotEnabled,
+            Denial::EditionNotEligible => pb::DenialReason::EditionNotEligible,
+        }
+    }
+}
+
+impl From<Decision> for pb::CheckAnalyticsAccessResponse {
+    fn from(d: Decision) -> Self {
+        pb::CheckAnalyticsAccessResponse {
+            allowed: d.allowed,
+            tier: tier_i32(d.tier),
+            edition: d.edition.unwrap_or_default(),
+            denial_reason: d.denial.map_or(pb::DenialReason::Unspecified, Into::into) as i32,
+            data_available_at: d.data_available_at.map(Into::into),
+            data_ready: d.data_ready,
+            reports: d
+                .reports
+                .into_iter()
+                .map(|r| pb::Report {
+                    id: r.report.id,
+                    display_name: r.report.display_name,
+                    kind: pb::ReportKind::from(r.report.kind) as i32,
+                    available: r.available,
+                })
+                .collect(),
+            revision: d.revision,
+            stored_tier: tier_i32(d.stored_tier),
+            reason: d.reason,
+        }
+    }
+}
+
+fn report_definition(r: &Report) -> pb::ReportDefinition {
+    pb::ReportDefinition {
+        id: r.id.clone(),
+        display_name: r.display_name.clone(),
+        kind: pb::ReportKind::from(r.kind) as i32,
+    }
+}
+
+impl From<&Catalogue> for pb::GetCatalogueResponse {
+    fn from(c: &Catalogue) -> Self {
+        pb::GetCatalogueResponse {
+            product_lines: c
+                .product_lines()
+                .iter()
+                .map(|l| pb::ProductLine {
+                    id: l.id.clone(),
+                    display_name: l.display_name.clone(),
+                    editions: l
+                        .editions
+                        .iter()
+                        .map(|e| pb::Edition {
+                            id: e.id.clone(),
+                            allowed_tiers: Tier::ALL
+                                .into_iter()
+                                .filter(|t| e.allows(*t))
+                                .map(tier_i32)
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            tier_reports: [Tier::Essentials, Tier::Supervisor]
+                .into_iter()
+                .map(|t| pb::TierReports {
+                    tier: tier_i32(t),
+                    reports: c.reports_for(t).iter().map(report_definition).collect(),
+                })
+                .collect(),
+            data_delay: prost_types::Duration::try_from(c.data_delay()).ok(),
+        }
+    }
+}

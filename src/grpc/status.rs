@@ -1,0 +1,50 @@
+//! The one place errors become `tonic::Status`. Matches are exhaustive, so a
+//! new variant cannot silently become `INTERNAL`.
+
+use tonic::Status;
+
+use super::convert::ConversionError;
+use crate::{service::DomainError, store::StoreError};
+
+impl From<ConversionError> for Status {
+    fn from(e: ConversionError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<DomainError> for Status {
+    fn from(e: DomainError) -> Self {
+        let message = e.to_string();
+        match e {
+            DomainError::AccountNotFound(_) | DomainError::UserNotFound { .. } => {
+                Status::not_found(message)
+            }
+            DomainError::AccountExists(_) => Status::already_exists(message),
+            DomainError::UnknownProductLine { .. }
+            | DomainError::UnknownEdition { .. }
+            | DomainError::NothingToChange => Status::invalid_argument(message),
+            DomainError::ProductLineRetired(_)
+            | DomainError::TierNotAllowed { .. }
+            | DomainError::TierNeedsEdition { .. } => Status::failed_precondition(message),
+            DomainError::RevisionMismatch { .. } => Status::aborted(message),
+            DomainError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::Failed(_) => Status::unavailable(message),
+            StoreError::Locked { .. }
+            | StoreError::Open { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Encode(_)
+            | StoreError::Sled(_) => {
+                tracing::error!(error = %message, "storage failure");
+                Status::internal(message)
+            }
+        }
+    }
+}

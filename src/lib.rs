@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+pub mod catalogue;
+pub mod domain;
+pub mod grpc;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod store;

@@ -1,0 +1,106 @@
+//! The `entitled` binary: parses flags, sets up logging, and hands a shutdown
+//! signal to the library's server.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use entitled::{
+    catalogue::Catalogue,
+    server::{Application, Config},
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "entitled",
+    version,
+    about = "Analytics entitlements for a cloud phone system, over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ENTITLED_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Directory of the sled database (created if absent).
+    #[arg(long, env = "ENTITLED_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Catalogue file (TOML) to use instead of the built-in one.
+    #[arg(long, env = "ENTITLED_CATALOGUE")]
+    catalogue: Option<PathBuf>,
+    /// How long after activation historical analytics data is available,
+    /// e.g. `48h` or `2s`; overrides the catalogue's data_delay.
+    #[arg(long, env = "ENTITLED_ANALYTICS_DATA_DELAY", value_parser = humantime::parse_duration)]
+    analytics_data_delay: Option<Duration>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve(args) = cli.command;
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let catalogue = match &args.catalogue {
+        Some(path) => Catalogue::from_file(path),
+        None => Catalogue::builtin(),
+    }
+    .map_err(|e| e.to_string())?;
+    let catalogue = match args.analytics_data_delay {
+        Some(delay) => catalogue.with_data_delay(delay),
+        None => catalogue,
+    };
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let app = Application::build(Config::new(args.listen, args.data_dir, catalogue))
+            .await
+            .map_err(|e| e.to_string())?;
+        app.run(shutdown_signal()).await.map_err(|e| e.to_string())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

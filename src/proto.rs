@@ -1,0 +1,10 @@
+//! The generated protobuf and tonic code. Nothing else includes it.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
+
+pub mod v1 {
+    tonic::include_proto!("entitled.v1");
+}
+
+/// The encoded file descriptor set, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("entitled_descriptor");

@@ -1,0 +1,159 @@
+//! Start-up and shutdown: the library owns them, so tests run exactly what the
+//! binary runs. `Application::build` opens the store and binds the listener
+//! (port 0 works; `local_addr` reports the port bound); `run` serves until the
+//! shutdown future completes, then drains in-flight calls and flushes.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf};
+
+use tokio::net::TcpListener;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    catalogue::Catalogue,
+    grpc::Api,
+    proto::{
+        FILE_DESCRIPTOR_SET,
+        v1::{
+            access_service_server::AccessServiceServer,
+            catalogue_service_server::CatalogueServiceServer,
+            provisioning_service_server::ProvisioningServiceServer,
+        },
+    },
+    service::{Clock, Entitlements, system_clock},
+    store::{Store, StoreError},
+};
+
+/// The services health reports on, besides the whole server ("").
+const SERVICE_NAMES: [&str; 4] = [
+    "",
+    "entitled.v1.CatalogueService",
+    "entitled.v1.ProvisioningService",
+    "entitled.v1.AccessService",
+];
+
+/// Everything the server needs to start.
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The catalogue in force, with any data-delay override applied.
+    pub catalogue: Catalogue,
+    pub clock: Clock,
+}
+
+impl Config {
+    /// The defaults: `127.0.0.1:50051`, `./data`, the built-in catalogue.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, catalogue: Catalogue) -> Self {
+        Config {
+            listen,
+            data_dir,
+            catalogue,
+            clock: system_clock(),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create data directory `{path}`: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A built server: store open, listener bound.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    entitlements: Entitlements,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        // The store first: a directory in use fails before the port is taken.
+        let store = Store::open(&config.data_dir)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let revision = store.read(|v| v.revision());
+        tracing::info!(%local_addr, data_dir = %config.data_dir.display(), revision, "store opened");
+        Ok(Application {
+            listener,
+            local_addr,
+            entitlements: Entitlements::new(store, config.catalogue, config.clock),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes; then health turns NOT_SERVING,
+    /// in-flight calls finish, and the store is flushed.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        set_status(&reporter, ServingStatus::Serving).await;
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        // grpcurl 1.8 still speaks only v1alpha.
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let api = Api::new(self.entitlements.clone());
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        tracing::info!(addr = %self.local_addr, "serving");
+        let shutdown = async {
+            shutdown.await;
+            tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
+            set_status(&reporter, ServingStatus::NotServing).await;
+        };
+        Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(CatalogueServiceServer::new(api.clone()))
+            .add_service(ProvisioningServiceServer::new(api.clone()))
+            .add_service(AccessServiceServer::new(api))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        self.entitlements.store().flush().await?;
+        tracing::info!("stopped; store flushed");
+        Ok(())
+    }
+}
+
+async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}

@@ -1,0 +1,56 @@
+//! On-disk encoding: keys are the ids' bytes (`account` and
+//! `account/user`; `/` cannot occur in an id), values a format version byte
+//! followed by the record in postcard, revisions big-endian `u64`.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::StoreError;
+use crate::domain::{AccountId, UserId};
+
+const FORMAT_V1: u8 = 1;
+
+pub fn account_key(id: &AccountId) -> Vec<u8> {
+    id.as_str().as_bytes().to_vec()
+}
+
+pub fn user_key(account: &AccountId, user: &UserId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(account.as_str().len() + 1 + user.as_str().len());
+    key.extend_from_slice(account.as_str().as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(user.as_str().as_bytes());
+    key
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![FORMAT_V1];
+    out.extend_from_slice(
+        &postcard::to_stdvec(record).map_err(|e| StoreError::Encode(e.to_string()))?,
+    );
+    Ok(out)
+}
+
+pub fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    match value.split_first() {
+        Some((&FORMAT_V1, body)) => postcard::from_bytes(body).map_err(|e| corrupt(e.to_string())),
+        Some((v, _)) => Err(corrupt(format!("unknown record format {v}"))),
+        None => Err(corrupt("empty record".to_owned())),
+    }
+}
+
+pub fn decode_revision(bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        tree: super::META,
+        key: "revision".to_owned(),
+        reason: format!("expected 8 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}

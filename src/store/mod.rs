@@ -1,0 +1,316 @@
+//! Storage: one sled `Db`, one tree per record kind, and an in-memory view of
+//! what is durable.
+//!
+//! Writes are serialised by one writer lock: the caller's `decide` closure sees
+//! the latest committed state and returns the mutations, which are committed in
+//! one sled transaction together with the store revision (raised by exactly
+//! one). The writer then waits until a flush covers its revision. Flushes are
+//! shared (group commit): whoever holds the flush lock flushes for every write
+//! committed so far, then publishes those writes to the view. Reads (checks,
+//! gets, lists) are served from the view, so they never see a write that is
+//! not yet durable and never touch the disk.
+//!
+//! If a flush fails the store stops taking writes (fail-stop, as databases do
+//! after an fsync error): a restart reloads the view from disk.
+
+mod codec;
+mod view;
+
+use std::{path::Path, sync::Arc};
+
+use parking_lot::{Mutex, RwLock};
+use sled::{Transactional, transaction::ConflictableTransactionError};
+
+use crate::domain::{Account, AccountId, User, UserId};
+
+pub use view::View;
+
+const ACCOUNTS: &str = "accounts";
+const USERS: &str = "users";
+const META: &str = "meta";
+const REVISION_KEY: &[u8] = b"revision";
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "data directory `{path}` is in use by another process; stop it or choose another --data-dir"
+    )]
+    Locked { path: String },
+    #[error("cannot open data directory `{path}`: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("data directory holds a damaged record in `{tree}` at key `{key}`: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot encode a record: {0}")]
+    Encode(String),
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error(
+        "a write could not be made durable ({0}); the store takes no more writes until restarted"
+    )]
+    Failed(String),
+}
+
+/// One change to stored records.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    PutAccount(Account),
+    PutUser(User),
+    DeleteUser(AccountId, UserId),
+}
+
+/// What `decide` sees: the latest committed state of one account and user.
+#[derive(Debug)]
+pub struct Current {
+    pub account: Option<Account>,
+    pub user: Option<User>,
+    /// The revision a write decided now would get.
+    pub next_revision: u64,
+}
+
+/// What `decide` returns: the mutations to commit (none for a no-op) and
+/// the caller's output.
+pub struct Decided<T> {
+    pub mutations: Vec<Mutation>,
+    pub output: T,
+}
+
+/// The sled-backed store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    accounts: sled::Tree,
+    users: sled::Tree,
+    meta: sled::Tree,
+    /// Serialises writers; holds the last committed revision and the writes
+    /// committed but not yet published to the view.
+    writer: Mutex<WriterState>,
+    /// One flusher at a time; waiting writers queue here and usually find
+    /// their revision already flushed by the one before them.
+    flush_lock: tokio::sync::Mutex<FlushState>,
+    view: RwLock<View>,
+}
+
+struct WriterState {
+    committed: u64,
+    pending: Vec<(u64, Vec<Mutation>)>,
+    failed: Option<String>,
+}
+
+struct FlushState {
+    failed: Option<String>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and loads the view.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.display().to_string();
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked { path: path.clone() }
+                }
+                _ => StoreError::Open {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+        let accounts = db.open_tree(ACCOUNTS)?;
+        let users = db.open_tree(USERS)?;
+        let meta = db.open_tree(META)?;
+        let revision = match meta.get(REVISION_KEY)? {
+            Some(bytes) => codec::decode_revision(&bytes)?,
+            None => 0,
+        };
+        let view = View::load(&accounts, &users, revision)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                accounts,
+                users,
+                meta,
+                writer: Mutex::new(WriterState {
+                    committed: revision,
+                    pending: Vec::new(),
+                    failed: None,
+                }),
+                flush_lock: tokio::sync::Mutex::new(FlushState { failed: None }),
+                view: RwLock::new(view),
+            }),
+        })
+    }
+
+    /// Runs `read` against the durable view. Keep `read` short: it holds a
+    /// read lock that writers' publication waits for.
+    pub fn read<R>(&self, read: impl FnOnce(&View) -> R) -> R {
+        read(&self.inner.view.read())
+    }
+
+    /// Decides and commits one write atomically, and returns once it is
+    /// durable and visible to reads. Returns `decide`'s output and the store
+    /// revision after the write (unchanged when `decide` returned no
+    /// mutations).
+    pub async fn write<T, E>(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
+    ) -> Result<(T, u64), E>
+    where
+        E: From<StoreError>,
+    {
+        let (output, revision) = self.commit(account, user, decide)?;
+        self.wait_durable(revision).await?;
+        Ok((output, revision))
+    }
+
+    fn commit<T, E>(
+        &self,
+        account: &AccountId,
+        user: Option<&UserId>,
+        decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
+    ) -> Result<(T, u64), E>
+    where
+        E: From<StoreError>,
+    {
+        let inner = &self.inner;
+        let mut writer = inner.writer.lock();
+        if let Some(reason) = &writer.failed {
+            return Err(StoreError::Failed(reason.clone()).into());
+        }
+        let current = Current {
+            account: self.get_account(account)?,
+            user: match user {
+                Some(user) => self.get_user(account, user)?,
+                None => None,
+            },
+            next_revision: writer.committed + 1,
+        };
+        let Decided { mutations, output } = decide(current)?;
+        if mutations.is_empty() {
+            return Ok((output, writer.committed));
+        }
+        let revision = writer.committed + 1;
+
+        // Encode outside the transaction so its closure only moves bytes.
+        let mut ops = Vec::with_capacity(mutations.len());
+        for m in &mutations {
+            ops.push(match m {
+                Mutation::PutAccount(a) => {
+                    Op::Account(codec::account_key(&a.id), Some(codec::encode(a)?))
+                }
+                Mutation::PutUser(u) => Op::User(
+                    codec::user_key(&u.account_id, &u.id),
+                    Some(codec::encode(u)?),
+                ),
+                Mutation::DeleteUser(a, u) => Op::User(codec::user_key(a, u), None),
+            });
+        }
+        let revision_bytes = revision.to_be_bytes();
+        (&inner.accounts, &inner.users, &inner.meta)
+            .transaction(|(accounts, users, meta)| {
+                for op in &ops {
+                    match op {
+                        Op::Account(k, Some(v)) => {
+                            accounts.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        Op::Account(k, None) => {
+                            accounts.remove(k.as_slice())?;
+                        }
+                        Op::User(k, Some(v)) => {
+                            users.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        Op::User(k, None) => {
+                            users.remove(k.as_slice())?;
+                        }
+                    }
+                }
+                meta.insert(REVISION_KEY, &revision_bytes[..])?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Failed("transaction aborted".to_owned())
+                }
+            })?;
+        writer.committed = revision;
+        writer.pending.push((revision, mutations));
+        Ok((output, revision))
+    }
+
+    /// Waits until `revision` is flushed and published, flushing it (and
+    /// every other write committed by then) if nobody else has.
+    async fn wait_durable(&self, revision: u64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut flush = inner.flush_lock.lock().await;
+        if let Some(reason) = &flush.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        if inner.view.read().revision() >= revision {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut inner.writer.lock().pending);
+        let db = inner.db.clone();
+        // A flush on a blocking thread: sled 0.34's flush_async deadlocks
+        // under concurrent callers (sled issue #1308).
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(reason) = flushed {
+            tracing::error!(%reason, "flush failed; refusing further writes");
+            flush.failed = Some(reason.clone());
+            inner.writer.lock().failed = Some(reason.clone());
+            return Err(StoreError::Failed(reason));
+        }
+        let mut view = inner.view.write();
+        for (rev, mutations) in batch {
+            view.apply(rev, mutations);
+        }
+        Ok(())
+    }
+
+    /// The latest committed account (not necessarily durable yet).
+    fn get_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        let key = codec::account_key(id);
+        self.inner
+            .accounts
+            .get(&key)?
+            .map(|v| codec::decode(ACCOUNTS, &key, &v))
+            .transpose()
+    }
+
+    fn get_user(&self, account: &AccountId, user: &UserId) -> Result<Option<User>, StoreError> {
+        let key = codec::user_key(account, user);
+        self.inner
+            .users
+            .get(&key)?
+            .map(|v| codec::decode(USERS, &key, &v))
+            .transpose()
+    }
+
+    /// Flushes everything to disk; for shutdown.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))??;
+        Ok(())
+    }
+}
+
+enum Op {
+    Account(Vec<u8>, Option<Vec<u8>>),
+    User(Vec<u8>, Option<Vec<u8>>),
+}

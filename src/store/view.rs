@@ -1,0 +1,129 @@
+//! The in-memory view of everything durable, which serves all reads.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    ops::Bound,
+};
+
+use super::{ACCOUNTS, Mutation, StoreError, USERS, codec};
+use crate::domain::{Account, AccountId, User, UserId};
+
+/// Accounts and users as of `revision`.
+#[derive(Debug, Default)]
+pub struct View {
+    revision: u64,
+    accounts: HashMap<AccountId, AccountEntry>,
+}
+
+#[derive(Debug)]
+struct AccountEntry {
+    account: Account,
+    users: BTreeMap<UserId, User>,
+}
+
+impl View {
+    pub(super) fn load(
+        accounts: &sled::Tree,
+        users: &sled::Tree,
+        revision: u64,
+    ) -> Result<Self, StoreError> {
+        let mut view = View {
+            revision,
+            accounts: HashMap::new(),
+        };
+        for item in accounts.iter() {
+            let (key, value) = item?;
+            let account: Account = codec::decode(ACCOUNTS, &key, &value)?;
+            view.accounts.insert(
+                account.id.clone(),
+                AccountEntry {
+                    account,
+                    users: BTreeMap::new(),
+                },
+            );
+        }
+        for item in users.iter() {
+            let (key, value) = item?;
+            let user: User = codec::decode(USERS, &key, &value)?;
+            let Some(entry) = view.accounts.get_mut(user.account_id.as_str()) else {
+                return Err(StoreError::Corrupt {
+                    tree: USERS,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: format!("its account `{}` does not exist", user.account_id),
+                });
+            };
+            entry.users.insert(user.id.clone(), user);
+        }
+        Ok(view)
+    }
+
+    pub(super) fn apply(&mut self, revision: u64, mutations: Vec<Mutation>) {
+        for m in mutations {
+            match m {
+                Mutation::PutAccount(account) => match self.accounts.get_mut(account.id.as_str()) {
+                    Some(entry) => entry.account = account,
+                    None => {
+                        self.accounts.insert(
+                            account.id.clone(),
+                            AccountEntry {
+                                account,
+                                users: BTreeMap::new(),
+                            },
+                        );
+                    }
+                },
+                Mutation::PutUser(user) => {
+                    if let Some(entry) = self.accounts.get_mut(user.account_id.as_str()) {
+                        entry.users.insert(user.id.clone(), user);
+                    }
+                }
+                Mutation::DeleteUser(account, user) => {
+                    if let Some(entry) = self.accounts.get_mut(account.as_str()) {
+                        entry.users.remove(user.as_str());
+                    }
+                }
+            }
+        }
+        self.revision = revision;
+    }
+
+    /// The store revision this view reflects.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.accounts.get(id).map(|e| &e.account)
+    }
+
+    pub fn user(&self, account: &str, user: &str) -> Option<&User> {
+        self.accounts.get(account)?.users.get(user)
+    }
+
+    /// An account with the user, if each exists: the check's one lookup.
+    pub fn account_and_user(&self, account: &str, user: &str) -> (Option<&Account>, Option<&User>) {
+        match self.accounts.get(account) {
+            Some(entry) => (Some(&entry.account), entry.users.get(user)),
+            None => (None, None),
+        }
+    }
+
+    /// Up to `limit` users of `account` whose id is after `after`, in id
+    /// order, and whether more follow. `None` if the account does not exist.
+    pub fn users_after(
+        &self,
+        account: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<(Vec<User>, bool)> {
+        let entry = self.accounts.get(account)?;
+        let lower = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        let mut range = entry.users.range::<str, _>((lower, Bound::Unbounded));
+        let page: Vec<User> = range.by_ref().take(limit).map(|(_, u)| u.clone()).collect();
+        let more = range.next().is_some();
+        Some((page, more))
+    }
+}

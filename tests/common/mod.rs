@@ -1,0 +1,307 @@
+//! Test harness: the real server (the library's own `Application`) on
+//! 127.0.0.1:0 with a temporary sled directory, called through the generated
+//! tonic clients. Set `TEST_LOG=1` to see the server's logs.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, Once},
+    time::{Duration, SystemTime},
+};
+
+use entitled::{
+    catalogue::Catalogue,
+    proto::v1::{
+        self as pb, access_service_client::AccessServiceClient,
+        catalogue_service_client::CatalogueServiceClient,
+        provisioning_service_client::ProvisioningServiceClient,
+    },
+    server::{Application, Config, ServerError},
+    service::Clock,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+
+pub use pb::AnalyticsTier as T;
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+pub struct ManualClock(Arc<Mutex<SystemTime>>);
+
+impl ManualClock {
+    pub fn new(start: SystemTime) -> Self {
+        ManualClock(Arc::new(Mutex::new(start)))
+    }
+    pub fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap()
+    }
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+    pub fn clock(&self) -> Clock {
+        let me = self.clone();
+        Arc::new(move || me.now())
+    }
+}
+
+pub struct Options {
+    pub catalogue: Catalogue,
+    pub clock: Option<Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            catalogue: Catalogue::builtin().unwrap(),
+            clock: None,
+        }
+    }
+}
+
+/// One running server and clients connected to it.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub channel: Channel,
+    pub provisioning: ProvisioningServiceClient<Channel>,
+    pub access: AccessServiceClient<Channel>,
+    pub catalogue: CatalogueServiceClient<Channel>,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), ServerError>>>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("debug,h2=info,hyper=info,tower=info,sled=info")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+impl TestApp {
+    /// A server with the built-in catalogue on a fresh directory.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let mut app = Self::start(&path, options).await;
+        app._tempdir = Some(dir);
+        app
+    }
+
+    /// A server on an existing directory (the caller keeps it alive).
+    pub async fn start(data_dir: &Path, options: Options) -> Self {
+        init_tracing();
+        let mut config = Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            data_dir.to_path_buf(),
+            options.catalogue,
+        );
+        if let Some(clock) = options.clock {
+            config.clock = clock;
+        }
+        // Bound before the server task starts: no sleeps, no races.
+        let app = Application::build(config).await.unwrap();
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run(async {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        TestApp {
+            addr,
+            provisioning: ProvisioningServiceClient::new(channel.clone()),
+            access: AccessServiceClient::new(channel.clone()),
+            catalogue: CatalogueServiceClient::new(channel.clone()),
+            channel,
+            data_dir: data_dir.to_path_buf(),
+            shutdown: Some(tx),
+            server: Some(server),
+            _tempdir: None,
+        }
+    }
+
+    /// Stops the server gracefully and waits until it has flushed and
+    /// released its directory. Returns the directory (kept alive) so a new
+    /// server can start on it.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.shutdown_and_wait().await;
+        self._tempdir.take()
+    }
+
+    async fn shutdown_and_wait(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// A server restarted on the same directory with `options`.
+    pub async fn restart_with(self, options: Options) -> Self {
+        let data_dir = self.data_dir.clone();
+        let keep = self.stop().await;
+        let mut app = Self::start(&data_dir, options).await;
+        app._tempdir = keep;
+        app
+    }
+
+    pub async fn restart(self) -> Self {
+        self.restart_with(Options::default()).await
+    }
+
+    // ---- the calls tests make most, each one line at the call site ----
+
+    pub async fn create_account(&self, account: &str, product_line: &str) -> pb::Account {
+        self.provisioning
+            .clone()
+            .create_account(pb::CreateAccountRequest {
+                account_id: account.into(),
+                display_name: format!("{account} Inc."),
+                product_line: product_line.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .account
+            .unwrap()
+    }
+
+    pub async fn put_user(&self, account: &str, user: &str) -> pb::User {
+        self.provisioning
+            .clone()
+            .put_user(pb::PutUserRequest {
+                account_id: account.into(),
+                user_id: user.into(),
+                display_name: format!("User {user}"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap()
+    }
+
+    pub async fn get_user(&self, account: &str, user: &str) -> Result<pb::User, Status> {
+        self.provisioning
+            .clone()
+            .get_user(pb::GetUserRequest {
+                account_id: account.into(),
+                user_id: user.into(),
+            })
+            .await
+            .map(|r| r.into_inner().user.unwrap())
+    }
+
+    pub async fn get_account(&self, account: &str) -> Result<pb::Account, Status> {
+        self.provisioning
+            .clone()
+            .get_account(pb::GetAccountRequest {
+                account_id: account.into(),
+            })
+            .await
+            .map(|r| r.into_inner().account.unwrap())
+    }
+
+    /// UpdateUserServices: `edition` None keeps it, Some("") removes it.
+    pub async fn set(
+        &self,
+        account: &str,
+        user: &str,
+        edition: Option<&str>,
+        tier: Option<T>,
+    ) -> Result<pb::UpdateUserServicesResponse, Status> {
+        self.update(pb::UpdateUserServicesRequest {
+            account_id: account.into(),
+            user_id: user.into(),
+            edition: edition.map(Into::into),
+            analytics_tier: tier.map(|t| t as i32),
+            expected_revision: None,
+        })
+        .await
+    }
+
+    pub async fn update(
+        &self,
+        request: pb::UpdateUserServicesRequest,
+    ) -> Result<pb::UpdateUserServicesResponse, Status> {
+        self.provisioning
+            .clone()
+            .update_user_services(request)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn check(&self, account: &str, user: &str) -> pb::CheckAnalyticsAccessResponse {
+        self.try_check(account, user).await.unwrap()
+    }
+
+    pub async fn try_check(
+        &self,
+        account: &str,
+        user: &str,
+    ) -> Result<pb::CheckAnalyticsAccessResponse, Status> {
+        self.access
+            .clone()
+            .check_analytics_access(pb::CheckAnalyticsAccessRequest {
+                account_id: account.into(),
+                user_id: user.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The store revision, as a check reports it.
+    pub async fn revision(&self) -> u64 {
+        self.check("any", "any").await.revision
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts a call failed with `code` and a message containing every piece.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, pieces: &[&str]) {
+    match result {
+        Ok(v) => panic!("expected {code:?}, got Ok({v:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "message: {}", status.message());
+            for piece in pieces {
+                assert!(
+                    status.message().contains(piece),
+                    "message {:?} does not contain {piece:?}",
+                    status.message()
+                );
+            }
+        }
+    }
+}
+
+/// A catalogue from the built-in text with `edit` applied.
+pub fn catalogue_with(edit: impl FnOnce(String) -> String) -> Catalogue {
+    let text = edit(entitled::catalogue::DEFAULT_TOML.to_owned());
+    Catalogue::from_toml(&text, "test").unwrap()
+}
