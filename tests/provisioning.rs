@@ -1,5 +1,11 @@
 //! Accounts and users: creation, reads, listing, deletion, and input checks.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
 mod common;
 
 use common::{TestApp, assert_status};

@@ -28,6 +28,8 @@ pub use view::View;
 const ACCOUNTS: &str = "accounts";
 const USERS: &str = "users";
 const META: &str = "meta";
+/// Held (flock) for as long as a store is open on the directory.
+const LOCK_FILE: &str = "entitled.lock";
 const REVISION_KEY: &[u8] = b"revision";
 
 /// Why a storage operation failed.
@@ -86,6 +88,8 @@ pub struct Store {
 }
 
 struct Inner {
+    /// Released when the store is dropped.
+    _lock: std::fs::File,
     db: sled::Db,
     accounts: sled::Tree,
     users: sled::Tree,
@@ -113,17 +117,33 @@ impl Store {
     /// Opens (or creates) the store in `dir` and loads the view.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.display().to_string();
+        // Our own lock, taken before sled's: sled reports a held lock only as
+        // text, and this one gives the operator a clear message.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Open {
+                    path,
+                    source: e.into(),
+                });
+            }
+        }
         let db = sled::Config::new()
-            .path(dir)
+            .path(dir.join("db"))
             .open()
-            .map_err(|source| match &source {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked { path: path.clone() }
-                }
-                _ => StoreError::Open {
-                    path: path.clone(),
-                    source,
-                },
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
             })?;
         let accounts = db.open_tree(ACCOUNTS)?;
         let users = db.open_tree(USERS)?;
@@ -135,6 +155,7 @@ impl Store {
         let view = View::load(&accounts, &users, revision)?;
         Ok(Store {
             inner: Arc::new(Inner {
+                _lock: lock,
                 db,
                 accounts,
                 users,

@@ -145,10 +145,15 @@ impl TestApp {
         self._tempdir.take()
     }
 
-    async fn shutdown_and_wait(&mut self) {
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    async fn shutdown_and_wait(&mut self) {
+        self.begin_shutdown();
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
