@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use entitled::{
     catalogue::Catalogue,
-    server::{Application, Config},
+    server::{Application, Config, TlsFiles},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -42,6 +42,15 @@ struct ServeArgs {
     /// e.g. `48h` or `2s`; overrides the catalogue's data_delay.
     #[arg(long, env = "ENTITLED_ANALYTICS_DATA_DELAY", value_parser = humantime::parse_duration)]
     analytics_data_delay: Option<Duration>,
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long, env = "ENTITLED_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ENTITLED_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate: also require client certificates signed by it.
+    #[arg(long, env = "ENTITLED_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -77,7 +86,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
-        let app = Application::build(Config::new(args.listen, args.data_dir, catalogue))
+        let mut config = Config::new(args.listen, args.data_dir, catalogue);
+        if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+            config.tls = Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            });
+        }
+        let app = Application::build(config)
             .await
             .map_err(|e| e.to_string())?;
         app.run(shutdown_signal()).await.map_err(|e| e.to_string())

@@ -6,31 +6,46 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     catalogue::Catalogue,
-    grpc::Api,
+    grpc::{Api, Authenticate},
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{
-            access_service_server::AccessServiceServer,
+            access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
             catalogue_service_server::CatalogueServiceServer,
             provisioning_service_server::ProvisioningServiceServer,
+            token_service_server::TokenServiceServer,
         },
     },
-    service::{Clock, Entitlements, system_clock},
+    service::{Clock, DomainError, Entitlements, system_clock},
     store::{Store, StoreError},
 };
 
 /// The services health reports on, besides the whole server ("").
-const SERVICE_NAMES: [&str; 4] = [
+const SERVICE_NAMES: [&str; 6] = [
     "",
     "entitled.v1.CatalogueService",
     "entitled.v1.ProvisioningService",
     "entitled.v1.AccessService",
+    "entitled.v1.AuditService",
+    "entitled.v1.TokenService",
 ];
+
+/// Where the TLS material is.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM CA certificate(s); when set, clients must present a certificate
+    /// signed by one of them.
+    pub client_ca: Option<PathBuf>,
+}
 
 /// Everything the server needs to start.
 pub struct Config {
@@ -39,16 +54,19 @@ pub struct Config {
     /// The catalogue in force, with any data-delay override applied.
     pub catalogue: Catalogue,
     pub clock: Clock,
+    /// Serve TLS (and optionally require client certificates).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
-    /// The defaults: `127.0.0.1:50051`, `./data`, the built-in catalogue.
+    /// A plaintext server with the system clock.
     pub fn new(listen: SocketAddr, data_dir: PathBuf, catalogue: Catalogue) -> Self {
         Config {
             listen,
             data_dir,
             catalogue,
             clock: system_clock(),
+            tls: None,
         }
     }
 }
@@ -72,6 +90,13 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot read TLS file `{path}`: {source}")]
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot make the first operator token: {0}")]
+    Bootstrap(#[from] DomainError),
 }
 
 /// A built server: store open, listener bound.
@@ -79,6 +104,7 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     entitlements: Entitlements,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Application {
@@ -100,12 +126,22 @@ impl Application {
             addr: config.listen,
             source,
         })?;
+        let tls = config.tls.as_ref().map(tls_config).transpose()?;
+        if tls.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(%local_addr, "listening beyond loopback without TLS: tokens cross the network in clear; use --tls-cert and --tls-key");
+        }
         let revision = store.read(|v| v.revision());
         tracing::info!(%local_addr, data_dir = %config.data_dir.display(), revision, "store opened");
+        let entitlements = Entitlements::new(store, config.catalogue, config.clock);
+        if let Some(path) = entitlements.bootstrap(&config.data_dir).await? {
+            // The file, never the secret.
+            tracing::info!(file = %path.display(), "first start: an operator token was written to this file (mode 0600)");
+        }
         Ok(Application {
             listener,
             local_addr,
-            entitlements: Entitlements::new(store, config.catalogue, config.clock),
+            entitlements,
+            tls,
         })
     }
 
@@ -130,6 +166,7 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let api = Api::new(self.entitlements.clone());
+        let auth = Authenticate::new(self.entitlements.clone());
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tracing::info!(addr = %self.local_addr, "serving");
         let shutdown = async {
@@ -137,13 +174,32 @@ impl Application {
             tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
             set_status(&reporter, ServingStatus::NotServing).await;
         };
-        Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        // Health and reflection are open; everything else needs a token.
+        builder
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CatalogueServiceServer::new(api.clone()))
-            .add_service(ProvisioningServiceServer::new(api.clone()))
-            .add_service(AccessServiceServer::new(api))
+            .add_service(CatalogueServiceServer::with_interceptor(
+                api.clone(),
+                auth.clone(),
+            ))
+            .add_service(ProvisioningServiceServer::with_interceptor(
+                api.clone(),
+                auth.clone(),
+            ))
+            .add_service(AccessServiceServer::with_interceptor(
+                api.clone(),
+                auth.clone(),
+            ))
+            .add_service(AuditServiceServer::with_interceptor(
+                api.clone(),
+                auth.clone(),
+            ))
+            .add_service(TokenServiceServer::with_interceptor(api, auth))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         self.entitlements.store().flush().await?;
@@ -156,4 +212,19 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICE_NAMES {
         reporter.set_service_status(name, status).await;
     }
+}
+
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| ServerError::TlsFile {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
 }

@@ -12,15 +12,14 @@ use std::{
     net::SocketAddr,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
-use entitled::proto::v1::{
-    self as pb, access_service_client::AccessServiceClient,
-    catalogue_service_client::CatalogueServiceClient,
-    provisioning_service_client::ProvisioningServiceClient,
-};
+mod common;
+
+use common::Clients;
+use entitled::{proto::v1 as pb, service::OPERATOR_TOKEN_FILE};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_entitled");
@@ -29,13 +28,23 @@ const BIN: &str = env!("CARGO_BIN_EXE_entitled");
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The operator token the first start wrote.
+    secret: String,
+    /// Every line the server has logged so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--data-dir"])
             .arg(data_dir)
+            .args(listen)
             .args(extra)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
@@ -46,19 +55,28 @@ impl Server {
         // afterwards so the pipe never fills.
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("serving addr=").nth(1) {
                     let _ = tx.send(addr.trim().to_owned());
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server did not report its address");
+        let secret = std::fs::read_to_string(data_dir.join(OPERATOR_TOKEN_FILE))
+            .unwrap()
+            .trim()
+            .to_owned();
         Server {
             child,
             addr: addr.parse().unwrap(),
+            secret,
+            log,
         }
     }
 
@@ -68,6 +86,10 @@ impl Server {
             .connect()
             .await
             .unwrap()
+    }
+
+    async fn clients(&self) -> Clients {
+        Clients::new(&self.channel().await, Some(&self.secret))
     }
 
     fn kill(mut self) {
@@ -141,7 +163,7 @@ fn a_bad_catalogue_stops_start_up_naming_the_line() {
 async fn the_data_delay_flag_is_in_force() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--analytics-data-delay", "2s"]);
-    let mut catalogue = CatalogueServiceClient::new(server.channel().await);
+    let mut catalogue = server.clients().await.catalogue;
     let c = catalogue
         .get_catalogue(pb::GetCatalogueRequest {})
         .await
@@ -161,13 +183,13 @@ async fn the_data_delay_flag_is_in_force() {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let channel = server.channel().await;
-    let mut provisioning = ProvisioningServiceClient::new(channel.clone());
+    let mut provisioning = server.clients().await.provisioning;
     provisioning
         .create_account(pb::CreateAccountRequest {
             account_id: "work".into(),
             display_name: String::new(),
             product_line: "work".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -186,6 +208,7 @@ async fn acknowledged_writes_survive_sigkill() {
                         account_id: "work".into(),
                         user_id: user.clone(),
                         display_name: String::new(),
+                        ..Default::default()
                     })
                     .await;
                 if put.is_err() {
@@ -198,6 +221,7 @@ async fn acknowledged_writes_survive_sigkill() {
                         edition: Some("X4".into()),
                         analytics_tier: Some(pb::AnalyticsTier::Supervisor as i32),
                         expected_revision: None,
+                        ..Default::default()
                     })
                     .await;
                 if set.is_err() {
@@ -221,7 +245,7 @@ async fn acknowledged_writes_survive_sigkill() {
     }
 
     let server = Server::start(dir.path(), &[]);
-    let mut access = AccessServiceClient::new(server.channel().await);
+    let mut access = server.clients().await.access;
     for user in &acked {
         let answer = access
             .check_analytics_access(pb::CheckAnalyticsAccessRequest {
@@ -237,4 +261,40 @@ async fn acknowledged_writes_survive_sigkill() {
             "acknowledged {user} was lost"
         );
     }
+}
+
+#[test]
+fn the_first_start_logs_the_token_file_never_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("operator.token"), "{log}");
+    let secret_part = server.secret.split_once('.').unwrap().1.to_owned();
+    assert!(!log.contains(&secret_part), "the log holds the secret");
+    server.kill();
+    // A later start says nothing of a token file.
+    let server = Server::start(dir.path(), &[]);
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(!log.contains("operator.token"), "{log}");
+}
+
+#[test]
+fn listening_beyond_loopback_without_tls_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let loopback = Server::start(dir.path(), &[]);
+    assert!(
+        !loopback
+            .log
+            .lock()
+            .unwrap()
+            .join("\n")
+            .contains("without TLS")
+    );
+    loopback.kill();
+    let open = Server::start(dir.path(), &["--listen", "0.0.0.0:0"]);
+    let log = open.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("WARN") && log.contains("listening beyond loopback without TLS"),
+        "{log}"
+    );
 }

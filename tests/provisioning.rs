@@ -22,11 +22,12 @@ async fn create_and_get_account() {
             account_id: "acme".into(),
             display_name: "Acme Corp".into(),
             product_line: "work".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(created.revision, 1);
+    assert_eq!(created.revision, 2);
     let account = created.account.unwrap();
     assert_eq!(account.account_id, "acme");
     assert_eq!(account.display_name, "Acme Corp");
@@ -46,6 +47,7 @@ async fn account_errors() {
             account_id: id.into(),
             display_name: String::new(),
             product_line: line.into(),
+            ..Default::default()
         };
         async move { client.create_account(request).await }
     };
@@ -70,7 +72,7 @@ async fn account_errors() {
         &["account `globex` does not exist"],
     );
     // Nothing refused was written, and the first account is as it was.
-    assert_eq!(app.revision().await, 1);
+    assert_eq!(app.revision().await, 2);
     assert_eq!(app.get_account("acme").await.unwrap().product_line, "work");
 }
 
@@ -104,6 +106,7 @@ async fn malformed_ids_name_the_field_and_value() {
                 account_id: (*account).into(),
                 user_id: (*user).into(),
                 display_name: String::new(),
+                ..Default::default()
             })
             .await;
         assert_status(put, Code::InvalidArgument, pieces);
@@ -128,11 +131,12 @@ async fn malformed_ids_name_the_field_and_value() {
             .delete_user(pb::DeleteUserRequest {
                 account_id: (*account).into(),
                 user_id: (*user).into(),
+                ..Default::default()
             })
             .await;
         assert_status(delete, Code::InvalidArgument, pieces);
     }
-    assert_eq!(app.revision().await, 1, "no refused call wrote anything");
+    assert_eq!(app.revision().await, 2, "no refused call wrote anything");
 }
 
 #[tokio::test]
@@ -147,6 +151,7 @@ async fn display_names_are_checked() {
                     account_id: "acme".into(),
                     user_id: "u1".into(),
                     display_name: name,
+                    ..Default::default()
                 })
                 .await
         }
@@ -171,13 +176,13 @@ async fn put_user_creates_renames_and_is_idempotent() {
     let user = app.put_user("acme", "ada").await;
     assert_eq!(user.edition, "");
     assert_eq!(user.analytics_tier, pb::AnalyticsTier::None as i32);
-    assert_eq!(user.revision, 2);
+    assert_eq!(user.revision, 3);
     assert_eq!(user.display_name, "User ada");
 
     // The same call again changes nothing, not even the revision.
     let again = app.put_user("acme", "ada").await;
     assert_eq!(again, user);
-    assert_eq!(app.revision().await, 2);
+    assert_eq!(app.revision().await, 3);
 
     // A rename is a write; services are untouched.
     app.set(
@@ -195,13 +200,14 @@ async fn put_user_creates_renames_and_is_idempotent() {
             account_id: "acme".into(),
             user_id: "ada".into(),
             display_name: "Ada L.".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
     let renamed_user = renamed.user.unwrap();
-    assert_eq!(renamed.revision, 4);
-    assert_eq!(renamed_user.revision, 4);
+    assert_eq!(renamed.revision, 5);
+    assert_eq!(renamed_user.revision, 5);
     assert_eq!(renamed_user.display_name, "Ada L.");
     assert_eq!(renamed_user.edition, "X4");
     assert_eq!(
@@ -218,6 +224,7 @@ async fn put_user_creates_renames_and_is_idempotent() {
             account_id: "globex".into(),
             user_id: "ada".into(),
             display_name: String::new(),
+            ..Default::default()
         })
         .await;
     assert_status(
@@ -248,11 +255,12 @@ async fn get_and_delete_user() {
         let request = pb::DeleteUserRequest {
             account_id: "acme".into(),
             user_id: user.into(),
+            ..Default::default()
         };
         async move { client.delete_user(request).await }
     };
     let deleted = delete("ada").await.unwrap().into_inner();
-    assert_eq!(deleted.revision, 3);
+    assert_eq!(deleted.revision, 4);
     assert_status(
         app.get_user("acme", "ada").await,
         Code::NotFound,
@@ -267,7 +275,7 @@ async fn get_and_delete_user() {
         app.check("acme", "ada").await.denial_reason,
         pb::DenialReason::UserNotFound as i32
     );
-    assert_eq!(app.revision().await, 3);
+    assert_eq!(app.revision().await, 4);
 }
 
 async fn list(

@@ -158,13 +158,14 @@ async fn data_survives_a_restart_on_the_same_directory() {
         .delete_user(pb::DeleteUserRequest {
             account_id: "work".into(),
             user_id: "gone".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
     let account = app.get_account("work").await.unwrap();
     let ada = app.get_user("work", "ada").await.unwrap();
     let answer = app.check("work", "ada").await;
-    assert_eq!(answer.revision, 5);
+    assert_eq!(answer.revision, 6);
 
     let app = app.restart().await;
     assert_eq!(app.get_account("work").await.unwrap(), account);
@@ -172,7 +173,7 @@ async fn data_survives_a_restart_on_the_same_directory() {
     assert_eq!(app.check("work", "ada").await, answer);
     assert!(app.get_user("work", "gone").await.is_err());
     // The revision counter continues where it was.
-    assert_eq!(app.put_user("work", "bob").await.revision, 6);
+    assert_eq!(app.put_user("work", "bob").await.revision, 7);
 }
 
 #[tokio::test]
@@ -194,6 +195,7 @@ async fn concurrent_writers_share_flushes_and_lose_nothing() {
                         account_id: "work".into(),
                         user_id: user.clone(),
                         display_name: String::new(),
+                        ..Default::default()
                     })
                     .await
                     .unwrap()
@@ -206,6 +208,7 @@ async fn concurrent_writers_share_flushes_and_lose_nothing() {
                         edition: Some("X4".into()),
                         analytics_tier: Some(T::Supervisor as i32),
                         expected_revision: Some(put.revision),
+                        ..Default::default()
                     })
                     .await
                     .unwrap()
@@ -217,8 +220,9 @@ async fn concurrent_writers_share_flushes_and_lose_nothing() {
     }
     let mut all: Vec<u64> = tasks.join_all().await.into_iter().flatten().collect();
     all.sort_unstable();
-    // Every write got its own revision, with no gap: 2..=1 + 2 * 64 * 20.
-    let want: Vec<u64> = (2..=1 + (2 * WRITERS * EACH) as u64).collect();
+    // Every write got its own revision, with no gap: after the operator
+    // token (1) and the account (2), 3..=2 + 2 * 64 * 20.
+    let want: Vec<u64> = (3..=2 + (2 * WRITERS * EACH) as u64).collect();
     assert_eq!(all, want);
 
     let app = app.restart().await;

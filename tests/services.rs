@@ -341,18 +341,19 @@ async fn revisions_count_every_write_and_guard_conflicts() {
             account_id: "work".into(),
             display_name: String::new(),
             product_line: "work".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(account.revision, 1);
-    assert_eq!(app.put_user("work", "ada").await.revision, 2);
-    assert_eq!(app.put_user("work", "bob").await.revision, 3);
+    assert_eq!(account.revision, 2);
+    assert_eq!(app.put_user("work", "ada").await.revision, 3);
+    assert_eq!(app.put_user("work", "bob").await.revision, 4);
     let reply = app.set("work", "ada", Some("X4"), None).await.unwrap();
-    assert_eq!((reply.revision, reply.user.unwrap().revision), (4, 4));
+    assert_eq!((reply.revision, reply.user.unwrap().revision), (5, 5));
     // A no-op changes nothing and reports the revision as it is.
     let reply = app.set("work", "ada", Some("X4"), None).await.unwrap();
-    assert_eq!((reply.revision, reply.user.unwrap().revision), (4, 4));
+    assert_eq!((reply.revision, reply.user.unwrap().revision), (5, 5));
 
     let update = |expected: u64, tier: T| pb::UpdateUserServicesRequest {
         account_id: "work".into(),
@@ -360,32 +361,33 @@ async fn revisions_count_every_write_and_guard_conflicts() {
         edition: None,
         analytics_tier: Some(tier as i32),
         expected_revision: Some(expected),
+        ..Default::default()
     };
     // bob's write raised the store revision but not ada's.
     app.put_user("work", "bob2").await;
-    assert_eq!(app.revision().await, 5);
-    let reply = app.update(update(4, T::Essentials)).await.unwrap();
-    assert_eq!(reply.user.unwrap().revision, 6);
+    assert_eq!(app.revision().await, 6);
+    let reply = app.update(update(5, T::Essentials)).await.unwrap();
+    assert_eq!(reply.user.unwrap().revision, 7);
     // A stale expectation is refused and changes nothing.
     assert_status(
-        app.update(update(4, T::Supervisor)).await,
+        app.update(update(5, T::Supervisor)).await,
         Code::Aborted,
-        &["user `ada` is at revision 6, not the expected_revision 4"],
+        &["user `ada` is at revision 7, not the expected_revision 5"],
     );
     assert_status(
         app.update(update(0, T::Supervisor)).await,
         Code::Aborted,
-        &["revision 6"],
+        &["revision 7"],
     );
     let ada = app.get_user("work", "ada").await.unwrap();
     assert_eq!(
         (ada.analytics_tier, ada.revision),
-        (T::Essentials as i32, 6)
+        (T::Essentials as i32, 7)
     );
-    assert_eq!(app.revision().await, 6);
-    let reply = app.update(update(6, T::Supervisor)).await.unwrap();
-    assert_eq!(reply.revision, 7);
-    assert_eq!(app.check("work", "ada").await.revision, 7);
+    assert_eq!(app.revision().await, 7);
+    let reply = app.update(update(7, T::Supervisor)).await.unwrap();
+    assert_eq!(reply.revision, 8);
+    assert_eq!(app.check("work", "ada").await.revision, 8);
 }
 
 #[tokio::test]

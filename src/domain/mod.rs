@@ -1,6 +1,8 @@
 //! Domain types: accounts, users, tiers, decisions. No transport or storage
 //! concerns live here.
 
+mod audit;
+mod auth;
 mod ids;
 mod tier;
 
@@ -8,6 +10,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::{Actor, AuditRecord, Outcome, UserState};
+pub use auth::{Principal, Role, Rpc, Service};
 pub use ids::{AccountId, IdError, UserId, validate_id};
 pub use tier::Tier;
 
@@ -40,13 +44,13 @@ pub struct User {
 }
 
 /// Something the service changed by itself while applying a write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
     pub kind: NoticeKind,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NoticeKind {
     /// The tier was lowered because the new edition does not allow it.
     TierLowered,
@@ -86,4 +90,29 @@ pub struct Decision {
 pub struct ReportAccess {
     pub report: crate::catalogue::Report,
     pub available: bool,
+}
+
+/// An API token as stored: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub account: Option<AccountId>,
+    pub user: Option<UserId>,
+    pub secret_sha256: [u8; 32],
+    pub created_at: SystemTime,
+    pub revoked_at: Option<SystemTime>,
+}
+
+impl Token {
+    pub fn principal(&self) -> Principal {
+        Principal {
+            token_id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            account: self.account.clone(),
+            user: self.user.clone(),
+        }
+    }
 }

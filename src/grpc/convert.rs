@@ -2,7 +2,11 @@
 //! types. Domain → protobuf cannot fail; protobuf → domain fails with a
 //! `ConversionError` that names the field and the value.
 
+use std::sync::Arc;
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use prost::Message;
+use sha2::{Digest, Sha256};
 
 use crate::{
     catalogue::{Catalogue, Report, ReportKind},
@@ -10,7 +14,10 @@ use crate::{
         Account, AccountId, Decision, Denial, IdError, Notice, NoticeKind, Tier, User, UserId,
         validate_id,
     },
+    domain::{AuditRecord, Outcome, Principal, Role, Rpc, Token, UserState},
     proto::v1 as pb,
+    service::Caller,
+    store::RequestKey,
 };
 
 /// The longest display name accepted, in characters.
@@ -311,4 +318,201 @@ impl From<&Catalogue> for pb::GetCatalogueResponse {
             data_delay: prost_types::Duration::try_from(c.data_delay()).ok(),
         }
     }
+}
+
+/// A write request: it carries an optional request id for safe retries.
+pub trait WriteRequest: Message + Clone {
+    fn request_id(&self) -> &str;
+    fn clear_request_id(&mut self);
+}
+
+macro_rules! write_request {
+    ($($t:ty),* $(,)?) => {$(
+        impl WriteRequest for $t {
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            fn clear_request_id(&mut self) {
+                self.request_id.clear();
+            }
+        }
+    )*};
+}
+
+write_request!(
+    pb::CreateAccountRequest,
+    pb::PutUserRequest,
+    pb::DeleteUserRequest,
+    pb::UpdateUserServicesRequest,
+    pb::CreateTokenRequest,
+    pb::RevokeTokenRequest,
+);
+
+/// The longest request id accepted.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// The caller of a write, with its request id and a fingerprint of the rest
+/// of the request (so a reused id with another payload is caught).
+pub fn writer<M: WriteRequest>(
+    principal: &Arc<Principal>,
+    rpc: Rpc,
+    request: &M,
+) -> Result<Caller, ConversionError> {
+    let id = request.request_id();
+    let request_key = if id.is_empty() {
+        None
+    } else {
+        let len = id.chars().count();
+        if len > MAX_REQUEST_ID {
+            return Err(ConversionError::invalid(
+                "request_id",
+                id,
+                format!("is {len} characters long; the most is {MAX_REQUEST_ID}"),
+            ));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(ConversionError::invalid(
+                "request_id",
+                id.escape_debug(),
+                "contains a control character; use printable characters, e.g. a UUID",
+            ));
+        }
+        let mut rest = request.clone();
+        rest.clear_request_id();
+        let mut hasher = Sha256::new();
+        hasher.update(rpc.name().as_bytes());
+        hasher.update([0]);
+        hasher.update(rest.encode_to_vec());
+        Some(RequestKey {
+            id: id.to_owned(),
+            fingerprint: hasher.finalize().into(),
+        })
+    };
+    Ok(Caller {
+        principal: Arc::clone(principal),
+        request: request_key,
+    })
+}
+
+/// An id that may be left empty.
+pub fn optional_id<T>(
+    field: &'static str,
+    value: &str,
+    parse: fn(&'static str, String) -> Result<T, ConversionError>,
+) -> Result<Option<T>, ConversionError> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        parse(field, value.to_owned()).map(Some)
+    }
+}
+
+pub fn role(value: i32) -> Result<Role, ConversionError> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Operator) => Ok(Role::Operator),
+        Ok(pb::Role::Provisioner) => Ok(Role::Provisioner),
+        Ok(pb::Role::AccountAdmin) => Ok(Role::AccountAdmin),
+        Ok(pb::Role::Gateway) => Ok(Role::Gateway),
+        Ok(pb::Role::Unspecified) | Err(_) => Err(ConversionError::invalid(
+            "role",
+            pb::Role::try_from(value)
+                .map_or_else(|_| value.to_string(), |r| r.as_str_name().to_owned()),
+            "is not a role; use ROLE_OPERATOR, ROLE_PROVISIONER, ROLE_ACCOUNT_ADMIN or ROLE_GATEWAY",
+        )),
+    }
+}
+
+impl From<Role> for pb::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Operator => pb::Role::Operator,
+            Role::Provisioner => pb::Role::Provisioner,
+            Role::AccountAdmin => pb::Role::AccountAdmin,
+            Role::Gateway => pb::Role::Gateway,
+        }
+    }
+}
+
+impl From<&Token> for pb::TokenInfo {
+    fn from(t: &Token) -> Self {
+        pb::TokenInfo {
+            token_id: t.id.clone(),
+            name: t.name.clone(),
+            role: pb::Role::from(t.role) as i32,
+            account_id: t
+                .account
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            user_id: t.user.as_ref().map(ToString::to_string).unwrap_or_default(),
+            created_at: Some(t.created_at.into()),
+            revoked_at: t.revoked_at.map(Into::into),
+        }
+    }
+}
+
+impl From<&UserState> for pb::UserState {
+    fn from(u: &UserState) -> Self {
+        pb::UserState {
+            display_name: u.display_name.clone(),
+            edition: u.edition.clone().unwrap_or_default(),
+            analytics_tier: tier_i32(u.tier),
+        }
+    }
+}
+
+impl From<&AuditRecord> for pb::Change {
+    fn from(r: &AuditRecord) -> Self {
+        let (refused, refusal_code, refusal_reason) = match &r.outcome {
+            Outcome::Applied => (false, String::new(), String::new()),
+            Outcome::Refused { code, reason } => (true, code.clone(), reason.clone()),
+        };
+        pb::Change {
+            sequence: r.seq,
+            revision: r.revision,
+            time: Some(r.at.into()),
+            caller: Some(pb::Caller {
+                token_id: r.actor.token_id.clone(),
+                name: r.actor.name.clone(),
+                role: pb::Role::from(r.actor.role) as i32,
+            }),
+            rpc: r.rpc.to_string(),
+            account_id: r.account_id.clone(),
+            user_id: r.user_id.clone(),
+            before: r.before.as_ref().map(Into::into),
+            after: r.after.as_ref().map(Into::into),
+            details: r.details.clone(),
+            refused,
+            refusal_code,
+            refusal_reason,
+        }
+    }
+}
+
+const AUDIT_TOKEN_PREFIX: &str = "a1:";
+
+/// An opaque cursor into the audit trail: the last sequence number served.
+pub fn audit_token(seq: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{AUDIT_TOKEN_PREFIX}{seq}"))
+}
+
+pub fn audit_cursor(token: &str) -> Result<u64, ConversionError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| {
+            s.strip_prefix(AUDIT_TOKEN_PREFIX)
+                .and_then(|n| n.parse().ok())
+        })
+        .ok_or_else(|| {
+            ConversionError::invalid(
+                "page_token",
+                token,
+                "is not a page token; pass a next_page_token unchanged, or \"\" for the first page",
+            )
+        })
 }

@@ -1,21 +1,30 @@
 //! The gRPC edge: thin handlers that convert the request, call the domain
-//! service, and convert the answer back. Only this module imports tonic.
+//! service, and convert the answer back. Only this module (with server.rs and
+//! proto.rs) imports tonic.
+//!
+//! Authentication happens in `Authenticate`, an interceptor in front of every
+//! entitled service (health and reflection are open): it resolves the bearer
+//! token from memory and puts the caller's `Principal` in the request's
+//! extensions. Authorization is the domain's (`Principal::authorize`, called
+//! by every service method). Every write RPC that fails is recorded in the
+//! audit trail by `Api::audited`.
 
+mod access;
+mod admin;
 pub mod convert;
+mod provisioning;
 mod status;
 
-use tonic::{Request, Response, Status};
+use std::{future::Future, sync::Arc};
+
+use tonic::{Request, Response, Status, service::Interceptor};
 
 use crate::{
-    proto::v1::{
-        self as pb, access_service_server::AccessService,
-        catalogue_service_server::CatalogueService,
-        provisioning_service_server::ProvisioningService,
-    },
-    service::{Entitlements, ServicesChange},
+    domain::{Principal, Rpc},
+    service::{Caller, Entitlements},
 };
 
-/// Serves CatalogueService, ProvisioningService and AccessService.
+/// Serves every entitled service.
 #[derive(Clone)]
 pub struct Api {
     svc: Entitlements,
@@ -25,145 +34,77 @@ impl Api {
     pub fn new(svc: Entitlements) -> Self {
         Api { svc }
     }
+
+    /// Runs a write handler's body; if it fails, records the refusal in the
+    /// audit trail (whatever the reason: permission, validation, conflict).
+    async fn audited<T>(
+        &self,
+        principal: &Arc<Principal>,
+        rpc: Rpc,
+        account: &str,
+        user: &str,
+        body: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let result = body.await;
+        if let Err(status) = &result {
+            let caller = Caller {
+                principal: Arc::clone(principal),
+                request: None,
+            };
+            self.svc.record_refusal(
+                &caller,
+                rpc,
+                account,
+                user,
+                status::code_name(status.code()),
+                status.message(),
+            );
+        }
+        result
+    }
 }
 
 type Reply<T> = Result<Response<T>, Status>;
 
-#[tonic::async_trait]
-impl CatalogueService for Api {
-    #[tracing::instrument(skip_all)]
-    async fn get_catalogue(
-        &self,
-        _: Request<pb::GetCatalogueRequest>,
-    ) -> Reply<pb::GetCatalogueResponse> {
-        Ok(Response::new(self.svc.catalogue().into()))
+/// The caller the interceptor authenticated.
+fn principal<T>(request: &Request<T>) -> Result<Arc<Principal>, Status> {
+    request
+        .extensions()
+        .get::<Arc<Principal>>()
+        .cloned()
+        .ok_or_else(|| {
+            Status::internal("the request was not authenticated; this is a bug in entitled")
+        })
+}
+
+/// A caller of a read RPC.
+fn reader<T>(request: &Request<T>) -> Result<Caller, Status> {
+    Ok(Caller {
+        principal: principal(request)?,
+        request: None,
+    })
+}
+
+/// Resolves `authorization: Bearer <token>` from memory, for every call.
+#[derive(Clone)]
+pub struct Authenticate {
+    svc: Entitlements,
+}
+
+impl Authenticate {
+    pub fn new(svc: Entitlements) -> Self {
+        Authenticate { svc }
     }
 }
 
-#[tonic::async_trait]
-impl ProvisioningService for Api {
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
-    async fn create_account(
-        &self,
-        request: Request<pb::CreateAccountRequest>,
-    ) -> Reply<pb::CreateAccountResponse> {
-        let r = request.into_inner();
-        let id = convert::account_id("account_id", r.account_id)?;
-        let name = convert::display_name("display_name", r.display_name)?;
-        let (account, revision) = self.svc.create_account(id, name, r.product_line).await?;
-        Ok(Response::new(pb::CreateAccountResponse {
-            account: Some((&account).into()),
-            revision,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
-    async fn get_account(
-        &self,
-        request: Request<pb::GetAccountRequest>,
-    ) -> Reply<pb::GetAccountResponse> {
-        let id = convert::account_id("account_id", request.into_inner().account_id)?;
-        let account = self.svc.get_account(&id)?;
-        Ok(Response::new(pb::GetAccountResponse {
-            account: Some((&account).into()),
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
-    async fn put_user(&self, request: Request<pb::PutUserRequest>) -> Reply<pb::PutUserResponse> {
-        let r = request.into_inner();
-        let account = convert::account_id("account_id", r.account_id)?;
-        let user = convert::user_id("user_id", r.user_id)?;
-        let name = convert::display_name("display_name", r.display_name)?;
-        let (user, revision) = self.svc.put_user(account, user, name).await?;
-        Ok(Response::new(pb::PutUserResponse {
-            user: Some((&user).into()),
-            revision,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
-    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Reply<pb::GetUserResponse> {
-        let r = request.into_inner();
-        let account = convert::account_id("account_id", r.account_id)?;
-        let user = convert::user_id("user_id", r.user_id)?;
-        let user = self.svc.get_user(&account, &user)?;
-        Ok(Response::new(pb::GetUserResponse {
-            user: Some((&user).into()),
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
-    async fn list_users(
-        &self,
-        request: Request<pb::ListUsersRequest>,
-    ) -> Reply<pb::ListUsersResponse> {
-        let r = request.into_inner();
-        let account = convert::account_id("account_id", r.account_id)?;
-        let size = convert::page_size(r.page_size)?;
-        let after = convert::page_cursor(&account, &r.page_token)?;
-        let (users, more) = self.svc.list_users(&account, after.as_ref(), size)?;
-        let next_page_token = match users.last() {
-            Some(last) if more => convert::page_token(&account, &last.id),
-            _ => String::new(),
-        };
-        Ok(Response::new(pb::ListUsersResponse {
-            users: users.iter().map(Into::into).collect(),
-            next_page_token,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
-    async fn delete_user(
-        &self,
-        request: Request<pb::DeleteUserRequest>,
-    ) -> Reply<pb::DeleteUserResponse> {
-        let r = request.into_inner();
-        let account = convert::account_id("account_id", r.account_id)?;
-        let user = convert::user_id("user_id", r.user_id)?;
-        let revision = self.svc.delete_user(account, user).await?;
-        Ok(Response::new(pb::DeleteUserResponse { revision }))
-    }
-
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
-    async fn update_user_services(
-        &self,
-        request: Request<pb::UpdateUserServicesRequest>,
-    ) -> Reply<pb::UpdateUserServicesResponse> {
-        let r = request.into_inner();
-        let account = convert::account_id("account_id", r.account_id)?;
-        let user = convert::user_id("user_id", r.user_id)?;
-        let change = ServicesChange {
-            edition: r.edition.map(|e| (!e.is_empty()).then_some(e)),
-            tier: r
-                .analytics_tier
-                .map(|t| convert::tier("analytics_tier", t))
-                .transpose()?,
-            expected_revision: r.expected_revision,
-        };
-        let changed = self.svc.update_user_services(account, user, change).await?;
-        Ok(Response::new(pb::UpdateUserServicesResponse {
-            user: Some((&changed.user).into()),
-            notices: changed.notices.iter().map(Into::into).collect(),
-            revision: changed.revision,
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl AccessService for Api {
-    // Debug level: the hot path pays for no span unless asked to.
-    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
-    async fn check_analytics_access(
-        &self,
-        request: Request<pb::CheckAnalyticsAccessRequest>,
-    ) -> Reply<pb::CheckAnalyticsAccessResponse> {
-        let r = request.get_ref();
-        // Malformed ids are errors; well-formed unknown ones are answers.
-        convert::id("account_id", &r.account_id)?;
-        convert::id("user_id", &r.user_id)?;
-        Ok(Response::new(
-            self.svc.check(&r.account_id, &r.user_id).into(),
-        ))
+impl Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        let principal = self.svc.authenticate(header)?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
     }
 }

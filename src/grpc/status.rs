@@ -1,7 +1,7 @@
 //! The one place errors become `tonic::Status`. Matches are exhaustive, so a
 //! new variant cannot silently become `INTERNAL`.
 
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::convert::ConversionError;
 use crate::{service::DomainError, store::StoreError};
@@ -27,6 +27,12 @@ impl From<DomainError> for Status {
             | DomainError::TierNotAllowed { .. }
             | DomainError::TierNeedsEdition { .. } => Status::failed_precondition(message),
             DomainError::RevisionMismatch { .. } => Status::aborted(message),
+            DomainError::PermissionDenied(_) => Status::permission_denied(message),
+            DomainError::Unauthenticated(_) => Status::unauthenticated(message),
+            DomainError::TokenNotFound(_) => Status::not_found(message),
+            DomainError::InvalidToken(_) => Status::invalid_argument(message),
+            DomainError::TokenReplay { .. } => Status::failed_precondition(message),
+            DomainError::Bootstrap(_) => Status::internal(message),
             DomainError::Store(e) => e.into(),
         }
     }
@@ -37,6 +43,7 @@ impl From<StoreError> for Status {
         let message = e.to_string();
         match e {
             StoreError::Failed(_) => Status::unavailable(message),
+            StoreError::RequestReused(_) => Status::failed_precondition(message),
             StoreError::Locked { .. }
             | StoreError::Open { .. }
             | StoreError::Corrupt { .. }
@@ -46,5 +53,28 @@ impl From<StoreError> for Status {
                 Status::internal(message)
             }
         }
+    }
+}
+
+/// The canonical name of a code, as the audit trail records it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -1,6 +1,6 @@
 //! On-disk encoding: keys are the ids' bytes (`account` and
 //! `account/user`; `/` cannot occur in an id), values a format version byte
-//! followed by the record in postcard, revisions big-endian `u64`.
+//! followed by the record in postcard, counters big-endian `u64`.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -46,11 +46,28 @@ pub fn decode<T: DeserializeOwned>(
     }
 }
 
-pub fn decode_revision(bytes: &[u8]) -> Result<u64, StoreError> {
+/// A big-endian `u64` (revisions, sequence numbers).
+pub fn decode_counter(tree: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
-        tree: super::META,
-        key: "revision".to_owned(),
+        tree,
+        key: String::from_utf8_lossy(bytes).into_owned(),
         reason: format!("expected 8 bytes, found {}", bytes.len()),
     })?;
     Ok(u64::from_be_bytes(arr))
+}
+
+/// `token_id NUL request_id`: token ids never hold a NUL.
+pub fn request_key(token_id: &str, request_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(token_id.len() + 1 + request_id.len());
+    key.extend_from_slice(token_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(request_id.as_bytes());
+    key
+}
+
+/// `account/`: followed by a big-endian sequence number in the index.
+pub fn audit_account_prefix(account: &str) -> Vec<u8> {
+    let mut key = account.as_bytes().to_vec();
+    key.push(b'/');
+    key
 }

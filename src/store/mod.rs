@@ -4,11 +4,13 @@
 //! Writes are serialised by one writer lock: the caller's `decide` closure sees
 //! the latest committed state and returns the mutations, which are committed in
 //! one sled transaction together with the store revision (raised by exactly
-//! one). The writer then waits until a flush covers its revision. Flushes are
-//! shared (group commit): whoever holds the flush lock flushes for every write
-//! committed so far, then publishes those writes to the view. Reads (checks,
-//! gets, lists) are served from the view, so they never see a write that is
-//! not yet durable and never touch the disk.
+//! one), the write's audit record, and (for a write with a request id) the
+//! response kept for retries. The writer then waits until a flush covers its
+//! revision. Flushes are shared (group commit): whoever holds the flush lock
+//! flushes for every write committed so far, then publishes those writes to
+//! the view. Reads (checks, gets, lists, token look-ups) are served from the
+//! view, so they never see a write that is not yet durable and never touch
+//! the disk.
 //!
 //! If a flush fails the store stops taking writes (fail-stop, as databases do
 //! after an fsync error): a restart reloads the view from disk.
@@ -16,21 +18,40 @@
 mod codec;
 mod view;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use parking_lot::{Mutex, RwLock};
+use serde::{Serialize, de::DeserializeOwned};
 use sled::{Transactional, transaction::ConflictableTransactionError};
 
-use crate::domain::{Account, AccountId, User, UserId};
+use crate::domain::{
+    Account, AccountId, Actor, AuditRecord, Outcome, Rpc, Token, User, UserId, UserState,
+    validate_id,
+};
 
 pub use view::View;
 
 const ACCOUNTS: &str = "accounts";
 const USERS: &str = "users";
 const META: &str = "meta";
+const TOKENS: &str = "tokens";
+/// Audit records by sequence number.
+const AUDIT: &str = "audit";
+/// `account/seq` → nothing: the audit trail of one account.
+const AUDIT_BY_ACCOUNT: &str = "audit_by_account";
+/// `token_id NUL request_id` → the first response, for safe retries.
+const REQUESTS: &str = "requests";
+const REVISION_KEY: &[u8] = b"revision";
+const AUDIT_SEQ_KEY: &[u8] = b"audit_seq";
+const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
 /// Held (flock) for as long as a store is open on the directory.
 const LOCK_FILE: &str = "entitled.lock";
-const REVISION_KEY: &[u8] = b"revision";
+/// How long a request id is remembered.
+pub const REQUEST_ID_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +76,10 @@ pub enum StoreError {
         "a write could not be made durable ({0}); the store takes no more writes until restarted"
     )]
     Failed(String),
+    #[error(
+        "request_id `{0}` was already used by this token for a different request; use a new request_id for a new request"
+    )]
+    RequestReused(String),
 }
 
 /// One change to stored records.
@@ -63,22 +88,74 @@ pub enum Mutation {
     PutAccount(Account),
     PutUser(User),
     DeleteUser(AccountId, UserId),
+    PutToken(Token),
+    MarkBootstrapped,
 }
 
-/// What `decide` sees: the latest committed state of one account and user.
+/// What a write is about: what `decide` is shown.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Account(AccountId),
+    User(AccountId, UserId),
+    Token(String),
+    None,
+}
+
+/// Who writes, for the audit trail and for replaying retries.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    pub actor: Actor,
+    pub rpc: Rpc,
+    pub at: SystemTime,
+    /// As the caller sent them.
+    pub account_id: String,
+    pub user_id: String,
+    pub request: Option<RequestKey>,
+}
+
+/// A caller's request id and a fingerprint of the request it came with.
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub id: String,
+    pub fingerprint: [u8; 32],
+}
+
+/// What `decide` sees: the latest committed state of its target.
 #[derive(Debug)]
 pub struct Current {
     pub account: Option<Account>,
     pub user: Option<User>,
+    pub token: Option<Token>,
     /// The revision a write decided now would get.
     pub next_revision: u64,
 }
 
-/// What `decide` returns: the mutations to commit (none for a no-op) and
-/// the caller's output.
+/// What `decide` returns: the mutations to commit (none for a no-op), the
+/// caller's output, and details for the audit record.
 pub struct Decided<T> {
     pub mutations: Vec<Mutation>,
     pub output: T,
+    pub details: Vec<String>,
+}
+
+impl<T> Decided<T> {
+    pub fn new(mutations: Vec<Mutation>, output: T) -> Self {
+        Decided {
+            mutations,
+            output,
+            details: Vec::new(),
+        }
+    }
+}
+
+/// The result of a write.
+#[derive(Debug)]
+pub struct Written<T> {
+    pub output: T,
+    /// The store revision after the write.
+    pub revision: u64,
+    /// True when this was a retry answered from the first call's record.
+    pub replayed: bool,
 }
 
 /// The sled-backed store. Cheap to clone.
@@ -87,30 +164,44 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+struct Trees {
+    accounts: sled::Tree,
+    users: sled::Tree,
+    meta: sled::Tree,
+    tokens: sled::Tree,
+    audit: sled::Tree,
+    audit_by_account: sled::Tree,
+    requests: sled::Tree,
+}
+
 struct Inner {
     /// Released when the store is dropped.
     _lock: std::fs::File,
     db: sled::Db,
-    accounts: sled::Tree,
-    users: sled::Tree,
-    meta: sled::Tree,
+    trees: Trees,
     /// Serialises writers; holds the last committed revision and the writes
     /// committed but not yet published to the view.
     writer: Mutex<WriterState>,
     /// One flusher at a time; waiting writers queue here and usually find
     /// their revision already flushed by the one before them.
-    flush_lock: tokio::sync::Mutex<FlushState>,
+    flush_lock: tokio::sync::Mutex<()>,
     view: RwLock<View>,
 }
 
 struct WriterState {
     committed: u64,
+    audit_seq: u64,
     pending: Vec<(u64, Vec<Mutation>)>,
     failed: Option<String>,
 }
 
-struct FlushState {
-    failed: Option<String>,
+/// The first response to a request id.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RequestRecord {
+    fingerprint: [u8; 32],
+    at: SystemTime,
+    revision: u64,
+    output: Vec<u8>,
 }
 
 impl Store {
@@ -145,27 +236,30 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        let accounts = db.open_tree(ACCOUNTS)?;
-        let users = db.open_tree(USERS)?;
-        let meta = db.open_tree(META)?;
-        let revision = match meta.get(REVISION_KEY)? {
-            Some(bytes) => codec::decode_revision(&bytes)?,
-            None => 0,
+        let trees = Trees {
+            accounts: db.open_tree(ACCOUNTS)?,
+            users: db.open_tree(USERS)?,
+            meta: db.open_tree(META)?,
+            tokens: db.open_tree(TOKENS)?,
+            audit: db.open_tree(AUDIT)?,
+            audit_by_account: db.open_tree(AUDIT_BY_ACCOUNT)?,
+            requests: db.open_tree(REQUESTS)?,
         };
-        let view = View::load(&accounts, &users, revision)?;
+        let revision = read_counter(&trees.meta, REVISION_KEY)?;
+        let audit_seq = read_counter(&trees.meta, AUDIT_SEQ_KEY)?;
+        let view = View::load(&trees.accounts, &trees.users, &trees.tokens, revision)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 _lock: lock,
                 db,
-                accounts,
-                users,
-                meta,
+                trees,
                 writer: Mutex::new(WriterState {
                     committed: revision,
+                    audit_seq,
                     pending: Vec::new(),
                     failed: None,
                 }),
-                flush_lock: tokio::sync::Mutex::new(FlushState { failed: None }),
+                flush_lock: tokio::sync::Mutex::new(()),
                 view: RwLock::new(view),
             }),
         })
@@ -177,109 +271,335 @@ impl Store {
         read(&self.inner.view.read())
     }
 
-    /// Decides and commits one write atomically, and returns once it is
-    /// durable and visible to reads. Returns `decide`'s output and the store
-    /// revision after the write (unchanged when `decide` returned no
-    /// mutations).
+    /// Whether the first start's operator token was made.
+    pub fn is_bootstrapped(&self) -> Result<bool, StoreError> {
+        Ok(self.inner.trees.meta.get(BOOTSTRAPPED_KEY)?.is_some())
+    }
+
+    /// Decides and commits one write atomically, with its audit record, and
+    /// returns once it is durable and visible to reads. A retry with a
+    /// request id already answered within 24 hours gets the first answer.
     pub async fn write<T, E>(
         &self,
-        account: &AccountId,
-        user: Option<&UserId>,
+        target: &Target,
+        ctx: WriteContext,
         decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
-    ) -> Result<(T, u64), E>
+    ) -> Result<Written<T>, E>
     where
+        T: Serialize + DeserializeOwned,
         E: From<StoreError>,
     {
-        let (output, revision) = self.commit(account, user, decide)?;
-        self.wait_durable(revision).await?;
-        Ok((output, revision))
+        let written = self.commit(target, ctx, decide)?;
+        self.wait_durable(written.revision).await?;
+        Ok(written)
     }
 
     fn commit<T, E>(
         &self,
-        account: &AccountId,
-        user: Option<&UserId>,
+        target: &Target,
+        ctx: WriteContext,
         decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
-    ) -> Result<(T, u64), E>
+    ) -> Result<Written<T>, E>
     where
+        T: Serialize + DeserializeOwned,
         E: From<StoreError>,
     {
         let inner = &self.inner;
+        let trees = &inner.trees;
         let mut writer = inner.writer.lock();
         if let Some(reason) = &writer.failed {
             return Err(StoreError::Failed(reason.clone()).into());
         }
-        let current = Current {
-            account: self.get_account(account)?,
-            user: match user {
-                Some(user) => self.get_user(account, user)?,
-                None => None,
-            },
-            next_revision: writer.committed + 1,
-        };
-        let Decided { mutations, output } = decide(current)?;
+
+        let request_key = ctx
+            .request
+            .as_ref()
+            .map(|r| codec::request_key(&ctx.actor.token_id, &r.id));
+        if let (Some(request), Some(key)) = (&ctx.request, &request_key)
+            && let Some(bytes) = trees.requests.get(key).map_err(StoreError::from)?
+        {
+            let record: RequestRecord = codec::decode(REQUESTS, key, &bytes)?;
+            let fresh = record.at + REQUEST_ID_WINDOW > ctx.at;
+            if fresh && record.fingerprint == request.fingerprint {
+                let output = codec::decode(REQUESTS, key, &record.output)?;
+                return Ok(Written {
+                    output,
+                    revision: record.revision,
+                    replayed: true,
+                });
+            }
+            if fresh {
+                return Err(StoreError::RequestReused(request.id.clone()).into());
+            }
+        }
+
+        let current = self.current(target, writer.committed + 1)?;
+        let before = current.user.as_ref().map(UserState::from);
+        let Decided {
+            mutations,
+            output,
+            details,
+        } = decide(current)?;
         if mutations.is_empty() {
-            return Ok((output, writer.committed));
+            return Ok(Written {
+                output,
+                revision: writer.committed,
+                replayed: false,
+            });
         }
         let revision = writer.committed + 1;
+        let seq = writer.audit_seq + 1;
 
         // Encode outside the transaction so its closure only moves bytes.
-        let mut ops = Vec::with_capacity(mutations.len());
+        let mut ops = Vec::with_capacity(mutations.len() + 5);
+        let mut after = before.clone();
         for m in &mutations {
             ops.push(match m {
                 Mutation::PutAccount(a) => {
-                    Op::Account(codec::account_key(&a.id), Some(codec::encode(a)?))
+                    Op::put(Tree::Accounts, codec::account_key(&a.id), codec::encode(a)?)
                 }
-                Mutation::PutUser(u) => Op::User(
-                    codec::user_key(&u.account_id, &u.id),
-                    Some(codec::encode(u)?),
-                ),
-                Mutation::DeleteUser(a, u) => Op::User(codec::user_key(a, u), None),
+                Mutation::PutUser(u) => {
+                    after = Some(UserState::from(u));
+                    Op::put(
+                        Tree::Users,
+                        codec::user_key(&u.account_id, &u.id),
+                        codec::encode(u)?,
+                    )
+                }
+                Mutation::DeleteUser(a, u) => {
+                    after = None;
+                    Op::remove(Tree::Users, codec::user_key(a, u))
+                }
+                Mutation::PutToken(t) => {
+                    Op::put(Tree::Tokens, t.id.as_bytes().to_vec(), codec::encode(t)?)
+                }
+                Mutation::MarkBootstrapped => {
+                    Op::put(Tree::Meta, BOOTSTRAPPED_KEY.to_vec(), vec![1])
+                }
             });
         }
-        let revision_bytes = revision.to_be_bytes();
-        (&inner.accounts, &inner.users, &inner.meta)
-            .transaction(|(accounts, users, meta)| {
-                for op in &ops {
-                    match op {
-                        Op::Account(k, Some(v)) => {
-                            accounts.insert(k.as_slice(), v.as_slice())?;
-                        }
-                        Op::Account(k, None) => {
-                            accounts.remove(k.as_slice())?;
-                        }
-                        Op::User(k, Some(v)) => {
-                            users.insert(k.as_slice(), v.as_slice())?;
-                        }
-                        Op::User(k, None) => {
-                            users.remove(k.as_slice())?;
-                        }
+        ops.push(Op::put(
+            Tree::Meta,
+            REVISION_KEY.to_vec(),
+            revision.to_be_bytes().to_vec(),
+        ));
+        let record = AuditRecord {
+            seq,
+            revision,
+            at: ctx.at,
+            actor: ctx.actor.clone(),
+            rpc: ctx.rpc,
+            account_id: ctx.account_id.clone(),
+            user_id: ctx.user_id.clone(),
+            before,
+            after,
+            details,
+            outcome: Outcome::Applied,
+        };
+        ops.extend(audit_ops(&record)?);
+        if let (Some(request), Some(key)) = (&ctx.request, request_key) {
+            let kept = RequestRecord {
+                fingerprint: request.fingerprint,
+                at: ctx.at,
+                revision,
+                output: codec::encode(&output)?,
+            };
+            ops.push(Op::put(Tree::Requests, key, codec::encode(&kept)?));
+        }
+        self.transact(&ops)?;
+        writer.committed = revision;
+        writer.audit_seq = seq;
+        writer.pending.push((revision, mutations));
+        Ok(Written {
+            output,
+            revision,
+            replayed: false,
+        })
+    }
+
+    /// Appends a refused write to the audit trail. It raises no revision and
+    /// is not waited for: sled's background flush writes it within a second.
+    pub fn record_refusal(
+        &self,
+        ctx: WriteContext,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut writer = self.inner.writer.lock();
+        let seq = writer.audit_seq + 1;
+        let record = AuditRecord {
+            seq,
+            revision: writer.committed,
+            at: ctx.at,
+            actor: ctx.actor,
+            rpc: ctx.rpc,
+            account_id: ctx.account_id,
+            user_id: ctx.user_id,
+            before: None,
+            after: None,
+            details: Vec::new(),
+            outcome: Outcome::Refused {
+                code: code.to_owned(),
+                reason: reason.to_owned(),
+            },
+        };
+        self.transact(&audit_ops(&record)?)?;
+        writer.audit_seq = seq;
+        Ok(())
+    }
+
+    /// Up to `limit` audit records after sequence `after_seq` whose revision
+    /// is above `after_revision`, of one account or all, in order; and
+    /// whether more may follow. Applied records not yet durable are not
+    /// shown (the listing stops before them).
+    pub fn audit(
+        &self,
+        account: Option<&str>,
+        after_seq: u64,
+        after_revision: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditRecord>, bool), StoreError> {
+        let trees = &self.inner.trees;
+        let durable = self.read(View::revision);
+        let start = (after_seq + 1).to_be_bytes();
+        let seqs: Box<dyn Iterator<Item = Result<u64, StoreError>>> = match account {
+            Some(account) => {
+                let prefix = codec::audit_account_prefix(account);
+                let mut from = prefix.clone();
+                from.extend_from_slice(&start);
+                Box::new(
+                    trees
+                        .audit_by_account
+                        .range(from..)
+                        .take_while(move |item| {
+                            item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
+                        })
+                        .map(|item| {
+                            let (k, _) = item?;
+                            codec::decode_counter(AUDIT_BY_ACCOUNT, &k[k.len().saturating_sub(8)..])
+                        }),
+                )
+            }
+            None => Box::new(trees.audit.range(start.to_vec()..).map(|item| {
+                let (k, _) = item?;
+                codec::decode_counter(AUDIT, &k)
+            })),
+        };
+        let mut out = Vec::new();
+        for seq in seqs {
+            let seq = seq?;
+            let key = seq.to_be_bytes();
+            let Some(bytes) = trees.audit.get(key)? else {
+                continue;
+            };
+            let record: AuditRecord = codec::decode(AUDIT, &key, &bytes)?;
+            if record.outcome == Outcome::Applied && record.revision > durable {
+                return Ok((out, false));
+            }
+            // A refusal at revision r came after the write that made r.
+            let after = match record.outcome {
+                Outcome::Applied => record.revision > after_revision,
+                Outcome::Refused { .. } => record.revision >= after_revision,
+            };
+            if !after {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(record);
+        }
+        Ok((out, false))
+    }
+
+    fn current(&self, target: &Target, next_revision: u64) -> Result<Current, StoreError> {
+        let trees = &self.inner.trees;
+        let account = |id: &AccountId| -> Result<Option<Account>, StoreError> {
+            let key = codec::account_key(id);
+            trees
+                .accounts
+                .get(&key)?
+                .map(|v| codec::decode(ACCOUNTS, &key, &v))
+                .transpose()
+        };
+        let mut current = Current {
+            account: None,
+            user: None,
+            token: None,
+            next_revision,
+        };
+        match target {
+            Target::Account(a) => current.account = account(a)?,
+            Target::User(a, u) => {
+                current.account = account(a)?;
+                let key = codec::user_key(a, u);
+                current.user = trees
+                    .users
+                    .get(&key)?
+                    .map(|v| codec::decode(USERS, &key, &v))
+                    .transpose()?;
+            }
+            Target::Token(id) => {
+                current.token = trees
+                    .tokens
+                    .get(id.as_bytes())?
+                    .map(|v| codec::decode(TOKENS, id.as_bytes(), &v))
+                    .transpose()?;
+            }
+            Target::None => {}
+        }
+        Ok(current)
+    }
+
+    fn transact(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let t = &self.inner.trees;
+        (
+            &t.accounts,
+            &t.users,
+            &t.meta,
+            &t.tokens,
+            &t.audit,
+            &t.audit_by_account,
+            &t.requests,
+        )
+            .transaction(
+                |(accounts, users, meta, tokens, audit, by_account, requests)| {
+                    for op in ops {
+                        let tree = match op.tree {
+                            Tree::Accounts => accounts,
+                            Tree::Users => users,
+                            Tree::Meta => meta,
+                            Tree::Tokens => tokens,
+                            Tree::Audit => audit,
+                            Tree::AuditByAccount => by_account,
+                            Tree::Requests => requests,
+                        };
+                        match &op.value {
+                            Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
+                            None => tree.remove(op.key.as_slice())?,
+                        };
                     }
-                }
-                meta.insert(REVISION_KEY, &revision_bytes[..])?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                },
+            )
             .map_err(|e| match e {
                 sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
                 sled::transaction::TransactionError::Abort(()) => {
                     StoreError::Failed("transaction aborted".to_owned())
                 }
-            })?;
-        writer.committed = revision;
-        writer.pending.push((revision, mutations));
-        Ok((output, revision))
+            })
     }
 
     /// Waits until `revision` is flushed and published, flushing it (and
     /// every other write committed by then) if nobody else has.
     async fn wait_durable(&self, revision: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let mut flush = inner.flush_lock.lock().await;
-        if let Some(reason) = &flush.failed {
-            return Err(StoreError::Failed(reason.clone()));
-        }
+        let _flushing = inner.flush_lock.lock().await;
         if inner.view.read().revision() >= revision {
             return Ok(());
+        }
+        if let Some(reason) = &inner.writer.lock().failed {
+            return Err(StoreError::Failed(reason.clone()));
         }
         let batch = std::mem::take(&mut inner.writer.lock().pending);
         let db = inner.db.clone();
@@ -291,7 +611,6 @@ impl Store {
             .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(reason) = flushed {
             tracing::error!(%reason, "flush failed; refusing further writes");
-            flush.failed = Some(reason.clone());
             inner.writer.lock().failed = Some(reason.clone());
             return Err(StoreError::Failed(reason));
         }
@@ -300,25 +619,6 @@ impl Store {
             view.apply(rev, mutations);
         }
         Ok(())
-    }
-
-    /// The latest committed account (not necessarily durable yet).
-    fn get_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
-        let key = codec::account_key(id);
-        self.inner
-            .accounts
-            .get(&key)?
-            .map(|v| codec::decode(ACCOUNTS, &key, &v))
-            .transpose()
-    }
-
-    fn get_user(&self, account: &AccountId, user: &UserId) -> Result<Option<User>, StoreError> {
-        let key = codec::user_key(account, user);
-        self.inner
-            .users
-            .get(&key)?
-            .map(|v| codec::decode(USERS, &key, &v))
-            .transpose()
     }
 
     /// Flushes everything to disk; for shutdown.
@@ -331,7 +631,59 @@ impl Store {
     }
 }
 
-enum Op {
-    Account(Vec<u8>, Option<Vec<u8>>),
-    User(Vec<u8>, Option<Vec<u8>>),
+fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    match meta.get(key)? {
+        Some(bytes) => codec::decode_counter(META, &bytes),
+        None => Ok(0),
+    }
+}
+
+fn audit_ops(record: &AuditRecord) -> Result<Vec<Op>, StoreError> {
+    let seq = record.seq.to_be_bytes();
+    let mut ops = vec![
+        Op::put(Tree::Audit, seq.to_vec(), codec::encode(record)?),
+        Op::put(Tree::Meta, AUDIT_SEQ_KEY.to_vec(), seq.to_vec()),
+    ];
+    // Only well-formed ids are indexed, so one account's prefix can never
+    // match a refused request's malformed `acme/…`.
+    if validate_id(&record.account_id).is_ok() {
+        let mut key = codec::audit_account_prefix(&record.account_id);
+        key.extend_from_slice(&seq);
+        ops.push(Op::put(Tree::AuditByAccount, key, Vec::new()));
+    }
+    Ok(ops)
+}
+
+#[derive(Clone, Copy)]
+enum Tree {
+    Accounts,
+    Users,
+    Meta,
+    Tokens,
+    Audit,
+    AuditByAccount,
+    Requests,
+}
+
+struct Op {
+    tree: Tree,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+impl Op {
+    fn put(tree: Tree, key: Vec<u8>, value: Vec<u8>) -> Op {
+        Op {
+            tree,
+            key,
+            value: Some(value),
+        }
+    }
+    fn remove(tree: Tree, key: Vec<u8>) -> Op {
+        Op {
+            tree,
+            key,
+            value: None,
+        }
+    }
 }

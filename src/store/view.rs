@@ -3,16 +3,35 @@
 use std::{
     collections::{BTreeMap, HashMap},
     ops::Bound,
+    sync::Arc,
 };
 
-use super::{ACCOUNTS, Mutation, StoreError, USERS, codec};
-use crate::domain::{Account, AccountId, User, UserId};
+use super::{ACCOUNTS, Mutation, StoreError, TOKENS, USERS, codec};
+use crate::domain::{Account, AccountId, Principal, Token, User, UserId};
 
 /// Accounts and users as of `revision`.
 #[derive(Debug, Default)]
 pub struct View {
     revision: u64,
     accounts: HashMap<AccountId, AccountEntry>,
+    /// Every token, revoked ones included, by id.
+    tokens: HashMap<String, TokenEntry>,
+}
+
+/// A token and the principal it authenticates, built once.
+#[derive(Debug)]
+pub struct TokenEntry {
+    pub token: Token,
+    pub principal: Arc<Principal>,
+}
+
+impl From<Token> for TokenEntry {
+    fn from(token: Token) -> Self {
+        TokenEntry {
+            principal: Arc::new(token.principal()),
+            token,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -25,12 +44,19 @@ impl View {
     pub(super) fn load(
         accounts: &sled::Tree,
         users: &sled::Tree,
+        tokens: &sled::Tree,
         revision: u64,
     ) -> Result<Self, StoreError> {
         let mut view = View {
             revision,
             accounts: HashMap::new(),
+            tokens: HashMap::new(),
         };
+        for item in tokens.iter() {
+            let (key, value) = item?;
+            let token: Token = codec::decode(TOKENS, &key, &value)?;
+            view.tokens.insert(token.id.clone(), token.into());
+        }
         for item in accounts.iter() {
             let (key, value) = item?;
             let account: Account = codec::decode(ACCOUNTS, &key, &value)?;
@@ -82,6 +108,10 @@ impl View {
                         entry.users.remove(user.as_str());
                     }
                 }
+                Mutation::PutToken(token) => {
+                    self.tokens.insert(token.id.clone(), token.into());
+                }
+                Mutation::MarkBootstrapped => {}
             }
         }
         self.revision = revision;
@@ -98,6 +128,21 @@ impl View {
 
     pub fn user(&self, account: &str, user: &str) -> Option<&User> {
         self.accounts.get(account)?.users.get(user)
+    }
+
+    pub fn token(&self, id: &str) -> Option<&TokenEntry> {
+        self.tokens.get(id)
+    }
+
+    /// Every token, oldest first.
+    pub fn tokens(&self) -> Vec<Token> {
+        let mut all: Vec<Token> = self.tokens.values().map(|e| e.token.clone()).collect();
+        all.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        all
     }
 
     /// An account with the user, if each exists: the check's one lookup.

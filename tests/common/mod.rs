@@ -17,14 +17,69 @@ use entitled::{
     catalogue::Catalogue,
     proto::v1::{
         self as pb, access_service_client::AccessServiceClient,
-        catalogue_service_client::CatalogueServiceClient,
+        audit_service_client::AuditServiceClient, catalogue_service_client::CatalogueServiceClient,
         provisioning_service_client::ProvisioningServiceClient,
+        token_service_client::TokenServiceClient,
     },
     server::{Application, Config, ServerError},
-    service::Clock,
+    service::{Clock, OPERATOR_TOKEN_FILE},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// Adds `authorization: Bearer <secret>` to every call (or nothing).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(secret: Option<&str>) -> Self {
+        Bearer(secret.map(|s| format!("Bearer {s}").parse().unwrap()))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// One client per service, all sending the same token.
+#[derive(Clone)]
+pub struct Clients {
+    pub provisioning: ProvisioningServiceClient<Authed>,
+    pub access: AccessServiceClient<Authed>,
+    pub catalogue: CatalogueServiceClient<Authed>,
+    pub tokens: TokenServiceClient<Authed>,
+    pub audit: AuditServiceClient<Authed>,
+}
+
+impl Clients {
+    pub fn new(channel: &Channel, secret: Option<&str>) -> Self {
+        let bearer = Bearer::new(secret);
+        Clients {
+            provisioning: ProvisioningServiceClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            ),
+            access: AccessServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            catalogue: CatalogueServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            audit: AuditServiceClient::with_interceptor(channel.clone(), bearer),
+        }
+    }
+}
 
 pub use pb::AnalyticsTier as T;
 
@@ -66,9 +121,13 @@ impl Default for Options {
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub channel: Channel,
-    pub provisioning: ProvisioningServiceClient<Channel>,
-    pub access: AccessServiceClient<Channel>,
-    pub catalogue: CatalogueServiceClient<Channel>,
+    /// The first start's operator token, read from its file.
+    pub operator_secret: String,
+    pub provisioning: ProvisioningServiceClient<Authed>,
+    pub access: AccessServiceClient<Authed>,
+    pub catalogue: CatalogueServiceClient<Authed>,
+    pub tokens: TokenServiceClient<Authed>,
+    pub audit: AuditServiceClient<Authed>,
     pub data_dir: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), ServerError>>>,
@@ -101,8 +160,26 @@ impl TestApp {
         app
     }
 
-    /// A server on an existing directory (the caller keeps it alive).
+    /// A server on an existing directory (the caller keeps it alive), with
+    /// the operator token from its file.
     pub async fn start(data_dir: &Path, options: Options) -> Self {
+        let file = data_dir.join(OPERATOR_TOKEN_FILE);
+        Self::start_inner(data_dir, options, move || {
+            std::fs::read_to_string(file).unwrap().trim().to_owned()
+        })
+        .await
+    }
+
+    /// A server on an existing directory whose token file is gone.
+    pub async fn start_with_secret(data_dir: &Path, options: Options, secret: String) -> Self {
+        Self::start_inner(data_dir, options, move || secret).await
+    }
+
+    async fn start_inner(
+        data_dir: &Path,
+        options: Options,
+        secret: impl FnOnce() -> String,
+    ) -> Self {
         init_tracing();
         let mut config = Config::new(
             "127.0.0.1:0".parse().unwrap(),
@@ -124,11 +201,16 @@ impl TestApp {
             .connect()
             .await
             .unwrap();
+        let operator_secret = secret();
+        let clients = Clients::new(&channel, Some(&operator_secret));
         TestApp {
             addr,
-            provisioning: ProvisioningServiceClient::new(channel.clone()),
-            access: AccessServiceClient::new(channel.clone()),
-            catalogue: CatalogueServiceClient::new(channel.clone()),
+            provisioning: clients.provisioning,
+            access: clients.access,
+            catalogue: clients.catalogue,
+            tokens: clients.tokens,
+            audit: clients.audit,
+            operator_secret,
             channel,
             data_dir: data_dir.to_path_buf(),
             shutdown: Some(tx),
@@ -172,6 +254,28 @@ impl TestApp {
         self.restart_with(Options::default()).await
     }
 
+    /// Clients that send `secret` (or no token at all).
+    pub fn clients(&self, secret: Option<&str>) -> Clients {
+        Clients::new(&self.channel, secret)
+    }
+
+    /// Makes a token and returns its secret.
+    pub async fn token(&self, name: &str, role: pb::Role, account: &str, user: &str) -> String {
+        self.tokens
+            .clone()
+            .create_token(pb::CreateTokenRequest {
+                name: name.into(),
+                role: role as i32,
+                account_id: account.into(),
+                user_id: user.into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+    }
+
     // ---- the calls tests make most, each one line at the call site ----
 
     pub async fn create_account(&self, account: &str, product_line: &str) -> pb::Account {
@@ -181,6 +285,7 @@ impl TestApp {
                 account_id: account.into(),
                 display_name: format!("{account} Inc."),
                 product_line: product_line.into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -196,6 +301,7 @@ impl TestApp {
                 account_id: account.into(),
                 user_id: user.into(),
                 display_name: format!("User {user}"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -238,7 +344,7 @@ impl TestApp {
             user_id: user.into(),
             edition: edition.map(Into::into),
             analytics_tier: tier.map(|t| t as i32),
-            expected_revision: None,
+            ..Default::default()
         })
         .await
     }
@@ -273,7 +379,8 @@ impl TestApp {
             .map(|r| r.into_inner())
     }
 
-    /// The store revision, as a check reports it.
+    /// The store revision, as a check reports it. A new server is at 1: the
+    /// first start's operator token is its first write.
     pub async fn revision(&self) -> u64 {
         self.check("any", "any").await.revision
     }

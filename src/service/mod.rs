@@ -1,18 +1,29 @@
 //! The domain service: the catalogue's rules applied to every write, and the
 //! check. Knows nothing of gRPC; storage is reached only through `Store`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::SystemTime};
+
+mod tokens;
 
 use crate::{
     catalogue::{Catalogue, ProductLine, ReportKind},
     domain::{
-        Account, AccountId, Decision, Denial, Notice, NoticeKind, ReportAccess, Tier, User, UserId,
+        Account, AccountId, Actor, AuditRecord, Decision, Denial, Notice, NoticeKind, Principal,
+        ReportAccess, Rpc, Tier, User, UserId,
     },
-    store::{Current, Decided, Mutation, Store, StoreError},
+    store::{
+        Current, Decided, Mutation, RequestKey, Store, StoreError, Target, WriteContext, Written,
+    },
 };
+
+pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec};
+
+/// Who is calling, and the request id they sent with a write, if any.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    pub request: Option<RequestKey>,
+}
 
 /// The source of "now"; replaceable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -68,6 +79,23 @@ pub enum DomainError {
     },
     #[error("nothing to change: set edition, analytics_tier or both")]
     NothingToChange,
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("token `{0}` does not exist")]
+    TokenNotFound(String),
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error(
+        "request_id `{request_id}` already created token `{token_id}`; its secret is shown only once: revoke it and create another"
+    )]
+    TokenReplay {
+        request_id: String,
+        token_id: String,
+    },
+    #[error("first start: {0}")]
+    Bootstrap(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -82,11 +110,10 @@ pub struct ServicesChange {
 }
 
 /// The outcome of a services change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ServicesChanged {
     pub user: User,
     pub notices: Vec<Notice>,
-    pub revision: u64,
 }
 
 /// Entitlements: the catalogue in force, the store, and the clock.
@@ -106,8 +133,9 @@ impl Entitlements {
         }
     }
 
-    pub fn catalogue(&self) -> &Catalogue {
-        &self.catalogue
+    pub fn catalogue(&self, caller: &Caller) -> Result<&Catalogue, DomainError> {
+        authorize(caller, Rpc::GetCatalogue, None, None)?;
+        Ok(&self.catalogue)
     }
 
     pub fn store(&self) -> &Store {
@@ -116,10 +144,12 @@ impl Entitlements {
 
     pub async fn create_account(
         &self,
+        caller: &Caller,
         id: AccountId,
         display_name: String,
         product_line: String,
-    ) -> Result<(Account, u64), DomainError> {
+    ) -> Result<Written<Account>, DomainError> {
+        authorize(caller, Rpc::CreateAccount, Some(&id), None)?;
         if self.catalogue.product_line(&product_line).is_none() {
             return Err(DomainError::UnknownProductLine {
                 given: product_line,
@@ -132,8 +162,9 @@ impl Entitlements {
             });
         }
         let now = (self.clock)();
+        let ctx = self.context(caller, Rpc::CreateAccount, id.as_str(), "");
         self.store
-            .write(&id.clone(), None, move |current| {
+            .write(&Target::Account(id.clone()), ctx, move |current| {
                 if current.account.is_some() {
                     return Err(DomainError::AccountExists(id));
                 }
@@ -144,15 +175,19 @@ impl Entitlements {
                     created_at: now,
                     analytics_activated_at: None,
                 };
-                Ok(Decided {
-                    mutations: vec![Mutation::PutAccount(account.clone())],
-                    output: account,
-                })
+                let mut decided =
+                    Decided::new(vec![Mutation::PutAccount(account.clone())], account);
+                decided.details.push(format!(
+                    "created account `{}` on product line `{}`",
+                    decided.output.id, decided.output.product_line
+                ));
+                Ok(decided)
             })
             .await
     }
 
-    pub fn get_account(&self, id: &AccountId) -> Result<Account, DomainError> {
+    pub fn get_account(&self, caller: &Caller, id: &AccountId) -> Result<Account, DomainError> {
+        authorize(caller, Rpc::GetAccount, Some(id), None)?;
         self.store
             .read(|v| v.account(id.as_str()).cloned())
             .ok_or_else(|| DomainError::AccountNotFound(id.clone()))
@@ -161,47 +196,54 @@ impl Entitlements {
     /// Creates the user (no edition, tier none) or renames it.
     pub async fn put_user(
         &self,
+        caller: &Caller,
         account: AccountId,
         user: UserId,
         display_name: String,
-    ) -> Result<(User, u64), DomainError> {
+    ) -> Result<Written<User>, DomainError> {
+        authorize(caller, Rpc::PutUser, Some(&account), Some(&user))?;
         let now = (self.clock)();
+        let ctx = self.context(caller, Rpc::PutUser, account.as_str(), user.as_str());
         self.store
-            .write(&account.clone(), Some(&user.clone()), move |current| {
-                require_account(&current, &account)?;
-                let next = match current.user {
-                    Some(existing) if existing.display_name == display_name => {
-                        return Ok(Decided {
-                            mutations: vec![],
-                            output: existing,
-                        });
-                    }
-                    Some(existing) => User {
-                        display_name,
-                        revision: current.next_revision,
-                        updated_at: now,
-                        ..existing
-                    },
-                    None => User {
-                        account_id: account,
-                        id: user,
-                        display_name,
-                        edition: None,
-                        tier: Tier::None,
-                        revision: current.next_revision,
-                        created_at: now,
-                        updated_at: now,
-                    },
-                };
-                Ok(Decided {
-                    mutations: vec![Mutation::PutUser(next.clone())],
-                    output: next,
-                })
-            })
+            .write(
+                &Target::User(account.clone(), user.clone()),
+                ctx,
+                move |current| {
+                    require_account(&current, &account)?;
+                    let next = match current.user {
+                        Some(existing) if existing.display_name == display_name => {
+                            return Ok(Decided::new(vec![], existing));
+                        }
+                        Some(existing) => User {
+                            display_name,
+                            revision: current.next_revision,
+                            updated_at: now,
+                            ..existing
+                        },
+                        None => User {
+                            account_id: account,
+                            id: user,
+                            display_name,
+                            edition: None,
+                            tier: Tier::None,
+                            revision: current.next_revision,
+                            created_at: now,
+                            updated_at: now,
+                        },
+                    };
+                    Ok(Decided::new(vec![Mutation::PutUser(next.clone())], next))
+                },
+            )
             .await
     }
 
-    pub fn get_user(&self, account: &AccountId, user: &UserId) -> Result<User, DomainError> {
+    pub fn get_user(
+        &self,
+        caller: &Caller,
+        account: &AccountId,
+        user: &UserId,
+    ) -> Result<User, DomainError> {
+        authorize(caller, Rpc::GetUser, Some(account), Some(user))?;
         self.store.read(
             |v| match v.account_and_user(account.as_str(), user.as_str()) {
                 (None, _) => Err(DomainError::AccountNotFound(account.clone())),
@@ -217,95 +259,179 @@ impl Entitlements {
     /// Up to `limit` users after `after`, in id order, and whether more follow.
     pub fn list_users(
         &self,
+        caller: &Caller,
         account: &AccountId,
         after: Option<&UserId>,
         limit: usize,
     ) -> Result<(Vec<User>, bool), DomainError> {
+        authorize(caller, Rpc::ListUsers, Some(account), None)?;
         self.store
             .read(|v| v.users_after(account.as_str(), after.map(UserId::as_str), limit))
             .ok_or_else(|| DomainError::AccountNotFound(account.clone()))
     }
 
-    pub async fn delete_user(&self, account: AccountId, user: UserId) -> Result<u64, DomainError> {
-        let ((), revision) = self
-            .store
-            .write::<_, DomainError>(&account.clone(), Some(&user.clone()), move |current| {
-                require_user(&current, &account, &user)?;
-                Ok(Decided {
-                    mutations: vec![Mutation::DeleteUser(account, user)],
-                    output: (),
-                })
-            })
-            .await?;
-        Ok(revision)
+    pub async fn delete_user(
+        &self,
+        caller: &Caller,
+        account: AccountId,
+        user: UserId,
+    ) -> Result<Written<()>, DomainError> {
+        authorize(caller, Rpc::DeleteUser, Some(&account), Some(&user))?;
+        let ctx = self.context(caller, Rpc::DeleteUser, account.as_str(), user.as_str());
+        self.store
+            .write::<_, DomainError>(
+                &Target::User(account.clone(), user.clone()),
+                ctx,
+                move |current| {
+                    require_user(&current, &account, &user)?;
+                    Ok(Decided::new(vec![Mutation::DeleteUser(account, user)], ()))
+                },
+            )
+            .await
     }
 
     /// The console's "Services and permissions" + "Save": edition and tier
     /// change together and are validated on the combined result.
     pub async fn update_user_services(
         &self,
+        caller: &Caller,
         account: AccountId,
         user: UserId,
         change: ServicesChange,
-    ) -> Result<ServicesChanged, DomainError> {
+    ) -> Result<Written<ServicesChanged>, DomainError> {
+        authorize(caller, Rpc::UpdateUserServices, Some(&account), Some(&user))?;
         if change.edition.is_none() && change.tier.is_none() {
             return Err(DomainError::NothingToChange);
         }
         let now = (self.clock)();
         let catalogue = Arc::clone(&self.catalogue);
-        let ((user, notices), revision) = self
-            .store
-            .write(&account.clone(), Some(&user.clone()), move |current| {
-                let account = require_account(&current, &account)?;
-                let existing = require_user(&current, &account.id, &user)?;
-                if let Some(expected) = change.expected_revision
-                    && expected != existing.revision
-                {
-                    return Err(DomainError::RevisionMismatch {
-                        user,
-                        expected,
-                        actual: existing.revision,
-                    });
-                }
-                let (edition, tier, notices) =
-                    plan_services(&catalogue, account, existing, &change)?;
-                if edition == existing.edition && tier == existing.tier {
-                    return Ok(Decided {
-                        mutations: vec![],
-                        output: (existing.clone(), notices),
-                    });
-                }
-                let mut mutations = Vec::with_capacity(2);
-                if tier.grants_access() && account.analytics_activated_at.is_none() {
-                    mutations.push(Mutation::PutAccount(Account {
-                        analytics_activated_at: Some(now),
-                        ..account.clone()
-                    }));
-                }
-                let updated = User {
-                    edition,
-                    tier,
-                    revision: current.next_revision,
-                    updated_at: now,
-                    ..existing.clone()
-                };
-                mutations.push(Mutation::PutUser(updated.clone()));
-                Ok(Decided {
-                    mutations,
-                    output: (updated, notices),
-                })
-            })
-            .await?;
-        Ok(ServicesChanged {
-            user,
-            notices,
-            revision,
-        })
+        let ctx = self.context(
+            caller,
+            Rpc::UpdateUserServices,
+            account.as_str(),
+            user.as_str(),
+        );
+        self.store
+            .write(
+                &Target::User(account.clone(), user.clone()),
+                ctx,
+                move |current| {
+                    let account = require_account(&current, &account)?;
+                    let existing = require_user(&current, &account.id, &user)?;
+                    if let Some(expected) = change.expected_revision
+                        && expected != existing.revision
+                    {
+                        return Err(DomainError::RevisionMismatch {
+                            user,
+                            expected,
+                            actual: existing.revision,
+                        });
+                    }
+                    let (edition, tier, notices) =
+                        plan_services(&catalogue, account, existing, &change)?;
+                    if edition == existing.edition && tier == existing.tier {
+                        let output = ServicesChanged {
+                            user: existing.clone(),
+                            notices,
+                        };
+                        return Ok(Decided::new(vec![], output));
+                    }
+                    let mut mutations = Vec::with_capacity(2);
+                    if tier.grants_access() && account.analytics_activated_at.is_none() {
+                        mutations.push(Mutation::PutAccount(Account {
+                            analytics_activated_at: Some(now),
+                            ..account.clone()
+                        }));
+                    }
+                    let updated = User {
+                        edition,
+                        tier,
+                        revision: current.next_revision,
+                        updated_at: now,
+                        ..existing.clone()
+                    };
+                    mutations.push(Mutation::PutUser(updated.clone()));
+                    let details = notices.iter().map(|n| n.message.clone()).collect();
+                    Ok(Decided {
+                        mutations,
+                        output: ServicesChanged {
+                            user: updated,
+                            notices,
+                        },
+                        details,
+                    })
+                },
+            )
+            .await
+    }
+
+    /// Records a refused write in the audit trail (the gRPC layer calls this
+    /// for every write RPC that fails, whatever the reason).
+    pub fn record_refusal(
+        &self,
+        caller: &Caller,
+        rpc: Rpc,
+        account: &str,
+        user: &str,
+        code: &str,
+        reason: &str,
+    ) {
+        let ctx = self.context(caller, rpc, account, user);
+        if let Err(e) = self.store.record_refusal(ctx, code, reason) {
+            tracing::error!(error = %e, rpc = rpc.name(), "cannot record a refused write in the audit trail");
+        }
+    }
+
+    /// The audit trail, of one account or (operators and provisioners) all.
+    pub fn list_changes(
+        &self,
+        caller: &Caller,
+        account: Option<&AccountId>,
+        after_seq: u64,
+        after_revision: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditRecord>, bool), DomainError> {
+        authorize(caller, Rpc::ListChanges, account, None)?;
+        Ok(self.store.audit(
+            account.map(AccountId::as_str),
+            after_seq,
+            after_revision,
+            limit,
+        )?)
+    }
+
+    fn context(&self, caller: &Caller, rpc: Rpc, account: &str, user: &str) -> WriteContext {
+        WriteContext {
+            actor: Actor {
+                token_id: caller.principal.token_id.clone(),
+                name: caller.principal.name.clone(),
+                role: caller.principal.role,
+            },
+            rpc,
+            at: (self.clock)(),
+            account_id: account.to_owned(),
+            user_id: user.to_owned(),
+            request: caller.request.clone(),
+        }
     }
 
     /// Answers a check from the durable view against the catalogue in force.
     /// Never fails: unknown accounts and users are answers.
-    pub fn check(&self, account: &str, user: &str) -> Decision {
+    /// Ids must already be well formed (the gRPC layer checks them).
+    pub fn check(
+        &self,
+        caller: &Caller,
+        account: &str,
+        user: &str,
+    ) -> Result<Decision, DomainError> {
+        caller
+            .principal
+            .authorize(Rpc::CheckAnalyticsAccess, Some(account), None)
+            .map_err(DomainError::PermissionDenied)?;
+        Ok(self.decide_check(account, user))
+    }
+
+    fn decide_check(&self, account: &str, user: &str) -> Decision {
         let now = (self.clock)();
         self.store.read(|view| {
             let revision = view.revision();
@@ -409,11 +535,22 @@ impl Entitlements {
             }
         })
     }
+}
 
-    /// The data delay in force.
-    pub fn data_delay(&self) -> Duration {
-        self.catalogue.data_delay()
-    }
+fn authorize(
+    caller: &Caller,
+    rpc: Rpc,
+    account: Option<&AccountId>,
+    user: Option<&UserId>,
+) -> Result<(), DomainError> {
+    caller
+        .principal
+        .authorize(
+            rpc,
+            account.map(AccountId::as_str),
+            user.map(UserId::as_str),
+        )
+        .map_err(DomainError::PermissionDenied)
 }
 
 fn require_account<'a>(current: &'a Current, id: &AccountId) -> Result<&'a Account, DomainError> {

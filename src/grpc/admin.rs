@@ -1,0 +1,107 @@
+//! TokenService and AuditService.
+
+use tonic::{Request, Response};
+
+use super::{Api, Reply, convert, principal, reader};
+use crate::{
+    domain::Rpc,
+    proto::v1::{
+        self as pb, audit_service_server::AuditService, token_service_server::TokenService,
+    },
+    service::TokenSpec,
+};
+
+#[tonic::async_trait]
+impl TokenService for Api {
+    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Reply<pb::CreateTokenResponse> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(
+            &principal,
+            Rpc::CreateToken,
+            &r.account_id,
+            &r.user_id,
+            async {
+                let caller = convert::writer(&principal, Rpc::CreateToken, &r)?;
+                let spec = TokenSpec {
+                    name: convert::display_name("name", r.name.clone())?,
+                    role: convert::role(r.role)?,
+                    account: convert::optional_id(
+                        "account_id",
+                        &r.account_id,
+                        convert::account_id,
+                    )?,
+                    user: convert::optional_id("user_id", &r.user_id, convert::user_id)?,
+                };
+                let made = self.svc.create_token(&caller, spec).await?;
+                Ok(Response::new(pb::CreateTokenResponse {
+                    token: Some((&made.token).into()),
+                    secret: made.secret,
+                    revision: made.revision,
+                }))
+            },
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Reply<pb::ListTokensResponse> {
+        let caller = reader(&request)?;
+        let tokens = self.svc.list_tokens(&caller)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(Into::into).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(token_id = %request.get_ref().token_id))]
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Reply<pb::RevokeTokenResponse> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(&principal, Rpc::RevokeToken, "", "", async {
+            let caller = convert::writer(&principal, Rpc::RevokeToken, &r)?;
+            convert::id("token_id", &r.token_id)?;
+            let written = self.svc.revoke_token(&caller, r.token_id.clone()).await?;
+            Ok(Response::new(pb::RevokeTokenResponse {
+                token: Some((&written.output).into()),
+                revision: written.revision,
+            }))
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for Api {
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn list_changes(
+        &self,
+        request: Request<pb::ListChangesRequest>,
+    ) -> Reply<pb::ListChangesResponse> {
+        let caller = reader(&request)?;
+        let r = request.into_inner();
+        let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
+        let size = convert::page_size(r.page_size)?;
+        let after_seq = convert::audit_cursor(&r.page_token)?;
+        let (changes, more) =
+            self.svc
+                .list_changes(&caller, account.as_ref(), after_seq, r.after_revision, size)?;
+        let next_page_token = match changes.last() {
+            Some(last) if more => convert::audit_token(last.seq),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListChangesResponse {
+            changes: changes.iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,163 @@
+use tonic::{Request, Response};
+
+use super::{Api, Reply, convert, principal, reader};
+use crate::{
+    domain::Rpc,
+    proto::v1::{self as pb, provisioning_service_server::ProvisioningService},
+    service::ServicesChange,
+};
+
+#[tonic::async_trait]
+impl ProvisioningService for Api {
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Reply<pb::CreateAccountResponse> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(&principal, Rpc::CreateAccount, &r.account_id, "", async {
+            let caller = convert::writer(&principal, Rpc::CreateAccount, &r)?;
+            let id = convert::account_id("account_id", r.account_id.clone())?;
+            let name = convert::display_name("display_name", r.display_name.clone())?;
+            let written = self
+                .svc
+                .create_account(&caller, id, name, r.product_line.clone())
+                .await?;
+            Ok(Response::new(pb::CreateAccountResponse {
+                account: Some((&written.output).into()),
+                revision: written.revision,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Reply<pb::GetAccountResponse> {
+        let caller = reader(&request)?;
+        let id = convert::account_id("account_id", request.into_inner().account_id)?;
+        let account = self.svc.get_account(&caller, &id)?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some((&account).into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    async fn put_user(&self, request: Request<pb::PutUserRequest>) -> Reply<pb::PutUserResponse> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(&principal, Rpc::PutUser, &r.account_id, &r.user_id, async {
+            let caller = convert::writer(&principal, Rpc::PutUser, &r)?;
+            let account = convert::account_id("account_id", r.account_id.clone())?;
+            let user = convert::user_id("user_id", r.user_id.clone())?;
+            let name = convert::display_name("display_name", r.display_name.clone())?;
+            let written = self.svc.put_user(&caller, account, user, name).await?;
+            Ok(Response::new(pb::PutUserResponse {
+                user: Some((&written.output).into()),
+                revision: written.revision,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Reply<pb::GetUserResponse> {
+        let caller = reader(&request)?;
+        let r = request.into_inner();
+        let account = convert::account_id("account_id", r.account_id)?;
+        let user = convert::user_id("user_id", r.user_id)?;
+        let user = self.svc.get_user(&caller, &account, &user)?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some((&user).into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Reply<pb::ListUsersResponse> {
+        let caller = reader(&request)?;
+        let r = request.into_inner();
+        let account = convert::account_id("account_id", r.account_id)?;
+        let size = convert::page_size(r.page_size)?;
+        let after = convert::page_cursor(&account, &r.page_token)?;
+        let (users, more) = self
+            .svc
+            .list_users(&caller, &account, after.as_ref(), size)?;
+        let next_page_token = match users.last() {
+            Some(last) if more => convert::page_token(&account, &last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Reply<pb::DeleteUserResponse> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(
+            &principal,
+            Rpc::DeleteUser,
+            &r.account_id,
+            &r.user_id,
+            async {
+                let caller = convert::writer(&principal, Rpc::DeleteUser, &r)?;
+                let account = convert::account_id("account_id", r.account_id.clone())?;
+                let user = convert::user_id("user_id", r.user_id.clone())?;
+                let written = self.svc.delete_user(&caller, account, user).await?;
+                Ok(Response::new(pb::DeleteUserResponse {
+                    revision: written.revision,
+                }))
+            },
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    async fn update_user_services(
+        &self,
+        request: Request<pb::UpdateUserServicesRequest>,
+    ) -> Reply<pb::UpdateUserServicesResponse> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(
+            &principal,
+            Rpc::UpdateUserServices,
+            &r.account_id,
+            &r.user_id,
+            async {
+                let caller = convert::writer(&principal, Rpc::UpdateUserServices, &r)?;
+                let account = convert::account_id("account_id", r.account_id.clone())?;
+                let user = convert::user_id("user_id", r.user_id.clone())?;
+                let change = ServicesChange {
+                    edition: r.edition.clone().map(|e| (!e.is_empty()).then_some(e)),
+                    tier: r
+                        .analytics_tier
+                        .map(|t| convert::tier("analytics_tier", t))
+                        .transpose()?,
+                    expected_revision: r.expected_revision,
+                };
+                let written = self
+                    .svc
+                    .update_user_services(&caller, account, user, change)
+                    .await?;
+                Ok(Response::new(pb::UpdateUserServicesResponse {
+                    user: Some((&written.output.user).into()),
+                    notices: written.output.notices.iter().map(Into::into).collect(),
+                    revision: written.revision,
+                }))
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,285 @@
+//! API tokens: creation (the secret is shown once; only its SHA-256 is
+//! kept), listing, revocation, authentication from memory, and the operator
+//! token made on the first start.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{Caller, DomainError, Entitlements, authorize};
+use crate::{
+    domain::{AccountId, Actor, Principal, Role, Rpc, Token, UserId},
+    store::{Decided, Mutation, Target, WriteContext},
+};
+
+/// The file, in the data directory, that receives the first operator token.
+pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
+/// What a new token is for.
+#[derive(Debug, Clone)]
+pub struct TokenSpec {
+    pub name: String,
+    pub role: Role,
+    /// Required for, and only for, `account-admin`.
+    pub account: Option<AccountId>,
+    /// An admin's own user (optional; only for `account-admin`).
+    pub user: Option<UserId>,
+}
+
+/// A token just made, with the secret to hand to its holder once.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub token: Token,
+    /// What the holder sends: `authorization: Bearer <secret>`.
+    pub secret: String,
+    pub revision: u64,
+}
+
+impl Entitlements {
+    /// Who holds `authorization` (the metadata value, if any). From memory:
+    /// no disk read per call.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<Arc<Principal>, DomainError> {
+        let unauthenticated = |m: &str| DomainError::Unauthenticated(m.to_owned());
+        let value = authorization.ok_or_else(|| {
+            unauthenticated(
+                "this call needs a token: send metadata `authorization: Bearer <token>`",
+            )
+        })?;
+        let bearer = value.strip_prefix(b"Bearer ").ok_or_else(|| {
+            unauthenticated("the `authorization` metadata must be `Bearer <token>`")
+        })?;
+        let bearer =
+            std::str::from_utf8(bearer).map_err(|_| unauthenticated("the token is not text"))?;
+        let (id, _) = bearer.split_once('.').ok_or_else(|| {
+            unauthenticated("the token is malformed; send it exactly as it was issued")
+        })?;
+        let digest = sha256(bearer);
+        self.store().read(|view| {
+            let entry = view
+                .token(id)
+                .filter(|t| bool::from(t.token.secret_sha256.ct_eq(&digest)))
+                .ok_or_else(|| {
+                    unauthenticated("the token is unknown; ask an operator for a valid one")
+                })?;
+            if entry.token.revoked_at.is_some() {
+                return Err(DomainError::Unauthenticated(format!(
+                    "token `{id}` has been revoked; ask an operator for a new one"
+                )));
+            }
+            Ok(Arc::clone(&entry.principal))
+        })
+    }
+
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        spec: TokenSpec,
+    ) -> Result<NewToken, DomainError> {
+        authorize(caller, Rpc::CreateToken, None, None)?;
+        let name = spec.name.trim();
+        if name.is_empty() {
+            return Err(DomainError::InvalidToken(
+                "name is required: say who or what will hold the token".to_owned(),
+            ));
+        }
+        match (spec.role, &spec.account, &spec.user) {
+            (Role::AccountAdmin, None, _) => {
+                return Err(DomainError::InvalidToken(
+                    "role `account-admin` needs account_id: the one account it administers"
+                        .to_owned(),
+                ));
+            }
+            (Role::AccountAdmin, Some(_), _) | (_, None, None) => {}
+            (role, _, _) => {
+                return Err(DomainError::InvalidToken(format!(
+                    "account_id and user_id are only for role `account-admin`, not `{role}`; leave them empty"
+                )));
+            }
+        }
+        let (token, secret) = generate(
+            name.to_owned(),
+            spec.role,
+            spec.account.clone(),
+            spec.user.clone(),
+            (self.clock)(),
+        )?;
+        let ctx = self.context(
+            caller,
+            Rpc::CreateToken,
+            spec.account.as_ref().map_or("", AccountId::as_str),
+            spec.user.as_ref().map_or("", UserId::as_str),
+        );
+        let target = spec.account.clone().map_or(Target::None, Target::Account);
+        let request_id = caller.request.as_ref().map(|r| r.id.clone());
+        let written = self
+            .store()
+            .write(&target, ctx, move |current| {
+                if let Some(account) = spec.account
+                    && current.account.is_none()
+                {
+                    return Err(DomainError::AccountNotFound(account));
+                }
+                let mut decided = Decided::new(vec![Mutation::PutToken(token.clone())], token);
+                decided.details.push(format!(
+                    "created token `{}` `{}` with role `{}`",
+                    decided.output.id, decided.output.name, decided.output.role
+                ));
+                Ok(decided)
+            })
+            .await?;
+        if written.replayed {
+            return Err(DomainError::TokenReplay {
+                request_id: request_id.unwrap_or_default(),
+                token_id: written.output.id,
+            });
+        }
+        Ok(NewToken {
+            token: written.output,
+            secret,
+            revision: written.revision,
+        })
+    }
+
+    pub fn list_tokens(&self, caller: &Caller) -> Result<Vec<Token>, DomainError> {
+        authorize(caller, Rpc::ListTokens, None, None)?;
+        Ok(self.store().read(|v| v.tokens()))
+    }
+
+    /// Revokes a token; it is refused from the very next call. Revoking a
+    /// revoked token changes nothing.
+    pub async fn revoke_token(
+        &self,
+        caller: &Caller,
+        id: String,
+    ) -> Result<crate::store::Written<Token>, DomainError> {
+        authorize(caller, Rpc::RevokeToken, None, None)?;
+        let now = (self.clock)();
+        let ctx = self.context(caller, Rpc::RevokeToken, "", "");
+        self.store()
+            .write(&Target::Token(id.clone()), ctx, move |current| {
+                let token = current.token.ok_or(DomainError::TokenNotFound(id))?;
+                if token.revoked_at.is_some() {
+                    return Ok(Decided::new(vec![], token));
+                }
+                let revoked = Token {
+                    revoked_at: Some(now),
+                    ..token
+                };
+                let mut decided = Decided::new(vec![Mutation::PutToken(revoked.clone())], revoked);
+                decided.details.push(format!(
+                    "revoked token `{}` `{}`",
+                    decided.output.id, decided.output.name
+                ));
+                Ok(decided)
+            })
+            .await
+    }
+
+    /// On the first start on a directory, makes an operator token and writes
+    /// it to `<data_dir>/operator.token` (mode 0600). Returns the file's path
+    /// when it made one; later starts make none.
+    pub async fn bootstrap(&self, data_dir: &Path) -> Result<Option<PathBuf>, DomainError> {
+        if self.store().is_bootstrapped()? {
+            return Ok(None);
+        }
+        let now = (self.clock)();
+        let (token, secret) = generate(
+            "bootstrap operator".to_owned(),
+            Role::Operator,
+            None,
+            None,
+            now,
+        )?;
+        let path = data_dir.join(OPERATOR_TOKEN_FILE);
+        // The file first: a crash before the commit below only means the
+        // next start makes (and writes) another.
+        write_secret_file(&path, &secret).map_err(|e| {
+            DomainError::Bootstrap(format!("cannot write `{}`: {e}", path.display()))
+        })?;
+        let ctx = WriteContext {
+            actor: Actor {
+                token_id: "system".to_owned(),
+                name: "entitled first start".to_owned(),
+                role: Role::Operator,
+            },
+            rpc: Rpc::CreateToken,
+            at: now,
+            account_id: String::new(),
+            user_id: String::new(),
+            request: None,
+        };
+        self.store()
+            .write::<_, DomainError>(&Target::None, ctx, move |_| {
+                let details = vec![format!(
+                    "created token `{}` `{}` with role `operator`",
+                    token.id, token.name
+                )];
+                Ok(Decided {
+                    mutations: vec![Mutation::PutToken(token), Mutation::MarkBootstrapped],
+                    output: (),
+                    details,
+                })
+            })
+            .await?;
+        Ok(Some(path))
+    }
+}
+
+fn sha256(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A new token and its secret: `tok_<16 hex>.<256 random bits, base64url>`.
+fn generate(
+    name: String,
+    role: Role,
+    account: Option<AccountId>,
+    user: Option<UserId>,
+    now: std::time::SystemTime,
+) -> Result<(Token, String), DomainError> {
+    let mut id_bytes = [0u8; 8];
+    let mut secret_bytes = [0u8; 32];
+    getrandom::fill(&mut id_bytes)
+        .and_then(|()| getrandom::fill(&mut secret_bytes))
+        .map_err(|e| DomainError::Bootstrap(format!("no secure random numbers: {e}")))?;
+    let id: String = std::iter::once("tok_".to_owned())
+        .chain(id_bytes.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let secret = format!("{id}.{}", URL_SAFE_NO_PAD.encode(secret_bytes));
+    let token = Token {
+        id,
+        name,
+        role,
+        account,
+        user,
+        secret_sha256: sha256(&secret),
+        created_at: now,
+        revoked_at: None,
+    };
+    Ok((token, secret))
+}
+
+/// Writes `secret` to `path` with mode 0600, atomically (temp file, fsync,
+/// rename).
+fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
