@@ -1,9 +1,18 @@
-//! The `entitled` binary: parses flags, sets up logging, and hands a shutdown
-//! signal to the library's server.
+//! The `entitled` binary: the server (`serve`) and a command-line client of
+//! it. Parses flags, sets up logging, hands a shutdown signal to the
+//! library's server; the client commands live in `cli/`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+mod cli;
 
-use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{CommandFactory, Parser, Subcommand};
+use cli::{
+    CliError, ClientArgs,
+    bulk::{Format, ImportArgs},
+    commands::{AccountCommand, AuditCommand, CatalogueCommand, TokenCommand, UserCommand},
+    config::{Effective, LogFormat, ServeArgs},
+};
 use entitled::{
     catalogue::Catalogue,
     server::{Application, Config, TlsFiles},
@@ -14,9 +23,12 @@ use tracing_subscriber::EnvFilter;
 #[command(
     name = "entitled",
     version,
-    about = "Analytics entitlements for a cloud phone system, over gRPC"
+    about = "Analytics entitlements for a cloud phone system, over gRPC",
+    after_help = "Exit codes: 0 success, 1 local failure, 2 usage or configuration error, 3 refused by the server, 4 server unreachable."
 )]
 struct Cli {
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,79 +37,185 @@ struct Cli {
 enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
+    /// Accounts (customer companies).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Users (extensions) and their services.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Ask what a dashboard gateway asks: may this user open analytics?
+    Check { account: String, user: String },
+    /// The catalogue in force.
+    #[command(subcommand)]
+    Catalogue(CatalogueCommand),
+    /// API tokens (operators only).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Bulk-load users from CSV or JSON Lines
+    /// (account_id,user_id,display_name,edition,analytics_tier).
+    Import {
+        file: PathBuf,
+        /// csv or jsonl; by default from the file's extension.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Check every row against the server's rules; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per atomic chunk (at most 5000).
+        #[arg(long, default_value_t = 5000)]
+        chunk_size: usize,
+    },
+    /// Write users from one consistent snapshot, readable by `import`.
+    Export {
+        /// One account; all by default.
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long, value_enum, default_value_t = Format::Csv)]
+        format: Format,
+        /// A file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "ENTITLED_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// Directory of the sled database (created if absent).
-    #[arg(long, env = "ENTITLED_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-    /// Catalogue file (TOML) to use instead of the built-in one.
-    #[arg(long, env = "ENTITLED_CATALOGUE")]
-    catalogue: Option<PathBuf>,
-    /// How long after activation historical analytics data is available,
-    /// e.g. `48h` or `2s`; overrides the catalogue's data_delay.
-    #[arg(long, env = "ENTITLED_ANALYTICS_DATA_DELAY", value_parser = humantime::parse_duration)]
-    analytics_data_delay: Option<Duration>,
-    /// PEM certificate chain: serve TLS (with --tls-key).
-    #[arg(long, env = "ENTITLED_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "ENTITLED_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// PEM CA certificate: also require client certificates signed by it.
-    #[arg(long, env = "ENTITLED_TLS_CLIENT_CA", requires = "tls_cert")]
-    tls_client_ca: Option<PathBuf>,
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the configuration `serve` would run with (same flags).
+    Show(ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let Command::Serve(args) = cli.command;
-    match serve(args) {
+    let result = match cli.command {
+        Command::Serve(args) => args.resolve().and_then(serve),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "entitled",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show(args)) => args.resolve().map(|effective| {
+            let mut shown = effective.to_json();
+            if let serde_json::Value::Object(map) = &mut shown {
+                map.insert("server".to_owned(), cli.client.server.clone().into());
+                map.insert(
+                    "token".to_owned(),
+                    cli.client.token.as_deref().map(mask).into(),
+                );
+            }
+            cli::output::print(cli.client.output, &shown);
+        }),
+        command => client(&cli.client, command),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            tracing::error!("{message}");
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
-    let catalogue = match &args.catalogue {
+/// A token as `config show` prints it: the id, never the secret.
+fn mask(token: &str) -> String {
+    match token.split_once('.') {
+        Some((id, _)) => format!("{id}.****"),
+        None => "****".to_owned(),
+    }
+}
+
+fn client(args: &ClientArgs, command: Command) -> Result<(), CliError> {
+    init_logging(LogFormat::Text, "warn");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        match command {
+            Command::Account(c) => cli::commands::account(args, c).await,
+            Command::User(c) => cli::commands::user(args, c).await,
+            Command::Check { account, user } => cli::commands::check(args, account, user).await,
+            Command::Catalogue(c) => cli::commands::catalogue(args, c).await,
+            Command::Token(c) => cli::commands::token(args, c).await,
+            Command::Audit(c) => cli::commands::audit(args, c).await,
+            Command::Import {
+                file,
+                format,
+                dry_run,
+                chunk_size,
+            } => {
+                let import = ImportArgs {
+                    file,
+                    format,
+                    dry_run,
+                    chunk_size,
+                };
+                cli::bulk::import(args, import).await
+            }
+            Command::Export {
+                account,
+                format,
+                out,
+            } => cli::bulk::export(args, account, format, out).await,
+            Command::Serve(_) | Command::Config(_) | Command::Completions { .. } => Ok(()),
+        }
+    })
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(config: Effective) -> Result<(), CliError> {
+    init_logging(config.log_format, "info");
+    let catalogue = match &config.catalogue {
         Some(path) => Catalogue::from_file(path),
         None => Catalogue::builtin(),
     }
-    .map_err(|e| e.to_string())?;
-    let catalogue = match args.analytics_data_delay {
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    let catalogue = match config.analytics_data_delay {
         Some(delay) => catalogue.with_data_delay(delay),
         None => catalogue,
     };
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        let mut config = Config::new(args.listen, args.data_dir, catalogue);
-        if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-            config.tls = Some(TlsFiles {
+        let mut server = Config::new(config.listen, config.data_dir, catalogue);
+        if let (Some(cert), Some(key)) = (config.tls_cert, config.tls_key) {
+            server.tls = Some(TlsFiles {
                 cert,
                 key,
-                client_ca: args.tls_client_ca,
+                client_ca: config.tls_client_ca,
             });
         }
-        let app = Application::build(config)
+        let app = Application::build(server)
             .await
-            .map_err(|e| e.to_string())?;
-        app.run(shutdown_signal()).await.map_err(|e| e.to_string())
+            .map_err(|e| CliError::Local(e.to_string()))?;
+        app.run(shutdown_signal())
+            .await
+            .map_err(|e| CliError::Local(e.to_string()))
     })
 }
 

@@ -42,7 +42,7 @@ async fn snapshot(app: &TestApp) -> (u64, Vec<pb::User>, Vec<pb::User>, Vec<pb::
     )
 }
 
-const RPCS: [&str; 13] = [
+const RPCS: [&str; 15] = [
     "GetCatalogue",
     "CreateAccount",
     "GetAccount",
@@ -51,6 +51,8 @@ const RPCS: [&str; 13] = [
     "ListUsers",
     "DeleteUser",
     "UpdateUserServices",
+    "ImportUsers",
+    "ExportUsers",
     "CheckAnalyticsAccess",
     "ListChanges",
     "CreateToken",
@@ -159,6 +161,35 @@ async fn call(
             })
             .await
             .map(drop),
+        "ImportUsers" => {
+            let reply = c
+                .provisioning
+                .clone()
+                .import_users(pb::ImportUsersRequest {
+                    rows: vec![pb::UserRow {
+                        account_id: a,
+                        user_id: format!("imported{n}"),
+                        edition: "X2".into(),
+                        analytics_tier: T::Essentials as i32,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            assert!(reply.errors.is_empty(), "{:?}", reply.errors);
+            Ok(())
+        }
+        "ExportUsers" => {
+            let mut stream = c
+                .provisioning
+                .clone()
+                .export_users(pb::ExportUsersRequest { account_id: a })
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
+        }
         "CheckAnalyticsAccess" => c
             .access
             .clone()
@@ -211,7 +242,7 @@ use Code::{Ok as OK, PermissionDenied as PD};
 
 /// The matrix, one line an RPC:
 /// (rpc, operator, provisioner, admin own, admin other, gateway).
-const MATRIX: [(&str, Code, Code, Code, Code, Code); 13] = [
+const MATRIX: [(&str, Code, Code, Code, Code, Code); 15] = [
     ("GetCatalogue", OK, OK, OK, OK, OK),
     ("CreateAccount", OK, OK, PD, PD, PD),
     ("GetAccount", OK, OK, OK, PD, PD),
@@ -220,6 +251,8 @@ const MATRIX: [(&str, Code, Code, Code, Code, Code); 13] = [
     ("ListUsers", OK, OK, OK, PD, PD),
     ("DeleteUser", OK, OK, OK, PD, PD),
     ("UpdateUserServices", OK, OK, OK, PD, PD),
+    ("ImportUsers", OK, OK, OK, PD, PD),
+    ("ExportUsers", OK, OK, OK, PD, PD),
     ("CheckAnalyticsAccess", OK, OK, OK, PD, OK),
     ("ListChanges", OK, OK, OK, PD, PD),
     ("CreateToken", OK, PD, PD, PD, PD),

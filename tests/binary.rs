@@ -152,7 +152,7 @@ fn a_bad_catalogue_stops_start_up_naming_the_line() {
         "--catalogue",
         file.to_str().unwrap(),
     ]);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "a configuration error: {stderr}");
     assert!(stderr.contains("line 5: unknown tier `gold`"), "{stderr}");
     let (code, stderr) = run_to_exit(&["serve", "--analytics-data-delay", "soon"]);
     assert_eq!(code, 2, "a usage error: {stderr}");

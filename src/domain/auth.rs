@@ -101,6 +101,8 @@ pub enum Rpc {
     ListUsers,
     DeleteUser,
     UpdateUserServices,
+    ImportUsers,
+    ExportUsers,
     CheckAnalyticsAccess,
     ListChanges,
     CreateToken,
@@ -119,6 +121,8 @@ impl Rpc {
             Rpc::ListUsers => "ListUsers",
             Rpc::DeleteUser => "DeleteUser",
             Rpc::UpdateUserServices => "UpdateUserServices",
+            Rpc::ImportUsers => "ImportUsers",
+            Rpc::ExportUsers => "ExportUsers",
             Rpc::CheckAnalyticsAccess => "CheckAnalyticsAccess",
             Rpc::ListChanges => "ListChanges",
             Rpc::CreateToken => "CreateToken",
@@ -136,7 +140,9 @@ impl Rpc {
             | Rpc::GetUser
             | Rpc::ListUsers
             | Rpc::DeleteUser
-            | Rpc::UpdateUserServices => Service::Provisioning,
+            | Rpc::UpdateUserServices
+            | Rpc::ImportUsers
+            | Rpc::ExportUsers => Service::Provisioning,
             Rpc::CheckAnalyticsAccess => Service::Access,
             Rpc::ListChanges => Service::Audit,
             Rpc::CreateToken | Rpc::ListTokens | Rpc::RevokeToken => Service::Token,
@@ -203,7 +209,8 @@ impl Principal {
                 ));
             }
         }
-        if let (Rpc::UpdateUserServices, Some(user), Some(own_user)) = (rpc, user, &self.user)
+        if let (Rpc::UpdateUserServices | Rpc::ImportUsers, Some(user), Some(own_user)) =
+            (rpc, user, &self.user)
             && user == own_user.as_str()
         {
             return Err(format!(

@@ -34,6 +34,30 @@ pub fn validate_id(s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// The longest display name accepted, in characters.
+pub const MAX_DISPLAY_NAME: usize = 256;
+
+/// Why a display name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisplayNameError {
+    #[error("is {0} characters long; the most is {MAX_DISPLAY_NAME}")]
+    TooLong(usize),
+    #[error("contains the control character {}; remove it", .0.escape_unicode())]
+    Control(char),
+}
+
+/// Display names: at most 256 characters, no control characters.
+pub fn validate_display_name(s: &str) -> Result<(), DisplayNameError> {
+    let len = s.chars().count();
+    if len > MAX_DISPLAY_NAME {
+        return Err(DisplayNameError::TooLong(len));
+    }
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(DisplayNameError::Control(c)),
+        None => Ok(()),
+    }
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*

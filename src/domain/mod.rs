@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 pub use audit::{Actor, AuditRecord, Outcome, UserState};
 pub use auth::{Principal, Role, Rpc, Service};
-pub use ids::{AccountId, IdError, UserId, validate_id};
+pub use ids::{
+    AccountId, DisplayNameError, IdError, MAX_DISPLAY_NAME, UserId, validate_display_name,
+    validate_id,
+};
 pub use tier::Tier;
 
 /// One customer company (a tenant).

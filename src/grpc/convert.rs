@@ -11,17 +11,15 @@ use sha2::{Digest, Sha256};
 use crate::{
     catalogue::{Catalogue, Report, ReportKind},
     domain::{
-        Account, AccountId, Decision, Denial, IdError, Notice, NoticeKind, Tier, User, UserId,
-        validate_id,
+        Account, AccountId, Decision, Denial, DisplayNameError, IdError, Notice, NoticeKind, Tier,
+        User, UserId, validate_display_name, validate_id,
     },
     domain::{AuditRecord, Outcome, Principal, Role, Rpc, Token, UserState},
     proto::v1 as pb,
-    service::Caller,
+    service::{Caller, ImportRow},
     store::RequestKey,
 };
 
-/// The longest display name accepted, in characters.
-pub const MAX_DISPLAY_NAME: usize = 256;
 /// ListUsers' page size when the request gives none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// ListUsers' largest page; larger requests are served this many.
@@ -82,25 +80,17 @@ pub fn user_id(field: &'static str, value: String) -> Result<UserId, ConversionE
 }
 
 pub fn display_name(field: &'static str, value: String) -> Result<String, ConversionError> {
-    let len = value.chars().count();
-    if len > MAX_DISPLAY_NAME {
-        return Err(ConversionError::invalid(
-            field,
-            &value,
-            format!("is {len} characters long; the most is {MAX_DISPLAY_NAME}"),
-        ));
-    }
-    if let Some(c) = value.chars().find(|c| c.is_control()) {
-        return Err(ConversionError::invalid(
+    match validate_display_name(&value) {
+        Ok(()) => Ok(value),
+        Err(e @ DisplayNameError::TooLong(_)) => {
+            Err(ConversionError::invalid(field, &value, e.to_string()))
+        }
+        Err(e @ DisplayNameError::Control(_)) => Err(ConversionError::invalid(
             field,
             value.escape_debug(),
-            format!(
-                "contains the control character {}; remove it",
-                c.escape_unicode()
-            ),
-        ));
+            e.to_string(),
+        )),
     }
-    Ok(value)
 }
 
 /// A tier a request sets: unspecified and unknown values are refused.
@@ -340,6 +330,7 @@ macro_rules! write_request {
 }
 
 write_request!(
+    pb::ImportUsersRequest,
     pb::CreateAccountRequest,
     pb::PutUserRequest,
     pb::DeleteUserRequest,
@@ -515,4 +506,36 @@ pub fn audit_cursor(token: &str) -> Result<u64, ConversionError> {
                 "is not a page token; pass a next_page_token unchanged, or \"\" for the first page",
             )
         })
+}
+
+/// A row as sent; its ids and names are checked row by row by the service.
+pub fn import_row(row: &pb::UserRow) -> ImportRow {
+    let tier = match pb::AnalyticsTier::try_from(row.analytics_tier) {
+        Ok(pb::AnalyticsTier::Unspecified | pb::AnalyticsTier::None) => Ok(Tier::None),
+        Ok(pb::AnalyticsTier::Essentials) => Ok(Tier::Essentials),
+        Ok(pb::AnalyticsTier::Supervisor) => Ok(Tier::Supervisor),
+        Err(_) => Err(format!(
+            "analytics_tier `{}` is not a tier; use none, essentials or supervisor",
+            row.analytics_tier
+        )),
+    };
+    ImportRow {
+        account_id: row.account_id.clone(),
+        user_id: row.user_id.clone(),
+        display_name: row.display_name.clone(),
+        edition: row.edition.clone(),
+        tier,
+    }
+}
+
+impl From<&User> for pb::UserRow {
+    fn from(u: &User) -> Self {
+        pb::UserRow {
+            account_id: u.account_id.to_string(),
+            user_id: u.id.to_string(),
+            display_name: u.display_name.clone(),
+            edition: u.edition.clone().unwrap_or_default(),
+            analytics_tier: tier_i32(u.tier),
+        }
+    }
 }

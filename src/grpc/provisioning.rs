@@ -1,11 +1,17 @@
-use tonic::{Request, Response};
+use std::pin::Pin;
 
-use super::{Api, Reply, convert, principal, reader};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{Api, Reply, convert, principal, reader, status::code_name};
 use crate::{
     domain::Rpc,
     proto::v1::{self as pb, provisioning_service_server::ProvisioningService},
     service::ServicesChange,
 };
+
+/// Users per ExportUsers message.
+const EXPORT_CHUNK: usize = 1000;
 
 #[tonic::async_trait]
 impl ProvisioningService for Api {
@@ -159,5 +165,74 @@ impl ProvisioningService for Api {
             },
         )
         .await
+    }
+
+    #[tracing::instrument(skip_all, fields(rows = request.get_ref().rows.len(), dry_run = request.get_ref().dry_run))]
+    async fn import_users(
+        &self,
+        request: Request<pb::ImportUsersRequest>,
+    ) -> Reply<pb::ImportUsersResponse> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(&principal, Rpc::ImportUsers, "", "", async {
+            let caller = convert::writer(&principal, Rpc::ImportUsers, &r)?;
+            let rows = r.rows.iter().map(convert::import_row).collect();
+            let imported = self.svc.import_users(&caller, rows, r.dry_run).await?;
+            let errors: Vec<pb::RowError> = imported
+                .errors
+                .into_iter()
+                .map(|(index, e)| {
+                    let status = Status::from(e);
+                    pb::RowError {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        code: code_name(status.code()).to_owned(),
+                        message: status.message().to_owned(),
+                    }
+                })
+                .collect();
+            if let (false, Some(first)) = (r.dry_run, errors.first()) {
+                // Nothing was applied: a refused write for the audit trail.
+                let reason = format!(
+                    "{} rows refused; row {}: {}",
+                    errors.len(),
+                    first.index,
+                    first.message
+                );
+                self.svc
+                    .record_refusal(&caller, Rpc::ImportUsers, "", "", &first.code, &reason);
+            }
+            Ok(Response::new(pb::ImportUsersResponse {
+                errors,
+                created: imported.counts.created,
+                updated: imported.counts.updated,
+                unchanged: imported.counts.unchanged,
+                revision: imported.revision,
+            }))
+        })
+        .await
+    }
+
+    type ExportUsersStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ExportUsersResponse, Status>> + Send>>;
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn export_users(
+        &self,
+        request: Request<pb::ExportUsersRequest>,
+    ) -> Reply<Self::ExportUsersStream> {
+        let caller = reader(&request)?;
+        let r = request.into_inner();
+        let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
+        let (users, revision) = self.svc.export_users(&caller, account.as_ref())?;
+        let messages: Vec<Result<pb::ExportUsersResponse, Status>> = users
+            .chunks(EXPORT_CHUNK)
+            .map(|chunk| {
+                Ok(pb::ExportUsersResponse {
+                    rows: chunk.iter().map(Into::into).collect(),
+                    revision,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 }

@@ -30,7 +30,9 @@ impl From<DomainError> for Status {
             DomainError::PermissionDenied(_) => Status::permission_denied(message),
             DomainError::Unauthenticated(_) => Status::unauthenticated(message),
             DomainError::TokenNotFound(_) => Status::not_found(message),
-            DomainError::InvalidToken(_) => Status::invalid_argument(message),
+            DomainError::InvalidToken(_) | DomainError::BadImport(_) => {
+                Status::invalid_argument(message)
+            }
             DomainError::TokenReplay { .. } => Status::failed_precondition(message),
             DomainError::Bootstrap(_) => Status::internal(message),
             DomainError::Store(e) => e.into(),

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
+mod bulk;
 mod tokens;
 
 use crate::{
@@ -16,6 +17,7 @@ use crate::{
     },
 };
 
+pub use bulk::{ImportCounts, ImportRow, Imported, MAX_IMPORT_ROWS};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec};
 
 /// Who is calling, and the request id they sent with a write, if any.
@@ -96,6 +98,8 @@ pub enum DomainError {
     },
     #[error("first start: {0}")]
     Bootstrap(String),
+    #[error("{0}")]
+    BadImport(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

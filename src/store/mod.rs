@@ -19,6 +19,7 @@ mod codec;
 mod view;
 
 use std::{
+    collections::HashMap,
     path::Path,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -97,6 +98,8 @@ pub enum Mutation {
 pub enum Target {
     Account(AccountId),
     User(AccountId, UserId),
+    /// Many users at once (bulk import): `Current::many`, in this order.
+    Users(Vec<(AccountId, UserId)>),
     Token(String),
     None,
 }
@@ -126,6 +129,8 @@ pub struct Current {
     pub account: Option<Account>,
     pub user: Option<User>,
     pub token: Option<Token>,
+    /// For `Target::Users`: each target's account and user, in order.
+    pub many: Vec<(Option<Account>, Option<User>)>,
     /// The revision a write decided now would get.
     pub next_revision: u64,
 }
@@ -334,7 +339,18 @@ impl Store {
         }
 
         let current = self.current(target, writer.committed + 1)?;
-        let before = current.user.as_ref().map(UserState::from);
+        // The users as they were, for the audit trail's "before".
+        let mut befores: HashMap<Vec<u8>, UserState> = HashMap::new();
+        for user in current
+            .user
+            .iter()
+            .chain(current.many.iter().filter_map(|(_, u)| u.as_ref()))
+        {
+            befores.insert(
+                codec::user_key(&user.account_id, &user.id),
+                UserState::from(user),
+            );
+        }
         let Decided {
             mutations,
             output,
@@ -348,27 +364,30 @@ impl Store {
             });
         }
         let revision = writer.committed + 1;
-        let seq = writer.audit_seq + 1;
 
         // Encode outside the transaction so its closure only moves bytes.
-        let mut ops = Vec::with_capacity(mutations.len() + 5);
-        let mut after = before.clone();
+        // One audit record per user changed (one for the write if none).
+        let mut ops = Vec::with_capacity(mutations.len() * 3 + 3);
+        let mut changed: Vec<Changed> = Vec::new();
         for m in &mutations {
             ops.push(match m {
                 Mutation::PutAccount(a) => {
                     Op::put(Tree::Accounts, codec::account_key(&a.id), codec::encode(a)?)
                 }
                 Mutation::PutUser(u) => {
-                    after = Some(UserState::from(u));
-                    Op::put(
-                        Tree::Users,
-                        codec::user_key(&u.account_id, &u.id),
-                        codec::encode(u)?,
-                    )
+                    let key = codec::user_key(&u.account_id, &u.id);
+                    changed.push((
+                        u.account_id.to_string(),
+                        u.id.to_string(),
+                        Some(key.clone()),
+                        Some(UserState::from(u)),
+                    ));
+                    Op::put(Tree::Users, key, codec::encode(u)?)
                 }
                 Mutation::DeleteUser(a, u) => {
-                    after = None;
-                    Op::remove(Tree::Users, codec::user_key(a, u))
+                    let key = codec::user_key(a, u);
+                    changed.push((a.to_string(), u.to_string(), Some(key.clone()), None));
+                    Op::remove(Tree::Users, key)
                 }
                 Mutation::PutToken(t) => {
                     Op::put(Tree::Tokens, t.id.as_bytes().to_vec(), codec::encode(t)?)
@@ -378,25 +397,40 @@ impl Store {
                 }
             });
         }
+        if changed.is_empty() {
+            changed.push((ctx.account_id.clone(), ctx.user_id.clone(), None, None));
+        }
+        let records: Vec<AuditRecord> = changed
+            .into_iter()
+            .zip(writer.audit_seq + 1..)
+            .map(|((account_id, user_id, key, after), seq)| AuditRecord {
+                seq,
+                revision,
+                at: ctx.at,
+                actor: ctx.actor.clone(),
+                rpc: ctx.rpc,
+                account_id,
+                user_id,
+                before: key.and_then(|k| befores.get(&k).cloned()),
+                after,
+                details: details.clone(),
+                outcome: Outcome::Applied,
+            })
+            .collect();
         ops.push(Op::put(
             Tree::Meta,
             REVISION_KEY.to_vec(),
             revision.to_be_bytes().to_vec(),
         ));
-        let record = AuditRecord {
-            seq,
-            revision,
-            at: ctx.at,
-            actor: ctx.actor.clone(),
-            rpc: ctx.rpc,
-            account_id: ctx.account_id.clone(),
-            user_id: ctx.user_id.clone(),
-            before,
-            after,
-            details,
-            outcome: Outcome::Applied,
-        };
-        ops.extend(audit_ops(&record)?);
+        let seq = writer.audit_seq + records.len() as u64;
+        for record in &records {
+            ops.extend(audit_ops(record)?);
+        }
+        ops.push(Op::put(
+            Tree::Meta,
+            AUDIT_SEQ_KEY.to_vec(),
+            seq.to_be_bytes().to_vec(),
+        ));
         if let (Some(request), Some(key)) = (&ctx.request, request_key) {
             let kept = RequestRecord {
                 fingerprint: request.fingerprint,
@@ -443,7 +477,13 @@ impl Store {
                 reason: reason.to_owned(),
             },
         };
-        self.transact(&audit_ops(&record)?)?;
+        let mut ops = audit_ops(&record)?;
+        ops.push(Op::put(
+            Tree::Meta,
+            AUDIT_SEQ_KEY.to_vec(),
+            seq.to_be_bytes().to_vec(),
+        ));
+        self.transact(&ops)?;
         writer.audit_seq = seq;
         Ok(())
     }
@@ -522,22 +562,40 @@ impl Store {
                 .map(|v| codec::decode(ACCOUNTS, &key, &v))
                 .transpose()
         };
+        let user = |a: &AccountId, u: &UserId| -> Result<Option<User>, StoreError> {
+            let key = codec::user_key(a, u);
+            trees
+                .users
+                .get(&key)?
+                .map(|v| codec::decode(USERS, &key, &v))
+                .transpose()
+        };
         let mut current = Current {
             account: None,
             user: None,
             token: None,
+            many: Vec::new(),
             next_revision,
         };
         match target {
             Target::Account(a) => current.account = account(a)?,
             Target::User(a, u) => {
                 current.account = account(a)?;
-                let key = codec::user_key(a, u);
-                current.user = trees
-                    .users
-                    .get(&key)?
-                    .map(|v| codec::decode(USERS, &key, &v))
-                    .transpose()?;
+                current.user = user(a, u)?;
+            }
+            Target::Users(targets) => {
+                let mut accounts: HashMap<&AccountId, Option<Account>> = HashMap::new();
+                for (a, u) in targets {
+                    let acc = match accounts.get(a) {
+                        Some(acc) => acc.clone(),
+                        None => {
+                            let acc = account(a)?;
+                            accounts.insert(a, acc.clone());
+                            acc
+                        }
+                    };
+                    current.many.push((acc, user(a, u)?));
+                }
             }
             Target::Token(id) => {
                 current.token = trees
@@ -631,6 +689,10 @@ impl Store {
     }
 }
 
+/// A user a write changed, for its audit record: (account, user, key,
+/// after).
+type Changed = (String, String, Option<Vec<u8>>, Option<UserState>);
+
 fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
     match meta.get(key)? {
         Some(bytes) => codec::decode_counter(META, &bytes),
@@ -640,10 +702,7 @@ fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
 
 fn audit_ops(record: &AuditRecord) -> Result<Vec<Op>, StoreError> {
     let seq = record.seq.to_be_bytes();
-    let mut ops = vec![
-        Op::put(Tree::Audit, seq.to_vec(), codec::encode(record)?),
-        Op::put(Tree::Meta, AUDIT_SEQ_KEY.to_vec(), seq.to_vec()),
-    ];
+    let mut ops = vec![Op::put(Tree::Audit, seq.to_vec(), codec::encode(record)?)];
     // Only well-formed ids are indexed, so one account's prefix can never
     // match a refused request's malformed `acme/…`.
     if validate_id(&record.account_id).is_ok() {

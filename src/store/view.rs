@@ -153,6 +153,19 @@ impl View {
         }
     }
 
+    /// Every user of `account` (or of every account), by account then user.
+    pub fn all_users(&self, account: Option<&str>) -> Vec<User> {
+        let mut entries: Vec<&AccountEntry> = match account {
+            Some(id) => self.accounts.get(id).into_iter().collect(),
+            None => self.accounts.values().collect(),
+        };
+        entries.sort_by(|a, b| a.account.id.cmp(&b.account.id));
+        entries
+            .iter()
+            .flat_map(|e| e.users.values().cloned())
+            .collect()
+    }
+
     /// Up to `limit` users of `account` whose id is after `after`, in id
     /// order, and whether more follow. `None` if the account does not exist.
     pub fn users_after(

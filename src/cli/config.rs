@@ -1,0 +1,183 @@
+//! `entitled serve` configuration: flags, `ENTITLED_<FLAG>` environment
+//! variables, and a TOML file (`--config`), in that order of precedence, then
+//! the defaults. Unknown keys and bad values stop start-up naming them.
+
+use std::{net::SocketAddr, ops::Range, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use toml::Spanned;
+
+use super::CliError;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The flags of `entitled serve` (and `entitled config show`). None of them
+/// has a clap default, so a value here came from a flag or the environment;
+/// the file and the defaults fill the rest.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the flags below as keys (snake_case).
+    #[arg(long, env = "ENTITLED_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long, env = "ENTITLED_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the sled database, created if absent [default: ./data].
+    #[arg(long, env = "ENTITLED_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Catalogue file (TOML) to use instead of the built-in one.
+    #[arg(long, env = "ENTITLED_CATALOGUE")]
+    pub catalogue: Option<PathBuf>,
+    /// How long after activation historical analytics data is available,
+    /// e.g. `48h` or `2s`; overrides the catalogue's data_delay.
+    #[arg(long, env = "ENTITLED_ANALYTICS_DATA_DELAY", value_parser = humantime::parse_duration)]
+    pub analytics_data_delay: Option<Duration>,
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long, env = "ENTITLED_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ENTITLED_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate: also require client certificates signed by it.
+    #[arg(long, env = "ENTITLED_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Log format on stderr [default: text].
+    #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration in force.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub catalogue: Option<PathBuf>,
+    pub analytics_data_delay: Option<Duration>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<Spanned<String>>,
+    data_dir: Option<PathBuf>,
+    catalogue: Option<PathBuf>,
+    analytics_data_delay: Option<Spanned<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// Flags and environment over the file over the defaults.
+    pub fn resolve(&self) -> Result<Effective, CliError> {
+        let (file, text, origin) = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    CliError::Usage(format!("cannot read config file `{}`: {e}", path.display()))
+                })?;
+                let origin = path.display().to_string();
+                let file: FileConfig = toml::from_str(&text).map_err(|e| {
+                    CliError::Usage(format!("config `{origin}`: {}", e.to_string().trim_end()))
+                })?;
+                (file, text, origin)
+            }
+            None => (FileConfig::default(), String::new(), String::new()),
+        };
+        let bad = |span: Range<usize>, message: String| {
+            let line = text
+                .as_bytes()
+                .iter()
+                .take(span.start)
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            CliError::Usage(format!("config `{origin}` line {line}: {message}"))
+        };
+        let file_listen = file
+            .listen
+            .map(|l| {
+                l.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    bad(
+                        l.span(),
+                        format!(
+                            "listen `{}` is not an address; write it like 127.0.0.1:50051",
+                            l.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
+        let file_delay = file
+            .analytics_data_delay
+            .map(|d| {
+                humantime::parse_duration(d.get_ref()).map_err(|e| {
+                    bad(d.span(), format!("analytics_data_delay `{}` is not a duration ({e}); write it like `48h`", d.get_ref()))
+                })
+            })
+            .transpose()?;
+        let effective = Effective {
+            listen: match self.listen.or(file_listen) {
+                Some(listen) => listen,
+                None => DEFAULT_LISTEN
+                    .parse()
+                    .map_err(|_| CliError::Usage("the default address is malformed".to_owned()))?,
+            },
+            data_dir: self
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            catalogue: self.catalogue.clone().or(file.catalogue),
+            analytics_data_delay: self.analytics_data_delay.or(file_delay),
+            tls_cert: self.tls_cert.clone().or(file.tls_cert),
+            tls_key: self.tls_key.clone().or(file.tls_key),
+            tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+        };
+        match (&effective.tls_cert, &effective.tls_key, &effective.tls_client_ca) {
+            (Some(_), None, _) | (None, Some(_), _) => Err(CliError::Usage(
+                "tls_cert and tls_key go together: give both or neither".to_owned(),
+            )),
+            (None, None, Some(_)) => Err(CliError::Usage(
+                "tls_client_ca needs tls_cert and tls_key: client certificates are checked only over TLS".to_owned(),
+            )),
+            _ => Ok(effective),
+        }
+    }
+}
+
+impl Effective {
+    /// For `entitled config show`. Holds no secrets (tokens never are
+    /// configuration; key files are shown by path only).
+    pub fn to_json(&self) -> Value {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        json!({
+            "listen": self.listen.to_string(),
+            "data_dir": self.data_dir.display().to_string(),
+            "catalogue": path(&self.catalogue).unwrap_or_else(|| "(built-in)".to_owned()),
+            "analytics_data_delay": self.analytics_data_delay.map(|d| humantime::format_duration(d).to_string()),
+            "tls_cert": path(&self.tls_cert),
+            "tls_key": path(&self.tls_key),
+            "tls_client_ca": path(&self.tls_client_ca),
+            "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+        })
+    }
+}

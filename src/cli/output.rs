@@ -1,0 +1,231 @@
+//! Printing results: every command builds JSON; `--output table` lays the
+//! same values out for people.
+
+use std::time::SystemTime;
+
+use entitled::proto::v1 as pb;
+use serde_json::{Value, json};
+
+use super::OutputFormat;
+
+pub fn print(format: OutputFormat, value: &Value) {
+    match format {
+        OutputFormat::Json => println!("{value}"),
+        OutputFormat::Table => print!("{}", table(value)),
+    }
+}
+
+/// An object as `key: value` lines; an array of objects as aligned columns.
+fn table(value: &Value) -> String {
+    match value {
+        Value::Array(rows) => {
+            let Some(Value::Object(first)) = rows.first() else {
+                return "(none)\n".to_owned();
+            };
+            let columns: Vec<&String> = first.keys().collect();
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|row| columns.iter().map(|c| cell(&row[c.as_str()])).collect())
+                .collect();
+            let widths: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].chars().count())
+                        .chain([c.len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |values: Vec<String>| {
+                let padded: Vec<String> = values
+                    .iter()
+                    .zip(&widths)
+                    .map(|(v, w)| format!("{v:<w$}"))
+                    .collect();
+                format!("{}\n", padded.join("  ").trim_end())
+            };
+            let mut out = line(columns.iter().map(|c| c.to_uppercase()).collect());
+            for row in cells {
+                out.push_str(&line(row));
+            }
+            out
+        }
+        Value::Object(map) => {
+            let width = map.keys().map(String::len).max().unwrap_or(0);
+            map.iter()
+                .map(|(k, v)| match v {
+                    Value::Array(items) if items.iter().all(|i| !i.is_object()) => {
+                        format!(
+                            "{k:<width$}  {}\n",
+                            items.iter().map(cell).collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                    Value::Array(items) => {
+                        let mut s = format!("{k}:\n");
+                        for line in table(&Value::Array(items.clone())).lines() {
+                            s.push_str(&format!("  {line}\n"));
+                        }
+                        s
+                    }
+                    v => format!("{k:<width$}  {}\n", cell(v)),
+                })
+                .collect()
+        }
+        other => format!("{}\n", cell(other)),
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) if s.is_empty() => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+pub fn time(t: Option<&prost_types::Timestamp>) -> Value {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .map_or(Value::Null, |t| {
+            Value::String(humantime::format_rfc3339_seconds(t).to_string())
+        })
+}
+
+pub fn tier(t: i32) -> &'static str {
+    match pb::AnalyticsTier::try_from(t) {
+        Ok(pb::AnalyticsTier::None) => "none",
+        Ok(pb::AnalyticsTier::Essentials) => "essentials",
+        Ok(pb::AnalyticsTier::Supervisor) => "supervisor",
+        Ok(pb::AnalyticsTier::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+pub fn role(r: i32) -> &'static str {
+    match pb::Role::try_from(r) {
+        Ok(pb::Role::Operator) => "operator",
+        Ok(pb::Role::Provisioner) => "provisioner",
+        Ok(pb::Role::AccountAdmin) => "account-admin",
+        Ok(pb::Role::Gateway) => "gateway",
+        Ok(pb::Role::Unspecified) | Err(_) => "unspecified",
+    }
+}
+
+pub fn account(a: &pb::Account) -> Value {
+    json!({
+        "account_id": a.account_id,
+        "display_name": a.display_name,
+        "product_line": a.product_line,
+        "created_at": time(a.created_at.as_ref()),
+        "analytics_activated_at": time(a.analytics_activated_at.as_ref()),
+    })
+}
+
+pub fn user(u: &pb::User) -> Value {
+    json!({
+        "account_id": u.account_id,
+        "user_id": u.user_id,
+        "display_name": u.display_name,
+        "edition": u.edition,
+        "analytics": tier(u.analytics_tier),
+        "revision": u.revision,
+        "updated_at": time(u.updated_at.as_ref()),
+    })
+}
+
+pub fn check(c: &pb::CheckAnalyticsAccessResponse) -> Value {
+    let denial = pb::DenialReason::try_from(c.denial_reason)
+        .ok()
+        .filter(|d| *d != pb::DenialReason::Unspecified)
+        .map(|d| {
+            d.as_str_name()
+                .trim_start_matches("DENIAL_REASON_")
+                .to_lowercase()
+        });
+    json!({
+        "allowed": c.allowed,
+        "tier": tier(c.tier),
+        "edition": c.edition,
+        "denial_reason": denial,
+        "reason": c.reason,
+        "data_available_at": time(c.data_available_at.as_ref()),
+        "data_ready": c.data_ready,
+        "reports": c.reports.iter().map(|r| json!({
+            "id": r.id,
+            "name": r.display_name,
+            "kind": if r.kind == pb::ReportKind::Live as i32 { "live" } else { "historical" },
+            "available": r.available,
+        })).collect::<Vec<_>>(),
+        "revision": c.revision,
+    })
+}
+
+pub fn token(t: &pb::TokenInfo) -> Value {
+    json!({
+        "token_id": t.token_id,
+        "name": t.name,
+        "role": role(t.role),
+        "account_id": t.account_id,
+        "user_id": t.user_id,
+        "created_at": time(t.created_at.as_ref()),
+        "revoked_at": time(t.revoked_at.as_ref()),
+    })
+}
+
+pub fn change(c: &pb::Change) -> Value {
+    let state = |s: &Option<pb::UserState>| match s {
+        Some(s) => Value::String(format!(
+            "{} / {}",
+            if s.edition.is_empty() {
+                "no edition"
+            } else {
+                &s.edition
+            },
+            tier(s.analytics_tier)
+        )),
+        None => Value::Null,
+    };
+    let caller = c.caller.as_ref();
+    json!({
+        "revision": c.revision,
+        "time": time(c.time.as_ref()),
+        "caller": caller.map(|c| format!("{} ({})", c.name, role(c.role))),
+        "rpc": c.rpc.rsplit('.').next().unwrap_or(&c.rpc),
+        "account_id": c.account_id,
+        "user_id": c.user_id,
+        "before": state(&c.before),
+        "after": state(&c.after),
+        "outcome": if c.refused { format!("refused {}: {}", c.refusal_code, c.refusal_reason) } else { c.details.join("; ") },
+    })
+}
+
+pub fn catalogue(c: &pb::GetCatalogueResponse) -> Value {
+    let editions: Vec<Value> = c
+        .product_lines
+        .iter()
+        .flat_map(|l| {
+            l.editions.iter().map(move |e| {
+                json!({
+                    "product_line": l.id,
+                    "edition": e.id,
+                    "analytics": e.allowed_tiers.iter().map(|t| tier(*t)).collect::<Vec<_>>(),
+                })
+            })
+        })
+        .collect();
+    let delay = c
+        .data_delay
+        .as_ref()
+        .and_then(|d| std::time::Duration::try_from(*d).ok());
+    json!({
+        "editions": editions,
+        "reports": c.tier_reports.iter().map(|t| json!({
+            "tier": tier(t.tier),
+            "reports": t.reports.iter().map(|r| r.display_name.clone()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "data_delay": delay.map(|d| humantime::format_duration(d).to_string()),
+    })
+}

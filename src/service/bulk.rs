@@ -1,0 +1,223 @@
+//! Bulk import and export of users.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Caller, DomainError, Entitlements, ServicesChange, authorize, plan_services};
+use crate::{
+    domain::{AccountId, Rpc, Tier, User, UserId, validate_display_name},
+    store::{Decided, Mutation, Target, Written},
+};
+
+/// The most rows one import call takes (each call is one atomic write).
+pub const MAX_IMPORT_ROWS: usize = 5000;
+
+/// One row of a bulk import as sent: ids are checked here, row by row, so
+/// every bad row can be reported on its own.
+#[derive(Debug, Clone)]
+pub struct ImportRow {
+    pub account_id: String,
+    pub user_id: String,
+    pub display_name: String,
+    /// Empty for no licence.
+    pub edition: String,
+    /// `Err` holds why the tier given is not a tier.
+    pub tier: Result<Tier, String>,
+}
+
+/// What an import's valid rows did (or would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportCounts {
+    pub created: u32,
+    pub updated: u32,
+    pub unchanged: u32,
+}
+
+/// The outcome of an import call: nothing is applied when `errors` is not
+/// empty.
+#[derive(Debug)]
+pub struct Imported {
+    /// (row index, why) for every bad row.
+    pub errors: Vec<(usize, DomainError)>,
+    pub counts: ImportCounts,
+    pub revision: u64,
+}
+
+impl Entitlements {
+    /// Sets each row's user (created if absent) to exactly the row's display
+    /// name, edition and tier; all rows or none. Permission problems refuse
+    /// the whole call; rule problems are reported row by row.
+    pub async fn import_users(
+        &self,
+        caller: &Caller,
+        rows: Vec<ImportRow>,
+        dry_run: bool,
+    ) -> Result<Imported, DomainError> {
+        if rows.is_empty() || rows.len() > MAX_IMPORT_ROWS {
+            return Err(DomainError::BadImport(format!(
+                "rows holds {} rows; send 1 to {MAX_IMPORT_ROWS} a call",
+                rows.len()
+            )));
+        }
+        let mut errors: Vec<(usize, DomainError)> = Vec::new();
+        let mut targets: Vec<(AccountId, UserId)> = Vec::new();
+        let mut target_rows: Vec<usize> = Vec::new();
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        for (index, row) in rows.iter().enumerate() {
+            match check_row(row) {
+                Err(e) => errors.push((index, e)),
+                Ok((account, user)) => {
+                    let key = (row.account_id.clone(), row.user_id.clone());
+                    if let Some(first) = seen.insert(key, index) {
+                        errors.push((
+                            index,
+                            DomainError::BadImport(format!(
+                                "user `{user}` of account `{account}` is also in row {first}; keep one row per user"
+                            )),
+                        ));
+                        continue;
+                    }
+                    // Permission is for the whole call, not row by row.
+                    authorize(caller, Rpc::ImportUsers, Some(&account), Some(&user))?;
+                    targets.push((account, user));
+                    target_rows.push(index);
+                }
+            }
+        }
+        if targets.is_empty() {
+            authorize(caller, Rpc::ImportUsers, None, None)?;
+        }
+
+        let now = (self.clock)();
+        let catalogue = std::sync::Arc::clone(&self.catalogue);
+        let ctx = self.context(caller, Rpc::ImportUsers, "", "");
+        let apply = errors.is_empty() && !dry_run;
+        let mut store_errors: Vec<(usize, DomainError)> = Vec::new();
+        let written: Written<ImportCounts> = self
+            .store
+            .write::<_, DomainError>(&Target::Users(targets), ctx, |current| {
+                let mut counts = ImportCounts::default();
+                let mut mutations = Vec::new();
+                let mut activated: HashSet<AccountId> = HashSet::new();
+                for ((account, existing), &index) in current.many.iter().zip(&target_rows) {
+                    let row = &rows[index];
+                    let Some(account) = account else {
+                        store_errors.push((
+                            index,
+                            DomainError::AccountNotFound(
+                                AccountId::try_from(row.account_id.clone())
+                                    .map_err(|e| DomainError::BadImport(e.to_string()))?,
+                            ),
+                        ));
+                        continue;
+                    };
+                    let blank;
+                    let before = match existing {
+                        Some(user) => user,
+                        None => {
+                            blank = User {
+                                account_id: account.id.clone(),
+                                id: UserId::try_from(row.user_id.clone())
+                                    .map_err(|e| DomainError::BadImport(e.to_string()))?,
+                                display_name: String::new(),
+                                edition: None,
+                                tier: Tier::None,
+                                revision: current.next_revision,
+                                created_at: now,
+                                updated_at: now,
+                            };
+                            &blank
+                        }
+                    };
+                    let change = ServicesChange {
+                        edition: Some((!row.edition.is_empty()).then(|| row.edition.clone())),
+                        tier: row.tier.clone().ok(),
+                        expected_revision: None,
+                    };
+                    let (edition, tier, _) =
+                        match plan_services(&catalogue, account, before, &change) {
+                            Ok(planned) => planned,
+                            Err(e) => {
+                                store_errors.push((index, e));
+                                continue;
+                            }
+                        };
+                    let same = existing.as_ref().is_some_and(|u| {
+                        u.display_name == row.display_name && u.edition == edition && u.tier == tier
+                    });
+                    if same {
+                        counts.unchanged += 1;
+                        continue;
+                    }
+                    if existing.is_some() {
+                        counts.updated += 1;
+                    } else {
+                        counts.created += 1;
+                    }
+                    if tier.grants_access()
+                        && account.analytics_activated_at.is_none()
+                        && activated.insert(account.id.clone())
+                    {
+                        mutations.push(Mutation::PutAccount(crate::domain::Account {
+                            analytics_activated_at: Some(now),
+                            ..account.clone()
+                        }));
+                    }
+                    mutations.push(Mutation::PutUser(User {
+                        display_name: row.display_name.clone(),
+                        edition,
+                        tier,
+                        revision: current.next_revision,
+                        updated_at: now,
+                        ..before.clone()
+                    }));
+                }
+                if !apply || !store_errors.is_empty() {
+                    mutations.clear();
+                }
+                Ok(Decided::new(mutations, counts))
+            })
+            .await?;
+        errors.extend(store_errors);
+        errors.sort_by_key(|(index, _)| *index);
+        Ok(Imported {
+            errors,
+            counts: written.output,
+            revision: written.revision,
+        })
+    }
+
+    /// Every user of `account` (or of all accounts) from one snapshot, with
+    /// the revision it reflects.
+    pub fn export_users(
+        &self,
+        caller: &Caller,
+        account: Option<&AccountId>,
+    ) -> Result<(Vec<User>, u64), DomainError> {
+        authorize(caller, Rpc::ExportUsers, account, None)?;
+        Ok(self
+            .store
+            .read(|v| (v.all_users(account.map(AccountId::as_str)), v.revision())))
+    }
+}
+
+/// The checks a row needs before the store is asked.
+fn check_row(row: &ImportRow) -> Result<(AccountId, UserId), DomainError> {
+    let bad = |field: &str, value: &str, e: &dyn std::fmt::Display| {
+        DomainError::BadImport(format!("{field} `{value}` {e}"))
+    };
+    let account = AccountId::try_from(row.account_id.clone())
+        .map_err(|e| bad("account_id", &row.account_id, &e))?;
+    let user =
+        UserId::try_from(row.user_id.clone()).map_err(|e| bad("user_id", &row.user_id, &e))?;
+    validate_display_name(&row.display_name).map_err(|e| {
+        bad(
+            "display_name",
+            &row.display_name.escape_debug().to_string(),
+            &e,
+        )
+    })?;
+    if let Err(e) = &row.tier {
+        return Err(DomainError::BadImport(e.clone()));
+    }
+    Ok((account, user))
+}

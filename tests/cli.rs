@@ -1,0 +1,508 @@
+//! The command line as a user drives it: the binary spawned as a process
+//! against a real server.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+mod common;
+
+use std::{path::Path, process::Command};
+
+use common::{T, TestApp};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_entitled");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+/// Runs `entitled ARGS` as a client of `app` with `token`.
+async fn run(app: &TestApp, token: &str, args: &[&str]) -> Run {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("ENTITLED_SERVER", format!("http://{}", app.addr))
+        .env("ENTITLED_TOKEN", token)
+        .env_remove("RUST_LOG");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn ok(app: &TestApp, args: &[&str]) -> Run {
+    let r = run(app, &app.operator_secret, args).await;
+    assert_eq!(r.code, 0, "entitled {args:?}: {}", r.stderr);
+    r
+}
+
+#[tokio::test]
+async fn the_console_walk_through() {
+    let app = TestApp::spawn().await;
+    ok(
+        &app,
+        &[
+            "account",
+            "create",
+            "acme",
+            "--product-line",
+            "work",
+            "--name",
+            "Acme Corp",
+        ],
+    )
+    .await;
+    ok(
+        &app,
+        &["user", "put", "acme", "ada", "--name", "Ada Lovelace"],
+    )
+    .await;
+    ok(&app, &["user", "put", "acme", "bob"]).await;
+    let set = ok(
+        &app,
+        &[
+            "user",
+            "set",
+            "acme",
+            "ada",
+            "--edition",
+            "X8",
+            "--analytics",
+            "supervisor",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(set.json()["analytics"], "supervisor");
+
+    // The downgrade notice, on stderr and in the output.
+    let down = ok(
+        &app,
+        &[
+            "user",
+            "set",
+            "acme",
+            "ada",
+            "--edition",
+            "X2",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
+    assert!(
+        down.stderr
+            .contains("notice: edition `X2` does not include supervisor analytics"),
+        "{}",
+        down.stderr
+    );
+    assert_eq!(down.json()["analytics"], "essentials");
+    assert_eq!(down.json()["notices"].as_array().unwrap().len(), 1);
+
+    let check = ok(&app, &["check", "acme", "ada", "--output", "json"])
+        .await
+        .json();
+    assert_eq!(
+        (check["allowed"].as_bool(), check["tier"].as_str()),
+        (Some(true), Some("essentials"))
+    );
+    let table = ok(&app, &["check", "acme", "bob"]).await.stdout;
+    assert!(
+        table.contains("allowed") && table.contains("false") && table.contains("no_edition"),
+        "{table}"
+    );
+
+    let list = ok(&app, &["user", "list", "acme", "--output", "json"])
+        .await
+        .json();
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ada", "bob"]);
+    let table = ok(&app, &["user", "list", "acme"]).await.stdout;
+    assert!(table.starts_with("ACCOUNT_ID"), "{table}");
+
+    let catalogue = ok(&app, &["catalogue", "show", "--output", "json"])
+        .await
+        .json();
+    assert_eq!(catalogue["data_delay"], "2days");
+    let audit = ok(
+        &app,
+        &["audit", "list", "--account", "acme", "--output", "json"],
+    )
+    .await
+    .json();
+    assert!(audit.as_array().unwrap().len() >= 5);
+
+    // Tokens: made, used, listed without secrets, revoked.
+    let made = ok(
+        &app,
+        &[
+            "token", "create", "--name", "gw", "--role", "gateway", "--output", "json",
+        ],
+    )
+    .await
+    .json();
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    assert_eq!(run(&app, &secret, &["check", "acme", "ada"]).await.code, 0);
+    let listed = ok(&app, &["token", "list", "--output", "json"])
+        .await
+        .stdout;
+    assert!(!listed.contains(secret.split('.').nth(1).unwrap()));
+    ok(
+        &app,
+        &["token", "revoke", made["token_id"].as_str().unwrap()],
+    )
+    .await;
+    assert_eq!(run(&app, &secret, &["check", "acme", "ada"]).await.code, 3);
+
+    ok(&app, &["user", "delete", "acme", "bob"]).await;
+    assert_eq!(
+        run(&app, &app.operator_secret, &["user", "get", "acme", "bob"])
+            .await
+            .code,
+        3
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_tell_usage_refusal_and_unreachable_apart() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    app.put_user("acme", "ada").await;
+
+    let usage = run(&app, &app.operator_secret, &["user", "set", "acme"]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    let usage = run(&app, &app.operator_secret, &["user", "set", "acme", "ada"]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    assert!(usage.stderr.contains("nothing to set"));
+
+    let refused = run(
+        &app,
+        &app.operator_secret,
+        &["user", "set", "acme", "ada", "--analytics", "essentials"],
+    )
+    .await;
+    assert_eq!(refused.code, 3);
+    assert!(
+        refused
+            .stderr
+            .contains("error: user `ada` has no edition licence"),
+        "{}",
+        refused.stderr
+    );
+    let unauthenticated = run(&app, "tok_nope.nope", &["check", "acme", "ada"]).await;
+    assert_eq!(unauthenticated.code, 3, "{}", unauthenticated.stderr);
+
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "acme",
+            "ada",
+            "--server",
+            &format!("http://{dead}"),
+        ])
+        .env("ENTITLED_TOKEN", &app.operator_secret)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
+
+    for args in [
+        vec!["--help"],
+        vec!["user", "set", "--help"],
+        vec!["import", "--help"],
+        vec!["serve", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+    let completions = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("entitled"));
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn import_checks_every_row_before_changing_anything() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    app.create_account("vo", "virtual-office").await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.csv",
+        "account_id,user_id,display_name,edition,analytics_tier\n\
+         acme,ada,Ada,X8,supervisor\n\
+         acme,bob,Bob,X2,supervisor\n\
+         vo,cy,Cy,X1,essentials\n\
+         acme,dan,Dan,,essentials\n\
+         nowhere,eve,Eve,X2,none\n\
+         acme,fay,Fay,X4,gold\n\
+         acme,ada,Ada again,X4,none\n\
+         acme,g/h,Bad id,X4,none\n",
+    );
+    let before = app.revision().await;
+    let r = run(&app, &app.operator_secret, &["import", &bad]).await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    for expected in [
+        "bad.csv:3: edition `X2` does not include supervisor analytics",
+        "bad.csv:4: edition `X1` is not in product line `virtual-office`",
+        "bad.csv:5: user `dan` has no edition licence",
+        "bad.csv:6: account `nowhere` does not exist",
+        "bad.csv:7: analytics_tier `gold` is not a tier",
+        "bad.csv:8: user `ada` of account `acme` is also on line 2",
+        "bad.csv:9: user_id `g/h` contains `/`",
+        "7 bad rows; nothing was changed",
+    ] {
+        assert!(
+            r.stderr.contains(expected),
+            "missing {expected:?} in\n{}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("bad.csv:2:"), "line 2 is good");
+    assert_eq!(app.revision().await, before, "nothing changed");
+    assert!(app.get_user("acme", "ada").await.is_err());
+}
+
+#[tokio::test]
+async fn import_dry_run_rerun_and_export_round_trip() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    app.create_account("vo", "virtual-office").await;
+    app.put_user("acme", "old").await;
+    app.set("acme", "old", Some("X8"), Some(T::Supervisor))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("account_id,user_id,display_name,edition,analytics_tier\n");
+    for i in 0..1200 {
+        let (account, edition, tier) = match i % 3 {
+            0 => ("acme", "X4", "supervisor"),
+            1 => ("acme", "X1", "essentials"),
+            _ => ("vo", "X6", "none"),
+        };
+        csv.push_str(&format!(
+            "{account},u{i:04},\"User {i}, Jr.\",{edition},{tier}\n"
+        ));
+    }
+    // An existing user lowered by the file.
+    csv.push_str("acme,old,User old,X2,essentials\n");
+    let file = write(dir.path(), "users.csv", &csv);
+
+    let before = app.revision().await;
+    let dry = ok(&app, &["import", &file, "--dry-run", "--output", "json"])
+        .await
+        .json();
+    assert_eq!(
+        (dry["would_create"].as_u64(), dry["would_update"].as_u64()),
+        (Some(1200), Some(1))
+    );
+    assert_eq!(app.revision().await, before, "a dry run changes nothing");
+
+    let done = ok(
+        &app,
+        &["import", &file, "--chunk-size", "500", "--output", "json"],
+    )
+    .await;
+    assert!(
+        done.stderr.contains("imported 1201/1201 rows"),
+        "plain progress lines: {}",
+        done.stderr
+    );
+    let done = done.json();
+    assert_eq!(
+        (done["created"].as_u64(), done["updated"].as_u64()),
+        (Some(1200), Some(1))
+    );
+    assert_eq!(app.revision().await, before + 3, "one revision per chunk");
+    let u0 = app.get_user("acme", "u0000").await.unwrap();
+    assert_eq!(
+        (
+            u0.display_name.as_str(),
+            u0.edition.as_str(),
+            u0.analytics_tier
+        ),
+        ("User 0, Jr.", "X4", T::Supervisor as i32)
+    );
+    assert_eq!(app.check("acme", "u0001").await.tier, T::Essentials as i32);
+    assert_eq!(
+        app.get_user("acme", "old").await.unwrap().analytics_tier,
+        T::Essentials as i32
+    );
+    assert!(
+        app.get_account("acme")
+            .await
+            .unwrap()
+            .analytics_activated_at
+            .is_some()
+    );
+
+    // Running it again changes nothing.
+    let again = ok(&app, &["import", &file, "--output", "json"])
+        .await
+        .json();
+    assert_eq!(
+        (
+            again["created"].as_u64(),
+            again["updated"].as_u64(),
+            again["unchanged"].as_u64()
+        ),
+        (Some(0), Some(0), Some(1201))
+    );
+    assert_eq!(app.revision().await, before + 3);
+
+    // Export → import into a fresh server gives the same users.
+    for format in ["csv", "jsonl"] {
+        let out = dir.path().join(format!("export.{format}"));
+        ok(
+            &app,
+            &["export", "--format", format, "--out", out.to_str().unwrap()],
+        )
+        .await;
+        let fresh = TestApp::spawn().await;
+        fresh.create_account("acme", "work").await;
+        fresh.create_account("vo", "virtual-office").await;
+        ok(&fresh, &["import", out.to_str().unwrap()]).await;
+        let exported = ok(&app, &["export", "--format", "jsonl"]).await.stdout;
+        let reimported = ok(&fresh, &["export", "--format", "jsonl"]).await.stdout;
+        assert_eq!(exported.lines().count(), 1201);
+        assert_eq!(exported, reimported, "{format} round trip");
+    }
+    let one = ok(&app, &["export", "--account", "vo"]).await.stdout;
+    assert_eq!(one.lines().count(), 1 + 400);
+    assert_eq!(
+        one.lines().next(),
+        Some("account_id,user_id,display_name,edition,analytics_tier")
+    );
+}
+
+#[tokio::test]
+async fn config_file_env_and_flags_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "entitled.toml",
+        "listen = \"127.0.0.1:7001\"\ndata_dir = \"/srv/file\"\nanalytics_data_delay = \"1h\"\nlog_format = \"json\"\n",
+    );
+    let show = |envs: &[(&str, &str)], flags: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["config", "show", "--output", "json", "--config", &file])
+            .args(flags);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        command.env("ENTITLED_TOKEN", "tok_abc.SECRET");
+        let out = command.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let file_only = show(&[], &[]);
+    assert_eq!(file_only["listen"], "127.0.0.1:7001");
+    assert_eq!(file_only["data_dir"], "/srv/file");
+    assert_eq!(file_only["analytics_data_delay"], "1h");
+    assert_eq!(file_only["log_format"], "json");
+    assert_eq!(file_only["catalogue"], "(built-in)");
+    assert_eq!(file_only["token"], "tok_abc.****", "secrets are masked");
+
+    let env = show(
+        &[
+            ("ENTITLED_LISTEN", "127.0.0.1:7002"),
+            ("ENTITLED_DATA_DIR", "/srv/env"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        (env["listen"].as_str(), env["data_dir"].as_str()),
+        (Some("127.0.0.1:7002"), Some("/srv/env"))
+    );
+    let flags = show(
+        &[("ENTITLED_LISTEN", "127.0.0.1:7002")],
+        &["--listen", "127.0.0.1:7003"],
+    );
+    assert_eq!(flags["listen"], "127.0.0.1:7003");
+    assert_eq!(flags["analytics_data_delay"], "1h");
+
+    // Defaults without a file.
+    let out = Command::new(BIN)
+        .args(["config", "show", "--output", "json"])
+        .env_remove("ENTITLED_CONFIG")
+        .output()
+        .unwrap();
+    let defaults: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (defaults["listen"].as_str(), defaults["data_dir"].as_str()),
+        (Some("127.0.0.1:50051"), Some("./data"))
+    );
+
+    // Unknown keys and bad values stop start-up, naming them.
+    let unknown = write(
+        dir.path(),
+        "unknown.toml",
+        "listen = \"127.0.0.1:1\"\ncolour = \"red\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config", &unknown])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("colour") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+    let bad = write(dir.path(), "bad.toml", "\nlisten = \"somewhere\"\n");
+    let out = Command::new(BIN)
+        .args(["serve", "--config", &bad])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2: listen `somewhere` is not an address"),
+        "{stderr}"
+    );
+}
