@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod catalogue;
+pub mod client;
 pub mod domain;
 pub mod grpc;
 pub mod proto;

@@ -18,7 +18,6 @@ use std::{
 
 mod common;
 
-use common::Clients;
 use entitled::{proto::v1 as pb, service::OPERATOR_TOKEN_FILE};
 use tonic::transport::Channel;
 
@@ -88,8 +87,8 @@ impl Server {
             .unwrap()
     }
 
-    async fn clients(&self) -> Clients {
-        Clients::new(&self.channel().await, Some(&self.secret))
+    async fn clients(&self) -> common::Clients {
+        common::clients(&self.channel().await, Some(&self.secret))
     }
 
     fn kill(mut self) {

@@ -11,7 +11,6 @@ mod common;
 
 use std::path::Path;
 
-use common::Clients;
 use entitled::{
     catalogue::Catalogue,
     proto::v1 as pb,
@@ -86,7 +85,7 @@ async fn catalogue_over(
     channel: Channel,
     secret: &str,
 ) -> Result<pb::GetCatalogueResponse, tonic::Status> {
-    Clients::new(&channel, Some(secret))
+    common::clients(&channel, Some(secret))
         .catalogue
         .get_catalogue(pb::GetCatalogueRequest {})
         .await

@@ -13,18 +13,8 @@ pub mod output;
 use std::fmt;
 
 use clap::{Args, ValueEnum};
-use entitled::proto::v1::{
-    access_service_client::AccessServiceClient, audit_service_client::AuditServiceClient,
-    catalogue_service_client::CatalogueServiceClient,
-    provisioning_service_client::ProvisioningServiceClient,
-    token_service_client::TokenServiceClient,
-};
-use tonic::{
-    Code, Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
-};
+use entitled::client::{Bearer, Clients};
+use tonic::{Code, Status, transport::Endpoint};
 
 /// Options of every client command.
 #[derive(Args, Debug, Clone)]
@@ -98,32 +88,6 @@ impl From<Status> for CliError {
     }
 }
 
-/// Adds the bearer token to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Authed = InterceptedService<Channel, Bearer>;
-
-/// Clients of every service, sharing one connection.
-pub struct Clients {
-    pub provisioning: ProvisioningServiceClient<Authed>,
-    pub access: AccessServiceClient<Authed>,
-    pub catalogue: CatalogueServiceClient<Authed>,
-    pub tokens: TokenServiceClient<Authed>,
-    pub audit: AuditServiceClient<Authed>,
-}
-
 impl ClientArgs {
     pub async fn connect(&self) -> Result<Clients, CliError> {
         let endpoint = Endpoint::from_shared(self.server.clone()).map_err(|e| {
@@ -135,22 +99,8 @@ impl ClientArgs {
         let channel = endpoint.connect().await.map_err(|e| {
             CliError::Unreachable(format!("cannot reach the server at `{}`: {e}", self.server))
         })?;
-        let bearer = match &self.token {
-            Some(token) => Some(format!("Bearer {}", token.trim()).parse().map_err(|_| {
-                CliError::Usage("--token holds characters a token never has".to_owned())
-            })?),
-            None => None,
-        };
-        let bearer = Bearer(bearer);
-        Ok(Clients {
-            provisioning: ProvisioningServiceClient::with_interceptor(
-                channel.clone(),
-                bearer.clone(),
-            ),
-            access: AccessServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            catalogue: CatalogueServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            audit: AuditServiceClient::with_interceptor(channel, bearer),
-        })
+        let bearer = Bearer::new(self.token.as_deref())
+            .map_err(|e| CliError::Usage(format!("--token: {e}")))?;
+        Ok(Clients::new(&channel, bearer))
     }
 }

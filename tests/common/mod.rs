@@ -25,63 +25,16 @@ use entitled::{
     service::{Clock, OPERATOR_TOKEN_FILE},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{
-    Code, Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::{Code, Status, transport::Channel};
 
-/// Adds `authorization: Bearer <secret>` to every call (or nothing).
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Bearer {
-    pub fn new(secret: Option<&str>) -> Self {
-        Bearer(secret.map(|s| format!("Bearer {s}").parse().unwrap()))
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-pub type Authed = InterceptedService<Channel, Bearer>;
-
-/// One client per service, all sending the same token.
-#[derive(Clone)]
-pub struct Clients {
-    pub provisioning: ProvisioningServiceClient<Authed>,
-    pub access: AccessServiceClient<Authed>,
-    pub catalogue: CatalogueServiceClient<Authed>,
-    pub tokens: TokenServiceClient<Authed>,
-    pub audit: AuditServiceClient<Authed>,
-}
-
-impl Clients {
-    pub fn new(channel: &Channel, secret: Option<&str>) -> Self {
-        let bearer = Bearer::new(secret);
-        Clients {
-            provisioning: ProvisioningServiceClient::with_interceptor(
-                channel.clone(),
-                bearer.clone(),
-            ),
-            access: AccessServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            catalogue: CatalogueServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            audit: AuditServiceClient::with_interceptor(channel.clone(), bearer),
-        }
-    }
-}
-
+pub use entitled::client::Clients;
+use entitled::client::{Authed, Bearer};
 pub use pb::AnalyticsTier as T;
+
+/// Clients that send `secret` (or no token at all).
+pub fn clients(channel: &Channel, secret: Option<&str>) -> Clients {
+    Clients::new(channel, Bearer::new(secret).unwrap())
+}
 
 /// A clock the test moves by hand.
 #[derive(Clone)]
@@ -202,7 +155,7 @@ impl TestApp {
             .await
             .unwrap();
         let operator_secret = secret();
-        let clients = Clients::new(&channel, Some(&operator_secret));
+        let clients = clients(&channel, Some(&operator_secret));
         TestApp {
             addr,
             provisioning: clients.provisioning,
@@ -256,7 +209,7 @@ impl TestApp {
 
     /// Clients that send `secret` (or no token at all).
     pub fn clients(&self, secret: Option<&str>) -> Clients {
-        Clients::new(&self.channel, secret)
+        clients(&self.channel, secret)
     }
 
     /// Makes a token and returns its secret.
