@@ -3,6 +3,7 @@
 pub mod catalogue;
 pub mod domain;
 pub mod grpc;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod service;

@@ -51,6 +51,9 @@ struct ServeArgs {
     /// PEM CA certificate: also require client certificates signed by it.
     #[arg(long, env = "ENTITLED_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (none when unset).
+    #[arg(long, env = "ENTITLED_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
         let mut config = Config::new(args.listen, args.data_dir, catalogue);
+        config.metrics_listen = args.metrics_listen;
         if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
             config.tls = Some(TlsFiles {
                 cert,

@@ -20,8 +20,8 @@ mod view;
 
 use std::{
     path::Path,
-    sync::Arc,
-    time::{Duration, SystemTime},
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant, SystemTime},
 };
 
 use parking_lot::{Mutex, RwLock};
@@ -158,6 +158,30 @@ pub struct Written<T> {
     pub replayed: bool,
 }
 
+/// Told about writes and flushes as they happen, so metrics can count them
+/// without the store knowing how they are exported. Calls are made on the
+/// write path: keep them cheap and never block.
+pub trait StoreObserver: Send + Sync {
+    /// A write was committed (not yet durable); no-ops and replays are not.
+    fn committed(&self);
+    /// A committed write became durable and visible, `waited` after its
+    /// commit began.
+    fn durable(&self, waited: Duration);
+    /// One flush (group commit) took `took`, successful or not.
+    fn flushed(&self, took: Duration);
+}
+
+/// Size and contents, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The durable store revision.
+    pub revision: u64,
+    pub accounts: u64,
+    pub users: u64,
+    /// What sled's files take on disk, in bytes.
+    pub size_on_disk: u64,
+}
+
 /// The sled-backed store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -186,6 +210,8 @@ struct Inner {
     /// their revision already flushed by the one before them.
     flush_lock: tokio::sync::Mutex<()>,
     view: RwLock<View>,
+    /// Set once, by the server, before it serves.
+    observer: OnceLock<Arc<dyn StoreObserver>>,
 }
 
 struct WriterState {
@@ -261,7 +287,30 @@ impl Store {
                 }),
                 flush_lock: tokio::sync::Mutex::new(()),
                 view: RwLock::new(view),
+                observer: OnceLock::new(),
             }),
+        })
+    }
+
+    /// Reports writes and flushes to `observer` from now on. Only the first
+    /// observer set is kept; it returns false for any later one.
+    pub fn observe(&self, observer: Arc<dyn StoreObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    fn observer(&self) -> Option<&dyn StoreObserver> {
+        self.inner.observer.get().map(|o| o.as_ref())
+    }
+
+    /// Revision, record counts (from the view) and size on disk.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let (revision, accounts, users) =
+            self.read(|v| (v.revision(), v.account_count(), v.user_count()));
+        Ok(StoreStats {
+            revision,
+            accounts,
+            users,
+            size_on_disk: self.inner.db.size_on_disk()?,
         })
     }
 
@@ -289,8 +338,12 @@ impl Store {
         T: Serialize + DeserializeOwned,
         E: From<StoreError>,
     {
-        let written = self.commit(target, ctx, decide)?;
+        let started = Instant::now();
+        let (written, applied) = self.commit(target, ctx, decide)?;
         self.wait_durable(written.revision).await?;
+        if applied && let Some(observer) = self.observer() {
+            observer.durable(started.elapsed());
+        }
         Ok(written)
     }
 
@@ -299,7 +352,7 @@ impl Store {
         target: &Target,
         ctx: WriteContext,
         decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
-    ) -> Result<Written<T>, E>
+    ) -> Result<(Written<T>, bool), E>
     where
         T: Serialize + DeserializeOwned,
         E: From<StoreError>,
@@ -322,11 +375,12 @@ impl Store {
             let fresh = record.at + REQUEST_ID_WINDOW > ctx.at;
             if fresh && record.fingerprint == request.fingerprint {
                 let output = codec::decode(REQUESTS, key, &record.output)?;
-                return Ok(Written {
+                let replayed = Written {
                     output,
                     revision: record.revision,
                     replayed: true,
-                });
+                };
+                return Ok((replayed, false));
             }
             if fresh {
                 return Err(StoreError::RequestReused(request.id.clone()).into());
@@ -341,11 +395,12 @@ impl Store {
             details,
         } = decide(current)?;
         if mutations.is_empty() {
-            return Ok(Written {
+            let unchanged = Written {
                 output,
                 revision: writer.committed,
                 replayed: false,
-            });
+            };
+            return Ok((unchanged, false));
         }
         let revision = writer.committed + 1;
         let seq = writer.audit_seq + 1;
@@ -410,11 +465,15 @@ impl Store {
         writer.committed = revision;
         writer.audit_seq = seq;
         writer.pending.push((revision, mutations));
-        Ok(Written {
+        if let Some(observer) = self.observer() {
+            observer.committed();
+        }
+        let written = Written {
             output,
             revision,
             replayed: false,
-        })
+        };
+        Ok((written, true))
     }
 
     /// Appends a refused write to the audit trail. It raises no revision and
@@ -603,12 +662,16 @@ impl Store {
         }
         let batch = std::mem::take(&mut inner.writer.lock().pending);
         let db = inner.db.clone();
+        let started = Instant::now();
         // A flush on a blocking thread: sled 0.34's flush_async deadlocks
         // under concurrent callers (sled issue #1308).
         let flushed = tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Some(observer) = self.observer() {
+            observer.flushed(started.elapsed());
+        }
         if let Err(reason) = flushed {
             tracing::error!(%reason, "flush failed; refusing further writes");
             inner.writer.lock().failed = Some(reason.clone());
