@@ -1,5 +1,7 @@
 //! The `entitled` binary: parses flags, sets up logging, and hands a shutdown
-//! signal to the library's server.
+//! signal to the library's server; other subcommands live in `cli/`.
+
+mod cli;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -25,6 +27,10 @@ struct Cli {
 enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
+    /// Take an online, consistent backup of a running server (operator token).
+    Backup(cli::backup::Args),
+    /// Restore a backup into an empty or new data directory (server stopped).
+    Restore(cli::restore::Args),
 }
 
 #[derive(clap::Args)]
@@ -65,8 +71,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Serve(args) = cli.command;
-    match serve(args) {
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Backup(args) => cli::backup::run(args),
+        Command::Restore(args) => cli::restore::run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");

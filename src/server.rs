@@ -19,6 +19,7 @@ use crate::{
         FILE_DESCRIPTOR_SET,
         v1::{
             access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
+            backup_service_server::BackupServiceServer,
             catalogue_service_server::CatalogueServiceServer,
             provisioning_service_server::ProvisioningServiceServer,
             token_service_server::TokenServiceServer,
@@ -29,13 +30,14 @@ use crate::{
 };
 
 /// The services health reports on, besides the whole server ("").
-const SERVICE_NAMES: [&str; 6] = [
+const SERVICE_NAMES: [&str; 7] = [
     "",
     "entitled.v1.CatalogueService",
     "entitled.v1.ProvisioningService",
     "entitled.v1.AccessService",
     "entitled.v1.AuditService",
     "entitled.v1.TokenService",
+    "entitled.v1.BackupService",
 ];
 
 /// Where the TLS material is.
@@ -240,7 +242,11 @@ impl Application {
                 api.clone(),
                 auth.clone(),
             ))
-            .add_service(TokenServiceServer::with_interceptor(api, auth))
+            .add_service(TokenServiceServer::with_interceptor(
+                api.clone(),
+                auth.clone(),
+            ))
+            .add_service(BackupServiceServer::with_interceptor(api, auth))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         let _ = metrics_stop.send(());

@@ -42,7 +42,7 @@ async fn snapshot(app: &TestApp) -> (u64, Vec<pb::User>, Vec<pb::User>, Vec<pb::
     )
 }
 
-const RPCS: [&str; 13] = [
+const RPCS: [&str; 14] = [
     "GetCatalogue",
     "CreateAccount",
     "GetAccount",
@@ -56,6 +56,7 @@ const RPCS: [&str; 13] = [
     "CreateToken",
     "ListTokens",
     "RevokeToken",
+    "Backup",
 ];
 
 /// What the operator makes before cell `n`: a user `cell{n}` in `account`
@@ -203,6 +204,17 @@ async fn call(
             })
             .await
             .map(drop),
+        // Read to the end, so an error anywhere in the stream counts.
+        "Backup" => {
+            let mut stream = c
+                .backup
+                .clone()
+                .backup(pb::BackupRequest {})
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
+        }
         other => panic!("no such rpc {other}"),
     }
 }
@@ -211,7 +223,7 @@ use Code::{Ok as OK, PermissionDenied as PD};
 
 /// The matrix, one line an RPC:
 /// (rpc, operator, provisioner, admin own, admin other, gateway).
-const MATRIX: [(&str, Code, Code, Code, Code, Code); 13] = [
+const MATRIX: [(&str, Code, Code, Code, Code, Code); 14] = [
     ("GetCatalogue", OK, OK, OK, OK, OK),
     ("CreateAccount", OK, OK, PD, PD, PD),
     ("GetAccount", OK, OK, OK, PD, PD),
@@ -225,6 +237,7 @@ const MATRIX: [(&str, Code, Code, Code, Code, Code); 13] = [
     ("CreateToken", OK, PD, PD, PD, PD),
     ("ListTokens", OK, PD, PD, PD, PD),
     ("RevokeToken", OK, PD, PD, PD, PD),
+    ("Backup", OK, PD, PD, PD, PD),
 ];
 
 #[tokio::test]

@@ -1,12 +1,13 @@
-//! TokenService and AuditService.
+//! TokenService, AuditService and BackupService.
 
-use tonic::{Request, Response};
+use tonic::{Request, Response, Status};
 
 use super::{Api, Reply, convert, principal, reader};
 use crate::{
     domain::Rpc,
     proto::v1::{
-        self as pb, audit_service_server::AuditService, token_service_server::TokenService,
+        self as pb, audit_service_server::AuditService, backup_service_server::BackupService,
+        token_service_server::TokenService,
     },
     service::TokenSpec,
 };
@@ -103,5 +104,37 @@ impl AuditService for Api {
             changes: changes.iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+}
+
+/// How much of the backup file one message carries.
+const BACKUP_CHUNK: usize = 64 * 1024;
+
+#[tonic::async_trait]
+impl BackupService for Api {
+    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::BackupResponse, Status>>>;
+
+    #[tracing::instrument(skip_all)]
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
+        let caller = reader(&request)?;
+        let backup = self.svc.backup(&caller).await?;
+        tracing::info!(
+            revision = backup.revision,
+            bytes = backup.bytes.len(),
+            caller = %caller.principal.name,
+            "backup taken"
+        );
+        let revision = backup.revision;
+        let chunks: Vec<_> = backup
+            .bytes
+            .chunks(BACKUP_CHUNK)
+            .map(|chunk| {
+                Ok(pb::BackupResponse {
+                    chunk: chunk.to_vec(),
+                    revision,
+                })
+            })
+            .collect();
+        Ok(Response::new(tokio_stream::iter(chunks)))
     }
 }

@@ -15,6 +15,7 @@
 //! If a flush fails the store stops taking writes (fail-stop, as databases do
 //! after an fsync error): a restart reloads the view from disk.
 
+mod backup;
 mod codec;
 mod view;
 
@@ -33,6 +34,7 @@ use crate::domain::{
     validate_id,
 };
 
+pub use backup::{Backup, BackupError, BackupSummary, FORMAT_VERSION, restore, verify};
 pub use view::View;
 
 const ACCOUNTS: &str = "accounts";
@@ -50,6 +52,8 @@ const AUDIT_SEQ_KEY: &[u8] = b"audit_seq";
 const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
 /// Held (flock) for as long as a store is open on the directory.
 const LOCK_FILE: &str = "entitled.lock";
+/// sled's files, inside the data directory.
+const DB_DIR: &str = "db";
 /// How long a request id is remembered.
 pub const REQUEST_ID_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -256,7 +260,7 @@ impl Store {
             }
         }
         let db = sled::Config::new()
-            .path(dir.join("db"))
+            .path(dir.join(DB_DIR))
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
@@ -682,6 +686,52 @@ impl Store {
             view.apply(rev, mutations);
         }
         Ok(())
+    }
+
+    /// A consistent copy of every tree as one backup file (in memory), as of
+    /// the latest committed revision, returned once that revision is
+    /// durable. The copy is made under the writer lock, so writes wait while
+    /// it is made; reads do not.
+    pub async fn backup(&self, taken_at: SystemTime) -> Result<Backup, StoreError> {
+        let store = self.clone();
+        let backup = tokio::task::spawn_blocking(move || store.snapshot(taken_at))
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))??;
+        self.wait_durable(backup.revision).await?;
+        Ok(backup)
+    }
+
+    fn snapshot(&self, taken_at: SystemTime) -> Result<Backup, StoreError> {
+        let writer = self.inner.writer.lock();
+        if let Some(reason) = &writer.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        let mut file = backup::Writer::new(writer.committed, taken_at, backup::TREES.len() as u32);
+        for name in backup::TREES {
+            let tree = self
+                .tree(name)
+                .ok_or_else(|| StoreError::Encode(format!("no tree `{name}`")))?;
+            file.tree(name, tree)?;
+        }
+        Ok(Backup {
+            revision: writer.committed,
+            bytes: file.finish(),
+        })
+    }
+
+    /// A tree by its name (as a backup names it).
+    fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        let t = &self.inner.trees;
+        Some(match name {
+            ACCOUNTS => &t.accounts,
+            USERS => &t.users,
+            META => &t.meta,
+            TOKENS => &t.tokens,
+            AUDIT => &t.audit,
+            AUDIT_BY_ACCOUNT => &t.audit_by_account,
+            REQUESTS => &t.requests,
+            _ => return None,
+        })
     }
 
     /// Flushes everything to disk; for shutdown.
