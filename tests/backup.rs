@@ -300,7 +300,8 @@ async fn a_backup_under_concurrent_writes_is_one_point_in_time() {
                         .put_user(pb::PutUserRequest {
                             account_id: "acme".into(),
                             user_id: format!("w{w}-{i}"),
-                            display_name: "someone".into(),
+                            // Long, so the backup takes several messages.
+                            display_name: "someone ".repeat(30),
                             ..Default::default()
                         })
                         .await
@@ -310,7 +311,7 @@ async fn a_backup_under_concurrent_writes_is_one_point_in_time() {
         })
         .collect();
     // Wait until the writers are under way, then back up while they write.
-    while app.revision().await < 20 {
+    while app.revision().await < 120 {
         tokio::task::yield_now().await;
     }
     let mut stream = app
@@ -323,16 +324,23 @@ async fn a_backup_under_concurrent_writes_is_one_point_in_time() {
         .into_inner();
     let mut bytes = Vec::new();
     let mut revision = 0;
+    let mut messages = 0;
     while let Some(message) = stream.message().await.unwrap() {
         revision = message.revision;
         bytes.extend_from_slice(&message.chunk);
+        messages += 1;
     }
+    assert!(
+        messages > 1,
+        "a backup of {} bytes in one message",
+        bytes.len()
+    );
     for w in writers {
         w.await.unwrap();
     }
     let last = app.revision().await;
     assert!(
-        revision >= 20 && revision < last,
+        revision >= 120 && revision < last,
         "backup at {revision} of {last}"
     );
 

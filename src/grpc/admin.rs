@@ -1,5 +1,8 @@
 //! TokenService, AuditService and BackupService.
 
+use std::pin::Pin;
+
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{Api, Reply, convert, principal, reader};
@@ -112,7 +115,8 @@ const BACKUP_CHUNK: usize = 64 * 1024;
 
 #[tonic::async_trait]
 impl BackupService for Api {
-    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<pb::BackupResponse, Status>>>;
+    type BackupStream =
+        Pin<Box<dyn Stream<Item = Result<pb::BackupResponse, Status>> + Send + 'static>>;
 
     #[tracing::instrument(skip_all)]
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
@@ -125,16 +129,16 @@ impl BackupService for Api {
             "backup taken"
         );
         let revision = backup.revision;
-        let chunks: Vec<_> = backup
-            .bytes
-            .chunks(BACKUP_CHUNK)
-            .map(|chunk| {
-                Ok(pb::BackupResponse {
-                    chunk: chunk.to_vec(),
-                    revision,
-                })
+        let bytes = backup.bytes;
+        // Each chunk is copied out as it is sent, not all at once.
+        let chunks = (0..bytes.len().div_ceil(BACKUP_CHUNK)).map(move |i| {
+            let start = i * BACKUP_CHUNK;
+            let end = bytes.len().min(start + BACKUP_CHUNK);
+            Ok(pb::BackupResponse {
+                chunk: bytes[start..end].to_vec(),
+                revision,
             })
-            .collect();
-        Ok(Response::new(tokio_stream::iter(chunks)))
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 }
