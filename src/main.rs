@@ -72,14 +72,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        // The server's log records why it stopped; client commands only print.
+        Command::Serve(args) => serve(args).inspect_err(|message| tracing::error!("{message}")),
         Command::Backup(args) => cli::backup::run(args),
         Command::Restore(args) => cli::restore::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!("{message}");
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
