@@ -41,6 +41,60 @@ pub enum MetricsError {
     Utf8(#[from] std::string::FromUtf8Error),
 }
 
+/// The label of a denial reason.
+fn denial_label(denial: Denial) -> &'static str {
+    match denial {
+        Denial::AccountNotFound => "account_not_found",
+        Denial::UserNotFound => "user_not_found",
+        Denial::NoEdition => "no_edition",
+        Denial::AnalyticsNotEnabled => "analytics_not_enabled",
+        Denial::EditionNotEligible => "edition_not_eligible",
+    }
+}
+
+/// One method's and code's series: see [`Metrics::rpc_series`].
+#[derive(Clone)]
+pub struct RpcSeries {
+    count: IntCounter,
+    seconds: Histogram,
+}
+
+impl RpcSeries {
+    /// A finished call that took `took`.
+    pub fn observe(&self, took: Duration) {
+        self.count.inc();
+        self.seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// The check counters, resolved once: every decision the service makes, so
+/// each is exported (as 0) from the start.
+struct CheckCounters {
+    allowed: IntCounter,
+    allowed_lowered: IntCounter,
+    account_not_found: IntCounter,
+    user_not_found: IntCounter,
+    no_edition: IntCounter,
+    analytics_not_enabled: IntCounter,
+    edition_not_eligible: IntCounter,
+}
+
+impl CheckCounters {
+    fn new(checks: &IntCounterVec) -> Self {
+        let denied = |denial| checks.with_label_values(&["denied", denial_label(denial)]);
+        CheckCounters {
+            allowed: checks.with_label_values(&["allowed", "none"]),
+            allowed_lowered: checks
+                .with_label_values(&["allowed", denial_label(Denial::EditionNotEligible)]),
+            account_not_found: denied(Denial::AccountNotFound),
+            user_not_found: denied(Denial::UserNotFound),
+            no_edition: denied(Denial::NoEdition),
+            analytics_not_enabled: denied(Denial::AnalyticsNotEnabled),
+            edition_not_eligible: denied(Denial::EditionNotEligible),
+        }
+    }
+}
+
 /// One server's metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -52,6 +106,7 @@ struct Inner {
     rpcs: IntCounterVec,
     rpc_seconds: HistogramVec,
     checks: IntCounterVec,
+    check_counters: CheckCounters,
     writes: IntCounter,
     write_seconds: Histogram,
     flush_seconds: Histogram,
@@ -122,6 +177,7 @@ impl Metrics {
                 registry,
                 rpcs,
                 rpc_seconds,
+                check_counters: CheckCounters::new(&checks),
                 checks,
                 writes,
                 write_seconds,
@@ -134,38 +190,42 @@ impl Metrics {
         })
     }
 
-    /// A finished gRPC call. `method` must come from a bounded set (the
+    /// The counter and histogram of one method and code. Callers keep it, so
+    /// a call pays no label lookup. `method` must come from a bounded set (the
     /// gRPC layer maps unknown paths to one value).
-    pub fn rpc(&self, method: &str, code: &str, took: Duration) {
+    pub fn rpc_series(&self, method: &str, code: &str) -> RpcSeries {
         let labels = [method, code];
-        self.inner.rpcs.with_label_values(&labels).inc();
-        self.inner
-            .rpc_seconds
-            .with_label_values(&labels)
-            .observe(took.as_secs_f64());
+        RpcSeries {
+            count: self.inner.rpcs.with_label_values(&labels),
+            seconds: self.inner.rpc_seconds.with_label_values(&labels),
+        }
     }
 
     /// An answered check: `allowed` or `denied`, and the denial reason
     /// (`none` when there is none; an allowed check can carry
     /// `edition_not_eligible` when the catalogue lowered its tier).
     pub fn check(&self, decision: &Decision) {
-        let outcome = if decision.allowed {
-            "allowed"
-        } else {
-            "denied"
+        let c = &self.inner.check_counters;
+        let counter = match (decision.allowed, decision.denial) {
+            (true, None) => &c.allowed,
+            (true, Some(Denial::EditionNotEligible)) => &c.allowed_lowered,
+            (false, Some(Denial::AccountNotFound)) => &c.account_not_found,
+            (false, Some(Denial::UserNotFound)) => &c.user_not_found,
+            (false, Some(Denial::NoEdition)) => &c.no_edition,
+            (false, Some(Denial::AnalyticsNotEnabled)) => &c.analytics_not_enabled,
+            (false, Some(Denial::EditionNotEligible)) => &c.edition_not_eligible,
+            // Decisions the service does not make; counted all the same.
+            (allowed, denial) => {
+                let outcome = if allowed { "allowed" } else { "denied" };
+                let reason = denial.map_or("none", denial_label);
+                self.inner
+                    .checks
+                    .with_label_values(&[outcome, reason])
+                    .inc();
+                return;
+            }
         };
-        let reason = match decision.denial {
-            None => "none",
-            Some(Denial::AccountNotFound) => "account_not_found",
-            Some(Denial::UserNotFound) => "user_not_found",
-            Some(Denial::NoEdition) => "no_edition",
-            Some(Denial::AnalyticsNotEnabled) => "analytics_not_enabled",
-            Some(Denial::EditionNotEligible) => "edition_not_eligible",
-        };
-        self.inner
-            .checks
-            .with_label_values(&[outcome, reason])
-            .inc();
+        counter.inc();
     }
 
     /// The text exposition of every metric, with the store's gauges read now.

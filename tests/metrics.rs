@@ -85,6 +85,13 @@ async fn rpcs_checks_and_writes_are_counted_after_traffic() {
     let app = TestApp::spawn().await;
     let before = scrape(app.metrics_addr).await;
     assert_eq!(rpcs(&before, CHECK, "OK"), 0.0);
+    // Every decision a check can make is exported from the start, at 0.
+    let series = before
+        .samples
+        .iter()
+        .filter(|s| s.metric == "entitled_checks_total")
+        .count();
+    assert_eq!(series, 7);
 
     app.create_account("acme", "work").await;
     app.create_account("globex", "work").await;

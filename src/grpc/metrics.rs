@@ -8,12 +8,12 @@
 //! first message is not seen here. Latency is to the response headers.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashMap},
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use http::{Request, Response};
@@ -21,7 +21,10 @@ use prost::Message;
 use tonic::Code;
 
 use super::status::code_name;
-use crate::{metrics::Metrics, proto::FILE_DESCRIPTOR_SET};
+use crate::{
+    metrics::{Metrics, RpcSeries},
+    proto::FILE_DESCRIPTOR_SET,
+};
 
 /// The method label of a path that is no method of ours: paths are chosen by
 /// clients, and labels must stay a bounded set.
@@ -33,17 +36,63 @@ const REFLECTION_METHODS: [&str; 2] = [
     "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
+/// Every code tonic knows, by value (0 to 16).
+const CODES: usize = 17;
+
+/// One method's series, created on first use of each code (so only codes
+/// that happened are exported) and then reused without a label lookup.
+struct Method {
+    name: String,
+    series: [OnceLock<RpcSeries>; CODES],
+}
+
+impl Method {
+    fn new(name: String) -> Self {
+        Method {
+            name,
+            series: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
+/// Every method served, and `unknown` last.
+struct Methods {
+    metrics: Metrics,
+    index: HashMap<String, usize>,
+    methods: Vec<Method>,
+}
+
+impl Methods {
+    /// The index of the method a request path names, or of `unknown`.
+    fn find(&self, path: &str) -> usize {
+        path.strip_prefix('/')
+            .and_then(|m| self.index.get(m))
+            .copied()
+            .unwrap_or(self.methods.len() - 1)
+    }
+
+    fn observe(&self, method: usize, code: Code, took: Duration) {
+        let Some(method) = self.methods.get(method) else {
+            return;
+        };
+        let code_index = usize::try_from(code as i32).unwrap_or(0);
+        let Some(slot) = method.series.get(code_index) else {
+            return;
+        };
+        slot.get_or_init(|| self.metrics.rpc_series(&method.name, code_name(code)))
+            .observe(took);
+    }
+}
+
 /// Adds [`RpcMetrics`] in front of a service.
 #[derive(Clone)]
 pub struct RpcMetricsLayer {
-    metrics: Metrics,
-    /// `package.Service/Method` of every method served.
-    methods: Arc<HashSet<String>>,
+    methods: Arc<Methods>,
 }
 
 impl RpcMetricsLayer {
     pub fn new(metrics: Metrics) -> Self {
-        let mut methods: HashSet<String> =
+        let mut names: BTreeSet<String> =
             REFLECTION_METHODS.iter().map(|m| (*m).to_owned()).collect();
         for set in [FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
             // Both sets are compiled in and valid; a failure would only make
@@ -56,14 +105,24 @@ impl RpcMetricsLayer {
                 let package = file.package();
                 for service in &file.service {
                     for method in &service.method {
-                        methods.insert(format!("{package}.{}/{}", service.name(), method.name()));
+                        names.insert(format!("{package}.{}/{}", service.name(), method.name()));
                     }
                 }
             }
         }
+        let mut methods: Vec<Method> = names.into_iter().map(Method::new).collect();
+        let index = methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect();
+        methods.push(Method::new(UNKNOWN_METHOD.to_owned()));
         RpcMetricsLayer {
-            metrics,
-            methods: Arc::new(methods),
+            methods: Arc::new(Methods {
+                metrics,
+                index,
+                methods,
+            }),
         }
     }
 }
@@ -74,7 +133,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RpcMetrics {
             inner,
-            layer: self.clone(),
+            methods: Arc::clone(&self.methods),
         }
     }
 }
@@ -83,7 +142,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 #[derive(Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
-    layer: RpcMetricsLayer,
+    methods: Arc<Methods>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -103,12 +162,8 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let method = match path.strip_prefix('/') {
-            Some(m) if self.layer.methods.contains(m) => m.to_owned(),
-            _ => UNKNOWN_METHOD.to_owned(),
-        };
-        let metrics = self.layer.metrics.clone();
+        let method = self.methods.find(request.uri().path());
+        let methods = Arc::clone(&self.methods);
         // The clone that was made ready goes to this call (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -123,7 +178,7 @@ where
                 // The transport failed the call: no status was sent.
                 Err(_) => Code::Unknown,
             };
-            metrics.rpc(&method, code_name(code), started.elapsed());
+            methods.observe(method, code, started.elapsed());
             result
         })
     }
