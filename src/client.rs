@@ -10,7 +10,7 @@ use tonic::{
 
 use crate::proto::v1::{
     access_service_client::AccessServiceClient, audit_service_client::AuditServiceClient,
-    catalogue_service_client::CatalogueServiceClient,
+    backup_service_client::BackupServiceClient, catalogue_service_client::CatalogueServiceClient,
     provisioning_service_client::ProvisioningServiceClient,
     token_service_client::TokenServiceClient,
 };
@@ -61,6 +61,7 @@ pub struct Clients {
     pub catalogue: CatalogueServiceClient<Authed>,
     pub tokens: TokenServiceClient<Authed>,
     pub audit: AuditServiceClient<Authed>,
+    pub backup: BackupServiceClient<Authed>,
 }
 
 impl Clients {
@@ -73,7 +74,8 @@ impl Clients {
             access: AccessServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             catalogue: CatalogueServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            audit: AuditServiceClient::with_interceptor(channel.clone(), bearer),
+            audit: AuditServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            backup: BackupServiceClient::with_interceptor(channel.clone(), bearer),
         }
     }
 }

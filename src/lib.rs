@@ -4,6 +4,7 @@ pub mod catalogue;
 pub mod client;
 pub mod domain;
 pub mod grpc;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod service;

@@ -82,6 +82,10 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Take an online, consistent backup of a running server (operator token).
+    Backup(cli::backup::Args),
+    /// Restore a backup into an empty or new data directory (server stopped).
+    Restore(cli::restore::Args),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             }
             cli::output::print(cli.client.output, &shown);
         }),
+        Command::Restore(args) => cli::restore::run(args),
         command => client(&cli.client, command),
     };
     match result {
@@ -171,7 +176,11 @@ fn client(args: &ClientArgs, command: Command) -> Result<(), CliError> {
                 format,
                 out,
             } => cli::bulk::export(args, account, format, out).await,
-            Command::Serve(_) | Command::Config(_) | Command::Completions { .. } => Ok(()),
+            Command::Backup(backup) => cli::backup::run(args, backup).await,
+            Command::Serve(_)
+            | Command::Config(_)
+            | Command::Completions { .. }
+            | Command::Restore(_) => Ok(()),
         }
     })
 }
@@ -203,6 +212,7 @@ fn serve(config: Effective) -> Result<(), CliError> {
         .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
         let mut server = Config::new(config.listen, config.data_dir, catalogue);
+        server.metrics_listen = config.metrics_listen;
         if let (Some(cert), Some(key)) = (config.tls_cert, config.tls_key) {
             server.tls = Some(TlsFiles {
                 cert,

@@ -1,9 +1,11 @@
 //! Start-up and shutdown: the library owns them, so tests run exactly what the
 //! binary runs. `Application::build` opens the store and binds the listener
 //! (port 0 works; `local_addr` reports the port bound); `run` serves until the
-//! shutdown future completes, then drains in-flight calls and flushes.
+//! shutdown future completes, then drains in-flight calls and flushes. With
+//! `metrics_listen` set, Prometheus metrics are served there on `/metrics`
+//! for as long as the gRPC server runs.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
@@ -11,11 +13,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     catalogue::Catalogue,
-    grpc::{Api, Authenticate},
+    grpc::{Api, Authenticate, RpcMetricsLayer},
+    metrics::{Metrics, MetricsError},
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{
             access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
+            backup_service_server::BackupServiceServer,
             catalogue_service_server::CatalogueServiceServer,
             provisioning_service_server::ProvisioningServiceServer,
             token_service_server::TokenServiceServer,
@@ -26,13 +30,14 @@ use crate::{
 };
 
 /// The services health reports on, besides the whole server ("").
-const SERVICE_NAMES: [&str; 6] = [
+const SERVICE_NAMES: [&str; 7] = [
     "",
     "entitled.v1.CatalogueService",
     "entitled.v1.ProvisioningService",
     "entitled.v1.AccessService",
     "entitled.v1.AuditService",
     "entitled.v1.TokenService",
+    "entitled.v1.BackupService",
 ];
 
 /// Where the TLS material is.
@@ -56,6 +61,9 @@ pub struct Config {
     pub clock: Clock,
     /// Serve TLS (and optionally require client certificates).
     pub tls: Option<TlsFiles>,
+    /// Serve Prometheus metrics on `GET /metrics` here (plain HTTP); none
+    /// when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -67,6 +75,7 @@ impl Config {
             catalogue,
             clock: system_clock(),
             tls: None,
+            metrics_listen: None,
         }
     }
 }
@@ -97,6 +106,10 @@ pub enum ServerError {
     },
     #[error("cannot make the first operator token: {0}")]
     Bootstrap(#[from] DomainError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("metrics server failed: {0}")]
+    MetricsServe(std::io::Error),
 }
 
 /// A built server: store open, listener bound.
@@ -105,6 +118,9 @@ pub struct Application {
     local_addr: SocketAddr,
     entitlements: Entitlements,
     tls: Option<ServerTlsConfig>,
+    metrics: Metrics,
+    /// Bound when `metrics_listen` is set, with the address actually bound.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
 }
 
 impl Application {
@@ -126,10 +142,16 @@ impl Application {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind_metrics(addr).await?),
+            None => None,
+        };
         let tls = config.tls.as_ref().map(tls_config).transpose()?;
         if tls.is_none() && !local_addr.ip().is_loopback() {
             tracing::warn!(%local_addr, "listening beyond loopback without TLS: tokens cross the network in clear; use --tls-cert and --tls-key");
         }
+        let metrics = Metrics::new()?;
+        store.observe(Arc::new(metrics.clone()));
         let revision = store.read(|v| v.revision());
         tracing::info!(%local_addr, data_dir = %config.data_dir.display(), revision, "store opened");
         let entitlements = Entitlements::new(store, config.catalogue, config.clock);
@@ -142,12 +164,19 @@ impl Application {
             local_addr,
             entitlements,
             tls,
+            metrics,
+            metrics_listener,
         })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address metrics are served on, if `metrics_listen` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Serves until `shutdown` completes; then health turns NOT_SERVING,
@@ -165,16 +194,30 @@ impl Application {
         // grpcurl 1.8 still speaks only v1alpha.
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let api = Api::new(self.entitlements.clone());
+        let api = Api::new(self.entitlements.clone(), self.metrics.clone());
         let auth = Authenticate::new(self.entitlements.clone());
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        // The metrics server stops when the gRPC server has stopped, so the
+        // last calls are still counted while they drain.
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_server = self.metrics_listener.map(|(listener, addr)| {
+            tracing::info!(%addr, "serving metrics on /metrics");
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.metrics.clone(),
+                self.entitlements.store().clone(),
+                async {
+                    let _ = metrics_stopped.await;
+                },
+            ))
+        });
         tracing::info!(addr = %self.local_addr, "serving");
         let shutdown = async {
             shutdown.await;
             tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
             set_status(&reporter, ServingStatus::NotServing).await;
         };
-        let mut builder = Server::builder();
+        let mut builder = Server::builder().layer(RpcMetricsLayer::new(self.metrics.clone()));
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
@@ -199,12 +242,24 @@ impl Application {
                 api.clone(),
                 auth.clone(),
             ))
-            .add_service(TokenServiceServer::with_interceptor(api, auth))
+            .add_service(TokenServiceServer::with_interceptor(
+                api.clone(),
+                auth.clone(),
+            ))
+            .add_service(BackupServiceServer::with_interceptor(api, auth))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
+        let _ = metrics_stop.send(());
+        let metrics_result = match metrics_server {
+            Some(server) => match server.await {
+                Ok(result) => result,
+                Err(e) => Err(std::io::Error::other(e)),
+            },
+            None => Ok(()),
+        };
         self.entitlements.store().flush().await?;
         tracing::info!("stopped; store flushed");
-        Ok(())
+        metrics_result.map_err(ServerError::MetricsServe)
     }
 }
 
@@ -212,6 +267,13 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICE_NAMES {
         reporter.set_service_status(name, status).await;
     }
+}
+
+async fn bind_metrics(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
 }
 
 fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {

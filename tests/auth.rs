@@ -42,7 +42,7 @@ async fn snapshot(app: &TestApp) -> (u64, Vec<pb::User>, Vec<pb::User>, Vec<pb::
     )
 }
 
-const RPCS: [&str; 15] = [
+const RPCS: [&str; 16] = [
     "GetCatalogue",
     "CreateAccount",
     "GetAccount",
@@ -58,6 +58,7 @@ const RPCS: [&str; 15] = [
     "CreateToken",
     "ListTokens",
     "RevokeToken",
+    "Backup",
 ];
 
 /// What the operator makes before cell `n`: a user `cell{n}` in `account`
@@ -234,6 +235,17 @@ async fn call(
             })
             .await
             .map(drop),
+        // Read to the end, so an error anywhere in the stream counts.
+        "Backup" => {
+            let mut stream = c
+                .backup
+                .clone()
+                .backup(pb::BackupRequest {})
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
+        }
         other => panic!("no such rpc {other}"),
     }
 }
@@ -242,7 +254,7 @@ use Code::{Ok as OK, PermissionDenied as PD};
 
 /// The matrix, one line an RPC:
 /// (rpc, operator, provisioner, admin own, admin other, gateway).
-const MATRIX: [(&str, Code, Code, Code, Code, Code); 15] = [
+const MATRIX: [(&str, Code, Code, Code, Code, Code); 16] = [
     ("GetCatalogue", OK, OK, OK, OK, OK),
     ("CreateAccount", OK, OK, PD, PD, PD),
     ("GetAccount", OK, OK, OK, PD, PD),
@@ -258,6 +270,7 @@ const MATRIX: [(&str, Code, Code, Code, Code, Code); 15] = [
     ("CreateToken", OK, PD, PD, PD, PD),
     ("ListTokens", OK, PD, PD, PD, PD),
     ("RevokeToken", OK, PD, PD, PD, PD),
+    ("Backup", OK, PD, PD, PD, PD),
 ];
 
 #[tokio::test]

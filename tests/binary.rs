@@ -297,3 +297,25 @@ fn listening_beyond_loopback_without_tls_warns() {
         "{log}"
     );
 }
+
+#[test]
+fn the_metrics_flag_serves_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    // Logged before "serving", so it is in the log by now.
+    let addr = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| l.split("serving metrics on /metrics addr=").nth(1))
+        .map(|a| a.trim().to_owned())
+        .expect("the metrics address is logged");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    // The first start's operator token is the first write.
+    assert!(answer.contains("\nentitled_store_revision 1\n"), "{answer}");
+}

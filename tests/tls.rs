@@ -155,3 +155,44 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
         .unwrap();
     assert!(catalogue_over(channel, &secret).await.is_ok());
 }
+
+/// `entitled backup` over TLS, trusting the CA given with `--tls-ca`.
+#[tokio::test]
+async fn backup_over_tls_trusts_the_given_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path());
+    let (addr, secret, _stop) = start(dir.path(), false).await;
+    let out = dir.path().join("b");
+    let run = |extra: Vec<String>| {
+        let mut args = vec![
+            "backup".to_owned(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            "--server".into(),
+            format!("https://localhost:{}", addr.port()),
+        ];
+        args.extend(extra);
+        let secret = secret.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_entitled"))
+                .args(args)
+                .env("RUST_LOG", "off")
+                .env("ENTITLED_TOKEN", secret)
+                .output()
+                .unwrap()
+        })
+    };
+    let without = run(vec![]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert_eq!(without.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(stderr.contains("pass the CA certificate"), "{stderr}");
+
+    let ca = dir.path().join("ca.pem");
+    let with = run(vec!["--tls-ca".into(), ca.to_str().unwrap().into()])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&with.stderr);
+    assert_eq!(with.status.code(), Some(0), "{stderr}");
+    let summary = entitled::store::verify(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(summary.revision, 1);
+}

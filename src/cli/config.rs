@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// PEM CA certificate: also require client certificates signed by it.
     #[arg(long, env = "ENTITLED_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (none when unset).
+    #[arg(long, env = "ENTITLED_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format on stderr [default: text].
     #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -66,6 +69,7 @@ pub struct Effective {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
 }
 
@@ -79,6 +83,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    metrics_listen: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
 }
 
@@ -122,6 +127,20 @@ impl ServeArgs {
                 })
             })
             .transpose()?;
+        let file_metrics = file
+            .metrics_listen
+            .map(|l| {
+                l.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    bad(
+                        l.span(),
+                        format!(
+                            "metrics_listen `{}` is not an address; write it like 127.0.0.1:9090",
+                            l.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         let file_delay = file
             .analytics_data_delay
             .map(|d| {
@@ -147,6 +166,7 @@ impl ServeArgs {
             tls_cert: self.tls_cert.clone().or(file.tls_cert),
             tls_key: self.tls_key.clone().or(file.tls_key),
             tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
+            metrics_listen: self.metrics_listen.or(file_metrics),
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -177,6 +197,7 @@ impl Effective {
             "tls_cert": path(&self.tls_cert),
             "tls_key": path(&self.tls_key),
             "tls_client_ca": path(&self.tls_client_ca),
+            "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
         })
     }

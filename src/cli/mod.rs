@@ -5,16 +5,21 @@
 //! or configuration error; 3 the server refused the request (or rows of an
 //! import); 4 the server could not be reached.
 
+pub mod backup;
 pub mod bulk;
 pub mod commands;
 pub mod config;
 pub mod output;
+pub mod restore;
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 use clap::{Args, ValueEnum};
 use entitled::client::{Bearer, Clients};
-use tonic::{Code, Status, transport::Endpoint};
+use tonic::{
+    Code, Status,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
 
 /// Options of every client command.
 #[derive(Args, Debug, Clone)]
@@ -30,6 +35,9 @@ pub struct ClientArgs {
     /// The bearer token (or set ENTITLED_TOKEN).
     #[arg(long, global = true, env = "ENTITLED_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate to trust for an `https://` server.
+    #[arg(long, global = true, env = "ENTITLED_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
     /// How to print results.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -89,18 +97,39 @@ impl From<Status> for CliError {
 }
 
 impl ClientArgs {
-    pub async fn connect(&self) -> Result<Clients, CliError> {
-        let endpoint = Endpoint::from_shared(self.server.clone()).map_err(|e| {
+    /// A connection to the server (TLS for `https://`, trusting `--tls-ca`).
+    pub async fn channel(&self) -> Result<Channel, CliError> {
+        let server = &self.server;
+        let mut endpoint = Endpoint::from_shared(server.clone()).map_err(|e| {
             CliError::Usage(format!(
-                "--server `{}` is not a URL ({e}); write it like http://127.0.0.1:50051",
-                self.server
+                "--server `{server}` is not a URL ({e}); write it like http://127.0.0.1:50051"
             ))
         })?;
-        let channel = endpoint.connect().await.map_err(|e| {
-            CliError::Unreachable(format!("cannot reach the server at `{}`: {e}", self.server))
-        })?;
-        let bearer = Bearer::new(self.token.as_deref())
-            .map_err(|e| CliError::Usage(format!("--token: {e}")))?;
-        Ok(Clients::new(&channel, bearer))
+        if server.starts_with("https://") {
+            let Some(ca) = &self.tls_ca else {
+                return Err(CliError::Usage(format!(
+                    "`{server}` uses TLS: pass the CA certificate that signed it with --tls-ca PEM"
+                )));
+            };
+            let pem = std::fs::read(ca)
+                .map_err(|e| CliError::Local(format!("cannot read `{}`: {e}", ca.display())))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|e| {
+                    CliError::Usage(format!("cannot use `{}` for TLS: {e}", ca.display()))
+                })?;
+        }
+        endpoint.connect().await.map_err(|e| {
+            CliError::Unreachable(format!("cannot reach the server at `{server}`: {e}"))
+        })
+    }
+
+    /// The token to send, as an interceptor.
+    pub fn bearer(&self) -> Result<Bearer, CliError> {
+        Bearer::new(self.token.as_deref()).map_err(|e| CliError::Usage(format!("--token: {e}")))
+    }
+
+    pub async fn connect(&self) -> Result<Clients, CliError> {
+        Ok(Clients::new(&self.channel().await?, self.bearer()?))
     }
 }

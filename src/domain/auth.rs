@@ -10,7 +10,7 @@ use super::{AccountId, UserId};
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
-    /// Everything, including token management, on all accounts.
+    /// Everything, including token management and backups, on all accounts.
     Operator,
     /// Catalogue, provisioning, checks and audit, on all accounts.
     Provisioner,
@@ -41,7 +41,7 @@ impl Role {
     fn services(self) -> &'static [Service] {
         use Service::*;
         match self {
-            Role::Operator => &[Catalogue, Provisioning, Access, Audit, Token],
+            Role::Operator => &[Catalogue, Provisioning, Access, Audit, Token, Backup],
             Role::Provisioner | Role::AccountAdmin => &[Catalogue, Provisioning, Access, Audit],
             Role::Gateway => &[Catalogue, Access],
         }
@@ -76,6 +76,7 @@ pub enum Service {
     Access,
     Audit,
     Token,
+    Backup,
 }
 
 impl Service {
@@ -86,6 +87,7 @@ impl Service {
             Service::Access => "AccessService",
             Service::Audit => "AuditService",
             Service::Token => "TokenService",
+            Service::Backup => "BackupService",
         }
     }
 }
@@ -108,6 +110,8 @@ pub enum Rpc {
     CreateToken,
     ListTokens,
     RevokeToken,
+    // New variants go last: audit records store the variant's index.
+    Backup,
 }
 
 impl Rpc {
@@ -128,6 +132,7 @@ impl Rpc {
             Rpc::CreateToken => "CreateToken",
             Rpc::ListTokens => "ListTokens",
             Rpc::RevokeToken => "RevokeToken",
+            Rpc::Backup => "Backup",
         }
     }
 
@@ -146,6 +151,7 @@ impl Rpc {
             Rpc::CheckAnalyticsAccess => Service::Access,
             Rpc::ListChanges => Service::Audit,
             Rpc::CreateToken | Rpc::ListTokens | Rpc::RevokeToken => Service::Token,
+            Rpc::Backup => Service::Backup,
         }
     }
 }

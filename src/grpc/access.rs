@@ -30,8 +30,8 @@ impl AccessService for Api {
         // Malformed ids are errors; well-formed unknown ones are answers.
         convert::id("account_id", &r.account_id)?;
         convert::id("user_id", &r.user_id)?;
-        Ok(Response::new(
-            self.svc.check(&caller, &r.account_id, &r.user_id)?.into(),
-        ))
+        let decision = self.svc.check(&caller, &r.account_id, &r.user_id)?;
+        self.metrics.check(&decision);
+        Ok(Response::new(decision.into()))
     }
 }

@@ -1,12 +1,16 @@
-//! TokenService and AuditService.
+//! TokenService, AuditService and BackupService.
 
-use tonic::{Request, Response};
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
 
 use super::{Api, Reply, convert, principal, reader};
 use crate::{
     domain::Rpc,
     proto::v1::{
-        self as pb, audit_service_server::AuditService, token_service_server::TokenService,
+        self as pb, audit_service_server::AuditService, backup_service_server::BackupService,
+        token_service_server::TokenService,
     },
     service::TokenSpec,
 };
@@ -103,5 +107,38 @@ impl AuditService for Api {
             changes: changes.iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+}
+
+/// How much of the backup file one message carries.
+const BACKUP_CHUNK: usize = 64 * 1024;
+
+#[tonic::async_trait]
+impl BackupService for Api {
+    type BackupStream =
+        Pin<Box<dyn Stream<Item = Result<pb::BackupResponse, Status>> + Send + 'static>>;
+
+    #[tracing::instrument(skip_all)]
+    async fn backup(&self, request: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
+        let caller = reader(&request)?;
+        let backup = self.svc.backup(&caller).await?;
+        tracing::info!(
+            revision = backup.revision,
+            bytes = backup.bytes.len(),
+            caller = %caller.principal.name,
+            "backup taken"
+        );
+        let revision = backup.revision;
+        let bytes = backup.bytes;
+        // Each chunk is copied out as it is sent, not all at once.
+        let chunks = (0..bytes.len().div_ceil(BACKUP_CHUNK)).map(move |i| {
+            let start = i * BACKUP_CHUNK;
+            let end = bytes.len().min(start + BACKUP_CHUNK);
+            Ok(pb::BackupResponse {
+                chunk: bytes[start..end].to_vec(),
+                revision,
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 }

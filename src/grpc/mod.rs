@@ -12,8 +12,11 @@
 mod access;
 mod admin;
 pub mod convert;
+mod metrics;
 mod provisioning;
 mod status;
+
+pub use metrics::RpcMetricsLayer;
 
 use std::{future::Future, sync::Arc};
 
@@ -21,6 +24,7 @@ use tonic::{Request, Response, Status, service::Interceptor};
 
 use crate::{
     domain::{Principal, Rpc},
+    metrics::Metrics,
     service::{Caller, Entitlements},
 };
 
@@ -28,11 +32,13 @@ use crate::{
 #[derive(Clone)]
 pub struct Api {
     svc: Entitlements,
+    /// Checks are counted here, by decision and reason.
+    metrics: Metrics,
 }
 
 impl Api {
-    pub fn new(svc: Entitlements) -> Self {
-        Api { svc }
+    pub fn new(svc: Entitlements, metrics: Metrics) -> Self {
+        Api { svc, metrics }
     }
 
     /// Runs a write handler's body; if it fails, records the refusal in the

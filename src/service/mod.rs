@@ -13,7 +13,8 @@ use crate::{
         ReportAccess, Rpc, Tier, User, UserId,
     },
     store::{
-        Current, Decided, Mutation, RequestKey, Store, StoreError, Target, WriteContext, Written,
+        Backup, Current, Decided, Mutation, RequestKey, Store, StoreError, Target, WriteContext,
+        Written,
     },
 };
 
@@ -402,6 +403,12 @@ impl Entitlements {
             after_revision,
             limit,
         )?)
+    }
+
+    /// An online, consistent backup of the whole store (operators only).
+    pub async fn backup(&self, caller: &Caller) -> Result<Backup, DomainError> {
+        authorize(caller, Rpc::Backup, None, None)?;
+        Ok(self.store.backup((self.clock)()).await?)
     }
 
     fn context(&self, caller: &Caller, rpc: Rpc, account: &str, user: &str) -> WriteContext {

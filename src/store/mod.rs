@@ -15,14 +15,15 @@
 //! If a flush fails the store stops taking writes (fail-stop, as databases do
 //! after an fsync error): a restart reloads the view from disk.
 
+mod backup;
 mod codec;
 mod view;
 
 use std::{
     collections::HashMap,
     path::Path,
-    sync::Arc,
-    time::{Duration, SystemTime},
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant, SystemTime},
 };
 
 use parking_lot::{Mutex, RwLock};
@@ -34,6 +35,7 @@ use crate::domain::{
     validate_id,
 };
 
+pub use backup::{Backup, BackupError, BackupSummary, FORMAT_VERSION, restore, verify};
 pub use view::View;
 
 const ACCOUNTS: &str = "accounts";
@@ -51,6 +53,8 @@ const AUDIT_SEQ_KEY: &[u8] = b"audit_seq";
 const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
 /// Held (flock) for as long as a store is open on the directory.
 const LOCK_FILE: &str = "entitled.lock";
+/// sled's files, inside the data directory.
+const DB_DIR: &str = "db";
 /// How long a request id is remembered.
 pub const REQUEST_ID_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -163,6 +167,30 @@ pub struct Written<T> {
     pub replayed: bool,
 }
 
+/// Told about writes and flushes as they happen, so metrics can count them
+/// without the store knowing how they are exported. Calls are made on the
+/// write path: keep them cheap and never block.
+pub trait StoreObserver: Send + Sync {
+    /// A write was committed (not yet durable); no-ops and replays are not.
+    fn committed(&self);
+    /// A committed write became durable and visible, `waited` after its
+    /// commit began.
+    fn durable(&self, waited: Duration);
+    /// One flush (group commit) took `took`, successful or not.
+    fn flushed(&self, took: Duration);
+}
+
+/// Size and contents, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The durable store revision.
+    pub revision: u64,
+    pub accounts: u64,
+    pub users: u64,
+    /// What sled's files take on disk, in bytes.
+    pub size_on_disk: u64,
+}
+
 /// The sled-backed store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -191,6 +219,8 @@ struct Inner {
     /// their revision already flushed by the one before them.
     flush_lock: tokio::sync::Mutex<()>,
     view: RwLock<View>,
+    /// Set once, by the server, before it serves.
+    observer: OnceLock<Arc<dyn StoreObserver>>,
 }
 
 struct WriterState {
@@ -235,7 +265,7 @@ impl Store {
             }
         }
         let db = sled::Config::new()
-            .path(dir.join("db"))
+            .path(dir.join(DB_DIR))
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
@@ -266,7 +296,30 @@ impl Store {
                 }),
                 flush_lock: tokio::sync::Mutex::new(()),
                 view: RwLock::new(view),
+                observer: OnceLock::new(),
             }),
+        })
+    }
+
+    /// Reports writes and flushes to `observer` from now on. Only the first
+    /// observer set is kept; it returns false for any later one.
+    pub fn observe(&self, observer: Arc<dyn StoreObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    fn observer(&self) -> Option<&dyn StoreObserver> {
+        self.inner.observer.get().map(|o| o.as_ref())
+    }
+
+    /// Revision, record counts (from the view) and size on disk.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let (revision, accounts, users) =
+            self.read(|v| (v.revision(), v.account_count(), v.user_count()));
+        Ok(StoreStats {
+            revision,
+            accounts,
+            users,
+            size_on_disk: self.inner.db.size_on_disk()?,
         })
     }
 
@@ -294,8 +347,12 @@ impl Store {
         T: Serialize + DeserializeOwned,
         E: From<StoreError>,
     {
-        let written = self.commit(target, ctx, decide)?;
+        let started = Instant::now();
+        let (written, applied) = self.commit(target, ctx, decide)?;
         self.wait_durable(written.revision).await?;
+        if applied && let Some(observer) = self.observer() {
+            observer.durable(started.elapsed());
+        }
         Ok(written)
     }
 
@@ -304,7 +361,7 @@ impl Store {
         target: &Target,
         ctx: WriteContext,
         decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
-    ) -> Result<Written<T>, E>
+    ) -> Result<(Written<T>, bool), E>
     where
         T: Serialize + DeserializeOwned,
         E: From<StoreError>,
@@ -327,11 +384,12 @@ impl Store {
             let fresh = record.at + REQUEST_ID_WINDOW > ctx.at;
             if fresh && record.fingerprint == request.fingerprint {
                 let output = codec::decode(REQUESTS, key, &record.output)?;
-                return Ok(Written {
+                let replayed = Written {
                     output,
                     revision: record.revision,
                     replayed: true,
-                });
+                };
+                return Ok((replayed, false));
             }
             if fresh {
                 return Err(StoreError::RequestReused(request.id.clone()).into());
@@ -357,11 +415,12 @@ impl Store {
             details,
         } = decide(current)?;
         if mutations.is_empty() {
-            return Ok(Written {
+            let unchanged = Written {
                 output,
                 revision: writer.committed,
                 replayed: false,
-            });
+            };
+            return Ok((unchanged, false));
         }
         let revision = writer.committed + 1;
 
@@ -444,11 +503,15 @@ impl Store {
         writer.committed = revision;
         writer.audit_seq = seq;
         writer.pending.push((revision, mutations));
-        Ok(Written {
+        if let Some(observer) = self.observer() {
+            observer.committed();
+        }
+        let written = Written {
             output,
             revision,
             replayed: false,
-        })
+        };
+        Ok((written, true))
     }
 
     /// Appends a refused write to the audit trail. It raises no revision and
@@ -661,12 +724,16 @@ impl Store {
         }
         let batch = std::mem::take(&mut inner.writer.lock().pending);
         let db = inner.db.clone();
+        let started = Instant::now();
         // A flush on a blocking thread: sled 0.34's flush_async deadlocks
         // under concurrent callers (sled issue #1308).
         let flushed = tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Some(observer) = self.observer() {
+            observer.flushed(started.elapsed());
+        }
         if let Err(reason) = flushed {
             tracing::error!(%reason, "flush failed; refusing further writes");
             inner.writer.lock().failed = Some(reason.clone());
@@ -677,6 +744,52 @@ impl Store {
             view.apply(rev, mutations);
         }
         Ok(())
+    }
+
+    /// A consistent copy of every tree as one backup file (in memory), as of
+    /// the latest committed revision, returned once that revision is
+    /// durable. The copy is made under the writer lock, so writes wait while
+    /// it is made; reads do not.
+    pub async fn backup(&self, taken_at: SystemTime) -> Result<Backup, StoreError> {
+        let store = self.clone();
+        let backup = tokio::task::spawn_blocking(move || store.snapshot(taken_at))
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))??;
+        self.wait_durable(backup.revision).await?;
+        Ok(backup)
+    }
+
+    fn snapshot(&self, taken_at: SystemTime) -> Result<Backup, StoreError> {
+        let writer = self.inner.writer.lock();
+        if let Some(reason) = &writer.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        let mut file = backup::Writer::new(writer.committed, taken_at, backup::TREES.len() as u32);
+        for name in backup::TREES {
+            let tree = self
+                .tree(name)
+                .ok_or_else(|| StoreError::Encode(format!("no tree `{name}`")))?;
+            file.tree(name, tree)?;
+        }
+        Ok(Backup {
+            revision: writer.committed,
+            bytes: file.finish(),
+        })
+    }
+
+    /// A tree by its name (as a backup names it).
+    fn tree(&self, name: &str) -> Option<&sled::Tree> {
+        let t = &self.inner.trees;
+        Some(match name {
+            ACCOUNTS => &t.accounts,
+            USERS => &t.users,
+            META => &t.meta,
+            TOKENS => &t.tokens,
+            AUDIT => &t.audit,
+            AUDIT_BY_ACCOUNT => &t.audit_by_account,
+            REQUESTS => &t.requests,
+            _ => return None,
+        })
     }
 
     /// Flushes everything to disk; for shutdown.

@@ -130,6 +130,16 @@ impl View {
         self.accounts.get(account)?.users.get(user)
     }
 
+    /// How many accounts there are.
+    pub fn account_count(&self) -> u64 {
+        self.accounts.len() as u64
+    }
+
+    /// How many users there are, in all accounts.
+    pub fn user_count(&self) -> u64 {
+        self.accounts.values().map(|e| e.users.len() as u64).sum()
+    }
+
     pub fn token(&self, id: &str) -> Option<&TokenEntry> {
         self.tokens.get(id)
     }

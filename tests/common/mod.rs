@@ -73,6 +73,8 @@ impl Default for Options {
 /// One running server and clients connected to it.
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    /// Where `GET /metrics` is served (every test server has metrics on).
+    pub metrics_addr: std::net::SocketAddr,
     pub channel: Channel,
     /// The first start's operator token, read from its file.
     pub operator_secret: String,
@@ -142,9 +144,11 @@ impl TestApp {
         if let Some(clock) = options.clock {
             config.clock = clock;
         }
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         // Bound before the server task starts: no sleeps, no races.
         let app = Application::build(config).await.unwrap();
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -158,6 +162,7 @@ impl TestApp {
         let clients = clients(&channel, Some(&operator_secret));
         TestApp {
             addr,
+            metrics_addr,
             provisioning: clients.provisioning,
             access: clients.access,
             catalogue: clients.catalogue,

@@ -1,0 +1,542 @@
+//! Backup and restore: `entitled backup` against a running server, `entitled
+//! restore` into a new directory, a server started on it, and every record
+//! compared; consistency under concurrent writes; refusals of a non-empty
+//! directory and of damaged files.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+mod common;
+
+use std::{collections::BTreeSet, path::Path, process::Command};
+
+use common::{Clients, Options, T, TestApp, assert_status};
+use entitled::{
+    proto::v1::{self as pb, Role},
+    store::{self, BackupError},
+};
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_entitled");
+
+/// Runs the binary off the runtime's thread (the server under test runs on
+/// it); returns the exit code, stdout and stderr.
+async fn entitled(args: Vec<String>, token: Option<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(BIN);
+        command.args(&args).env("RUST_LOG", "off");
+        match token {
+            Some(token) => command.env("ENTITLED_TOKEN", token),
+            None => command.env_remove("ENTITLED_TOKEN"),
+        };
+        let out = command.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+/// Everything a client can read back, for comparing two servers.
+#[derive(Debug, PartialEq)]
+struct Everything {
+    revision: u64,
+    accounts: Vec<pb::Account>,
+    users: Vec<pb::User>,
+    tokens: Vec<pb::TokenInfo>,
+    trail: Vec<pb::Change>,
+    /// Each account's trail, through its own index.
+    trails: Vec<Vec<pb::Change>>,
+}
+
+async fn changes(c: &Clients, account: &str) -> Vec<pb::Change> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .audit
+            .clone()
+            .list_changes(pb::ListChangesRequest {
+                account_id: account.into(),
+                page_size: 7,
+                page_token,
+                after_revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.changes);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn everything(app: &TestApp, accounts: &[&str]) -> Everything {
+    let c = app.clients(Some(&app.operator_secret));
+    let mut all = Everything {
+        revision: app.revision().await,
+        accounts: Vec::new(),
+        users: Vec::new(),
+        tokens: c
+            .tokens
+            .clone()
+            .list_tokens(pb::ListTokensRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens,
+        trail: changes(&c, "").await,
+        trails: Vec::new(),
+    };
+    for account in accounts {
+        all.accounts.push(app.get_account(account).await.unwrap());
+        all.users.extend(
+            c.provisioning
+                .clone()
+                .list_users(pb::ListUsersRequest {
+                    account_id: (*account).into(),
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .users,
+        );
+        all.trails.push(changes(&c, account).await);
+    }
+    all
+}
+
+fn services(request_id: &str) -> pb::UpdateUserServicesRequest {
+    pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        edition: Some("X8".into()),
+        analytics_tier: Some(T::Supervisor as i32),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_backup_restored_into_a_new_directory_holds_every_record() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    app.create_account("legacy", "virtual-office").await;
+    for user in ["ada", "bob", "cy"] {
+        app.put_user("acme", user).await;
+    }
+    app.put_user("legacy", "dee").await;
+    app.set("acme", "bob", Some("X6"), Some(T::Supervisor))
+        .await
+        .unwrap();
+    // A downgrade with its notice, a refusal, a deletion.
+    app.set("acme", "bob", Some("X2"), None).await.unwrap();
+    assert_status(
+        app.set("acme", "bob", None, Some(T::Supervisor)).await,
+        Code::FailedPrecondition,
+        &[],
+    );
+    app.set("legacy", "dee", Some("X8e"), Some(T::Essentials))
+        .await
+        .unwrap();
+    app.provisioning
+        .clone()
+        .delete_user(pb::DeleteUserRequest {
+            account_id: "acme".into(),
+            user_id: "cy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Tokens: one in use, one revoked; a write with a request id.
+    let gateway = app.token("gateway", Role::Gateway, "", "").await;
+    let admin = app
+        .token("acme admin", Role::AccountAdmin, "acme", "boss")
+        .await;
+    let revoked = app.token("old", Role::Provisioner, "", "").await;
+    app.tokens
+        .clone()
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: revoked.split('.').next().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let admin_clients = app.clients(Some(&admin));
+    let first = admin_clients
+        .provisioning
+        .clone()
+        .update_user_services(services("save-1"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let before = everything(&app, &["acme", "legacy"]).await;
+    assert!(before.trail.iter().any(|c| c.refused));
+    assert!(before.trail.len() > 10);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("entitled.backup");
+    let (code, stdout, stderr) = entitled(
+        vec![
+            "backup".into(),
+            "--out".into(),
+            s(&file),
+            "--server".into(),
+            format!("http://{}", app.addr),
+        ],
+        Some(app.operator_secret.clone()),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("backup of revision {}", before.revision)),
+        "{stdout}"
+    );
+    assert!(!dir.path().join("entitled.backup.partial").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "a backup is readable by its owner only"
+        );
+    }
+
+    // Later writes are not in it: a backup is as of one revision.
+    app.put_user("acme", "late").await;
+
+    let restored_dir = dir.path().join("restored");
+    let (code, stdout, stderr) = entitled(
+        vec![
+            "restore".into(),
+            s(&file),
+            "--data-dir".into(),
+            s(&restored_dir),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("restored revision {}", before.revision)),
+        "{stdout}"
+    );
+
+    let restored = TestApp::start_with_secret(
+        &restored_dir,
+        Options::default(),
+        app.operator_secret.clone(),
+    )
+    .await;
+    assert_eq!(everything(&restored, &["acme", "legacy"]).await, before);
+    // No new operator token was made on the restored directory.
+    assert!(!restored_dir.join("operator.token").exists());
+    // The tokens still work as they did.
+    assert!(
+        restored
+            .clients(Some(&gateway))
+            .access
+            .clone()
+            .check_analytics_access(pb::CheckAnalyticsAccessRequest {
+                account_id: "acme".into(),
+                user_id: "ada".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    assert_status(
+        restored
+            .clients(Some(&revoked))
+            .catalogue
+            .clone()
+            .get_catalogue(pb::GetCatalogueRequest {})
+            .await,
+        Code::Unauthenticated,
+        &[],
+    );
+    // Retry records came along: the retry gets the first answer.
+    let again = restored
+        .clients(Some(&admin))
+        .provisioning
+        .clone()
+        .update_user_services(services("save-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first);
+    assert_eq!(restored.revision().await, before.revision);
+}
+
+#[tokio::test]
+async fn a_backup_under_concurrent_writes_is_one_point_in_time() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let c = app.clients(Some(&app.operator_secret));
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    c.provisioning
+                        .clone()
+                        .put_user(pb::PutUserRequest {
+                            account_id: "acme".into(),
+                            user_id: format!("w{w}-{i}"),
+                            // Long, so the backup takes several messages.
+                            display_name: "someone ".repeat(30),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    // Wait until the writers are under way, then back up while they write.
+    while app.revision().await < 120 {
+        tokio::task::yield_now().await;
+    }
+    let mut stream = app
+        .clients(Some(&app.operator_secret))
+        .backup
+        .clone()
+        .backup(pb::BackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    let mut revision = 0;
+    let mut messages = 0;
+    while let Some(message) = stream.message().await.unwrap() {
+        revision = message.revision;
+        bytes.extend_from_slice(&message.chunk);
+        messages += 1;
+    }
+    assert!(
+        messages > 1,
+        "a backup of {} bytes in one message",
+        bytes.len()
+    );
+    for w in writers {
+        w.await.unwrap();
+    }
+    let last = app.revision().await;
+    assert!(
+        revision >= 120 && revision < last,
+        "backup at {revision} of {last}"
+    );
+
+    // Restored by the binary: sled lets go of a directory some time after
+    // its last handle in a process is dropped, so this process could not
+    // open it at once.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b");
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(store::verify(bytes.as_slice()).unwrap().revision, revision);
+    let data = dir.path().join("data");
+    let (code, _, stderr) = entitled(
+        vec!["restore".into(), s(&file), "--data-dir".into(), s(&data)],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let restored =
+        TestApp::start_with_secret(&data, Options::default(), app.operator_secret.clone()).await;
+    // Exactly the users whose creation is at or below the backup's
+    // revision, and an audit trail that stops there too.
+    let users: BTreeSet<String> = restored
+        .provisioning
+        .clone()
+        .list_users(pb::ListUsersRequest {
+            account_id: "acme".into(),
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .users
+        .into_iter()
+        .map(|u| u.user_id)
+        .collect();
+    let c = app.clients(Some(&app.operator_secret));
+    let expected: BTreeSet<String> = changes(&c, "acme")
+        .await
+        .into_iter()
+        .filter(|c| c.revision <= revision && c.rpc.ends_with("PutUser"))
+        .map(|c| c.user_id)
+        .collect();
+    assert_eq!(users, expected);
+    let trail = changes(&restored.clients(Some(&app.operator_secret)), "").await;
+    assert_eq!(trail.last().unwrap().revision, revision);
+    assert_eq!(restored.revision().await, revision);
+}
+
+#[tokio::test]
+async fn restore_refuses_a_directory_that_is_not_empty() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b");
+    let (code, _, stderr) = entitled(
+        vec![
+            "backup".into(),
+            "--out".into(),
+            s(&file),
+            "--server".into(),
+            format!("http://{}", app.addr),
+        ],
+        Some(app.operator_secret.clone()),
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+
+    // The server's own directory, in use and full.
+    let (code, _, stderr) = entitled(
+        vec![
+            "restore".into(),
+            s(&file),
+            "--data-dir".into(),
+            s(&app.data_dir),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "data directory `{}` is not empty; restore only into an empty or new directory",
+            app.data_dir.display()
+        )),
+        "{stderr}"
+    );
+    // Nothing was left beside it.
+    let staging = format!(
+        ".{}.restoring-",
+        app.data_dir.file_name().unwrap().to_string_lossy()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(app.data_dir.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&staging))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // An empty directory is fine.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, _, stderr) = entitled(
+        vec!["restore".into(), s(&file), "--data-dir".into(), s(&empty)],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(empty.join("db").is_dir());
+}
+
+#[tokio::test]
+async fn backup_needs_a_token_and_an_operator() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b");
+    let args = vec![
+        "backup".to_owned(),
+        "--out".into(),
+        s(&file),
+        "--server".into(),
+        format!("http://{}", app.addr),
+    ];
+    let (code, _, stderr) = entitled(args.clone(), None).await;
+    assert_eq!(code, 3, "refused by the server: {stderr}");
+    assert!(stderr.contains("this call needs a token"), "{stderr}");
+
+    let gateway = app.token("gateway", Role::Gateway, "", "").await;
+    let (code, _, stderr) = entitled(args, Some(gateway)).await;
+    assert_eq!(code, 3, "refused by the server: {stderr}");
+    assert!(
+        stderr.contains("role `gateway` may not call BackupService.Backup"),
+        "{stderr}"
+    );
+    assert!(!file.exists());
+}
+
+#[tokio::test]
+async fn a_damaged_or_cut_backup_is_refused_and_restores_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    let mut stream = app
+        .clients(Some(&app.operator_secret))
+        .backup
+        .clone()
+        .backup(pb::BackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&message.chunk);
+    }
+    let summary = store::verify(bytes.as_slice()).unwrap();
+    assert_eq!(summary.bytes, bytes.len() as u64);
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("data");
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    let cut = &bytes[..bytes.len() - 40];
+    let mut version = bytes.clone();
+    version[19] = 9;
+    let missing = store::restore(&dir.path().join("nonexistent"), &target).unwrap_err();
+    assert!(
+        missing.to_string().starts_with("cannot open backup `"),
+        "{missing}"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    for (what, bytes, want) in [
+        (
+            "a flipped bit",
+            flipped.as_slice(),
+            "checksum does not match",
+        ),
+        ("a cut file", cut, "ends too early"),
+        (
+            "another format version",
+            version.as_slice(),
+            "format version 9 is not supported",
+        ),
+        (
+            "not a backup",
+            b"hello".as_slice(),
+            "not an entitled backup",
+        ),
+    ] {
+        assert!(store::verify(bytes).is_err(), "{what}");
+        std::fs::write(file.path(), bytes).unwrap();
+        let error: BackupError = store::restore(file.path(), &target).unwrap_err();
+        assert!(error.to_string().contains(want), "{what}: {error}");
+        assert!(!target.exists(), "{what} left a directory");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{what} left something behind"
+        );
+    }
+}
