@@ -208,8 +208,6 @@ struct Trees {
 }
 
 struct Inner {
-    /// Released when the store is dropped.
-    _lock: std::fs::File,
     db: sled::Db,
     trees: Trees,
     /// Serialises writers; holds the last committed revision and the writes
@@ -221,6 +219,10 @@ struct Inner {
     view: RwLock<View>,
     /// Set once, by the server, before it serves.
     observer: OnceLock<Arc<dyn StoreObserver>>,
+    /// Released when the store is dropped. Last, because fields drop in
+    /// order: only once sled has closed (and let go of its own lock) may
+    /// another store open the directory.
+    _lock: std::fs::File,
 }
 
 struct WriterState {
@@ -264,13 +266,10 @@ impl Store {
                 });
             }
         }
-        let db = sled::Config::new()
-            .path(dir.join(DB_DIR))
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let db = open_sled(&dir.join(DB_DIR)).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let trees = Trees {
             accounts: db.open_tree(ACCOUNTS)?,
             users: db.open_tree(USERS)?,
@@ -805,6 +804,29 @@ impl Store {
 /// A user a write changed, for its audit record: (account, user, key,
 /// after).
 type Changed = (String, String, Option<Vec<u8>>, Option<UserState>);
+
+/// Opens sled, waiting out a lock left by a store this process just closed.
+///
+/// We hold `entitled.lock`, so no other process has the directory; but sled
+/// 0.34 finishes a closed database's last writes on its own background
+/// threads and holds its file lock until they are done, so a store reopened
+/// at once in the same process (a restart in tests, or an embedding) can
+/// find it still taken. Only that error is retried, for at most 5 seconds.
+fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
+    const WAIT: Duration = Duration::from_millis(20);
+    let mut tries = 0;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if tries < 250 && e.to_string().starts_with("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(WAIT);
+            }
+            opened => return opened,
+        }
+    }
+}
 
 fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
     match meta.get(key)? {
