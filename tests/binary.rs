@@ -7,102 +7,12 @@
     reason = "a test fails loudly on any unexpected error"
 )]
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    path::Path,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    time::Duration,
-};
+use std::process::Command;
 
 mod common;
 
-use entitled::{proto::v1 as pb, service::OPERATOR_TOKEN_FILE};
-use tonic::transport::Channel;
-
-const BIN: &str = env!("CARGO_BIN_EXE_entitled");
-
-/// A running `entitled serve` and the address it reported.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    /// The operator token the first start wrote.
-    secret: String,
-    /// Every line the server has logged so far.
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let listen: &[&str] = if extra.contains(&"--listen") {
-            &[]
-        } else {
-            &["--listen", "127.0.0.1:0"]
-        };
-        let mut child = Command::new(BIN)
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(listen)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Read the log until the server says where it listens; keep draining
-        // afterwards so the pipe never fills.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("serving addr=").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server did not report its address");
-        let secret = std::fs::read_to_string(data_dir.join(OPERATOR_TOKEN_FILE))
-            .unwrap()
-            .trim()
-            .to_owned();
-        Server {
-            child,
-            addr: addr.parse().unwrap(),
-            secret,
-            log,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn clients(&self) -> common::Clients {
-        common::clients(&self.channel().await, Some(&self.secret))
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::process::{BIN, Server};
+use entitled::proto::v1 as pb;
 
 fn run_to_exit(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN)

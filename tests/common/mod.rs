@@ -7,6 +7,8 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod process;
+
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex, Once},
