@@ -11,8 +11,11 @@ use crate::{
     domain::{
         Account, AccountId, Decision, Denial, Notice, NoticeKind, ReportAccess, Tier, User, UserId,
     },
-    store::{Current, Decided, Mutation, Store, StoreError},
+    store::{Current, Decided, Mutation, Store, StoreError, View},
 };
+
+/// How long a read waits for the `min_revision` it was asked for.
+pub const FRESHNESS_WAIT: Duration = Duration::from_secs(1);
 
 /// The source of "now"; replaceable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -65,6 +68,15 @@ pub enum DomainError {
         user: UserId,
         expected: u64,
         actual: u64,
+    },
+    #[error(
+        "revision {wanted} is not reached: this server is at revision {current} after waiting {}; retry, and pass only revisions this service returned",
+        humantime::format_duration(*.within)
+    )]
+    RevisionNotReached {
+        wanted: u64,
+        current: u64,
+        within: Duration,
     },
     #[error("nothing to change: set edition, analytics_tier or both")]
     NothingToChange,
@@ -307,107 +319,146 @@ impl Entitlements {
     /// Never fails: unknown accounts and users are answers.
     pub fn check(&self, account: &str, user: &str) -> Decision {
         let now = (self.clock)();
+        self.store
+            .read(|view| self.decide(view, now, account, user))
+    }
+
+    /// Waits (at most `FRESHNESS_WAIT`) until reads reflect `min_revision`;
+    /// 0 asks for nothing.
+    pub async fn await_revision(&self, min_revision: u64) -> Result<(), DomainError> {
+        if min_revision == 0 {
+            return Ok(());
+        }
+        self.store
+            .wait_for_revision(min_revision, FRESHNESS_WAIT)
+            .await
+            .map_err(|current| DomainError::RevisionNotReached {
+                wanted: min_revision,
+                current,
+                within: FRESHNESS_WAIT,
+            })
+    }
+
+    /// Checks every `(account, user)` pair against one consistent view: the
+    /// decisions in order, and the revision they all reflect.
+    pub fn check_many<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> (Vec<Decision>, u64) {
+        let now = (self.clock)();
         self.store.read(|view| {
-            let revision = view.revision();
-            let (account_rec, user_rec) = view.account_and_user(account, user);
-            let deny = |denial, stored_tier, edition, reason| Decision {
-                allowed: false,
-                tier: Tier::None,
-                stored_tier,
-                edition,
-                denial: Some(denial),
-                data_available_at: None,
-                data_ready: false,
-                reports: Vec::new(),
-                revision,
-                reason,
-            };
-            let Some(account_rec) = account_rec else {
-                return deny(
-                    Denial::AccountNotFound,
-                    Tier::None,
-                    None,
-                    format!("account `{account}` does not exist"),
-                );
-            };
-            let Some(user_rec) = user_rec else {
-                return deny(
-                    Denial::UserNotFound,
-                    Tier::None,
-                    None,
-                    format!("user `{user}` does not exist in account `{account}`"),
-                );
-            };
-            let stored = user_rec.tier;
-            let Some(edition) = &user_rec.edition else {
-                return deny(
-                    Denial::NoEdition,
-                    stored,
-                    None,
-                    format!("user `{user}` has no edition licence"),
-                );
-            };
-            if !stored.grants_access() {
-                return deny(
-                    Denial::AnalyticsNotEnabled,
-                    stored,
-                    Some(edition.clone()),
-                    format!("analytics is not enabled for user `{user}`"),
-                );
-            }
-            // Rule 13: the catalogue in force caps the stored tier.
-            let max = self
-                .catalogue
-                .product_line(&account_rec.product_line)
-                .and_then(|l| l.edition(edition))
-                .map_or(Tier::None, |e| e.max_tier);
-            let tier = stored.min(max);
-            if !tier.grants_access() {
-                return deny(
-                    Denial::EditionNotEligible,
-                    stored,
-                    Some(edition.clone()),
-                    format!(
-                        "edition `{edition}` no longer includes analytics in the catalogue in force; the stored {stored} tier is not granted"
-                    ),
-                );
-            }
-            let data_available_at = account_rec
-                .analytics_activated_at
-                .map(|at| at + self.catalogue.data_delay());
-            let data_ready = data_available_at.is_some_and(|at| now >= at);
-            let reports = self
-                .catalogue
-                .reports_for(tier)
-                .iter()
-                .map(|r| ReportAccess {
-                    available: r.kind == ReportKind::Live || data_ready,
-                    report: r.clone(),
-                })
+            let decisions = items
+                .into_iter()
+                .map(|(account, user)| self.decide(view, now, account, user))
                 .collect();
-            let (denial, reason) = if tier < stored {
-                (
-                    Some(Denial::EditionNotEligible),
-                    format!(
-                        "edition `{edition}` no longer includes {stored} analytics in the catalogue in force; granted {tier}"
-                    ),
-                )
-            } else {
-                (None, format!("{tier} analytics enabled with edition `{edition}`"))
-            };
-            Decision {
-                allowed: true,
-                tier,
-                stored_tier: stored,
-                edition: Some(edition.clone()),
-                denial,
-                data_available_at,
-                data_ready,
-                reports,
-                revision,
-                reason,
-            }
+            (decisions, view.revision())
         })
+    }
+
+    /// The check's rules against one view.
+    fn decide(&self, view: &View, now: SystemTime, account: &str, user: &str) -> Decision {
+        let revision = view.revision();
+        let (account_rec, user_rec) = view.account_and_user(account, user);
+        let deny = |denial, stored_tier, edition, reason| Decision {
+            allowed: false,
+            tier: Tier::None,
+            stored_tier,
+            edition,
+            denial: Some(denial),
+            data_available_at: None,
+            data_ready: false,
+            reports: Vec::new(),
+            revision,
+            reason,
+        };
+        let Some(account_rec) = account_rec else {
+            return deny(
+                Denial::AccountNotFound,
+                Tier::None,
+                None,
+                format!("account `{account}` does not exist"),
+            );
+        };
+        let Some(user_rec) = user_rec else {
+            return deny(
+                Denial::UserNotFound,
+                Tier::None,
+                None,
+                format!("user `{user}` does not exist in account `{account}`"),
+            );
+        };
+        let stored = user_rec.tier;
+        let Some(edition) = &user_rec.edition else {
+            return deny(
+                Denial::NoEdition,
+                stored,
+                None,
+                format!("user `{user}` has no edition licence"),
+            );
+        };
+        if !stored.grants_access() {
+            return deny(
+                Denial::AnalyticsNotEnabled,
+                stored,
+                Some(edition.clone()),
+                format!("analytics is not enabled for user `{user}`"),
+            );
+        }
+        // Rule 13: the catalogue in force caps the stored tier.
+        let max = self
+            .catalogue
+            .product_line(&account_rec.product_line)
+            .and_then(|l| l.edition(edition))
+            .map_or(Tier::None, |e| e.max_tier);
+        let tier = stored.min(max);
+        if !tier.grants_access() {
+            return deny(
+                Denial::EditionNotEligible,
+                stored,
+                Some(edition.clone()),
+                format!(
+                    "edition `{edition}` no longer includes analytics in the catalogue in force; the stored {stored} tier is not granted"
+                ),
+            );
+        }
+        let data_available_at = account_rec
+            .analytics_activated_at
+            .map(|at| at + self.catalogue.data_delay());
+        let data_ready = data_available_at.is_some_and(|at| now >= at);
+        let reports = self
+            .catalogue
+            .reports_for(tier)
+            .iter()
+            .map(|r| ReportAccess {
+                available: r.kind == ReportKind::Live || data_ready,
+                report: r.clone(),
+            })
+            .collect();
+        let (denial, reason) = if tier < stored {
+            (
+                Some(Denial::EditionNotEligible),
+                format!(
+                    "edition `{edition}` no longer includes {stored} analytics in the catalogue in force; granted {tier}"
+                ),
+            )
+        } else {
+            (
+                None,
+                format!("{tier} analytics enabled with edition `{edition}`"),
+            )
+        };
+        Decision {
+            allowed: true,
+            tier,
+            stored_tier: stored,
+            edition: Some(edition.clone()),
+            denial,
+            data_available_at,
+            data_ready,
+            reports,
+            revision,
+            reason,
+        }
     }
 
     /// The data delay in force.

@@ -19,6 +19,8 @@ pub const MAX_DISPLAY_NAME: usize = 256;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// ListUsers' largest page; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// The most items one BatchCheckAnalyticsAccess may carry.
+pub const MAX_BATCH_ITEMS: usize = 1000;
 
 /// Why a request field could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,14 @@ pub enum ConversionError {
         field: &'static str,
         value: String,
         problem: String,
+    },
+    #[error(
+        "{field} has {count} entries; send at most {max} per call and the rest in further calls"
+    )]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
     },
 }
 
@@ -62,6 +72,18 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ConversionError> {
         IdError::Empty => ConversionError::Missing { field },
         e => ConversionError::invalid(field, value, e.to_string()),
     })
+}
+
+/// Checks a batch's item count.
+pub fn batch_items(field: &'static str, count: usize) -> Result<(), ConversionError> {
+    if count > MAX_BATCH_ITEMS {
+        return Err(ConversionError::TooMany {
+            field,
+            count,
+            max: MAX_BATCH_ITEMS,
+        });
+    }
+    Ok(())
 }
 
 pub fn account_id(field: &'static str, value: String) -> Result<AccountId, ConversionError> {

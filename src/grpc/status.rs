@@ -4,7 +4,16 @@
 use tonic::Status;
 
 use super::convert::ConversionError;
-use crate::{service::DomainError, store::StoreError};
+use crate::{proto::v1 as pb, service::DomainError, store::StoreError};
+
+/// A batch item's error: the code and message the single call would fail
+/// with, carried in the item's result instead of failing the batch.
+pub fn item_error(status: Status) -> pb::ItemError {
+    pb::ItemError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
+}
 
 impl From<ConversionError> for Status {
     fn from(e: ConversionError) -> Self {
@@ -27,6 +36,7 @@ impl From<DomainError> for Status {
             | DomainError::TierNotAllowed { .. }
             | DomainError::TierNeedsEdition { .. } => Status::failed_precondition(message),
             DomainError::RevisionMismatch { .. } => Status::aborted(message),
+            DomainError::RevisionNotReached { .. } => Status::unavailable(message),
             DomainError::Store(e) => e.into(),
         }
     }

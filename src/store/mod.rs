@@ -16,7 +16,7 @@
 mod codec;
 mod view;
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use parking_lot::{Mutex, RwLock};
 use sled::{Transactional, transaction::ConflictableTransactionError};
@@ -101,6 +101,9 @@ struct Inner {
     /// their revision already flushed by the one before them.
     flush_lock: tokio::sync::Mutex<FlushState>,
     view: RwLock<View>,
+    /// The view's revision, announced after each publication, for readers
+    /// that wait for a revision (`min_revision`).
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 struct WriterState {
@@ -167,6 +170,7 @@ impl Store {
                 }),
                 flush_lock: tokio::sync::Mutex::new(FlushState { failed: None }),
                 view: RwLock::new(view),
+                published: tokio::sync::watch::Sender::new(revision),
             }),
         })
     }
@@ -295,11 +299,31 @@ impl Store {
             inner.writer.lock().failed = Some(reason.clone());
             return Err(StoreError::Failed(reason));
         }
-        let mut view = inner.view.write();
-        for (rev, mutations) in batch {
-            view.apply(rev, mutations);
-        }
+        let published = {
+            let mut view = inner.view.write();
+            for (rev, mutations) in batch {
+                view.apply(rev, mutations);
+            }
+            view.revision()
+        };
+        inner.published.send_replace(published);
         Ok(())
+    }
+
+    /// Waits until the view reflects at least `revision`, for at most
+    /// `within`. On time-out returns the revision the view has reached.
+    pub async fn wait_for_revision(&self, revision: u64, within: Duration) -> Result<(), u64> {
+        if self.inner.view.read().revision() >= revision {
+            return Ok(());
+        }
+        let mut published = self.inner.published.subscribe();
+        let reached = tokio::time::timeout(within, published.wait_for(|r| *r >= revision)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            // The sender lives as long as the store, so a closed channel
+            // cannot happen while `self` exists; answer as for a time-out.
+            Ok(Err(_)) | Err(_) => Err(self.inner.view.read().revision()),
+        }
     }
 
     /// The latest committed account (not necessarily durable yet).
