@@ -1,5 +1,7 @@
 //! Compiles `proto/entitled/v1/*.proto` with protox (pure Rust, so no system
 //! `protoc` is needed) and generates the tonic stubs from the descriptors.
+//! `proto/bench/v1` (the load generator's baseline service) is compiled
+//! separately so that reflection does not advertise it.
 
 use std::{env, error::Error, fs, path::PathBuf};
 
@@ -26,5 +28,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+
+    let bench = protox::compile(["proto/bench/v1/baseline.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(bench)?;
     Ok(())
 }

@@ -326,6 +326,52 @@ impl Store {
         }
     }
 
+    /// Bulk import, for the load generator (`entitled-bench`) and seeding
+    /// only: writes `accounts` and then `users` as given, as one write (one
+    /// revision, which each user's `revision` is set to), flushes, and
+    /// publishes them to the view. It bypasses `decide`, so the catalogue's
+    /// rules are NOT applied: the caller vouches that every record is valid,
+    /// that each user's account is among `accounts` or already stored, and
+    /// that nothing else writes meanwhile. Blocking; do not call it on an
+    /// async worker thread. Returns the store revision after the import.
+    pub fn import(&self, accounts: Vec<Account>, users: Vec<User>) -> Result<u64, StoreError> {
+        /// Bounds the memory a sled batch holds.
+        const CHUNK: usize = 50_000;
+        let inner = &self.inner;
+        let mut writer = inner.writer.lock();
+        if let Some(reason) = &writer.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        let revision = writer.committed + 1;
+        let mut batch = sled::Batch::default();
+        for a in &accounts {
+            batch.insert(codec::account_key(&a.id), codec::encode(a)?);
+        }
+        inner.accounts.apply_batch(batch)?;
+        let mut users = users;
+        for chunk in users.chunks_mut(CHUNK) {
+            let mut batch = sled::Batch::default();
+            for u in chunk.iter_mut() {
+                u.revision = revision;
+                batch.insert(codec::user_key(&u.account_id, &u.id), codec::encode(u)?);
+            }
+            inner.users.apply_batch(batch)?;
+        }
+        inner
+            .meta
+            .insert(REVISION_KEY, &revision.to_be_bytes()[..])?;
+        inner.db.flush()?;
+        writer.committed = revision;
+        let mutations = accounts
+            .into_iter()
+            .map(Mutation::PutAccount)
+            .chain(users.into_iter().map(Mutation::PutUser))
+            .collect();
+        inner.view.write().apply(revision, mutations);
+        inner.published.send_replace(revision);
+        Ok(revision)
+    }
+
     /// The latest committed account (not necessarily durable yet).
     fn get_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
         let key = codec::account_key(id);
