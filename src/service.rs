@@ -214,16 +214,19 @@ impl Entitlements {
     }
 
     pub fn get_user(&self, account: &AccountId, user: &UserId) -> Result<User, DomainError> {
-        self.store.read(
-            |v| match v.account_and_user(account.as_str(), user.as_str()) {
+        self.store.read(|v| {
+            match (
+                v.account(account.as_str()),
+                v.user(account.as_str(), user.as_str()),
+            ) {
                 (None, _) => Err(DomainError::AccountNotFound(account.clone())),
                 (Some(_), None) => Err(DomainError::UserNotFound {
                     account: account.clone(),
                     user: user.clone(),
                 }),
-                (Some(_), Some(u)) => Ok(u.clone()),
-            },
-        )
+                (Some(_), Some(u)) => Ok(u),
+            }
+        })
     }
 
     /// Up to `limit` users after `after`, in id order, and whether more follow.
@@ -388,7 +391,7 @@ impl Entitlements {
             );
         };
         let stored = user_rec.tier;
-        let Some(edition) = &user_rec.edition else {
+        let Some(edition) = user_rec.edition else {
             return deny(
                 Denial::NoEdition,
                 stored,
@@ -400,7 +403,7 @@ impl Entitlements {
             return deny(
                 Denial::AnalyticsNotEnabled,
                 stored,
-                Some(edition.clone()),
+                Some(edition.to_owned()),
                 format!("analytics is not enabled for user `{user}`"),
             );
         }
@@ -415,7 +418,7 @@ impl Entitlements {
             return deny(
                 Denial::EditionNotEligible,
                 stored,
-                Some(edition.clone()),
+                Some(edition.to_owned()),
                 format!(
                     "edition `{edition}` no longer includes analytics in the catalogue in force; the stored {stored} tier is not granted"
                 ),
@@ -451,7 +454,7 @@ impl Entitlements {
             allowed: true,
             tier,
             stored_tier: stored,
-            edition: Some(edition.clone()),
+            edition: Some(edition.to_owned()),
             denial,
             data_available_at,
             data_ready,

@@ -23,7 +23,7 @@ use sled::{Transactional, transaction::ConflictableTransactionError};
 
 use crate::domain::{Account, AccountId, User, UserId};
 
-pub use view::View;
+pub use view::{UserServices, View};
 
 const ACCOUNTS: &str = "accounts";
 const USERS: &str = "users";
