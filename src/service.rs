@@ -107,15 +107,35 @@ pub struct Entitlements {
     store: Store,
     catalogue: Arc<Catalogue>,
     clock: Clock,
+    /// What a check answers in `reports`, computed once: indexed by the
+    /// effective tier, then by whether historical data is ready.
+    report_lists: Arc<[[Arc<[ReportAccess]>; 2]; 3]>,
 }
 
 impl Entitlements {
     pub fn new(store: Store, catalogue: Catalogue, clock: Clock) -> Self {
+        let report_lists = Tier::ALL.map(|tier| {
+            [false, true].map(|data_ready| {
+                catalogue
+                    .reports_for(tier)
+                    .iter()
+                    .map(|r| ReportAccess {
+                        available: r.kind == ReportKind::Live || data_ready,
+                        report: r.clone(),
+                    })
+                    .collect()
+            })
+        });
         Entitlements {
             store,
             catalogue: Arc::new(catalogue),
             clock,
+            report_lists: Arc::new(report_lists),
         }
+    }
+
+    fn reports(&self, tier: Tier, data_ready: bool) -> Arc<[ReportAccess]> {
+        Arc::clone(&self.report_lists[tier as usize][usize::from(data_ready)])
     }
 
     pub fn catalogue(&self) -> &Catalogue {
@@ -370,7 +390,7 @@ impl Entitlements {
             denial: Some(denial),
             data_available_at: None,
             data_ready: false,
-            reports: Vec::new(),
+            reports: self.reports(Tier::None, false),
             revision,
             reason,
         };
@@ -428,15 +448,7 @@ impl Entitlements {
             .analytics_activated_at
             .map(|at| at + self.catalogue.data_delay());
         let data_ready = data_available_at.is_some_and(|at| now >= at);
-        let reports = self
-            .catalogue
-            .reports_for(tier)
-            .iter()
-            .map(|r| ReportAccess {
-                available: r.kind == ReportKind::Live || data_ready,
-                report: r.clone(),
-            })
-            .collect();
+        let reports = self.reports(tier, data_ready);
         let (denial, reason) = if tier < stored {
             (
                 Some(Denial::EditionNotEligible),

@@ -4,7 +4,7 @@
 mod ids;
 mod tier;
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,7 +76,8 @@ pub struct Decision {
     pub denial: Option<Denial>,
     pub data_available_at: Option<SystemTime>,
     pub data_ready: bool,
-    pub reports: Vec<ReportAccess>,
+    /// Shared: a tier's list is computed once per catalogue, not per check.
+    pub reports: Arc<[ReportAccess]>,
     pub revision: u64,
     pub reason: String,
 }

@@ -2,6 +2,8 @@
 //! types. Domain → protobuf cannot fail; protobuf → domain fails with a
 //! `ConversionError` that names the field and the value.
 
+use std::sync::Arc;
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use crate::{
@@ -277,10 +279,10 @@ impl From<Decision> for pb::CheckAnalyticsAccessResponse {
             data_ready: d.data_ready,
             reports: d
                 .reports
-                .into_iter()
+                .iter()
                 .map(|r| pb::Report {
-                    id: r.report.id,
-                    display_name: r.report.display_name,
+                    id: Arc::clone(&r.report.id),
+                    display_name: Arc::clone(&r.report.display_name),
                     kind: pb::ReportKind::from(r.report.kind) as i32,
                     available: r.available,
                 })
@@ -294,8 +296,8 @@ impl From<Decision> for pb::CheckAnalyticsAccessResponse {
 
 fn report_definition(r: &Report) -> pb::ReportDefinition {
     pb::ReportDefinition {
-        id: r.id.clone(),
-        display_name: r.display_name.clone(),
+        id: r.id.to_string(),
+        display_name: r.display_name.to_string(),
         kind: pb::ReportKind::from(r.kind) as i32,
     }
 }
