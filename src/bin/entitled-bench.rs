@@ -774,6 +774,13 @@ fn orchestrate(args: RunArgs) -> Result<(), BoxError> {
     runtime.block_on(run(args, server_pin))
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// The run whose calls/s is the median of `runs` (they are interleaved
 /// with the other server's, so drift on a shared machine hits both).
 fn median(mut runs: Vec<Stats>) -> Stats {
@@ -794,6 +801,9 @@ fn detail_row(name: &str, in_flight: usize, s: &Stats) -> String {
 
 async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
     let tmp = tempfile::tempdir()?;
+    // Other work on the machine skews every figure; the run says how much
+    // there was.
+    let load_before = load_average();
     eprintln!(
         "entitled-bench: {} users ({} per account), concurrency {:?}, {} connections, {} × {:?} per figure after {:?} warm-up, {}",
         args.users,
@@ -970,6 +980,11 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         met: None,
     });
 
+    println!(
+        "Load average (1, 5, 15 min) before: {load_before}; after: {}.",
+        load_average()
+    );
+    println!();
     println!("| figure | target | measured | met |");
     println!("| --- | --- | --- | --- |");
     for r in &rows {
