@@ -64,6 +64,23 @@ fn merge_str(
     buf: &mut impl Buf,
     ctx: DecodeContext,
 ) -> Result<(), DecodeError> {
+    // Clients decode these too: build the `Arc<str>` straight from the
+    // buffer (one allocation) when the string is whole in its first chunk.
+    if wire_type == WireType::LengthDelimited {
+        let chunk = buf.chunk();
+        let mut rest = chunk;
+        if let Ok(len) = encoding::decode_varint(&mut rest)
+            && let Ok(len) = usize::try_from(len)
+            && let Some(bytes) = rest.get(..len)
+            && let Ok(text) = std::str::from_utf8(bytes)
+        {
+            *value = Arc::from(text);
+            let consumed = chunk.len() - rest.len() + len;
+            buf.advance(consumed);
+            return Ok(());
+        }
+    }
+    // Otherwise (split buffers, errors) as generated code does it.
     let mut s = String::new();
     encoding::string::merge(wire_type, &mut s, buf, ctx)?;
     *value = s.into();
@@ -120,6 +137,8 @@ impl Message for Report {
 
 #[cfg(test)]
 mod tests {
+    use prost::bytes::Buf as _;
+
     use super::*;
 
     /// The generated type this one stands in for, with `String` fields.
@@ -168,6 +187,31 @@ mod tests {
                 generated
             );
         }
+    }
+
+    #[test]
+    fn decodes_from_a_buffer_split_mid_string() {
+        let bytes = Report {
+            id: "active-calls".into(),
+            display_name: "Active Calls".into(),
+            kind: ReportKind::Live as i32,
+            available: true,
+        }
+        .encode_to_vec();
+        for cut in 1..bytes.len() {
+            let split = (&bytes[..cut]).chain(&bytes[cut..]);
+            let decoded = Report::decode(split).unwrap();
+            assert_eq!(&*decoded.display_name, "Active Calls", "cut at {cut}");
+            assert_eq!(&*decoded.id, "active-calls", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_string_that_is_not_utf8() {
+        let bytes = [0x0a, 0x02, 0xff, 0xfe];
+        assert!(Report::decode(&bytes[..]).is_err());
+        let truncated = [0x0a, 0x05, b'a'];
+        assert!(Report::decode(&truncated[..]).is_err());
     }
 
     #[test]
