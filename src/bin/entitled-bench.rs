@@ -856,7 +856,7 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
             figure: format!("check throughput vs baseline, concurrency {c}"),
             target: "≥ 0.90",
             measured: format!(
-                "{ratio:.2} ({:.0} / {:.0} calls/s; server CPU per call {:.2} of the baseline's)",
+                "{ratio:.3} ({:.0} / {:.0} calls/s; server CPU per call {:.2} of the baseline's)",
                 e.rps(),
                 b.rps(),
                 e.cpu_us_per_call() / b.cpu_us_per_call()
@@ -868,7 +868,7 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
             figure: format!("check p99 vs baseline p99, concurrency {c}"),
             target: "≤ 1.25",
             measured: format!(
-                "{p99:.2} ({:.0} / {:.0} µs)",
+                "{p99:.3} ({:.0} / {:.0} µs)",
                 e.percentile_us(0.99),
                 b.percentile_us(0.99)
             ),
@@ -938,7 +938,7 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
                     args.big_users, args.users
                 ),
                 target: "≥ 0.90",
-                measured: format!("{ratio:.2} ({:.0} / {:.0} calls/s)", s.rps(), small_s.rps()),
+                measured: format!("{ratio:.3} ({:.0} / {:.0} calls/s)", s.rps(), small_s.rps()),
                 met: Some(ratio >= 0.90),
             });
         }
