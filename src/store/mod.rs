@@ -336,14 +336,22 @@ impl Store {
     /// only: writes `accounts` and then `users` as given, as one write (one
     /// revision, which each user's `revision` is set to), flushes, and
     /// publishes them to the view. It bypasses `decide`, so the catalogue's
-    /// rules are NOT applied: the caller vouches that every record is valid,
-    /// that each user's account is among `accounts` or already stored, and
-    /// that nothing else writes meanwhile. Blocking; do not call it on an
-    /// async worker thread. Returns the store revision after the import.
+    /// rules are NOT applied: the caller vouches that every record is valid
+    /// and that each user's account is among `accounts` or already stored.
+    /// Writes committed before it are flushed and published with it, in
+    /// order. Blocking: it panics if called from async code (it takes the
+    /// flush lock with `blocking_lock`). Returns the store revision after the
+    /// import.
     pub fn import(&self, accounts: Vec<Account>, users: Vec<User>) -> Result<u64, StoreError> {
         /// Bounds the memory a sled batch holds.
         const CHUNK: usize = 50_000;
         let inner = &self.inner;
+        // The flush lock first, as flushers take it: no flush is in flight,
+        // so every unpublished write is in `pending`.
+        let flush = inner.flush_lock.blocking_lock();
+        if let Some(reason) = &flush.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
         let mut writer = inner.writer.lock();
         if let Some(reason) = &writer.failed {
             return Err(StoreError::Failed(reason.clone()));
@@ -368,13 +376,24 @@ impl Store {
             .insert(REVISION_KEY, &revision.to_be_bytes()[..])?;
         inner.db.flush()?;
         writer.committed = revision;
+        // Writes committed before this one and not yet published: the flush
+        // above covered them, so publish them first, keeping revision order
+        // (their writers then find their revision already in the view).
+        let earlier = std::mem::take(&mut writer.pending);
         let mutations = accounts
             .into_iter()
             .map(Mutation::PutAccount)
             .chain(users.into_iter().map(Mutation::PutUser))
             .collect();
-        inner.view.write().apply(revision, mutations);
+        {
+            let mut view = inner.view.write();
+            for (rev, earlier) in earlier {
+                view.apply(rev, earlier);
+            }
+            view.apply(revision, mutations);
+        }
         inner.published.send_replace(revision);
+        drop(flush);
         Ok(revision)
     }
 
