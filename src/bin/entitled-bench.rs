@@ -725,7 +725,12 @@ fn pin_self(core: usize) -> Result<(), BoxError> {
             &std::process::id().to_string(),
         ])
         .stdout(Stdio::null())
-        .status()?;
+        .status()
+        .map_err(|e| {
+            format!(
+                "cannot run `taskset` ({e}); install util-linux, or pass --no-pin to run unpinned"
+            )
+        })?;
     if !status.success() {
         return Err(format!("taskset could not pin the load generator to core {core}").into());
     }
