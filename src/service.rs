@@ -362,19 +362,20 @@ impl Entitlements {
             })
     }
 
-    /// Checks every `(account, user)` pair against one consistent view: the
-    /// decisions in order, and the revision they all reflect.
-    pub fn check_many<'a>(
+    /// Checks every `(account, user)` pair against one consistent view, in
+    /// order, passing through items the caller already refused (`Err`);
+    /// returns the results and the revision they all reflect.
+    pub fn check_many<'a, E>(
         &self,
-        items: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> (Vec<Decision>, u64) {
+        items: impl IntoIterator<Item = Result<(&'a str, &'a str), E>>,
+    ) -> (Vec<Result<Decision, E>>, u64) {
         let now = (self.clock)();
         self.store.read(|view| {
-            let decisions = items
+            let results = items
                 .into_iter()
-                .map(|(account, user)| self.decide(view, now, account, user))
+                .map(|item| item.map(|(account, user)| self.decide(view, now, account, user)))
                 .collect();
-            (decisions, view.revision())
+            (results, view.revision())
         })
     }
 

@@ -178,35 +178,17 @@ impl AccessService for Api {
         self.svc.await_revision(r.min_revision).await?;
         // Each item is validated as a single check would be; a malformed one
         // gets its own error and the rest are still answered.
-        let valid: Vec<Result<(), convert::ConversionError>> = r
-            .items
-            .iter()
-            .map(|i| {
-                convert::id("account_id", &i.account_id)?;
-                convert::id("user_id", &i.user_id)
-            })
-            .collect();
-        let (decisions, revision) = self.svc.check_many(
-            r.items
-                .iter()
-                .zip(&valid)
-                .filter(|(_, v)| v.is_ok())
-                .map(|(i, _)| (i.account_id.as_str(), i.user_id.as_str())),
-        );
-        let mut decisions = decisions.into_iter();
-        let results = valid
+        let (results, revision) = self.svc.check_many(r.items.iter().map(|i| {
+            convert::id("account_id", &i.account_id)?;
+            convert::id("user_id", &i.user_id)?;
+            Ok::<_, convert::ConversionError>((i.account_id.as_str(), i.user_id.as_str()))
+        }));
+        let results = results
             .into_iter()
-            .map(|v| pb::CheckResult {
-                outcome: Some(match v {
-                    Err(e) => pb::check_result::Outcome::Error(status::item_error(e.into())),
-                    Ok(()) => match decisions.next() {
-                        Some(d) => pb::check_result::Outcome::Answer(d.into()),
-                        // check_many answers every valid item, so this is
-                        // unreachable; fail the item closed rather than panic.
-                        None => pb::check_result::Outcome::Error(status::item_error(
-                            Status::internal("item was not checked; retry the batch"),
-                        )),
-                    },
+            .map(|result| pb::CheckResult {
+                outcome: Some(match result {
+                    Ok(decision) => pb::check_result::Outcome::Answer(decision.into()),
+                    Err(e) => pb::check_result::Outcome::Error(status::item_error(e)),
                 }),
             })
             .collect();

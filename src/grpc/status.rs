@@ -8,7 +8,8 @@ use crate::{proto::v1 as pb, service::DomainError, store::StoreError};
 
 /// A batch item's error: the code and message the single call would fail
 /// with, carried in the item's result instead of failing the batch.
-pub fn item_error(status: Status) -> pb::ItemError {
+pub fn item_error(error: impl Into<Status>) -> pb::ItemError {
+    let status = error.into();
     pb::ItemError {
         code: status.code() as i32,
         message: status.message().to_owned(),
