@@ -1,5 +1,7 @@
 //! Compiles `proto/entitled/v1/*.proto` with protox (pure Rust, so no system
 //! `protoc` is needed) and generates the tonic stubs from the descriptors.
+//! `proto/bench/v1` (the load generator's baseline service) is compiled
+//! separately so that reflection does not advertise it.
 
 use std::{env, error::Error, fs, path::PathBuf};
 
@@ -25,6 +27,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Hand-written with shared strings, for the check's hot path.
+        .extern_path(".entitled.v1.Report", "crate::proto::v1::Report")
         .compile_fds(fds)?;
+
+    let bench = protox::compile(["proto/bench/v1/baseline.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(bench)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! each allows, and which reports each tier opens. It is data (TOML), checked
 //! once at start-up; a bad file stops start-up with the line and the problem.
 
-use std::{collections::HashSet, ops::Range, path::Path, time::Duration};
+use std::{collections::HashSet, ops::Range, path::Path, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -48,10 +48,13 @@ pub enum ReportKind {
     Historical,
 }
 
+/// A report. Its strings are shared (`Arc<str>`): every check that opens it
+/// hands them out, and sharing costs a reference count where a copy costs
+/// an allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    pub id: String,
-    pub display_name: String,
+    pub id: Arc<str>,
+    pub display_name: Arc<str>,
     /// The lowest tier that opens this report.
     pub tier: Tier,
     pub kind: ReportKind,
@@ -186,8 +189,8 @@ impl Catalogue {
                 }
             };
             reports.push(Report {
-                id,
-                display_name: report.display_name,
+                id: id.into(),
+                display_name: report.display_name.into(),
                 tier,
                 kind,
             });

@@ -42,7 +42,7 @@ async fn snapshot(app: &TestApp) -> (u64, Vec<pb::User>, Vec<pb::User>, Vec<pb::
     )
 }
 
-const RPCS: [&str; 16] = [
+const RPCS: [&str; 17] = [
     "GetCatalogue",
     "CreateAccount",
     "GetAccount",
@@ -54,6 +54,7 @@ const RPCS: [&str; 16] = [
     "ImportUsers",
     "ExportUsers",
     "CheckAnalyticsAccess",
+    "BatchCheckAnalyticsAccess",
     "ListChanges",
     "CreateToken",
     "ListTokens",
@@ -197,9 +198,27 @@ async fn call(
             .check_analytics_access(pb::CheckAnalyticsAccessRequest {
                 account_id: a,
                 user_id: u,
+                min_revision: 0,
             })
             .await
             .map(drop),
+        "BatchCheckAnalyticsAccess" => {
+            let reply = c
+                .access
+                .clone()
+                .batch_check_analytics_access(pb::BatchCheckAnalyticsAccessRequest {
+                    items: vec![pb::CheckItem { account_id: a, user_id: u }],
+                    min_revision: 0,
+                })
+                .await?
+                .into_inner();
+            match &reply.results[0].outcome {
+                Some(pb::check_result::Outcome::Error(e)) => {
+                    Err(tonic::Status::new(Code::from_i32(e.code), e.message.clone()))
+                }
+                _ => Ok(()),
+            }
+        }
         "ListChanges" => c
             .audit
             .clone()
@@ -254,7 +273,7 @@ use Code::{Ok as OK, PermissionDenied as PD};
 
 /// The matrix, one line an RPC:
 /// (rpc, operator, provisioner, admin own, admin other, gateway).
-const MATRIX: [(&str, Code, Code, Code, Code, Code); 16] = [
+const MATRIX: [(&str, Code, Code, Code, Code, Code); 17] = [
     ("GetCatalogue", OK, OK, OK, OK, OK),
     ("CreateAccount", OK, OK, PD, PD, PD),
     ("GetAccount", OK, OK, OK, PD, PD),
@@ -266,6 +285,8 @@ const MATRIX: [(&str, Code, Code, Code, Code, Code); 16] = [
     ("ImportUsers", OK, OK, OK, PD, PD),
     ("ExportUsers", OK, OK, OK, PD, PD),
     ("CheckAnalyticsAccess", OK, OK, OK, PD, OK),
+    // On another account, the item is refused, not the call (see `call`).
+    ("BatchCheckAnalyticsAccess", OK, OK, OK, PD, OK),
     ("ListChanges", OK, OK, OK, PD, PD),
     ("CreateToken", OK, PD, PD, PD, PD),
     ("ListTokens", OK, PD, PD, PD, PD),
@@ -437,6 +458,7 @@ async fn revocation_takes_effect_on_the_next_call() {
     let check = pb::CheckAnalyticsAccessRequest {
         account_id: "acme".into(),
         user_id: "ada".into(),
+        min_revision: 0,
     };
     gateway.check_analytics_access(check.clone()).await.unwrap();
 

@@ -257,6 +257,7 @@ async fn a_backup_restored_into_a_new_directory_holds_every_record() {
             .check_analytics_access(pb::CheckAnalyticsAccessRequest {
                 account_id: "acme".into(),
                 user_id: "ada".into(),
+                min_revision: 0,
             })
             .await
             .unwrap()

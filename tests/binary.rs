@@ -160,6 +160,7 @@ async fn acknowledged_writes_survive_sigkill() {
             .check_analytics_access(pb::CheckAnalyticsAccessRequest {
                 account_id: "work".into(),
                 user_id: user.clone(),
+                min_revision: 0,
             })
             .await
             .unwrap()

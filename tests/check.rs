@@ -16,7 +16,7 @@ use entitled::proto::v1 as pb;
 use pb::DenialReason as D;
 
 fn report_ids(answer: &pb::CheckAnalyticsAccessResponse) -> Vec<&str> {
-    answer.reports.iter().map(|r| r.id.as_str()).collect()
+    answer.reports.iter().map(|r| &*r.id).collect()
 }
 
 const ESSENTIALS_REPORTS: [&str; 7] = [
@@ -117,7 +117,7 @@ async fn allowed_checks_list_the_tiers_reports() {
     assert!(!bob.data_ready);
     for report in &bob.reports {
         let live = report.kind == pb::ReportKind::Live as i32;
-        assert_eq!(live, report.id == "active-calls");
+        assert_eq!(live, &*report.id == "active-calls");
         assert_eq!(report.available, live, "{}", report.id);
     }
 }

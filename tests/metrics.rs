@@ -122,6 +122,7 @@ async fn rpcs_checks_and_writes_are_counted_after_traffic() {
             .check_analytics_access(pb::CheckAnalyticsAccessRequest {
                 account_id: "acme".into(),
                 user_id: "ada".into(),
+                min_revision: 0,
             })
             .await,
         Code::Unauthenticated,

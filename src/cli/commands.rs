@@ -301,6 +301,7 @@ pub async fn check(args: &ClientArgs, account: String, user: String) -> Result<(
         .check_analytics_access(pb::CheckAnalyticsAccessRequest {
             account_id: account,
             user_id: user,
+            min_revision: 0,
         })
         .await?
         .into_inner();

@@ -154,8 +154,8 @@ pub fn check(c: &pb::CheckAnalyticsAccessResponse) -> Value {
         "data_available_at": time(c.data_available_at.as_ref()),
         "data_ready": c.data_ready,
         "reports": c.reports.iter().map(|r| json!({
-            "id": r.id,
-            "name": r.display_name,
+            "id": &*r.id,
+            "name": &*r.display_name,
             "kind": if r.kind == pb::ReportKind::Live as i32 { "live" } else { "historical" },
             "available": r.available,
         })).collect::<Vec<_>>(),

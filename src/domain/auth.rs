@@ -106,6 +106,7 @@ pub enum Rpc {
     ImportUsers,
     ExportUsers,
     CheckAnalyticsAccess,
+    BatchCheckAnalyticsAccess,
     ListChanges,
     CreateToken,
     ListTokens,
@@ -128,6 +129,7 @@ impl Rpc {
             Rpc::ImportUsers => "ImportUsers",
             Rpc::ExportUsers => "ExportUsers",
             Rpc::CheckAnalyticsAccess => "CheckAnalyticsAccess",
+            Rpc::BatchCheckAnalyticsAccess => "BatchCheckAnalyticsAccess",
             Rpc::ListChanges => "ListChanges",
             Rpc::CreateToken => "CreateToken",
             Rpc::ListTokens => "ListTokens",
@@ -148,7 +150,7 @@ impl Rpc {
             | Rpc::UpdateUserServices
             | Rpc::ImportUsers
             | Rpc::ExportUsers => Service::Provisioning,
-            Rpc::CheckAnalyticsAccess => Service::Access,
+            Rpc::CheckAnalyticsAccess | Rpc::BatchCheckAnalyticsAccess => Service::Access,
             Rpc::ListChanges => Service::Audit,
             Rpc::CreateToken | Rpc::ListTokens | Rpc::RevokeToken => Service::Token,
             Rpc::Backup => Service::Backup,
@@ -175,6 +177,19 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether this caller's role may call `rpc` at all, on some account.
+    pub fn may_call(&self, rpc: Rpc) -> Result<(), String> {
+        let role = self.role;
+        if role.services().contains(&rpc.service()) {
+            return Ok(());
+        }
+        let may: Vec<&str> = role.services().iter().map(|s| s.name()).collect();
+        Err(format!(
+            "role `{role}` may not call {rpc}; it may call only {}",
+            may.join(", ")
+        ))
+    }
+
     /// Whether this caller may make `rpc` on `account` (None for RPCs not
     /// about one account) and `user`. The message names the role and what it
     /// lacks.
@@ -184,14 +199,8 @@ impl Principal {
         account: Option<&str>,
         user: Option<&str>,
     ) -> Result<(), String> {
+        self.may_call(rpc)?;
         let role = self.role;
-        if !role.services().contains(&rpc.service()) {
-            let may: Vec<&str> = role.services().iter().map(|s| s.name()).collect();
-            return Err(format!(
-                "role `{role}` may not call {rpc}; it may call only {}",
-                may.join(", ")
-            ));
-        }
         if role != Role::AccountAdmin {
             return Ok(());
         }

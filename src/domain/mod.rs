@@ -6,7 +6,7 @@ mod auth;
 mod ids;
 mod tier;
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +83,8 @@ pub struct Decision {
     pub denial: Option<Denial>,
     pub data_available_at: Option<SystemTime>,
     pub data_ready: bool,
-    pub reports: Vec<ReportAccess>,
+    /// Shared: a tier's list is computed once per catalogue, not per check.
+    pub reports: Arc<[ReportAccess]>,
     pub revision: u64,
     pub reason: String,
 }

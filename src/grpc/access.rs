@@ -1,6 +1,6 @@
-use tonic::{Request, Response};
+use tonic::{Request, Response, Status};
 
-use super::{Api, Reply, convert, reader};
+use super::{Api, Reply, convert, reader, status};
 use crate::proto::v1::{
     self as pb, access_service_server::AccessService, catalogue_service_server::CatalogueService,
 };
@@ -30,8 +30,46 @@ impl AccessService for Api {
         // Malformed ids are errors; well-formed unknown ones are answers.
         convert::id("account_id", &r.account_id)?;
         convert::id("user_id", &r.user_id)?;
-        let decision = self.svc.check(&caller, &r.account_id, &r.user_id)?;
+        let decision = self
+            .svc
+            .check(&caller, &r.account_id, &r.user_id, r.min_revision)
+            .await?;
         self.metrics.check(&decision);
         Ok(Response::new(decision.into()))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(items = request.get_ref().items.len()))]
+    async fn batch_check_analytics_access(
+        &self,
+        request: Request<pb::BatchCheckAnalyticsAccessRequest>,
+    ) -> Reply<pb::BatchCheckAnalyticsAccessResponse> {
+        let caller = reader(&request)?;
+        let r = request.get_ref();
+        convert::batch_items("items", r.items.len())?;
+        // Each item is validated as a single check would be; a malformed one
+        // (or one on an account the caller may not see) gets its own error
+        // and the rest are still answered.
+        let items = r.items.iter().map(|i| {
+            convert::id("account_id", &i.account_id)?;
+            convert::id("user_id", &i.user_id)?;
+            Ok::<_, Status>((i.account_id.as_str(), i.user_id.as_str()))
+        });
+        let (results, revision) = self.svc.check_many(&caller, items, r.min_revision).await?;
+        let results = results
+            .into_iter()
+            .map(|result| pb::CheckResult {
+                outcome: Some(match result {
+                    Ok(decision) => {
+                        self.metrics.check(&decision);
+                        pb::check_result::Outcome::Answer(decision.into())
+                    }
+                    Err(e) => pb::check_result::Outcome::Error(status::item_error(e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::BatchCheckAnalyticsAccessResponse {
+            results,
+            revision,
+        }))
     }
 }

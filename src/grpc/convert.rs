@@ -24,6 +24,8 @@ use crate::{
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// ListUsers' largest page; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// The most items one BatchCheckAnalyticsAccess may carry.
+pub const MAX_BATCH_ITEMS: usize = 1000;
 
 /// Why a request field could not become a domain value.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,14 @@ pub enum ConversionError {
         field: &'static str,
         value: String,
         problem: String,
+    },
+    #[error(
+        "{field} has {count} entries; send at most {max} per call and the rest in further calls"
+    )]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
     },
 }
 
@@ -67,6 +77,18 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ConversionError> {
         IdError::Empty => ConversionError::Missing { field },
         e => ConversionError::invalid(field, value, e.to_string()),
     })
+}
+
+/// Checks a batch's item count.
+pub fn batch_items(field: &'static str, count: usize) -> Result<(), ConversionError> {
+    if count > MAX_BATCH_ITEMS {
+        return Err(ConversionError::TooMany {
+            field,
+            count,
+            max: MAX_BATCH_ITEMS,
+        });
+    }
+    Ok(())
 }
 
 pub fn account_id(field: &'static str, value: String) -> Result<AccountId, ConversionError> {
@@ -252,10 +274,10 @@ impl From<Decision> for pb::CheckAnalyticsAccessResponse {
             data_ready: d.data_ready,
             reports: d
                 .reports
-                .into_iter()
+                .iter()
                 .map(|r| pb::Report {
-                    id: r.report.id,
-                    display_name: r.report.display_name,
+                    id: Arc::clone(&r.report.id),
+                    display_name: Arc::clone(&r.report.display_name),
                     kind: pb::ReportKind::from(r.report.kind) as i32,
                     available: r.available,
                 })
@@ -269,8 +291,8 @@ impl From<Decision> for pb::CheckAnalyticsAccessResponse {
 
 fn report_definition(r: &Report) -> pb::ReportDefinition {
     pb::ReportDefinition {
-        id: r.id.clone(),
-        display_name: r.display_name.clone(),
+        id: r.id.to_string(),
+        display_name: r.display_name.to_string(),
         kind: pb::ReportKind::from(r.kind) as i32,
     }
 }

@@ -4,7 +4,17 @@
 use tonic::{Code, Status};
 
 use super::convert::ConversionError;
-use crate::{service::DomainError, store::StoreError};
+use crate::{proto::v1 as pb, service::DomainError, store::StoreError};
+
+/// A batch item's error: the code and message the single call would fail
+/// with, carried in the item's result instead of failing the batch.
+pub fn item_error(error: impl Into<Status>) -> pb::ItemError {
+    let status = error.into();
+    pb::ItemError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
+}
 
 impl From<ConversionError> for Status {
     fn from(e: ConversionError) -> Self {
@@ -35,6 +45,7 @@ impl From<DomainError> for Status {
             }
             DomainError::TokenReplay { .. } => Status::failed_precondition(message),
             DomainError::Bootstrap(_) => Status::internal(message),
+            DomainError::RevisionNotReached { .. } => Status::unavailable(message),
             DomainError::Store(e) => e.into(),
         }
     }

@@ -1,7 +1,10 @@
 //! The domain service: the catalogue's rules applied to every write, and the
 //! check. Knows nothing of gRPC; storage is reached only through `Store`.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 mod bulk;
 mod tokens;
@@ -13,8 +16,8 @@ use crate::{
         ReportAccess, Rpc, Tier, User, UserId,
     },
     store::{
-        Backup, Current, Decided, Mutation, RequestKey, Store, StoreError, Target, WriteContext,
-        Written,
+        Backup, Current, Decided, Mutation, RequestKey, Store, StoreError, Target, View,
+        WriteContext, Written,
     },
 };
 
@@ -27,6 +30,9 @@ pub struct Caller {
     pub principal: Arc<Principal>,
     pub request: Option<RequestKey>,
 }
+
+/// How long a read waits for the `min_revision` it was asked for.
+pub const FRESHNESS_WAIT: Duration = Duration::from_secs(1);
 
 /// The source of "now"; replaceable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -80,6 +86,15 @@ pub enum DomainError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "revision {wanted} is not reached: this server is at revision {current} after waiting {}; retry, and pass only revisions this service returned",
+        humantime::format_duration(*.within)
+    )]
+    RevisionNotReached {
+        wanted: u64,
+        current: u64,
+        within: Duration,
+    },
     #[error("nothing to change: set edition, analytics_tier or both")]
     NothingToChange,
     #[error("{0}")]
@@ -127,20 +142,40 @@ pub struct Entitlements {
     store: Store,
     catalogue: Arc<Catalogue>,
     clock: Clock,
+    /// What a check answers in `reports`, computed once: indexed by the
+    /// effective tier, then by whether historical data is ready.
+    report_lists: Arc<[[Arc<[ReportAccess]>; 2]; 3]>,
 }
 
 impl Entitlements {
     pub fn new(store: Store, catalogue: Catalogue, clock: Clock) -> Self {
+        let report_lists = Tier::ALL.map(|tier| {
+            [false, true].map(|data_ready| {
+                catalogue
+                    .reports_for(tier)
+                    .iter()
+                    .map(|r| ReportAccess {
+                        available: r.kind == ReportKind::Live || data_ready,
+                        report: r.clone(),
+                    })
+                    .collect()
+            })
+        });
         Entitlements {
             store,
             catalogue: Arc::new(catalogue),
             clock,
+            report_lists: Arc::new(report_lists),
         }
     }
 
     pub fn catalogue(&self, caller: &Caller) -> Result<&Catalogue, DomainError> {
         authorize(caller, Rpc::GetCatalogue, None, None)?;
         Ok(&self.catalogue)
+    }
+
+    fn reports(&self, tier: Tier, data_ready: bool) -> Arc<[ReportAccess]> {
+        Arc::clone(&self.report_lists[tier as usize][usize::from(data_ready)])
     }
 
     pub fn store(&self) -> &Store {
@@ -249,16 +284,19 @@ impl Entitlements {
         user: &UserId,
     ) -> Result<User, DomainError> {
         authorize(caller, Rpc::GetUser, Some(account), Some(user))?;
-        self.store.read(
-            |v| match v.account_and_user(account.as_str(), user.as_str()) {
+        self.store.read(|v| {
+            match (
+                v.account(account.as_str()),
+                v.user(account.as_str(), user.as_str()),
+            ) {
                 (None, _) => Err(DomainError::AccountNotFound(account.clone())),
                 (Some(_), None) => Err(DomainError::UserNotFound {
                     account: account.clone(),
                     user: user.clone(),
                 }),
-                (Some(_), Some(u)) => Ok(u.clone()),
-            },
-        )
+                (Some(_), Some(u)) => Ok(u),
+            }
+        })
     }
 
     /// Up to `limit` users after `after`, in id order, and whether more follow.
@@ -428,123 +466,171 @@ impl Entitlements {
 
     /// Answers a check from the durable view against the catalogue in force.
     /// Never fails: unknown accounts and users are answers.
-    /// Ids must already be well formed (the gRPC layer checks them).
-    pub fn check(
+    /// Ids must already be well formed (the gRPC layer checks them). Waits
+    /// (at most `FRESHNESS_WAIT`) for `min_revision` first; 0 asks for none.
+    pub async fn check(
         &self,
         caller: &Caller,
         account: &str,
         user: &str,
+        min_revision: u64,
     ) -> Result<Decision, DomainError> {
         caller
             .principal
             .authorize(Rpc::CheckAnalyticsAccess, Some(account), None)
             .map_err(DomainError::PermissionDenied)?;
-        Ok(self.decide_check(account, user))
+        self.await_revision(min_revision).await?;
+        let now = (self.clock)();
+        Ok(self
+            .store
+            .read(|view| self.decide(view, now, account, user)))
     }
 
-    fn decide_check(&self, account: &str, user: &str) -> Decision {
+    /// Waits (at most `FRESHNESS_WAIT`) until reads reflect `min_revision`;
+    /// 0 asks for nothing.
+    async fn await_revision(&self, min_revision: u64) -> Result<(), DomainError> {
+        if min_revision == 0 {
+            return Ok(());
+        }
+        self.store
+            .wait_for_revision(min_revision, FRESHNESS_WAIT)
+            .await
+            .map_err(|current| DomainError::RevisionNotReached {
+                wanted: min_revision,
+                current,
+                within: FRESHNESS_WAIT,
+            })
+    }
+
+    /// Checks every `(account, user)` pair against one consistent view, in
+    /// order, passing through items the caller already refused (`Err`); an
+    /// item on an account the caller may not see gets its own
+    /// PERMISSION_DENIED. Returns the results and the revision they reflect.
+    pub async fn check_many<'a, E: From<DomainError>>(
+        &self,
+        caller: &Caller,
+        items: impl IntoIterator<Item = Result<(&'a str, &'a str), E>>,
+        min_revision: u64,
+    ) -> Result<(Vec<Result<Decision, E>>, u64), DomainError> {
+        let principal = &caller.principal;
+        principal
+            .may_call(Rpc::BatchCheckAnalyticsAccess)
+            .map_err(DomainError::PermissionDenied)?;
+        self.await_revision(min_revision).await?;
         let now = (self.clock)();
-        self.store.read(|view| {
-            let revision = view.revision();
-            let (account_rec, user_rec) = view.account_and_user(account, user);
-            let deny = |denial, stored_tier, edition, reason| Decision {
-                allowed: false,
-                tier: Tier::None,
-                stored_tier,
-                edition,
-                denial: Some(denial),
-                data_available_at: None,
-                data_ready: false,
-                reports: Vec::new(),
-                revision,
-                reason,
-            };
-            let Some(account_rec) = account_rec else {
-                return deny(
-                    Denial::AccountNotFound,
-                    Tier::None,
-                    None,
-                    format!("account `{account}` does not exist"),
-                );
-            };
-            let Some(user_rec) = user_rec else {
-                return deny(
-                    Denial::UserNotFound,
-                    Tier::None,
-                    None,
-                    format!("user `{user}` does not exist in account `{account}`"),
-                );
-            };
-            let stored = user_rec.tier;
-            let Some(edition) = &user_rec.edition else {
-                return deny(
-                    Denial::NoEdition,
-                    stored,
-                    None,
-                    format!("user `{user}` has no edition licence"),
-                );
-            };
-            if !stored.grants_access() {
-                return deny(
-                    Denial::AnalyticsNotEnabled,
-                    stored,
-                    Some(edition.clone()),
-                    format!("analytics is not enabled for user `{user}`"),
-                );
-            }
-            // Rule 13: the catalogue in force caps the stored tier.
-            let max = self
-                .catalogue
-                .product_line(&account_rec.product_line)
-                .and_then(|l| l.edition(edition))
-                .map_or(Tier::None, |e| e.max_tier);
-            let tier = stored.min(max);
-            if !tier.grants_access() {
-                return deny(
-                    Denial::EditionNotEligible,
-                    stored,
-                    Some(edition.clone()),
-                    format!(
-                        "edition `{edition}` no longer includes analytics in the catalogue in force; the stored {stored} tier is not granted"
-                    ),
-                );
-            }
-            let data_available_at = account_rec
-                .analytics_activated_at
-                .map(|at| at + self.catalogue.data_delay());
-            let data_ready = data_available_at.is_some_and(|at| now >= at);
-            let reports = self
-                .catalogue
-                .reports_for(tier)
-                .iter()
-                .map(|r| ReportAccess {
-                    available: r.kind == ReportKind::Live || data_ready,
-                    report: r.clone(),
+        Ok(self.store.read(|view| {
+            let results = items
+                .into_iter()
+                .map(|item| {
+                    let (account, user) = item?;
+                    principal
+                        .authorize(Rpc::BatchCheckAnalyticsAccess, Some(account), None)
+                        .map_err(|m| E::from(DomainError::PermissionDenied(m)))?;
+                    Ok(self.decide(view, now, account, user))
                 })
                 .collect();
-            let (denial, reason) = if tier < stored {
-                (
-                    Some(Denial::EditionNotEligible),
-                    format!(
-                        "edition `{edition}` no longer includes {stored} analytics in the catalogue in force; granted {tier}"
-                    ),
-                )
-            } else {
-                (None, format!("{tier} analytics enabled with edition `{edition}`"))
-            };
-            Decision {
-                allowed: true,
-                tier,
-                stored_tier: stored,
-                edition: Some(edition.clone()),
-                denial,
-                data_available_at,
-                data_ready,
-                reports,
-                revision,
-                reason,
-            }
-        })
+            (results, view.revision())
+        }))
+    }
+}
+
+impl Entitlements {
+    /// The check's rules against one view.
+    fn decide(&self, view: &View, now: SystemTime, account: &str, user: &str) -> Decision {
+        let revision = view.revision();
+        let (account_rec, user_rec) = view.account_and_user(account, user);
+        let deny = |denial, stored_tier, edition, reason| Decision {
+            allowed: false,
+            tier: Tier::None,
+            stored_tier,
+            edition,
+            denial: Some(denial),
+            data_available_at: None,
+            data_ready: false,
+            reports: self.reports(Tier::None, false),
+            revision,
+            reason,
+        };
+        let Some(account_rec) = account_rec else {
+            return deny(
+                Denial::AccountNotFound,
+                Tier::None,
+                None,
+                format!("account `{account}` does not exist"),
+            );
+        };
+        let Some(user_rec) = user_rec else {
+            return deny(
+                Denial::UserNotFound,
+                Tier::None,
+                None,
+                format!("user `{user}` does not exist in account `{account}`"),
+            );
+        };
+        let stored = user_rec.tier;
+        let Some(edition) = user_rec.edition else {
+            return deny(
+                Denial::NoEdition,
+                stored,
+                None,
+                format!("user `{user}` has no edition licence"),
+            );
+        };
+        if !stored.grants_access() {
+            return deny(
+                Denial::AnalyticsNotEnabled,
+                stored,
+                Some(edition.to_owned()),
+                format!("analytics is not enabled for user `{user}`"),
+            );
+        }
+        // Rule 13: the catalogue in force caps the stored tier.
+        let max = self
+            .catalogue
+            .product_line(&account_rec.product_line)
+            .and_then(|l| l.edition(edition))
+            .map_or(Tier::None, |e| e.max_tier);
+        let tier = stored.min(max);
+        if !tier.grants_access() {
+            return deny(
+                Denial::EditionNotEligible,
+                stored,
+                Some(edition.to_owned()),
+                format!(
+                    "edition `{edition}` no longer includes analytics in the catalogue in force; the stored {stored} tier is not granted"
+                ),
+            );
+        }
+        let data_available_at = account_rec
+            .analytics_activated_at
+            .map(|at| at + self.catalogue.data_delay());
+        let data_ready = data_available_at.is_some_and(|at| now >= at);
+        let reports = self.reports(tier, data_ready);
+        let (denial, reason) = if tier < stored {
+            (
+                Some(Denial::EditionNotEligible),
+                format!(
+                    "edition `{edition}` no longer includes {stored} analytics in the catalogue in force; granted {tier}"
+                ),
+            )
+        } else {
+            (
+                None,
+                format!("{tier} analytics enabled with edition `{edition}`"),
+            )
+        };
+        Decision {
+            allowed: true,
+            tier,
+            stored_tier: stored,
+            edition: Some(edition.to_owned()),
+            denial,
+            data_available_at,
+            data_ready,
+            reports,
+            revision,
+            reason,
+        }
     }
 }
 

