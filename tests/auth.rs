@@ -207,15 +207,19 @@ async fn call(
                 .access
                 .clone()
                 .batch_check_analytics_access(pb::BatchCheckAnalyticsAccessRequest {
-                    items: vec![pb::CheckItem { account_id: a, user_id: u }],
+                    items: vec![pb::CheckItem {
+                        account_id: a,
+                        user_id: u,
+                    }],
                     min_revision: 0,
                 })
                 .await?
                 .into_inner();
             match &reply.results[0].outcome {
-                Some(pb::check_result::Outcome::Error(e)) => {
-                    Err(tonic::Status::new(Code::from_i32(e.code), e.message.clone()))
-                }
+                Some(pb::check_result::Outcome::Error(e)) => Err(tonic::Status::new(
+                    Code::from_i32(e.code),
+                    e.message.clone(),
+                )),
                 _ => Ok(()),
             }
         }
