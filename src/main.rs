@@ -213,6 +213,9 @@ fn serve(config: Effective) -> Result<(), CliError> {
     runtime.block_on(async {
         let mut server = Config::new(config.listen, config.data_dir, catalogue);
         server.metrics_listen = config.metrics_listen;
+        if let Some(history) = config.watch_history {
+            server.watch.history = history;
+        }
         if let (Some(cert), Some(key)) = (config.tls_cert, config.tls_key) {
             server.tls = Some(TlsFiles {
                 cert,

@@ -25,7 +25,7 @@ use crate::{
             token_service_server::TokenServiceServer,
         },
     },
-    service::{Clock, DomainError, Entitlements, system_clock},
+    service::{Clock, DomainError, Entitlements, WatchOptions, system_clock},
     store::{Store, StoreError},
 };
 
@@ -64,6 +64,8 @@ pub struct Config {
     /// Serve Prometheus metrics on `GET /metrics` here (plain HTTP); none
     /// when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// How WatchEntitlements behaves (history kept, heartbeat, buffer).
+    pub watch: WatchOptions,
 }
 
 impl Config {
@@ -76,6 +78,7 @@ impl Config {
             clock: system_clock(),
             tls: None,
             metrics_listen: None,
+            watch: WatchOptions::default(),
         }
     }
 }
@@ -154,7 +157,8 @@ impl Application {
         store.observe(Arc::new(metrics.clone()));
         let revision = store.read(|v| v.revision());
         tracing::info!(%local_addr, data_dir = %config.data_dir.display(), revision, "store opened");
-        let entitlements = Entitlements::new(store, config.catalogue, config.clock);
+        let entitlements = Entitlements::new(store, config.catalogue, config.clock)
+            .with_watch_options(config.watch);
         if let Some(path) = entitlements.bootstrap(&config.data_dir).await? {
             // The file, never the secret.
             tracing::info!(file = %path.display(), "first start: an operator token was written to this file (mode 0600)");
@@ -212,10 +216,14 @@ impl Application {
             ))
         });
         tracing::info!(addr = %self.local_addr, "serving");
-        let shutdown = async {
+        let entitlements = self.entitlements.clone();
+        let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
             set_status(&reporter, ServingStatus::NotServing).await;
+            // Watches never finish by themselves: end them, so the calls
+            // in flight can.
+            entitlements.begin_shutdown();
         };
         let mut builder = Server::builder().layer(RpcMetricsLayer::new(self.metrics.clone()));
         if let Some(tls) = self.tls {

@@ -42,7 +42,7 @@ async fn snapshot(app: &TestApp) -> (u64, Vec<pb::User>, Vec<pb::User>, Vec<pb::
     )
 }
 
-const RPCS: [&str; 17] = [
+const RPCS: [&str; 18] = [
     "GetCatalogue",
     "CreateAccount",
     "GetAccount",
@@ -55,6 +55,7 @@ const RPCS: [&str; 17] = [
     "ExportUsers",
     "CheckAnalyticsAccess",
     "BatchCheckAnalyticsAccess",
+    "WatchEntitlements",
     "ListChanges",
     "CreateToken",
     "ListTokens",
@@ -223,6 +224,15 @@ async fn call(
                 _ => Ok(()),
             }
         }
+        "WatchEntitlements" => c
+            .access
+            .clone()
+            .watch_entitlements(pb::WatchEntitlementsRequest {
+                account_id: a,
+                after_revision: 0,
+            })
+            .await
+            .map(drop),
         "ListChanges" => c
             .audit
             .clone()
@@ -277,7 +287,7 @@ use Code::{Ok as OK, PermissionDenied as PD};
 
 /// The matrix, one line an RPC:
 /// (rpc, operator, provisioner, admin own, admin other, gateway).
-const MATRIX: [(&str, Code, Code, Code, Code, Code); 17] = [
+const MATRIX: [(&str, Code, Code, Code, Code, Code); 18] = [
     ("GetCatalogue", OK, OK, OK, OK, OK),
     ("CreateAccount", OK, OK, PD, PD, PD),
     ("GetAccount", OK, OK, OK, PD, PD),
@@ -291,6 +301,7 @@ const MATRIX: [(&str, Code, Code, Code, Code, Code); 17] = [
     ("CheckAnalyticsAccess", OK, OK, OK, PD, OK),
     // On another account, the item is refused, not the call (see `call`).
     ("BatchCheckAnalyticsAccess", OK, OK, OK, PD, OK),
+    ("WatchEntitlements", OK, OK, OK, PD, OK),
     ("ListChanges", OK, OK, OK, PD, PD),
     ("CreateToken", OK, PD, PD, PD, PD),
     ("ListTokens", OK, PD, PD, PD, PD),

@@ -182,7 +182,7 @@ async fn the_data_delay_can_be_overridden() {
         .with_data_delay(Duration::from_secs(2));
     let app = TestApp::spawn_with(Options {
         catalogue,
-        clock: None,
+        ..Options::default()
     })
     .await;
     let c = app
@@ -250,7 +250,7 @@ async fn the_catalogue_in_force_caps_stored_tiers() {
     let app = app
         .restart_with(Options {
             catalogue,
-            clock: None,
+            ..Options::default()
         })
         .await;
 

@@ -84,7 +84,7 @@ fn options(max: &[T]) -> Options {
             let reports = default.find("[[report]]").unwrap();
             format!("{}{work}\n{}", &default[..cut], &default[reports..])
         }),
-        clock: None,
+        ..Options::default()
     }
 }
 

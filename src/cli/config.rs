@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics (none when unset).
     #[arg(long, env = "ENTITLED_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How far back WatchEntitlements may start, e.g. `7d` [default: 7d].
+    #[arg(long, env = "ENTITLED_WATCH_HISTORY", value_parser = humantime::parse_duration)]
+    pub watch_history: Option<Duration>,
     /// Log format on stderr [default: text].
     #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -70,6 +73,7 @@ pub struct Effective {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    pub watch_history: Option<Duration>,
     pub log_format: LogFormat,
 }
 
@@ -84,6 +88,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     metrics_listen: Option<Spanned<String>>,
+    watch_history: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
 }
 
@@ -149,6 +154,20 @@ impl ServeArgs {
                 })
             })
             .transpose()?;
+        let file_history = file
+            .watch_history
+            .map(|d| {
+                humantime::parse_duration(d.get_ref()).map_err(|e| {
+                    bad(
+                        d.span(),
+                        format!(
+                            "watch_history `{}` is not a duration ({e}); write it like `7d`",
+                            d.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         let effective = Effective {
             listen: match self.listen.or(file_listen) {
                 Some(listen) => listen,
@@ -167,6 +186,7 @@ impl ServeArgs {
             tls_key: self.tls_key.clone().or(file.tls_key),
             tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
             metrics_listen: self.metrics_listen.or(file_metrics),
+            watch_history: self.watch_history.or(file_history),
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -198,6 +218,7 @@ impl Effective {
             "tls_key": path(&self.tls_key),
             "tls_client_ca": path(&self.tls_client_ca),
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
+            "watch_history": self.watch_history.map_or_else(|| "7days".to_owned(), |d| humantime::format_duration(d).to_string()),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
         })
     }

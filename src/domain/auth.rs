@@ -107,6 +107,7 @@ pub enum Rpc {
     ExportUsers,
     CheckAnalyticsAccess,
     BatchCheckAnalyticsAccess,
+    WatchEntitlements,
     ListChanges,
     CreateToken,
     ListTokens,
@@ -130,6 +131,7 @@ impl Rpc {
             Rpc::ExportUsers => "ExportUsers",
             Rpc::CheckAnalyticsAccess => "CheckAnalyticsAccess",
             Rpc::BatchCheckAnalyticsAccess => "BatchCheckAnalyticsAccess",
+            Rpc::WatchEntitlements => "WatchEntitlements",
             Rpc::ListChanges => "ListChanges",
             Rpc::CreateToken => "CreateToken",
             Rpc::ListTokens => "ListTokens",
@@ -150,7 +152,9 @@ impl Rpc {
             | Rpc::UpdateUserServices
             | Rpc::ImportUsers
             | Rpc::ExportUsers => Service::Provisioning,
-            Rpc::CheckAnalyticsAccess | Rpc::BatchCheckAnalyticsAccess => Service::Access,
+            Rpc::CheckAnalyticsAccess | Rpc::BatchCheckAnalyticsAccess | Rpc::WatchEntitlements => {
+                Service::Access
+            }
             Rpc::ListChanges => Service::Audit,
             Rpc::CreateToken | Rpc::ListTokens | Rpc::RevokeToken => Service::Token,
             Rpc::Backup => Service::Backup,

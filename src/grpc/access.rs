@@ -1,3 +1,6 @@
+use std::pin::Pin;
+
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::{Api, Reply, convert, reader, status};
@@ -71,5 +74,25 @@ impl AccessService for Api {
             results,
             revision,
         }))
+    }
+
+    type WatchEntitlementsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchEntitlementsResponse, Status>> + Send>>;
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, after_revision = request.get_ref().after_revision))]
+    async fn watch_entitlements(
+        &self,
+        request: Request<pb::WatchEntitlementsRequest>,
+    ) -> Reply<Self::WatchEntitlementsStream> {
+        let caller = reader(&request)?;
+        let r = request.into_inner();
+        let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
+        let events = self.svc.watch(&caller, account, r.after_revision)?;
+        let stream = ReceiverStream::new(events).map(|event| {
+            event
+                .map(|e| pb::WatchEntitlementsResponse::from(&e))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

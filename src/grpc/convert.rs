@@ -16,7 +16,7 @@ use crate::{
     },
     domain::{AuditRecord, Outcome, Principal, Role, Rpc, Token, UserState},
     proto::v1 as pb,
-    service::{Caller, ImportRow},
+    service::{Caller, ImportRow, WatchEvent},
     store::RequestKey,
 };
 
@@ -559,5 +559,38 @@ impl From<&User> for pb::UserRow {
             edition: u.edition.clone().unwrap_or_default(),
             analytics_tier: tier_i32(u.tier),
         }
+    }
+}
+
+impl From<&WatchEvent> for pb::WatchEntitlementsResponse {
+    fn from(e: &WatchEvent) -> Self {
+        let event = match e {
+            WatchEvent::Heartbeat(revision) => {
+                pb::watch_entitlements_response::Event::Heartbeat(pb::Heartbeat {
+                    revision: *revision,
+                })
+            }
+            WatchEvent::Change(c) => {
+                let state = |s: &Option<UserState>| match s {
+                    Some(s) => (s.edition.clone().unwrap_or_default(), tier_i32(s.tier)),
+                    None => (String::new(), pb::AnalyticsTier::Unspecified as i32),
+                };
+                let (before_edition, before_tier) = state(&c.before);
+                let (after_edition, after_tier) = state(&c.after);
+                pb::watch_entitlements_response::Event::Change(pb::EntitlementChange {
+                    revision: c.revision,
+                    time: Some(c.at.into()),
+                    account_id: c.account_id.clone(),
+                    user_id: c.user_id.clone(),
+                    before_edition,
+                    before_tier,
+                    after_edition,
+                    after_tier,
+                    deleted: c.after.is_none(),
+                    created: c.before.is_none(),
+                })
+            }
+        };
+        pb::WatchEntitlementsResponse { event: Some(event) }
     }
 }

@@ -46,6 +46,9 @@ impl From<DomainError> for Status {
             DomainError::TokenReplay { .. } => Status::failed_precondition(message),
             DomainError::Bootstrap(_) => Status::internal(message),
             DomainError::RevisionNotReached { .. } => Status::unavailable(message),
+            DomainError::HistoryGone { .. } => Status::out_of_range(message),
+            DomainError::SlowConsumer { .. } => Status::resource_exhausted(message),
+            DomainError::ShuttingDown => Status::unavailable(message),
             DomainError::Store(e) => e.into(),
         }
     }

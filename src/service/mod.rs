@@ -8,6 +8,7 @@ use std::{
 
 mod bulk;
 mod tokens;
+mod watch;
 
 use crate::{
     catalogue::{Catalogue, ProductLine, ReportKind},
@@ -23,6 +24,7 @@ use crate::{
 
 pub use bulk::{ImportCounts, ImportRow, Imported, MAX_IMPORT_ROWS};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec};
+pub use watch::{Change, WatchEvent, WatchOptions};
 
 /// Who is calling, and the request id they sent with a write, if any.
 #[derive(Debug, Clone)]
@@ -116,6 +118,20 @@ pub enum DomainError {
     Bootstrap(String),
     #[error("{0}")]
     BadImport(String),
+    #[error(
+        "revision {after_revision} is older than the {} of history kept; list the users again, then watch from the revision listed",
+        humantime::format_duration(*.history)
+    )]
+    HistoryGone {
+        after_revision: u64,
+        history: Duration,
+    },
+    #[error(
+        "the watch fell {buffer} events behind and was ended; resume from the last revision received and read faster"
+    )]
+    SlowConsumer { buffer: usize },
+    #[error("the server is stopping; resume the watch from the last revision received")]
+    ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -145,6 +161,10 @@ pub struct Entitlements {
     /// What a check answers in `reports`, computed once: indexed by the
     /// effective tier, then by whether historical data is ready.
     report_lists: Arc<[[Arc<[ReportAccess]>; 2]; 3]>,
+    watch_options: WatchOptions,
+    /// Set once the server stops: open watches end, so a graceful stop does
+    /// not wait for them forever.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Entitlements {
@@ -166,7 +186,21 @@ impl Entitlements {
             catalogue: Arc::new(catalogue),
             clock,
             report_lists: Arc::new(report_lists),
+            watch_options: WatchOptions::default(),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// Ends every open watch (with UNAVAILABLE: resume on another server or
+    /// after the restart); for a graceful stop.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// The same service with other watch settings.
+    pub fn with_watch_options(mut self, options: WatchOptions) -> Self {
+        self.watch_options = options;
+        self
     }
 
     pub fn catalogue(&self, caller: &Caller) -> Result<&Catalogue, DomainError> {

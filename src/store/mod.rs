@@ -771,6 +771,71 @@ impl Store {
         Ok(backup)
     }
 
+    /// Where a watch after `revision` starts reading the audit trail: the
+    /// first sequence number whose record has a revision above `revision`,
+    /// with that record's time; or, if there is none yet, the sequence
+    /// number the next record will get. Revisions never decrease along the
+    /// trail, so this is a binary search.
+    pub fn audit_position_after(
+        &self,
+        revision: u64,
+    ) -> Result<(u64, Option<SystemTime>), StoreError> {
+        let last = self.inner.writer.lock().audit_seq;
+        let record_at = |seq: u64| -> Result<Option<AuditRecord>, StoreError> {
+            let key = seq.to_be_bytes();
+            self.inner
+                .trees
+                .audit
+                .get(key)?
+                .map(|v| codec::decode(AUDIT, &key, &v))
+                .transpose()
+        };
+        let (mut lo, mut hi) = (1, last + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match record_at(mid)? {
+                Some(r) if r.revision > revision => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        let at = if lo <= last {
+            record_at(lo)?.map(|r| r.at)
+        } else {
+            None
+        };
+        Ok((lo, at))
+    }
+
+    /// Up to `limit` applied audit records from sequence `from` on whose
+    /// revision is at most `through`, and the sequence to continue from.
+    /// Stops at the first applied record above `through` (not yet durable).
+    pub fn audit_records_from(
+        &self,
+        from: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditRecord>, u64), StoreError> {
+        let mut out = Vec::new();
+        let mut next = from;
+        for item in self.inner.trees.audit.range(from.to_be_bytes()..) {
+            let (key, value) = item?;
+            let record: AuditRecord = codec::decode(AUDIT, &key, &value)?;
+            if record.outcome == Outcome::Applied {
+                if record.revision > through || out.len() == limit {
+                    break;
+                }
+                out.push(record);
+            }
+            next = codec::decode_counter(AUDIT, &key)? + 1;
+        }
+        Ok((out, next))
+    }
+
+    /// The durable revision, announced each time reads move on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.published.subscribe()
+    }
+
     /// Waits until the view reflects at least `revision`, for at most
     /// `within`. On time-out returns the revision the view has reached.
     pub async fn wait_for_revision(&self, revision: u64, within: Duration) -> Result<(), u64> {

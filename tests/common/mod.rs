@@ -61,6 +61,7 @@ impl ManualClock {
 pub struct Options {
     pub catalogue: Catalogue,
     pub clock: Option<Clock>,
+    pub watch: Option<entitled::service::WatchOptions>,
 }
 
 impl Default for Options {
@@ -68,6 +69,7 @@ impl Default for Options {
         Options {
             catalogue: Catalogue::builtin().unwrap(),
             clock: None,
+            watch: None,
         }
     }
 }
@@ -145,6 +147,9 @@ impl TestApp {
         );
         if let Some(clock) = options.clock {
             config.clock = clock;
+        }
+        if let Some(watch) = options.watch {
+            config.watch = watch;
         }
         config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         // Bound before the server task starts: no sleeps, no races.

@@ -1,0 +1,191 @@
+//! The change feed: every change to users after a revision, from the audit
+//! trail (history) and then as writes are published (live), with heartbeats
+//! when idle. One task per watcher reads the trail; a bounded buffer stands
+//! between it and the client, so a slow client is cut off rather than
+//! growing the server's memory.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::mpsc;
+
+use super::{Caller, DomainError, Entitlements, authorize};
+use crate::domain::{AccountId, AuditRecord, Rpc, UserState};
+
+/// Records read from the trail at a time.
+const READ_BATCH: usize = 512;
+
+/// How watches behave; the defaults are the documented ones.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    /// How far back a watch may start (older: OUT_OF_RANGE).
+    pub history: Duration,
+    /// The longest silence before a heartbeat.
+    pub heartbeat: Duration,
+    /// Events buffered for a client before it counts as too slow.
+    pub buffer: usize,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            history: Duration::from_secs(7 * 24 * 3600),
+            heartbeat: Duration::from_secs(5),
+            buffer: 4096,
+        }
+    }
+}
+
+/// One user's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    pub at: SystemTime,
+    pub account_id: String,
+    pub user_id: String,
+    pub before: Option<UserState>,
+    pub after: Option<UserState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Change(Change),
+    /// Nothing changed for a while; the stream has reached this revision.
+    Heartbeat(u64),
+}
+
+impl Entitlements {
+    /// Starts a watch; the events (or the error that ends them) arrive on
+    /// the receiver. Dropping the receiver stops the watch.
+    pub fn watch(
+        &self,
+        caller: &Caller,
+        account: Option<AccountId>,
+        after_revision: u64,
+    ) -> Result<mpsc::Receiver<Result<WatchEvent, DomainError>>, DomainError> {
+        authorize(caller, Rpc::WatchEntitlements, account.as_ref(), None)?;
+        let options = self.watch_options;
+        let (mut cursor, first_at) = self.store.audit_position_after(after_revision)?;
+        let now = (self.clock)();
+        if let Some(at) = first_at
+            && now.duration_since(at).unwrap_or_default() > options.history
+        {
+            return Err(DomainError::HistoryGone {
+                after_revision,
+                history: options.history,
+            });
+        }
+        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let store = self.store.clone();
+        let mut stopping = self.stopping.subscribe();
+        let account: Option<Arc<str>> = account.map(|a| Arc::from(a.as_str()));
+        tokio::spawn(async move {
+            let mut published = store.subscribe();
+            let mut reached = after_revision;
+            // Heartbeats count silence as the client sees it: writes to
+            // accounts it does not watch do not reset the clock.
+            let mut last_sent = Instant::now();
+            loop {
+                let durable = *published.borrow_and_update();
+                // Everything durable after the cursor, in order.
+                loop {
+                    let (records, next) =
+                        match store.audit_records_from(cursor, durable, READ_BATCH) {
+                            Ok(read) => read,
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                        };
+                    let full = records.len() == READ_BATCH;
+                    cursor = next;
+                    for record in records {
+                        reached = reached.max(record.revision);
+                        if record.revision <= after_revision {
+                            continue;
+                        }
+                        let Some(change) = change_of(record, account.as_deref()) else {
+                            continue;
+                        };
+                        if !offer(&tx, WatchEvent::Change(change), options.buffer).await {
+                            return;
+                        }
+                        last_sent = Instant::now();
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                reached = reached.max(durable);
+                let silent = last_sent.elapsed();
+                if *stopping.borrow_and_update() {
+                    let _ = tx.send(Err(DomainError::ShuttingDown)).await;
+                    return;
+                }
+                let heartbeat_due = match options.heartbeat.checked_sub(silent) {
+                    None => true,
+                    Some(left) => tokio::select! {
+                        changed = tokio::time::timeout(left, published.changed()) => match changed {
+                            Ok(Ok(())) => false,
+                            // The store is gone: the server is stopping.
+                            Ok(Err(_)) => return,
+                            Err(_) => true,
+                        },
+                        _ = stopping.changed() => {
+                            let _ = tx.send(Err(DomainError::ShuttingDown)).await;
+                            return;
+                        }
+                    },
+                };
+                if heartbeat_due {
+                    if !offer(&tx, WatchEvent::Heartbeat(reached), options.buffer).await {
+                        return;
+                    }
+                    last_sent = Instant::now();
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// A user's change from an applied audit record, if it is one and is in
+/// the account watched.
+fn change_of(record: AuditRecord, account: Option<&str>) -> Option<Change> {
+    if record.user_id.is_empty() || account.is_some_and(|a| a != record.account_id) {
+        return None;
+    }
+    Some(Change {
+        revision: record.revision,
+        at: record.at,
+        account_id: record.account_id,
+        user_id: record.user_id,
+        before: record.before,
+        after: record.after,
+    })
+}
+
+/// Hands an event to the client's buffer. A full buffer means the client
+/// reads too slowly: it is told so (once it has read what is buffered, or
+/// not at all if it never does) and the watch ends. False when the watch
+/// should end.
+async fn offer(
+    tx: &mpsc::Sender<Result<WatchEvent, DomainError>>,
+    event: WatchEvent,
+    buffer: usize,
+) -> bool {
+    match tx.try_send(Ok(event)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                tx.send(Err(DomainError::SlowConsumer { buffer })),
+            )
+            .await;
+            false
+        }
+    }
+}

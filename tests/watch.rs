@@ -1,0 +1,356 @@
+//! WatchEntitlements: history then live, the account filter, heartbeats,
+//! OUT_OF_RANGE beyond the history kept, slow consumers, and resuming after
+//! a reconnect without a gap or a duplicate.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{ManualClock, Options, T, TestApp, assert_status};
+use entitled::{proto::v1 as pb, service::WatchOptions};
+use pb::watch_entitlements_response::Event;
+use tonic::{Code, Streaming};
+
+async fn watch(
+    app: &TestApp,
+    account: &str,
+    after_revision: u64,
+) -> Result<Streaming<pb::WatchEntitlementsResponse>, tonic::Status> {
+    app.access
+        .clone()
+        .watch_entitlements(pb::WatchEntitlementsRequest {
+            account_id: account.into(),
+            after_revision,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The next event, within 5 s.
+async fn next(stream: &mut Streaming<pb::WatchEntitlementsResponse>) -> Event {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("no event within 5 s")
+        .unwrap()
+        .expect("the stream ended")
+        .event
+        .unwrap()
+}
+
+async fn next_change(
+    stream: &mut Streaming<pb::WatchEntitlementsResponse>,
+) -> pb::EntitlementChange {
+    loop {
+        match next(stream).await {
+            Event::Change(c) => return c,
+            Event::Heartbeat(_) => {}
+        }
+    }
+}
+
+fn summary(c: &pb::EntitlementChange) -> (String, String, String, i32, bool, bool) {
+    (
+        c.account_id.clone(),
+        c.user_id.clone(),
+        c.after_edition.clone(),
+        c.after_tier,
+        c.created,
+        c.deleted,
+    )
+}
+
+#[tokio::test]
+async fn history_then_live_in_revision_order() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    app.put_user("acme", "ada").await;
+    let r = app
+        .set("acme", "ada", Some("X8"), Some(T::Supervisor))
+        .await
+        .unwrap();
+    let mut stream = watch(&app, "", 0).await.unwrap();
+    let created = next_change(&mut stream).await;
+    assert_eq!(
+        summary(&created),
+        (
+            "acme".into(),
+            "ada".into(),
+            String::new(),
+            T::None as i32,
+            true,
+            false
+        )
+    );
+    let set = next_change(&mut stream).await;
+    assert_eq!(set.revision, r.revision);
+    assert_eq!(
+        (set.before_edition.as_str(), set.before_tier),
+        ("", T::None as i32)
+    );
+    assert_eq!(
+        (set.after_edition.as_str(), set.after_tier),
+        ("X8", T::Supervisor as i32)
+    );
+
+    // Live: a downgrade, a delete.
+    let down = app.set("acme", "ada", Some("X2"), None).await.unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!(
+        (change.revision, change.after_tier, change.before_tier),
+        (down.revision, T::Essentials as i32, T::Supervisor as i32)
+    );
+    let deleted = app
+        .provisioning
+        .clone()
+        .delete_user(pb::DeleteUserRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let change = next_change(&mut stream).await;
+    assert_eq!((change.revision, change.deleted), (deleted.revision, true));
+    assert!(created.revision < set.revision && set.revision < down.revision);
+}
+
+#[tokio::test]
+async fn the_account_filter_and_heartbeats() {
+    let app = TestApp::spawn_with(Options {
+        watch: Some(WatchOptions {
+            heartbeat: Duration::from_millis(200),
+            ..WatchOptions::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.create_account("acme", "work").await;
+    app.create_account("globex", "work").await;
+    let mut stream = watch(&app, "acme", 0).await.unwrap();
+    app.put_user("globex", "gus").await;
+    app.put_user("acme", "ada").await;
+    let change = next_change(&mut stream).await;
+    assert_eq!(
+        (change.account_id.as_str(), change.user_id.as_str()),
+        ("acme", "ada")
+    );
+
+    // Writes elsewhere keep coming, but this watcher hears nothing: a
+    // heartbeat with the revision reached arrives all the same.
+    let writer = {
+        let app_p = app.provisioning.clone();
+        tokio::spawn(async move {
+            let mut p = app_p;
+            for i in 0..20 {
+                let put = pb::PutUserRequest {
+                    account_id: "globex".into(),
+                    user_id: format!("g{i}"),
+                    ..Default::default()
+                };
+                p.put_user(put).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let Event::Heartbeat(beat) = next(&mut stream).await else {
+        panic!("a change of another account leaked into the watch")
+    };
+    assert!(beat.revision >= change.revision);
+    writer.await.unwrap();
+    // Once idle, a heartbeat carries the current revision (earlier ones,
+    // sent during the burst, may still be on their way: never backwards).
+    let current = app.revision().await;
+    let mut reached = beat.revision;
+    while reached < current {
+        let Event::Heartbeat(beat) = next(&mut stream).await else {
+            panic!("a change of another account leaked into the watch")
+        };
+        assert!(beat.revision >= reached, "heartbeats never go back");
+        reached = beat.revision;
+    }
+    assert_eq!(reached, current);
+}
+
+#[tokio::test]
+async fn resuming_after_a_reconnect_loses_and_repeats_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    for i in 0..10 {
+        app.put_user("acme", &format!("u{i}")).await;
+    }
+    let mut first = watch(&app, "acme", 0).await.unwrap();
+    let mut seen: Vec<u64> = Vec::new();
+    for _ in 0..4 {
+        seen.push(next_change(&mut first).await.revision);
+    }
+    drop(first);
+    // Changes while disconnected.
+    for i in 10..15 {
+        app.put_user("acme", &format!("u{i}")).await;
+    }
+    let mut resumed = watch(&app, "acme", *seen.last().unwrap()).await.unwrap();
+    for _ in 4..15 {
+        seen.push(next_change(&mut resumed).await.revision);
+    }
+    // The whole history, for comparison.
+    let mut all = watch(&app, "acme", 0).await.unwrap();
+    let mut want = Vec::new();
+    for _ in 0..15 {
+        want.push(next_change(&mut all).await.revision);
+    }
+    assert_eq!(seen, want, "no gap, no duplicate");
+}
+
+#[tokio::test]
+async fn a_revision_older_than_the_history_kept_is_out_of_range() {
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let app = TestApp::spawn_with(Options {
+        clock: Some(clock.clock()),
+        ..Options::default()
+    })
+    .await;
+    app.create_account("acme", "work").await;
+    app.put_user("acme", "ada").await;
+    clock.advance(Duration::from_secs(7 * 24 * 3600 + 1));
+    assert_status(
+        watch(&app, "", 0).await,
+        Code::OutOfRange,
+        &[
+            "older than the 7days of history kept",
+            "list the users again",
+        ],
+    );
+    let recent = app.put_user("acme", "bob").await.revision;
+    let mut stream = watch(&app, "", recent - 1).await.unwrap();
+    assert_eq!(next_change(&mut stream).await.user_id, "bob");
+    // Nothing yet after the latest revision: not out of range, just quiet.
+    assert!(watch(&app, "", recent).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_and_can_resume() {
+    let app = TestApp::spawn_with(Options {
+        watch: Some(WatchOptions {
+            buffer: 8,
+            ..WatchOptions::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.create_account("acme", "work").await;
+    let mut stream = watch(&app, "acme", 0).await.unwrap();
+    // Far more changes than the buffer (and the transport's windows) hold,
+    // while the client reads nothing.
+    let rows: Vec<pb::UserRow> = (0..4000)
+        .map(|i| pb::UserRow {
+            account_id: "acme".into(),
+            user_id: format!("u{i:04}"),
+            display_name: "x".repeat(200),
+            ..Default::default()
+        })
+        .collect();
+    let imported = app
+        .provisioning
+        .clone()
+        .import_users(pb::ImportUsersRequest {
+            rows,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(imported.errors.is_empty());
+    // Not synchronisation: time for the server to fill the small buffer
+    // while this client, on purpose, reads nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut received = 0;
+    let mut last = 0;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("stalled")
+        {
+            Ok(Some(pb::WatchEntitlementsResponse {
+                event: Some(Event::Change(c)),
+            })) => {
+                received += 1;
+                last = c.revision;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without an error after {received} changes"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("resume from the last revision received")
+    );
+    assert!(received < 4000, "cut off before the end ({received})");
+    // Resuming from the last revision seen works (here the import is one
+    // revision, so the resumed watch starts after it).
+    assert!(watch(&app, "acme", last).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_account_admin_watches_only_its_account() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    let admin = app.clients(Some(
+        &app.token("acme admin", pb::Role::AccountAdmin, "acme", "")
+            .await,
+    ));
+    let open = |account: &str| {
+        let mut access = admin.access.clone();
+        let request = pb::WatchEntitlementsRequest {
+            account_id: account.into(),
+            after_revision: 0,
+        };
+        async move { access.watch_entitlements(request).await.map(drop) }
+    };
+    assert!(open("acme").await.is_ok());
+    assert_status(
+        open("globex").await,
+        Code::PermissionDenied,
+        &["may not act on account `globex`"],
+    );
+    assert_status(
+        open("").await,
+        Code::PermissionDenied,
+        &["set account_id to `acme`"],
+    );
+}
+
+#[tokio::test]
+async fn a_graceful_stop_ends_open_watches() {
+    let mut app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    app.put_user("acme", "ada").await;
+    let mut stream = watch(&app, "", 0).await.unwrap();
+    assert_eq!(next_change(&mut stream).await.user_id, "ada");
+    app.begin_shutdown();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the watch was not ended")
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("resume the watch"));
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the stop waited on the watch");
+}
