@@ -109,6 +109,23 @@ fn writers(
         .collect()
 }
 
+/// The account the writers use, and the user two of them race on.
+async fn seed(clients: &Clients) {
+    let mut p = clients.provisioning.clone();
+    let account = pb::CreateAccountRequest {
+        account_id: "work".into(),
+        product_line: "work".into(),
+        ..Default::default()
+    };
+    p.create_account(account).await.unwrap();
+    let shared = pb::PutUserRequest {
+        account_id: "work".into(),
+        user_id: "shared".into(),
+        ..Default::default()
+    };
+    p.put_user(shared).await.unwrap();
+}
+
 /// Every acknowledged write is there; the shared user is at least at its
 /// last acknowledged revision.
 async fn verify(clients: &Clients, acked: &HashMap<String, Ack>) {
@@ -222,26 +239,7 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         let server = Server::start(dir.path(), &[]);
         let clients = server.clients().await;
         if cycle == 0 {
-            clients
-                .provisioning
-                .clone()
-                .create_account(pb::CreateAccountRequest {
-                    account_id: "work".into(),
-                    product_line: "work".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            clients
-                .provisioning
-                .clone()
-                .put_user(pb::PutUserRequest {
-                    account_id: "work".into(),
-                    user_id: "shared".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            seed(&clients).await;
         }
         verify(&clients, &acked).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -271,26 +269,7 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let clients = server.clients().await;
-    clients
-        .provisioning
-        .clone()
-        .create_account(pb::CreateAccountRequest {
-            account_id: "work".into(),
-            product_line: "work".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    clients
-        .provisioning
-        .clone()
-        .put_user(pb::PutUserRequest {
-            account_id: "work".into(),
-            user_id: "shared".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    seed(&clients).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let tasks = writers(&clients, "term", &tx);
     drop(tx);
