@@ -18,7 +18,8 @@ use common::{Clients, T, process::Server};
 use entitled::proto::v1 as pb;
 use tokio::sync::mpsc;
 
-/// An acknowledged write: a user and the services it was given.
+/// An acknowledged write: a user, the services it was given, and the
+/// user's revision after it (a no-op leaves the revision where it was).
 #[derive(Debug)]
 struct Ack {
     user: String,
@@ -97,7 +98,7 @@ fn writers(
                             let _ = acks.send(Ack {
                                 user,
                                 tier,
-                                revision: reply.into_inner().revision,
+                                revision: reply.into_inner().user.map_or(0, |u| u.revision),
                             });
                         }
                         Err(status) if status.code() == tonic::Code::Aborted => {}
