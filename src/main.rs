@@ -213,6 +213,8 @@ fn serve(config: Effective) -> Result<(), CliError> {
     runtime.block_on(async {
         let mut server = Config::new(config.listen, config.data_dir, catalogue);
         server.metrics_listen = config.metrics_listen;
+        server.max_concurrent_calls = config.max_concurrent_calls;
+        server.max_request_bytes = config.max_request_bytes;
         if let (Some(cert), Some(key)) = (config.tls_cert, config.tls_key) {
             server.tls = Some(TlsFiles {
                 cert,
