@@ -32,7 +32,9 @@ pub async fn call(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<Answer, h2::Error> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     let (client, connection) = h2::client::handshake(tcp).await?;
     tokio::spawn(async move {
         let _ = connection.await;
