@@ -94,10 +94,15 @@ fn writers(
                     };
                     match p.update_user_services(set).await {
                         Ok(reply) => {
+                            // The user's revision, not the store's: a write
+                            // that changes nothing (the other shared writer
+                            // set the same tier) leaves the user's revision
+                            // below the store's.
+                            let revision = reply.into_inner().user.map_or(0, |u| u.revision);
                             let _ = acks.send(Ack {
                                 user,
                                 tier,
-                                revision: reply.into_inner().revision,
+                                revision,
                             });
                         }
                         Err(status) if status.code() == tonic::Code::Aborted => {}
