@@ -216,6 +216,8 @@ fn serve(config: Effective) -> Result<(), CliError> {
         if let Some(history) = config.watch_history {
             server.watch.history = history;
         }
+        server.max_concurrent_calls = config.max_concurrent_calls;
+        server.max_request_bytes = config.max_request_bytes;
         if let (Some(cert), Some(key)) = (config.tls_cert, config.tls_key) {
             server.tls = Some(TlsFiles {
                 cert,

@@ -8,12 +8,15 @@
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     catalogue::Catalogue,
-    grpc::{Api, Authenticate, RpcMetricsLayer},
+    grpc::{Api, Authenticate, RpcMetricsLayer, ShedLayer},
     metrics::{Metrics, MetricsError},
     proto::{
         FILE_DESCRIPTOR_SET,
@@ -66,7 +69,21 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How WatchEntitlements behaves (history kept, heartbeat, buffer).
     pub watch: WatchOptions,
+    /// At most this many calls run at once; calls beyond it are answered
+    /// `RESOURCE_EXHAUSTED` at once. Health is exempt.
+    pub max_concurrent_calls: usize,
+    /// The largest request message accepted (bytes, after decompression);
+    /// larger ones are refused before they are decoded.
+    pub max_request_bytes: usize,
 }
+
+/// The default of `Config::max_concurrent_calls`: well above the 64 clients
+/// of the benchmarks, well below what exhausts memory.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+
+/// The default of `Config::max_request_bytes`: tonic's own (4 MiB), which
+/// holds the largest import (5000 rows).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 impl Config {
     /// A plaintext server with the system clock.
@@ -79,6 +96,8 @@ impl Config {
             tls: None,
             metrics_listen: None,
             watch: WatchOptions::default(),
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -124,6 +143,8 @@ pub struct Application {
     metrics: Metrics,
     /// Bound when `metrics_listen` is set, with the address actually bound.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    max_concurrent_calls: usize,
+    max_request_bytes: usize,
 }
 
 impl Application {
@@ -170,6 +191,8 @@ impl Application {
             tls,
             metrics,
             metrics_listener,
+            max_concurrent_calls: config.max_concurrent_calls,
+            max_request_bytes: config.max_request_bytes,
         })
     }
 
@@ -225,36 +248,44 @@ impl Application {
             // in flight can.
             entitlements.begin_shutdown();
         };
-        let mut builder = Server::builder().layer(RpcMetricsLayer::new(self.metrics.clone()));
+        // Metrics outside the shedding, so shed calls are counted too.
+        // tonic itself answers a `grpc-timeout` that expires with CANCELLED.
+        let mut builder = Server::builder()
+            .layer(RpcMetricsLayer::new(self.metrics.clone()))
+            .layer(ShedLayer::new(self.max_concurrent_calls));
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
         // Health and reflection are open; everything else needs a token.
+        let max = self.max_request_bytes;
         builder
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(CatalogueServiceServer::with_interceptor(
-                api.clone(),
+            .add_service(InterceptedService::new(
+                CatalogueServiceServer::new(api.clone()).max_decoding_message_size(max),
                 auth.clone(),
             ))
-            .add_service(ProvisioningServiceServer::with_interceptor(
-                api.clone(),
+            .add_service(InterceptedService::new(
+                ProvisioningServiceServer::new(api.clone()).max_decoding_message_size(max),
                 auth.clone(),
             ))
-            .add_service(AccessServiceServer::with_interceptor(
-                api.clone(),
+            .add_service(InterceptedService::new(
+                AccessServiceServer::new(api.clone()).max_decoding_message_size(max),
                 auth.clone(),
             ))
-            .add_service(AuditServiceServer::with_interceptor(
-                api.clone(),
+            .add_service(InterceptedService::new(
+                AuditServiceServer::new(api.clone()).max_decoding_message_size(max),
                 auth.clone(),
             ))
-            .add_service(TokenServiceServer::with_interceptor(
-                api.clone(),
+            .add_service(InterceptedService::new(
+                TokenServiceServer::new(api.clone()).max_decoding_message_size(max),
                 auth.clone(),
             ))
-            .add_service(BackupServiceServer::with_interceptor(api, auth))
+            .add_service(InterceptedService::new(
+                BackupServiceServer::new(api).max_decoding_message_size(max),
+                auth,
+            ))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         let _ = metrics_stop.send(());

@@ -420,7 +420,7 @@ async fn config_file_env_and_flags_in_that_order() {
     let file = write(
         dir.path(),
         "entitled.toml",
-        "listen = \"127.0.0.1:7001\"\ndata_dir = \"/srv/file\"\nanalytics_data_delay = \"1h\"\nlog_format = \"json\"\n",
+        "listen = \"127.0.0.1:7001\"\ndata_dir = \"/srv/file\"\nanalytics_data_delay = \"1h\"\nlog_format = \"json\"\nmax_concurrent_calls = 16\n",
     );
     let show = |envs: &[(&str, &str)], flags: &[&str]| {
         let mut command = Command::new(BIN);
@@ -447,6 +447,8 @@ async fn config_file_env_and_flags_in_that_order() {
     assert_eq!(file_only["log_format"], "json");
     assert_eq!(file_only["catalogue"], "(built-in)");
     assert_eq!(file_only["token"], "tok_abc.****", "secrets are masked");
+    assert_eq!(file_only["max_concurrent_calls"], 16);
+    assert_eq!(file_only["max_request_bytes"], 4 * 1024 * 1024);
 
     let env = show(
         &[
@@ -465,6 +467,23 @@ async fn config_file_env_and_flags_in_that_order() {
     );
     assert_eq!(flags["listen"], "127.0.0.1:7003");
     assert_eq!(flags["analytics_data_delay"], "1h");
+    let limits = show(
+        &[("ENTITLED_MAX_REQUEST_BYTES", "1000")],
+        &["--max-concurrent-calls", "32"],
+    );
+    assert_eq!(limits["max_concurrent_calls"], 32);
+    assert_eq!(limits["max_request_bytes"], 1000);
+    let zero = Command::new(BIN)
+        .args(["config", "show", "--max-concurrent-calls", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&zero.stderr)
+            .contains("max_concurrent_calls `0` would refuse every call; give at least 1"),
+        "{}",
+        String::from_utf8_lossy(&zero.stderr)
+    );
 
     // Defaults without a file.
     let out = Command::new(BIN)

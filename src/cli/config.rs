@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use super::CliError;
+use entitled::server::{DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_REQUEST_BYTES};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -60,6 +61,13 @@ pub struct ServeArgs {
     /// Log format on stderr [default: text].
     #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// At most this many calls at once; more are answered RESOURCE_EXHAUSTED
+    /// (health is exempt) [default: 1024].
+    #[arg(long, env = "ENTITLED_MAX_CONCURRENT_CALLS", value_name = "N")]
+    pub max_concurrent_calls: Option<usize>,
+    /// The largest request message accepted, in bytes [default: 4194304].
+    #[arg(long, env = "ENTITLED_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub max_request_bytes: Option<usize>,
 }
 
 /// The configuration in force.
@@ -75,6 +83,8 @@ pub struct Effective {
     pub metrics_listen: Option<SocketAddr>,
     pub watch_history: Option<Duration>,
     pub log_format: LogFormat,
+    pub max_concurrent_calls: usize,
+    pub max_request_bytes: usize,
 }
 
 #[derive(Deserialize, Default)]
@@ -90,6 +100,8 @@ struct FileConfig {
     metrics_listen: Option<Spanned<String>>,
     watch_history: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
+    max_concurrent_calls: Option<usize>,
+    max_request_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -191,7 +203,25 @@ impl ServeArgs {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            max_concurrent_calls: self
+                .max_concurrent_calls
+                .or(file.max_concurrent_calls)
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS),
+            max_request_bytes: self
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
         };
+        if effective.max_concurrent_calls == 0 {
+            return Err(CliError::Usage(
+                "max_concurrent_calls `0` would refuse every call; give at least 1".to_owned(),
+            ));
+        }
+        if effective.max_request_bytes == 0 {
+            return Err(CliError::Usage(
+                "max_request_bytes `0` would refuse every request; give at least 1".to_owned(),
+            ));
+        }
         match (&effective.tls_cert, &effective.tls_key, &effective.tls_client_ca) {
             (Some(_), None, _) | (None, Some(_), _) => Err(CliError::Usage(
                 "tls_cert and tls_key go together: give both or neither".to_owned(),
@@ -220,6 +250,8 @@ impl Effective {
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
             "watch_history": self.watch_history.map_or_else(|| "7days".to_owned(), |d| humantime::format_duration(d).to_string()),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
+            "max_concurrent_calls": self.max_concurrent_calls,
+            "max_request_bytes": self.max_request_bytes,
         })
     }
 }

@@ -13,10 +13,12 @@ mod access;
 mod admin;
 pub mod convert;
 mod metrics;
+mod overload;
 mod provisioning;
 mod status;
 
 pub use metrics::RpcMetricsLayer;
+pub use overload::ShedLayer;
 
 use std::{future::Future, sync::Arc};
 

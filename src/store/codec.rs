@@ -47,10 +47,10 @@ pub fn decode<T: DeserializeOwned>(
 }
 
 /// A big-endian `u64` (revisions, sequence numbers).
-pub fn decode_counter(tree: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+pub fn decode_counter(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
         tree,
-        key: String::from_utf8_lossy(bytes).into_owned(),
+        key: String::from_utf8_lossy(key).into_owned(),
         reason: format!("expected 8 bytes, found {}", bytes.len()),
     })?;
     Ok(u64::from_be_bytes(arr))

@@ -507,7 +507,7 @@ impl Store {
             };
             ops.push(Op::put(Tree::Requests, key, codec::encode(&kept)?));
         }
-        self.transact(&ops)?;
+        self.transact(&mut writer, &ops)?;
         writer.committed = revision;
         writer.audit_seq = seq;
         writer.pending.push((revision, mutations));
@@ -554,7 +554,7 @@ impl Store {
             AUDIT_SEQ_KEY.to_vec(),
             seq.to_be_bytes().to_vec(),
         ));
-        self.transact(&ops)?;
+        self.transact(&mut writer, &ops)?;
         writer.audit_seq = seq;
         Ok(())
     }
@@ -587,13 +587,17 @@ impl Store {
                         })
                         .map(|item| {
                             let (k, _) = item?;
-                            codec::decode_counter(AUDIT_BY_ACCOUNT, &k[k.len().saturating_sub(8)..])
+                            codec::decode_counter(
+                                AUDIT_BY_ACCOUNT,
+                                &k,
+                                &k[k.len().saturating_sub(8)..],
+                            )
                         }),
                 )
             }
             None => Box::new(trees.audit.range(start.to_vec()..).map(|item| {
                 let (k, _) = item?;
-                codec::decode_counter(AUDIT, &k)
+                codec::decode_counter(AUDIT, &k, &k)
             })),
         };
         let mut out = Vec::new();
@@ -680,7 +684,11 @@ impl Store {
         Ok(current)
     }
 
-    fn transact(&self, ops: &[Op]) -> Result<(), StoreError> {
+    /// Applies `ops` in one transaction. If the disk refuses it (a full disk,
+    /// an I/O error), what sled holds is no longer known to match what was
+    /// acknowledged, so the store stops taking writes, as after a failed
+    /// flush; reads go on from the view.
+    fn transact(&self, writer: &mut WriterState, ops: &[Op]) -> Result<(), StoreError> {
         let t = &self.inner.trees;
         (
             &t.accounts,
@@ -712,7 +720,12 @@ impl Store {
                 },
             )
             .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Storage(e) => {
+                    let reason = format!("the disk refused a write: {e}");
+                    tracing::error!(%reason, "write failed; refusing further writes");
+                    writer.failed = Some(reason.clone());
+                    StoreError::Failed(reason)
+                }
                 sled::transaction::TransactionError::Abort(()) => {
                     StoreError::Failed("transaction aborted".to_owned())
                 }
@@ -826,7 +839,7 @@ impl Store {
                 }
                 out.push(record);
             }
-            next = codec::decode_counter(AUDIT, &key)? + 1;
+            next = codec::decode_counter(AUDIT, &key, &key)? + 1;
         }
         Ok((out, next))
     }
@@ -991,7 +1004,7 @@ fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
 
 fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
     match meta.get(key)? {
-        Some(bytes) => codec::decode_counter(META, &bytes),
+        Some(bytes) => codec::decode_counter(META, key, &bytes),
         None => Ok(0),
     }
 }

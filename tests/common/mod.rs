@@ -8,6 +8,7 @@
 )]
 
 pub mod process;
+pub mod raw;
 
 use std::{
     path::{Path, PathBuf},
