@@ -122,7 +122,9 @@ async fn a_damaged_revision_counter_stops_start_up_naming_it() {
     );
 }
 
-/// Every file of sled's, overwritten or cut short in turn.
+/// Every file of sled's, overwritten or cut short in turn: the server
+/// refuses to start, clearly, or it starts with every record. Before the
+/// watermark, an emptied or cut `db/db` started an empty store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_over_or_truncation_of_each_sled_file_gives_an_error_or_the_data() {
     let dir = populated().await;
@@ -130,6 +132,7 @@ async fn garbage_over_or_truncation_of_each_sled_file_gives_an_error_or_the_data
     let mut files: Vec<_> = walk(&db_dir);
     files.sort();
     assert!(!files.is_empty());
+    let mut refused = 0;
     for file in files {
         let original = std::fs::read(&file).unwrap();
         for (what, damaged) in [
@@ -142,21 +145,137 @@ async fn garbage_over_or_truncation_of_each_sled_file_gives_an_error_or_the_data
             let target = copy.path().join(file.strip_prefix(dir.path()).unwrap());
             std::fs::write(&target, &damaged).unwrap();
             let name = format!("{what} {}", target.display());
-            // Either the server refuses to start, clearly, or it starts:
-            // never a panic. (A started server may have lost the data: see
-            // RELIABILITY.md, "Not yet done".)
-            let outcome = serve(copy.path());
-            match outcome {
-                Ok(()) => println!("{name}: started"),
+            match serve(copy.path()) {
+                Ok(()) => {
+                    assert_has_the_data(copy.path(), &name).await;
+                    println!("{name}: started, with the data");
+                }
                 Err((code, stderr)) => {
                     assert!(!stderr.contains("panicked"), "{name}: a panic:\n{stderr}");
                     assert_eq!(code, Some(1), "{name}:\n{stderr}");
                     assert!(stderr.contains("data directory"), "{name}:\n{stderr}");
                     println!("{name}: refused: {}", stderr.lines().last().unwrap_or(""));
+                    refused += 1;
                 }
             }
         }
     }
+    assert!(refused > 0, "no damage was noticed at all");
+}
+
+/// The account and user `populated` made are served, as they were.
+async fn assert_has_the_data(dir: &Path, name: &str) {
+    let server = Server::start(dir, &[]);
+    let c = server.clients().await;
+    let user = c
+        .provisioning
+        .clone()
+        .get_user(pb::GetUserRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{name}: started without the user: {e:?}"))
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(user.display_name, "Ada", "{name}");
+    drop(c);
+    server.kill();
+}
+
+/// The regression for the bug the test above found: sled's files emptied,
+/// removed, or put back from an earlier copy, open cleanly with older data
+/// or none. The watermark tells, and the server refuses to serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_replaced_or_older_sled_data_is_refused_not_served() {
+    let dir = populated().await;
+    let db = dir.path().join("db");
+
+    // `db` removed: sled makes a new, empty store.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    std::fs::remove_dir_all(copy.path().join("db")).unwrap();
+    let out = serve_fails(copy.path());
+    assert_refused(
+        &out,
+        &["has lost data", "hold revision 0", "entitled.watermark"],
+    );
+
+    // `db/db` emptied.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    std::fs::write(copy.path().join("db/db"), b"").unwrap();
+    let out = serve_fails(copy.path());
+    assert_refused(&out, &["data directory", "entitled.watermark"]);
+
+    // Another data directory's `db`.
+    let other = populated().await;
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    std::fs::remove_dir_all(copy.path().join("db")).unwrap();
+    std::fs::create_dir(copy.path().join("db")).unwrap();
+    copy_dir(&other.path().join("db"), &copy.path().join("db"));
+    let out = serve_fails(copy.path());
+    assert_refused(&out, &["are not those of the store", "put back"]);
+
+    // This directory's own `db`, as it was some writes ago.
+    let earlier = tempfile::tempdir().unwrap();
+    copy_dir(&db, earlier.path());
+    let server = Server::start(dir.path(), &[]);
+    let c = server.clients().await;
+    c.provisioning
+        .clone()
+        .put_user(pb::PutUserRequest {
+            account_id: "acme".into(),
+            user_id: "bob".into(),
+            display_name: "Bob".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    drop(c);
+    // SIGKILL: the watermark written after the flush is what tells.
+    server.kill();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    std::fs::remove_dir_all(copy.path().join("db")).unwrap();
+    std::fs::create_dir(copy.path().join("db")).unwrap();
+    copy_dir(earlier.path(), &copy.path().join("db"));
+    let out = serve_fails(copy.path());
+    assert_refused(
+        &out,
+        &[
+            "has lost data",
+            "hold revision",
+            "Restore the latest backup",
+        ],
+    );
+
+    // The directory itself, untouched, still serves.
+    assert_has_the_data(dir.path(), "untouched").await;
+}
+
+/// A damaged watermark stops start-up naming it; a removed one is made
+/// again from sled's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_watermark_is_refused_and_a_missing_one_made_again() {
+    let dir = populated().await;
+    let watermark = dir.path().join("entitled.watermark");
+    let good = std::fs::read(&watermark).unwrap();
+    std::fs::write(&watermark, vec![0x5a; good.len()]).unwrap();
+    let out = serve_fails(dir.path());
+    assert_refused(
+        &out,
+        &[
+            "entitled.watermark",
+            "neither slot passes its checksum",
+            "remove that file",
+        ],
+    );
+    std::fs::remove_file(&watermark).unwrap();
+    assert_has_the_data(dir.path(), "watermark removed").await;
+    assert_eq!(std::fs::read(&watermark).unwrap().len(), good.len());
 }
 
 /// Waits until the server logs that it serves, or exits.

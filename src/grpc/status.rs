@@ -63,6 +63,9 @@ impl From<StoreError> for Status {
             StoreError::Locked { .. }
             | StoreError::Open { .. }
             | StoreError::Corrupt { .. }
+            | StoreError::DataLost { .. }
+            | StoreError::ForeignData { .. }
+            | StoreError::Watermark { .. }
             | StoreError::Encode(_)
             | StoreError::Sled(_) => {
                 tracing::error!(error = %message, "storage failure");

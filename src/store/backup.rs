@@ -33,8 +33,8 @@ use std::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    ACCOUNTS, AUDIT, AUDIT_BY_ACCOUNT, AUDIT_SEQ_KEY, META, REQUESTS, REVISION_KEY, Store,
-    StoreError, TOKENS, USERS, View, read_counter,
+    ACCOUNTS, AUDIT, AUDIT_BY_ACCOUNT, AUDIT_SEQ_KEY, META, REQUESTS, REVISION_KEY, STORE_ID_KEY,
+    Store, StoreError, TOKENS, USERS, View, read_counter,
 };
 
 const MAGIC: &[u8; 16] = b"entitled-backup\n";
@@ -377,6 +377,14 @@ fn restore_into<R: Read>(source: R, dir: &Path) -> Result<BackupSummary, BackupE
         )));
     }
     View::load(&trees.accounts, &trees.users, &trees.tokens, revision)?;
+    // The restored directory is a store of its own: it keeps the id its
+    // opening gave it, not the backed-up store's, and its watermark says
+    // that the backup's revision is durable.
+    trees
+        .meta
+        .insert(STORE_ID_KEY, &store.inner.id[..])
+        .map_err(StoreError::from)?;
     store.inner.db.flush().map_err(StoreError::from)?;
+    store.record_durable(revision, true);
     Ok(summary)
 }

@@ -18,6 +18,7 @@
 mod backup;
 mod codec;
 mod view;
+mod watermark;
 
 use std::{
     collections::HashMap,
@@ -30,6 +31,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Serialize, de::DeserializeOwned};
 use sled::{Transactional, transaction::ConflictableTransactionError};
 
+use self::watermark::{Mark, StoreId, Watermark, WatermarkError};
 use crate::domain::{
     Account, AccountId, Actor, AuditRecord, Outcome, Rpc, Token, User, UserId, UserState,
     validate_id,
@@ -51,6 +53,8 @@ const REQUESTS: &str = "requests";
 const REVISION_KEY: &[u8] = b"revision";
 const AUDIT_SEQ_KEY: &[u8] = b"audit_seq";
 const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
+/// The store's identity, also kept in the watermark (see `watermark`).
+const STORE_ID_KEY: &[u8] = b"store_id";
 /// Held (flock) for as long as a store is open on the directory.
 const LOCK_FILE: &str = "entitled.lock";
 /// sled's files, inside the data directory.
@@ -77,6 +81,25 @@ pub enum StoreError {
         tree: &'static str,
         key: String,
         reason: String,
+    },
+    #[error(
+        "data directory `{path}` has lost data: sled's files (`db`) hold revision {found}, but revision {durable} was durable before (`entitled.watermark` says so); `db` was replaced, cut short or damaged. Restore the latest backup into a new directory (`entitled restore`) and serve that"
+    )]
+    DataLost {
+        path: String,
+        durable: u64,
+        found: u64,
+    },
+    #[error(
+        "data directory `{path}`: sled's files (`db`) are not those of the store `entitled.watermark` records (they are another store's, or new and empty); put back this directory's own `db`, or restore a backup into a new directory"
+    )]
+    ForeignData { path: String },
+    #[error(
+        "data directory `{path}`: {source}; if the data in `db` is known to be right, remove that file and start again"
+    )]
+    Watermark {
+        path: String,
+        source: WatermarkError,
     },
     #[error("cannot encode a record: {0}")]
     Encode(String),
@@ -225,6 +248,9 @@ struct Inner {
     /// The view's revision, announced after each publication, for readers
     /// that wait for a revision (`min_revision`).
     published: tokio::sync::watch::Sender<u64>,
+    id: StoreId,
+    /// The highest durable revision, kept outside sled (see `watermark`).
+    watermark: Mutex<Watermark>,
     /// Set once, by the server, before it serves.
     observer: OnceLock<Arc<dyn StoreObserver>>,
     /// Released when the store is dropped. Last, because fields drop in
@@ -289,10 +315,13 @@ impl Store {
         };
         let revision = read_counter(&trees.meta, REVISION_KEY)?;
         let audit_seq = read_counter(&trees.meta, AUDIT_SEQ_KEY)?;
+        let (id, watermark) = check_watermark(dir, &db, &trees.meta, revision)?;
         let view = View::load(&trees.accounts, &trees.users, &trees.tokens, revision)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 _lock: lock,
+                id,
+                watermark: Mutex::new(watermark),
                 db,
                 trees,
                 writer: Mutex::new(WriterState {
@@ -768,7 +797,21 @@ impl Store {
             view.revision()
         };
         inner.published.send_replace(published);
+        self.record_durable(published, false);
         Ok(())
+    }
+
+    /// Records `revision` as durable in the watermark. A failure is logged,
+    /// not returned: the write is durable in sled, and a watermark that lags
+    /// only makes the start-up check weaker.
+    fn record_durable(&self, revision: u64, sync: bool) {
+        let mark = Mark {
+            id: self.inner.id,
+            revision,
+        };
+        if let Err(error) = self.inner.watermark.lock().write(mark, sync) {
+            tracing::warn!(%error, revision, "cannot record the durable revision");
+        }
     }
 
     /// A consistent copy of every tree as one backup file (in memory), as of
@@ -924,6 +967,7 @@ impl Store {
             view.apply(revision, mutations);
         }
         inner.published.send_replace(revision);
+        self.record_durable(revision, false);
         drop(flush);
         Ok(revision)
     }
@@ -961,12 +1005,18 @@ impl Store {
         })
     }
 
-    /// Flushes everything to disk; for shutdown.
+    /// Flushes everything to disk, and the watermark with it; for shutdown.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Failed(e.to_string()))??;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            // Everything committed before the flush is durable after it.
+            let committed = store.inner.writer.lock().committed;
+            store.inner.db.flush()?;
+            store.record_durable(committed, true);
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Failed(e.to_string()))??;
         Ok(())
     }
 }
@@ -1000,6 +1050,60 @@ fn open_sled(path: &Path) -> Result<sled::Db, sled::Error> {
             opened => return opened,
         }
     }
+}
+
+/// Checks sled's data against the watermark (see `watermark`) and returns
+/// the store's id and the watermark, open for writing. A new store, or one
+/// made before watermarks, gets an id; a watermark that is missing is made
+/// again from what sled holds.
+fn check_watermark(
+    dir: &Path,
+    db: &sled::Db,
+    meta: &sled::Tree,
+    revision: u64,
+) -> Result<(StoreId, Watermark), StoreError> {
+    let path = dir.display().to_string();
+    let watermark_error = |source| StoreError::Watermark {
+        path: path.clone(),
+        source,
+    };
+    let stored: Option<StoreId> = match meta.get(STORE_ID_KEY)? {
+        None => None,
+        Some(bytes) => Some(bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            tree: META,
+            key: String::from_utf8_lossy(STORE_ID_KEY).into_owned(),
+            reason: format!("expected 16 bytes, found {}", bytes.len()),
+        })?),
+    };
+    let mark = watermark::read(dir).map_err(watermark_error)?;
+    let id = match (mark, stored) {
+        (Some(mark), Some(id)) if id != mark.id => return Err(StoreError::ForeignData { path }),
+        (Some(mark), _) if revision < mark.revision => {
+            return Err(StoreError::DataLost {
+                path,
+                durable: mark.revision,
+                found: revision,
+            });
+        }
+        // sled holds no id: it is new (its files were emptied or removed)
+        // or older than the watermark's store.
+        (Some(_), None) => return Err(StoreError::ForeignData { path }),
+        (_, Some(id)) => {
+            if mark.is_none() {
+                tracing::warn!(revision, "no `{}`; made again", watermark::FILE);
+            }
+            id
+        }
+        (None, None) => {
+            let mut id = StoreId::default();
+            getrandom::fill(&mut id).map_err(|e| StoreError::Failed(e.to_string()))?;
+            meta.insert(STORE_ID_KEY, &id[..])?;
+            db.flush()?;
+            id
+        }
+    };
+    let watermark = Watermark::create(dir, Mark { id, revision }).map_err(watermark_error)?;
+    Ok((id, watermark))
 }
 
 fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
