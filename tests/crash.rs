@@ -1,7 +1,8 @@
 //! The real binary killed (SIGKILL) at arbitrary moments under concurrent
 //! writers, and stopped (SIGTERM) under load: every acknowledged write is
-//! there after a restart, revisions have no gaps, and the audit trail agrees
-//! with the data. CI runs 20 kill cycles; `ENTITLED_CRASH_CYCLES=500 cargo
+//! there after a restart, revisions have no gaps, the audit trail agrees
+//! with the data, and the Watch feed, followed live and resumed after each
+//! restart, has every change exactly once. CI runs 20 kill cycles; `ENTITLED_CRASH_CYCLES=500 cargo
 //! test --release --test crash -- --nocapture` runs more.
 
 #![allow(
@@ -16,6 +17,7 @@ use std::{collections::HashMap, time::Duration};
 
 use common::{Clients, T, process::Server};
 use entitled::proto::v1 as pb;
+use pb::watch_entitlements_response::Event;
 use tokio::sync::mpsc;
 
 /// An acknowledged write: a user, the services it was given, and the
@@ -159,18 +161,7 @@ async fn verify(clients: &Clients, acked: &HashMap<String, Ack>) {
 /// Revisions 1..=current each appear in the audit trail (no gap), and each
 /// user's last applied record matches the user as stored.
 async fn verify_audit(clients: &Clients) {
-    let current = clients
-        .access
-        .clone()
-        .check_analytics_access(pb::CheckAnalyticsAccessRequest {
-            account_id: "work".into(),
-            user_id: "x".into(),
-            min_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .revision;
+    let current = store_revision(clients).await;
     let mut audit = clients.audit.clone();
     let mut seen = vec![false; current as usize + 1];
     let mut last: HashMap<String, pb::Change> = HashMap::new();
@@ -227,6 +218,108 @@ async fn verify_audit(clients: &Clients) {
     }
 }
 
+/// Follows the feed of the writers' account after `after` until the
+/// server goes away; returns the changes it saw.
+fn watcher(clients: &Clients, after: u64) -> tokio::task::JoinHandle<Vec<pb::EntitlementChange>> {
+    let mut access = clients.access.clone();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let request = pb::WatchEntitlementsRequest {
+            account_id: "work".into(),
+            after_revision: after,
+        };
+        let Ok(stream) = access.watch_entitlements(request).await else {
+            return seen;
+        };
+        let mut stream = stream.into_inner();
+        while let Ok(Some(message)) = stream.message().await {
+            if let Some(Event::Change(change)) = message.event {
+                seen.push(change);
+            }
+        }
+        seen
+    })
+}
+
+/// Appends what a watch resumed after the feed's last revision saw, and
+/// checks the feed has no gap and no repeat: after the seed every write
+/// changes exactly one user of the account, so the changes' revisions are
+/// consecutive.
+fn extend_feed(feed: &mut Vec<pb::EntitlementChange>, more: Vec<pb::EntitlementChange>) {
+    for change in more {
+        if let Some(last) = feed.last() {
+            assert_eq!(
+                change.revision,
+                last.revision + 1,
+                "the feed skipped or repeated a revision: {last:?} then {change:?}"
+            );
+        }
+        feed.push(change);
+    }
+}
+
+/// The feed replayed from the start on the last server: the same changes as
+/// were seen live across the kills, continued without a gap up to the
+/// store's revision, and holding every acknowledged write.
+async fn verify_feed(
+    clients: &Clients,
+    live: &[pb::EntitlementChange],
+    acked: &HashMap<String, Ack>,
+) {
+    let current = store_revision(clients).await;
+    let mut stream = clients
+        .access
+        .clone()
+        .watch_entitlements(pb::WatchEntitlementsRequest {
+            account_id: "work".into(),
+            after_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut replay: Vec<pb::EntitlementChange> = Vec::new();
+    while replay.last().is_none_or(|c| c.revision < current) {
+        let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("the replay stalled before the store's revision")
+            .unwrap()
+            .expect("the replay ended before the store's revision");
+        if let Some(Event::Change(change)) = message.event {
+            extend_feed(&mut replay, vec![change]);
+        }
+    }
+    assert!(live.len() <= replay.len());
+    for (seen, again) in live.iter().zip(&replay) {
+        assert_eq!(seen, again, "a change replayed unlike it was seen live");
+    }
+    let by_revision: HashMap<u64, &pb::EntitlementChange> =
+        replay.iter().map(|c| (c.revision, c)).collect();
+    for ack in acked.values().filter(|a| a.user != "shared") {
+        let change = by_revision
+            .get(&ack.revision)
+            .unwrap_or_else(|| panic!("acknowledged {ack:?} is not in the feed"));
+        assert_eq!(
+            (change.user_id.as_str(), change.after_tier),
+            (ack.user.as_str(), ack.tier as i32)
+        );
+    }
+}
+
+async fn store_revision(clients: &Clients) -> u64 {
+    clients
+        .access
+        .clone()
+        .check_analytics_access(pb::CheckAnalyticsAccessRequest {
+            account_id: "work".into(),
+            user_id: "x".into(),
+            min_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_repeated_sigkill() {
     let cycles: u64 = std::env::var("ENTITLED_CRASH_CYCLES")
@@ -239,6 +332,8 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
     // everything is checked again at the end.
     let mut recent: HashMap<String, Ack> = HashMap::new();
     let mut total = 0usize;
+    // Every change the watchers saw, across all the cycles.
+    let mut feed: Vec<pb::EntitlementChange> = Vec::new();
     for cycle in 0..cycles {
         let server = Server::start(dir.path(), &[]);
         let clients = server.clients().await;
@@ -247,6 +342,7 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         }
         verify(&clients, &recent).await;
         acked.extend(recent.drain());
+        let watch = watcher(&clients, feed.last().map_or(0, |c| c.revision));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let tasks = writers(&clients, &format!("c{cycle}"), &tx);
         drop(tx);
@@ -256,6 +352,7 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         for t in tasks {
             t.await.unwrap();
         }
+        extend_feed(&mut feed, watch.await.unwrap());
         while let Some(ack) = rx.recv().await {
             total += 1;
             recent.insert(ack.user.clone(), ack);
@@ -266,8 +363,13 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
     let clients = server.clients().await;
     verify(&clients, &acked).await;
     verify_audit(&clients).await;
+    verify_feed(&clients, &feed, &acked).await;
     assert!(total > 0, "no write was acknowledged");
-    println!("{cycles} SIGKILL cycles, {total} acknowledged writes checked");
+    assert!(!feed.is_empty(), "the watchers saw no change");
+    println!(
+        "{cycles} SIGKILL cycles, {total} acknowledged writes checked, {} changes followed live across the kills",
+        feed.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
