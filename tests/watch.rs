@@ -239,14 +239,32 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
     let app = TestApp::spawn_with(Options {
         watch: Some(WatchOptions {
             buffer: 8,
+            stall: Duration::from_millis(100),
             ..WatchOptions::default()
         }),
         ..Options::default()
     })
     .await;
     app.create_account("acme", "work").await;
-    let mut stream = watch(&app, "acme", 0).await.unwrap();
-    // Far more changes than the buffer (and the transport's windows) hold,
+    // HTTP/2 windows of 64 KiB (tonic's client default is 2 MiB, which
+    // would take every change below while the test reads nothing).
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut stream = common::clients(&channel, Some(&app.operator_secret))
+        .access
+        .watch_entitlements(pb::WatchEntitlementsRequest {
+            account_id: "acme".into(),
+            after_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Far more changes than the buffer and the transport's windows hold,
     // while the client reads nothing.
     let rows: Vec<pb::UserRow> = (0..4000)
         .map(|i| pb::UserRow {
@@ -267,8 +285,9 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
         .unwrap()
         .into_inner();
     assert!(imported.errors.is_empty());
-    // Not synchronisation: time for the server to fill the small buffer
-    // while this client, on purpose, reads nothing.
+    // Not synchronisation: time for the server to fill the small buffer,
+    // and find it still full after `stall`, while this client, on purpose,
+    // reads nothing.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut received = 0;
     let mut last = 0;
@@ -298,6 +317,45 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
     // Resuming from the last revision seen works (here the import is one
     // revision, so the resumed watch starts after it).
     assert!(watch(&app, "acme", last).await.is_ok());
+}
+
+/// The regression for a bug the long crash run found: a watch replaying a
+/// history longer than its buffer was cut off as a slow consumer at once,
+/// however fast its client read, so a gateway could not resume from far
+/// back. A client that keeps reading now gets the whole history.
+#[tokio::test]
+async fn a_history_longer_than_the_buffer_replays_whole_to_a_client_that_reads() {
+    let app = TestApp::spawn_with(Options {
+        watch: Some(WatchOptions {
+            buffer: 8,
+            ..WatchOptions::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.create_account("acme", "work").await;
+    let rows: Vec<pb::UserRow> = (0..2000)
+        .map(|i| pb::UserRow {
+            account_id: "acme".into(),
+            user_id: format!("u{i:04}"),
+            ..Default::default()
+        })
+        .collect();
+    let imported = app
+        .provisioning
+        .clone()
+        .import_users(pb::ImportUsersRequest {
+            rows,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(imported.errors.is_empty());
+    let mut stream = watch(&app, "acme", 0).await.unwrap();
+    for i in 0..2000 {
+        assert_eq!(next_change(&mut stream).await.user_id, format!("u{i:04}"));
+    }
 }
 
 #[tokio::test]

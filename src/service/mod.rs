@@ -127,9 +127,9 @@ pub enum DomainError {
         history: Duration,
     },
     #[error(
-        "the watch fell {buffer} events behind and was ended; resume from the last revision received and read faster"
+        "the watch left {buffer} events unread for {}s and was ended; resume from the last revision received and read faster", stall.as_secs_f64()
     )]
-    SlowConsumer { buffer: usize },
+    SlowConsumer { buffer: usize, stall: Duration },
     #[error("the server is stopping; resume the watch from the last revision received")]
     ShuttingDown,
     #[error(transparent)]

@@ -24,8 +24,12 @@ pub struct WatchOptions {
     pub history: Duration,
     /// The longest silence before a heartbeat.
     pub heartbeat: Duration,
-    /// Events buffered for a client before it counts as too slow.
+    /// Events buffered for a client.
     pub buffer: usize,
+    /// How long the buffer may stay full before the client counts as too
+    /// slow and is cut off. A full buffer alone is not slowness: a client
+    /// replaying a long history fills it at once, however fast it reads.
+    pub stall: Duration,
 }
 
 impl Default for WatchOptions {
@@ -34,6 +38,7 @@ impl Default for WatchOptions {
             history: Duration::from_secs(7 * 24 * 3600),
             heartbeat: Duration::from_secs(5),
             buffer: 4096,
+            stall: Duration::from_secs(10),
         }
     }
 }
@@ -109,7 +114,7 @@ impl Entitlements {
                         let Some(change) = change_of(record, account.as_deref()) else {
                             continue;
                         };
-                        if !offer(&tx, WatchEvent::Change(change), options.buffer).await {
+                        if !offer(&tx, WatchEvent::Change(change), &options).await {
                             return;
                         }
                         last_sent = Instant::now();
@@ -140,7 +145,7 @@ impl Entitlements {
                     },
                 };
                 if heartbeat_due {
-                    if !offer(&tx, WatchEvent::Heartbeat(reached), options.buffer).await {
+                    if !offer(&tx, WatchEvent::Heartbeat(reached), &options).await {
                         return;
                     }
                     last_sent = Instant::now();
@@ -167,22 +172,30 @@ fn change_of(record: AuditRecord, account: Option<&str>) -> Option<Change> {
     })
 }
 
-/// Hands an event to the client's buffer. A full buffer means the client
-/// reads too slowly: it is told so (once it has read what is buffered, or
-/// not at all if it never does) and the watch ends. False when the watch
-/// should end.
+/// Hands an event to the client's buffer, waiting for room for at most
+/// `stall`. A buffer that stays full that long means the client reads too
+/// slowly: it is told so (once it has read what is buffered, or not at all
+/// if it never does) and the watch ends. Memory stays bounded by the buffer
+/// either way, since the events come from the audit trail on disk. False
+/// when the watch should end.
 async fn offer(
     tx: &mpsc::Sender<Result<WatchEvent, DomainError>>,
     event: WatchEvent,
-    buffer: usize,
+    options: &WatchOptions,
 ) -> bool {
-    match tx.try_send(Ok(event)) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+    match tokio::time::timeout(options.stall, tx.reserve()).await {
+        Ok(Ok(permit)) => {
+            permit.send(Ok(event));
+            true
+        }
+        Ok(Err(_closed)) => false,
+        Err(_stalled) => {
             let _ = tokio::time::timeout(
                 Duration::from_secs(30),
-                tx.send(Err(DomainError::SlowConsumer { buffer })),
+                tx.send(Err(DomainError::SlowConsumer {
+                    buffer: options.buffer,
+                    stall: options.stall,
+                })),
             )
             .await;
             false
