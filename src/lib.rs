@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bulk_file;
 pub mod catalogue;
 pub mod client;
 pub mod domain;

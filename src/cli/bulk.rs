@@ -8,27 +8,19 @@
 //! nothing, so a re-run is harmless.
 
 use std::{
-    collections::HashMap,
-    io::{BufRead, IsTerminal, Write},
+    io::{IsTerminal, Write},
     path::{Path, PathBuf},
 };
 
 use clap::ValueEnum;
-use entitled::proto::v1 as pb;
+use entitled::{
+    bulk_file::{self, BadRow, COLUMNS, FileError, FileRow},
+    proto::v1 as pb,
+};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{CliError, ClientArgs, output};
-
-/// The columns, in the order export writes them.
-pub const COLUMNS: [&str; 5] = [
-    "account_id",
-    "user_id",
-    "display_name",
-    "edition",
-    "analytics_tier",
-];
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -46,24 +38,14 @@ impl Format {
     }
 }
 
-/// A row as the file holds it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRow {
-    account_id: String,
-    user_id: String,
-    #[serde(default)]
-    display_name: String,
-    #[serde(default)]
-    edition: String,
-    #[serde(default)]
-    analytics_tier: String,
+impl From<Format> for bulk_file::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Csv => bulk_file::Format::Csv,
+            Format::Jsonl => bulk_file::Format::Jsonl,
+        }
+    }
 }
-
-/// (line, problem)
-type BadRow = (u64, String);
-/// (line, row)
-type GoodRow = (u64, pb::UserRow);
 
 pub struct ImportArgs {
     pub file: PathBuf,
@@ -161,110 +143,32 @@ pub async fn import(args: &ClientArgs, import: ImportArgs) -> Result<(), CliErro
     Ok(())
 }
 
+/// (line, row as sent)
+type GoodRow = (u64, pb::UserRow);
+
 /// The good rows with their line numbers, and the bad ones with why.
 fn read(path: &Path, format: Format) -> Result<(Vec<GoodRow>, Vec<BadRow>), CliError> {
     let cannot = |e: &dyn std::fmt::Display| {
         CliError::Local(format!("cannot read `{}`: {e}", path.display()))
     };
-    let mut parsed: Vec<(u64, Result<FileRow, String>)> = Vec::new();
-    match format {
-        Format::Csv => {
-            let mut reader = csv::ReaderBuilder::new()
-                .trim(csv::Trim::All)
-                .from_path(path)
-                .map_err(|e| cannot(&e))?;
-            let headers = reader.headers().map_err(|e| cannot(&e))?.clone();
-            let missing: Vec<&str> = COLUMNS
-                .iter()
-                .copied()
-                .filter(|c| !headers.iter().any(|h| h == *c))
-                .collect();
-            if !missing.is_empty() {
-                return Err(CliError::Refused(format!(
-                    "{}:1: the header lacks {}; it must be {}",
-                    path.display(),
-                    missing.join(", "),
-                    COLUMNS.join(",")
-                )));
-            }
-            for record in reader.records() {
-                match record {
-                    Ok(record) => {
-                        let line = record.position().map_or(0, csv::Position::line);
-                        parsed.push((
-                            line,
-                            record
-                                .deserialize(Some(&headers))
-                                .map_err(|e| e.to_string()),
-                        ));
-                    }
-                    Err(e) => {
-                        let line = e.position().map_or(0, csv::Position::line);
-                        parsed.push((line, Err(e.to_string())));
-                    }
-                }
-            }
-        }
-        Format::Jsonl => {
-            let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
-            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-                let line = line.map_err(|e| cannot(&e))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                parsed.push((
-                    (i + 1) as u64,
-                    serde_json::from_str(&line).map_err(|e| e.to_string()),
-                ));
-            }
-        }
-    }
-    let mut rows = Vec::with_capacity(parsed.len());
-    let mut bad = Vec::new();
-    let mut seen: HashMap<(String, String), u64> = HashMap::new();
-    for (line, row) in parsed {
-        let row = match row {
-            Ok(row) => row,
-            Err(e) => {
-                bad.push((line, e));
-                continue;
-            }
-        };
-        let tier = match row.analytics_tier.to_ascii_lowercase().as_str() {
-            "" | "none" => pb::AnalyticsTier::None,
-            "essentials" => pb::AnalyticsTier::Essentials,
-            "supervisor" => pb::AnalyticsTier::Supervisor,
-            other => {
-                bad.push((
-                    line,
-                    format!(
-                        "analytics_tier `{other}` is not a tier; use none, essentials or supervisor"
-                    ),
-                ));
-                continue;
-            }
-        };
-        if let Some(first) = seen.insert((row.account_id.clone(), row.user_id.clone()), line) {
-            bad.push((
-                line,
-                format!(
-                    "user `{}` of account `{}` is also on line {first}; keep one row per user",
-                    row.user_id, row.account_id
-                ),
-            ));
-            continue;
-        }
-        rows.push((
-            line,
-            pb::UserRow {
-                account_id: row.account_id,
-                user_id: row.user_id,
-                display_name: row.display_name,
-                edition: row.edition,
-                analytics_tier: tier as i32,
-            },
-        ));
-    }
+    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    let (rows, bad) = bulk_file::parse(file, format.into()).map_err(|e| match e {
+        FileError::Read(e) => cannot(&e),
+        FileError::Header(_) => CliError::Refused(format!("{}:1: {e}", path.display())),
+    })?;
+    let rows = rows
+        .into_iter()
+        .map(|(line, r)| {
+            let row = pb::UserRow {
+                account_id: r.account_id,
+                user_id: r.user_id,
+                display_name: r.display_name,
+                edition: r.edition,
+                analytics_tier: pb::AnalyticsTier::from(r.tier) as i32,
+            };
+            (line, row)
+        })
+        .collect();
     Ok((rows, bad))
 }
 
