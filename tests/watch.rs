@@ -234,6 +234,29 @@ async fn a_revision_older_than_the_history_kept_is_out_of_range() {
     assert!(watch(&app, "", recent).await.is_ok());
 }
 
+/// Users `u0000`, `u0001`, … of `acme`, in one import: `count` changes at
+/// one revision.
+async fn import_users(app: &TestApp, count: usize) {
+    let rows: Vec<pb::UserRow> = (0..count)
+        .map(|i| pb::UserRow {
+            account_id: "acme".into(),
+            user_id: format!("u{i:04}"),
+            ..Default::default()
+        })
+        .collect();
+    let imported = app
+        .provisioning
+        .clone()
+        .import_users(pb::ImportUsersRequest {
+            rows,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(imported.errors.is_empty());
+}
+
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_and_can_resume() {
     let app = TestApp::spawn_with(Options {
@@ -266,25 +289,7 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
         .into_inner();
     // Far more changes than the buffer and the transport's windows hold,
     // while the client reads nothing.
-    let rows: Vec<pb::UserRow> = (0..4000)
-        .map(|i| pb::UserRow {
-            account_id: "acme".into(),
-            user_id: format!("u{i:04}"),
-            display_name: "x".repeat(200),
-            ..Default::default()
-        })
-        .collect();
-    let imported = app
-        .provisioning
-        .clone()
-        .import_users(pb::ImportUsersRequest {
-            rows,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(imported.errors.is_empty());
+    import_users(&app, 4000).await;
     // Not synchronisation: time for the server to fill the small buffer,
     // and find it still full after `stall`, while this client, on purpose,
     // reads nothing.
@@ -334,24 +339,7 @@ async fn a_history_longer_than_the_buffer_replays_whole_to_a_client_that_reads()
     })
     .await;
     app.create_account("acme", "work").await;
-    let rows: Vec<pb::UserRow> = (0..2000)
-        .map(|i| pb::UserRow {
-            account_id: "acme".into(),
-            user_id: format!("u{i:04}"),
-            ..Default::default()
-        })
-        .collect();
-    let imported = app
-        .provisioning
-        .clone()
-        .import_users(pb::ImportUsersRequest {
-            rows,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(imported.errors.is_empty());
+    import_users(&app, 2000).await;
     let mut stream = watch(&app, "acme", 0).await.unwrap();
     for i in 0..2000 {
         assert_eq!(next_change(&mut stream).await.user_id, format!("u{i:04}"));

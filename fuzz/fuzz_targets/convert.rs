@@ -5,10 +5,10 @@
 //! cursors the server issues convert back to where they pointed.
 #![no_main]
 
-use std::sync::Arc;
+use std::{borrow::Borrow, sync::Arc};
 
 use entitled::{
-    domain::{Principal, Role, Rpc},
+    domain::{AccountId, Principal, Role, Rpc, UserId},
     grpc::convert::{self, ConversionError},
     proto::v1 as pb,
 };
@@ -26,10 +26,15 @@ fn refused(field: &str, e: &ConversionError) {
     );
 }
 
-fn account(field: &'static str, value: &str) -> Option<entitled::domain::AccountId> {
-    match convert::account_id(field, value.to_owned()) {
+/// An id: accepted unchanged, or refused naming its field.
+fn id<T: Borrow<str>>(
+    field: &'static str,
+    value: &str,
+    parse: fn(&'static str, String) -> Result<T, ConversionError>,
+) -> Option<T> {
+    match parse(field, value.to_owned()) {
         Ok(id) => {
-            assert_eq!(id.as_str(), value);
+            assert_eq!(id.borrow(), value);
             Some(id)
         }
         Err(e) => {
@@ -39,17 +44,12 @@ fn account(field: &'static str, value: &str) -> Option<entitled::domain::Account
     }
 }
 
-fn user(field: &'static str, value: &str) -> Option<entitled::domain::UserId> {
-    match convert::user_id(field, value.to_owned()) {
-        Ok(id) => {
-            assert_eq!(id.as_str(), value);
-            Some(id)
-        }
-        Err(e) => {
-            refused(field, &e);
-            None
-        }
-    }
+fn account(field: &'static str, value: &str) -> Option<AccountId> {
+    id(field, value, convert::account_id)
+}
+
+fn user(field: &'static str, value: &str) -> Option<UserId> {
+    id(field, value, convert::user_id)
 }
 
 fn name(value: &str) {
