@@ -257,7 +257,7 @@ async fn lost_replaced_or_older_sled_data_is_refused_not_served() {
 }
 
 /// A damaged watermark stops start-up naming it; a removed one is made
-/// again from sled's data.
+/// again from sled's data, as for a directory made before watermarks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_watermark_is_refused_and_a_missing_one_made_again() {
     let dir = populated().await;
@@ -276,6 +276,26 @@ async fn a_damaged_watermark_is_refused_and_a_missing_one_made_again() {
     std::fs::remove_file(&watermark).unwrap();
     assert_has_the_data(dir.path(), "watermark removed").await;
     assert_eq!(std::fs::read(&watermark).unwrap().len(), good.len());
+
+    // A directory from before watermarks: no watermark, no store id in
+    // sled. It is served, and gets both.
+    std::fs::remove_file(&watermark).unwrap();
+    {
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        assert!(meta.remove("store_id").unwrap().is_some());
+        db.flush().unwrap();
+    }
+    assert_has_the_data(dir.path(), "made before watermarks").await;
+    assert!(watermark.exists());
+    let db = sled::open(dir.path().join("db")).unwrap();
+    assert!(
+        db.open_tree("meta")
+            .unwrap()
+            .get("store_id")
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// Waits until the server logs that it serves, or exits.
