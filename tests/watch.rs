@@ -234,6 +234,28 @@ async fn a_revision_older_than_the_history_kept_is_out_of_range() {
     assert!(watch(&app, "", recent).await.is_ok());
 }
 
+/// A watch of `acme` from the start over HTTP/2 windows of 64 KiB: tonic's
+/// client default of 2 MiB would take thousands of changes while a test
+/// reads nothing.
+async fn small_window_watch(app: &TestApp) -> Streaming<pb::WatchEntitlementsResponse> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    common::clients(&channel, Some(&app.operator_secret))
+        .access
+        .watch_entitlements(pb::WatchEntitlementsRequest {
+            account_id: "acme".into(),
+            after_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Users `u0000`, `u0001`, … of `acme`, in one import: `count` changes at
 /// one revision.
 async fn import_users(app: &TestApp, count: usize) {
@@ -269,24 +291,7 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
     })
     .await;
     app.create_account("acme", "work").await;
-    // HTTP/2 windows of 64 KiB (tonic's client default is 2 MiB, which
-    // would take every change below while the test reads nothing).
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .unwrap();
-    let mut stream = common::clients(&channel, Some(&app.operator_secret))
-        .access
-        .watch_entitlements(pb::WatchEntitlementsRequest {
-            account_id: "acme".into(),
-            after_revision: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = small_window_watch(&app).await;
     // Far more changes than the buffer and the transport's windows hold,
     // while the client reads nothing.
     import_users(&app, 4000).await;
@@ -306,6 +311,7 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
             })) => {
                 received += 1;
                 last = c.revision;
+                assert!(received < 4000, "read every change without being cut off");
             }
             Ok(Some(_)) => {}
             Ok(None) => panic!("the stream ended without an error after {received} changes"),
@@ -373,6 +379,52 @@ async fn an_account_admin_watches_only_its_account() {
         Code::PermissionDenied,
         &["set account_id to `acme`"],
     );
+}
+
+/// Found in review: a stop waited for a watch to finish its replay, as long
+/// as its client kept reading, so one slow reader could hold a stop open
+/// for minutes. A stop now ends a replay at once.
+#[tokio::test]
+async fn a_graceful_stop_ends_a_watch_in_the_middle_of_its_replay() {
+    let mut app = TestApp::spawn_with(Options {
+        watch: Some(WatchOptions {
+            buffer: 8,
+            ..WatchOptions::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.create_account("acme", "work").await;
+    import_users(&app, 4000).await;
+    let mut stream = small_window_watch(&app).await;
+    for _ in 0..10 {
+        next_change(&mut stream).await;
+    }
+    app.begin_shutdown();
+    let mut received = 10;
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the watch was not ended")
+        {
+            Ok(Some(_)) => {
+                received += 1;
+                // A client that keeps reading, slowly.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(None) => panic!("ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        received < 4000,
+        "the whole replay was sent after the stop began"
+    );
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the stop waited on the watch");
 }
 
 #[tokio::test]

@@ -114,7 +114,7 @@ impl Entitlements {
                         let Some(change) = change_of(record, account.as_deref()) else {
                             continue;
                         };
-                        if !offer(&tx, WatchEvent::Change(change), &options).await {
+                        if !offer(&tx, WatchEvent::Change(change), &options, &mut stopping).await {
                             return;
                         }
                         last_sent = Instant::now();
@@ -126,7 +126,7 @@ impl Entitlements {
                 reached = reached.max(durable);
                 let silent = last_sent.elapsed();
                 if *stopping.borrow_and_update() {
-                    let _ = tx.send(Err(DomainError::ShuttingDown)).await;
+                    say_stopping(&tx).await;
                     return;
                 }
                 let heartbeat_due = match options.heartbeat.checked_sub(silent) {
@@ -139,13 +139,13 @@ impl Entitlements {
                             Err(_) => true,
                         },
                         _ = stopping.changed() => {
-                            let _ = tx.send(Err(DomainError::ShuttingDown)).await;
+                            say_stopping(&tx).await;
                             return;
                         }
                     },
                 };
                 if heartbeat_due {
-                    if !offer(&tx, WatchEvent::Heartbeat(reached), &options).await {
+                    if !offer(&tx, WatchEvent::Heartbeat(reached), &options, &mut stopping).await {
                         return;
                     }
                     last_sent = Instant::now();
@@ -176,14 +176,25 @@ fn change_of(record: AuditRecord, account: Option<&str>) -> Option<Change> {
 /// `stall`. A buffer that stays full that long means the client reads too
 /// slowly: it is told so (once it has read what is buffered, or not at all
 /// if it never does) and the watch ends. Memory stays bounded by the buffer
-/// either way, since the events come from the audit trail on disk. False
-/// when the watch should end.
+/// either way, since the events come from the audit trail on disk. A stop
+/// ends the watch at once, even in the middle of a replay. False when the
+/// watch should end.
 async fn offer(
     tx: &mpsc::Sender<Result<WatchEvent, DomainError>>,
     event: WatchEvent,
     options: &WatchOptions,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
-    match tokio::time::timeout(options.stall, tx.reserve()).await {
+    let reserved = tokio::select! {
+        biased;
+        _ = stopping.wait_for(|s| *s) => None,
+        reserved = tokio::time::timeout(options.stall, tx.reserve()) => Some(reserved),
+    };
+    let Some(reserved) = reserved else {
+        say_stopping(tx).await;
+        return false;
+    };
+    match reserved {
         Ok(Ok(permit)) => {
             permit.send(Ok(event));
             true
@@ -201,4 +212,14 @@ async fn offer(
             false
         }
     }
+}
+
+/// Tells the client the server is stopping, if its buffer has room within a
+/// second: a stop must not wait on a client that does not read.
+async fn say_stopping(tx: &mpsc::Sender<Result<WatchEvent, DomainError>>) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tx.send(Err(DomainError::ShuttingDown)),
+    )
+    .await;
 }
