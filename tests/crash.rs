@@ -219,7 +219,8 @@ async fn verify_audit(clients: &Clients) {
 }
 
 /// Follows the feed of the writers' account after `after` until the
-/// server goes away; returns the changes it saw.
+/// server goes away; returns the changes it saw. A watch the server itself
+/// refuses or ends (rather than the kill cutting it) fails the test.
 fn watcher(clients: &Clients, after: u64) -> tokio::task::JoinHandle<Vec<pb::EntitlementChange>> {
     let mut access = clients.access.clone();
     tokio::spawn(async move {
@@ -228,15 +229,35 @@ fn watcher(clients: &Clients, after: u64) -> tokio::task::JoinHandle<Vec<pb::Ent
             account_id: "work".into(),
             after_revision: after,
         };
-        let Ok(stream) = access.watch_entitlements(request).await else {
-            return seen;
-        };
-        let mut stream = stream.into_inner();
-        while let Ok(Some(message)) = stream.message().await {
-            if let Some(Event::Change(change)) = message.event {
-                seen.push(change);
+        let ended = match access.watch_entitlements(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(message)) => {
+                            if let Some(Event::Change(change)) = message.event {
+                                seen.push(change);
+                            }
+                        }
+                        Ok(None) => panic!("the watch ended cleanly while the server ran"),
+                        Err(status) => break status,
+                    }
+                }
             }
-        }
+            Err(status) => status,
+        };
+        use tonic::Code;
+        assert!(
+            !matches!(
+                ended.code(),
+                Code::ResourceExhausted
+                    | Code::OutOfRange
+                    | Code::InvalidArgument
+                    | Code::PermissionDenied
+                    | Code::Unauthenticated
+            ),
+            "the server ended the watch: {ended:?}"
+        );
         seen
     })
 }
@@ -334,6 +355,8 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
     let mut total = 0usize;
     // Every change the watchers saw, across all the cycles.
     let mut feed: Vec<pb::EntitlementChange> = Vec::new();
+    // Cycles in which the watcher saw changes before the kill.
+    let mut cycles_followed = 0u64;
     for cycle in 0..cycles {
         let server = Server::start(dir.path(), &[]);
         let clients = server.clients().await;
@@ -352,7 +375,9 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         for t in tasks {
             t.await.unwrap();
         }
-        extend_feed(&mut feed, watch.await.unwrap());
+        let followed = watch.await.unwrap();
+        cycles_followed += u64::from(!followed.is_empty());
+        extend_feed(&mut feed, followed);
         while let Some(ack) = rx.recv().await {
             total += 1;
             recent.insert(ack.user.clone(), ack);
@@ -365,9 +390,14 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
     verify_audit(&clients).await;
     verify_feed(&clients, &feed, &acked).await;
     assert!(total > 0, "no write was acknowledged");
-    assert!(!feed.is_empty(), "the watchers saw no change");
+    // Not every cycle: a kill 20 ms into the load can come before the
+    // watch is answered. Most must.
+    assert!(
+        cycles_followed * 2 >= cycles,
+        "the watchers saw changes in only {cycles_followed} of {cycles} cycles"
+    );
     println!(
-        "{cycles} SIGKILL cycles, {total} acknowledged writes checked, {} changes followed live across the kills",
+        "{cycles} SIGKILL cycles, {total} acknowledged writes checked, {} changes followed live across the kills (in {cycles_followed} cycles)",
         feed.len()
     );
 }

@@ -94,9 +94,7 @@ pub enum StoreError {
         "data directory `{path}`: sled's files (`db`) are not those of the store `entitled.watermark` records (they are another store's, or new and empty); put back this directory's own `db`, or restore a backup into a new directory"
     )]
     ForeignData { path: String },
-    #[error(
-        "data directory `{path}`: {source}; if the data in `db` is known to be right, remove that file and start again"
-    )]
+    #[error("data directory `{path}`: {source}")]
     Watermark {
         path: String,
         source: WatermarkError,
@@ -1102,8 +1100,35 @@ fn check_watermark(
             id
         }
     };
-    let watermark = Watermark::create(dir, Mark { id, revision }).map_err(watermark_error)?;
+    // What sled recovered may still be only in the page cache (a process
+    // killed before its flush): sync it before the watermark names it.
+    sync_all_files(&dir.join(DB_DIR)).map_err(|source| StoreError::Open {
+        path: path.clone(),
+        source: source.into(),
+    })?;
+    let now = Mark { id, revision };
+    let watermark = if mark.is_some() {
+        // In place, into one slot: the other keeps the mark just checked.
+        let mut watermark = Watermark::open(dir).map_err(watermark_error)?;
+        watermark.write(now, true).map_err(watermark_error)?;
+        watermark
+    } else {
+        Watermark::create(dir, now).map_err(watermark_error)?
+    };
     Ok((id, watermark))
+}
+
+/// fsyncs every file below `dir`, and the directories.
+fn sync_all_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_all_files(&path)?;
+        } else {
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {

@@ -14,7 +14,8 @@
 //! after each flush, without an fsync of its own: it may lag behind sled
 //! after a power cut (never ahead, since sled is flushed first), and a lower
 //! watermark only makes the check weaker, never wrong. It is synced when it
-//! is created and when the store is flushed for a stop.
+//! is created (written beside, synced, renamed into place) and when the
+//! store is flushed for a stop.
 
 use std::{
     fs::{File, OpenOptions},
@@ -53,7 +54,9 @@ pub struct Watermark {
 pub enum WatermarkError {
     #[error("cannot read or write `{path}`: {source}")]
     Io { path: String, source: io::Error },
-    #[error("`{path}` is damaged: {reason}")]
+    #[error(
+        "`{path}` is damaged: {reason}; if the data in `db` is known to be right, remove that file and start again"
+    )]
     Damaged { path: String, reason: String },
 }
 
@@ -119,29 +122,58 @@ pub fn read(dir: &Path) -> Result<Option<Mark>, WatermarkError> {
 }
 
 impl Watermark {
-    /// Writes `mark` to both slots of a new or existing file in `dir` and
-    /// syncs it and the directory.
+    /// Writes `mark` to both slots of a new file, syncs it, and puts it in
+    /// place of any old one in `dir` (then syncs the directory): a crash
+    /// leaves the old watermark or the new one, never a partial file.
     pub fn create(dir: &Path, mark: Mark) -> Result<Self, WatermarkError> {
         let path = dir.join(FILE);
-        let io = |source| WatermarkError::Io {
-            path: path.display().to_string(),
-            source,
+        let staged = dir.join(format!("{FILE}.new"));
+        let io = |at: &Path| {
+            let at = at.display().to_string();
+            move |source| WatermarkError::Io { path: at, source }
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
         let slot = encode(mark);
         let mut both = [0u8; 2 * SLOT];
         both[..SLOT].copy_from_slice(&slot);
         both[SLOT..].copy_from_slice(&slot);
-        file.write_all_at(&both, 0).map_err(io)?;
-        file.set_len(both.len() as u64).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&staged)
+                .map_err(io(&staged))?;
+            file.write_all_at(&both, 0).map_err(io(&staged))?;
+            file.sync_all().map_err(io(&staged))?;
+        }
+        std::fs::rename(&staged, &path).map_err(io(&path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        Ok(Watermark {
+            file,
+            path,
+            next: 0,
+        })
+    }
+
+    /// Opens the existing file in `dir` for writing (it needs no new space:
+    /// a restart on a full disk still opens).
+    pub fn open(dir: &Path) -> Result<Self, WatermarkError> {
+        let path = dir.join(FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| WatermarkError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(Watermark {
             file,
             path,
