@@ -13,9 +13,9 @@
 //! fails its checksum and the other slot is read. The watermark is written
 //! after each flush, without an fsync of its own: it may lag behind sled
 //! after a power cut (never ahead, since sled is flushed first), and a lower
-//! watermark only makes the check weaker, never wrong. It is synced when it
-//! is created (written beside, synced, renamed into place) and when the
-//! store is flushed for a stop.
+//! watermark only makes the check weaker, never wrong. It is synced at each
+//! open (after sled's files are synced) and when the store is flushed for a
+//! stop; a missing one is written beside, synced and renamed into place.
 
 use std::{
     fs::{File, OpenOptions},
@@ -162,8 +162,8 @@ impl Watermark {
         })
     }
 
-    /// Opens the existing file in `dir` for writing (it needs no new space:
-    /// a restart on a full disk still opens).
+    /// Opens the existing file in `dir` for writing in place (no new space
+    /// is needed).
     pub fn open(dir: &Path) -> Result<Self, WatermarkError> {
         let path = dir.join(FILE);
         let file = OpenOptions::new()
