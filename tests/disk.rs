@@ -13,7 +13,7 @@ mod common;
 
 use std::{path::Path, process::Command};
 
-use common::{clients, process::BIN, process::Server};
+use common::{process::BIN, process::Server};
 use entitled::proto::v1 as pb;
 use tonic::Code;
 
@@ -456,7 +456,9 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on() {
         .user
         .unwrap();
     assert_eq!(user.user_id, "u0");
-    let check = clients(&server.channel().await, Some(&server.secret))
+    let check = server
+        .clients()
+        .await
         .access
         .check_analytics_access(pb::CheckAnalyticsAccessRequest {
             account_id: "acme".into(),

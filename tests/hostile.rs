@@ -17,7 +17,7 @@ mod common;
 
 use std::{io::Write, time::Duration};
 
-use common::{clients, process::Server, raw};
+use common::{process::Server, raw};
 use entitled::{catalogue::Catalogue, proto::v1 as pb};
 use proptest::{
     prelude::*,
@@ -170,7 +170,7 @@ fn methods() -> Vec<(&'static str, Vec<u8>)> {
 
 /// Asserts the server still answers an ordinary check and never panicked.
 async fn still_serving(server: &Server) {
-    let access = clients(&server.channel().await, Some(&server.secret)).access;
+    let access = server.clients().await.access;
     access
         .clone()
         .check_analytics_access(pb::CheckAnalyticsAccessRequest {
@@ -215,7 +215,7 @@ fn random_and_mutated_bytes_as_every_request_never_hurt_the_server() {
     let methods = methods();
     let authorization = format!("Bearer {}", server.secret);
     rt.block_on(async {
-        let op = clients(&server.channel().await, Some(&server.secret));
+        let op = server.clients().await;
         op.provisioning
             .clone()
             .create_account(pb::CreateAccountRequest {
@@ -286,7 +286,7 @@ fn random_strings_in_well_formed_requests_are_judged_never_internal() {
     let rt = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let op = rt.block_on(async { clients(&server.channel().await, Some(&server.secret)) });
+    let op = rt.block_on(async { server.clients().await });
     rt.block_on(async {
         op.provisioning
             .clone()
