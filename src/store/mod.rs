@@ -787,16 +787,22 @@ impl Store {
             inner.writer.lock().failed = Some(reason.clone());
             return Err(StoreError::Failed(reason));
         }
+        self.publish(batch);
+        Ok(())
+    }
+
+    /// Applies flushed writes to the view in revision order, announces the
+    /// view's new revision and records it in the watermark.
+    fn publish(&self, batch: Vec<(u64, Vec<Mutation>)>) {
         let published = {
-            let mut view = inner.view.write();
+            let mut view = self.inner.view.write();
             for (rev, mutations) in batch {
                 view.apply(rev, mutations);
             }
             view.revision()
         };
-        inner.published.send_replace(published);
+        self.inner.published.send_replace(published);
         self.record_durable(published, false);
-        Ok(())
     }
 
     /// Records `revision` as durable in the watermark. A failure is logged,
@@ -951,21 +957,14 @@ impl Store {
         // Writes committed before this one and not yet published: the flush
         // above covered them, so publish them first, keeping revision order
         // (their writers then find their revision already in the view).
-        let earlier = std::mem::take(&mut writer.pending);
+        let mut batch = std::mem::take(&mut writer.pending);
         let mutations = accounts
             .into_iter()
             .map(Mutation::PutAccount)
             .chain(users.into_iter().map(Mutation::PutUser))
             .collect();
-        {
-            let mut view = inner.view.write();
-            for (rev, earlier) in earlier {
-                view.apply(rev, earlier);
-            }
-            view.apply(revision, mutations);
-        }
-        inner.published.send_replace(revision);
-        self.record_durable(revision, false);
+        batch.push((revision, mutations));
+        self.publish(batch);
         drop(flush);
         Ok(revision)
     }

@@ -150,16 +150,7 @@ impl Watermark {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        Ok(Watermark {
-            file,
-            path,
-            next: 0,
-        })
+        Self::open(dir)
     }
 
     /// Opens the existing file in `dir` for writing in place (no new space
