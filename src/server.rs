@@ -155,19 +155,9 @@ impl Application {
         })?;
         // The store first: a directory in use fails before the port is taken.
         let store = Store::open(&config.data_dir)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let (listener, local_addr) = bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(bind_metrics(addr).await?),
+            Some(addr) => Some(bind(addr).await?),
             None => None,
         };
         let tls = config.tls.as_ref().map(tls_config).transpose()?;
@@ -308,7 +298,8 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-async fn bind_metrics(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+/// A listener on `addr`, and the address it got (for port 0).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
     let bind_error = |source| ServerError::Bind { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
