@@ -204,6 +204,12 @@ impl Principal {
         user: Option<&str>,
     ) -> Result<(), String> {
         self.may_call(rpc)?;
+        self.scope(rpc, account, user)
+    }
+
+    /// The account and user part of `authorize`, for a caller already known
+    /// to be allowed `rpc` (`may_call`): a batch asks it per item.
+    pub fn scope(&self, rpc: Rpc, account: Option<&str>, user: Option<&str>) -> Result<(), String> {
         let role = self.role;
         if role != Role::AccountAdmin {
             return Ok(());

@@ -558,7 +558,7 @@ impl Entitlements {
                 .map(|item| {
                     let (account, user) = item?;
                     principal
-                        .authorize(Rpc::BatchCheckAnalyticsAccess, Some(account), None)
+                        .scope(Rpc::BatchCheckAnalyticsAccess, Some(account), None)
                         .map_err(|m| E::from(DomainError::PermissionDenied(m)))?;
                     Ok(self.decide(view, now, account, user))
                 })
