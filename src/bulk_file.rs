@@ -131,19 +131,21 @@ pub fn parse(source: impl Read, format: Format) -> Result<(Vec<GoodRow>, Vec<Bad
                 continue;
             }
         };
+        // Any case; empty for none.
         let tier = match row.analytics_tier.to_ascii_lowercase().as_str() {
-            "" | "none" => Tier::None,
-            "essentials" => Tier::Essentials,
-            "supervisor" => Tier::Supervisor,
-            other => {
-                bad.push((
-                    line,
-                    format!(
-                        "analytics_tier `{other}` is not a tier; use none, essentials or supervisor"
-                    ),
-                ));
-                continue;
-            }
+            "" => Tier::None,
+            name => match name.parse::<Tier>() {
+                Ok(tier) => tier,
+                Err(_) => {
+                    bad.push((
+                        line,
+                        format!(
+                            "analytics_tier `{name}` is not a tier; use none, essentials or supervisor"
+                        ),
+                    ));
+                    continue;
+                }
+            },
         };
         if let Some(first) = seen.insert((row.account_id.clone(), row.user_id.clone()), line) {
             bad.push((

@@ -267,8 +267,9 @@ fn parse_tier(tier: &Spanned<String>) -> Result<Tier, String> {
     tier.get_ref().parse()
 }
 
-/// The 1-based line of byte offset `at` in `text`.
-fn line_of(text: &str, at: usize) -> usize {
+/// The 1-based line of byte offset `at` in `text` (for TOML errors, here
+/// and in the command line's config file).
+pub fn line_of(text: &str, at: usize) -> usize {
     text.as_bytes()
         .iter()
         .take(at)

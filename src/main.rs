@@ -65,7 +65,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Rows per atomic chunk (at most 5000).
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = entitled::service::MAX_IMPORT_ROWS)]
         chunk_size: usize,
     },
     /// Write users from one consistent snapshot, readable by `import`.

@@ -69,7 +69,9 @@ pub async fn import(args: &ClientArgs, import: ImportArgs) -> Result<(), CliErro
     let mut provisioning = clients.provisioning;
 
     // Every row against the server's rules, changing nothing.
-    let chunk_size = import.chunk_size.clamp(1, 5000);
+    let chunk_size = import
+        .chunk_size
+        .clamp(1, entitled::service::MAX_IMPORT_ROWS);
     let mut would = (0u32, 0u32, 0u32);
     for chunk in rows.chunks(chunk_size) {
         let r = provisioning

@@ -121,13 +121,7 @@ impl ServeArgs {
             None => (FileConfig::default(), String::new(), String::new()),
         };
         let bad = |span: Range<usize>, message: String| {
-            let line = text
-                .as_bytes()
-                .iter()
-                .take(span.start)
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1;
+            let line = entitled::catalogue::line_of(&text, span.start);
             CliError::Usage(format!("config `{origin}` line {line}: {message}"))
         };
         let file_listen = file
