@@ -61,12 +61,12 @@ impl Entitlements {
         let mut errors: Vec<(usize, DomainError)> = Vec::new();
         let mut targets: Vec<(AccountId, UserId)> = Vec::new();
         let mut target_rows: Vec<usize> = Vec::new();
-        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
         for (index, row) in rows.iter().enumerate() {
             match check_row(row) {
                 Err(e) => errors.push((index, e)),
                 Ok((account, user)) => {
-                    let key = (row.account_id.clone(), row.user_id.clone());
+                    let key = (row.account_id.as_str(), row.user_id.as_str());
                     if let Some(first) = seen.insert(key, index) {
                         errors.push((
                             index,
@@ -94,20 +94,16 @@ impl Entitlements {
         let mut store_errors: Vec<(usize, DomainError)> = Vec::new();
         let written: Written<ImportCounts> = self
             .store
-            .write::<_, DomainError>(&Target::Users(targets), ctx, |current| {
+            .write::<_, DomainError>(&Target::Users(targets.clone()), ctx, |current| {
                 let mut counts = ImportCounts::default();
                 let mut mutations = Vec::new();
                 let mut activated: HashSet<AccountId> = HashSet::new();
-                for ((account, existing), &index) in current.many.iter().zip(&target_rows) {
+                let each = current.many.iter().zip(&targets).zip(&target_rows);
+                for (((account, existing), (account_id, user_id)), &index) in each {
                     let row = &rows[index];
                     let Some(account) = account else {
-                        store_errors.push((
-                            index,
-                            DomainError::AccountNotFound(
-                                AccountId::try_from(row.account_id.clone())
-                                    .map_err(|e| DomainError::BadImport(e.to_string()))?,
-                            ),
-                        ));
+                        store_errors
+                            .push((index, DomainError::AccountNotFound(account_id.clone())));
                         continue;
                     };
                     let blank;
@@ -116,8 +112,7 @@ impl Entitlements {
                         None => {
                             blank = User {
                                 account_id: account.id.clone(),
-                                id: UserId::try_from(row.user_id.clone())
-                                    .map_err(|e| DomainError::BadImport(e.to_string()))?,
+                                id: user_id.clone(),
                                 display_name: String::new(),
                                 edition: None,
                                 tier: Tier::None,
