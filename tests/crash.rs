@@ -364,6 +364,9 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
             seed(&clients).await;
         }
         verify(&clients, &recent).await;
+        // After every restart, not only at the end: no revision gap, and
+        // the audit trail agrees with the data.
+        verify_audit(&clients).await;
         acked.extend(recent.drain());
         let watch = watcher(&clients, feed.last().map_or(0, |c| c.revision));
         let (tx, mut rx) = mpsc::unbounded_channel();
