@@ -108,6 +108,7 @@ struct Inner {
     checks: IntCounterVec,
     check_counters: CheckCounters,
     writes: IntCounter,
+    refusals_left_out: IntCounter,
     write_seconds: Histogram,
     flush_seconds: Histogram,
     revision: IntGauge,
@@ -147,6 +148,10 @@ impl Metrics {
             "entitled_store_writes_total",
             "writes committed to the store (each raises the revision by one)",
         )?;
+        let refusals_left_out = IntCounter::new(
+            "entitled_audit_refusals_left_out_total",
+            "refused writes not recorded in the audit trail because their token refused more than its rate",
+        )?;
         let write_seconds = Histogram::with_opts(latency(
             "entitled_store_write_duration_seconds",
             "time from a write's commit starting to it being durable and visible",
@@ -166,6 +171,7 @@ impl Metrics {
         registry.register(Box::new(rpc_seconds.clone()))?;
         registry.register(Box::new(checks.clone()))?;
         registry.register(Box::new(writes.clone()))?;
+        registry.register(Box::new(refusals_left_out.clone()))?;
         registry.register(Box::new(write_seconds.clone()))?;
         registry.register(Box::new(flush_seconds.clone()))?;
         registry.register(Box::new(revision.clone()))?;
@@ -180,6 +186,7 @@ impl Metrics {
                 check_counters: CheckCounters::new(&checks),
                 checks,
                 writes,
+                refusals_left_out,
                 write_seconds,
                 flush_seconds,
                 revision,
@@ -188,6 +195,12 @@ impl Metrics {
                 users,
             }),
         })
+    }
+
+    /// A refused write was counted but not recorded (its token's refusals
+    /// were over their rate).
+    pub fn refusal_left_out(&self) {
+        self.inner.refusals_left_out.inc();
     }
 
     /// The counter and histogram of one method and code. Callers keep it, so

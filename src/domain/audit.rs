@@ -59,3 +59,68 @@ pub struct AuditRecord {
     pub details: Vec<String>,
     pub outcome: Outcome,
 }
+
+/// The most bytes of a caller's value (an id as sent, a refusal's reason)
+/// that the audit trail keeps. A refused call can carry megabytes; what is
+/// stored for it must stay small and fixed.
+pub const MAX_KEPT_ID: usize = 128;
+/// See [`MAX_KEPT_ID`].
+pub const MAX_KEPT_REASON: usize = 1024;
+
+/// `value` as the audit trail keeps it: whole if it fits in `max` bytes,
+/// else its start (cut on a character boundary) followed by
+/// `… (N bytes)`, so the record still says how long the value was.
+pub fn kept(value: &str, max: usize) -> String {
+    if value.len() <= max {
+        return value.to_owned();
+    }
+    // Room for the suffix: "… (" + up to 20 digits + " bytes)".
+    let room = max.saturating_sub(32);
+    let mut cut = room.min(value.len());
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &value[..cut], value.len())
+}
+
+/// How a refusal is kept for a retry with the same request id: the kind
+/// of refusal (which the gRPC edge maps to a code) and its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+/// The refusals a retry must see again. Only refusals that the same
+/// request would meet again are kept: not a failure of the store, a
+/// shutdown or a wait that ran out, for which a retry is the remedy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Aborted,
+    PermissionDenied,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_values_are_bounded_and_say_their_length() {
+        assert_eq!(kept("acme", MAX_KEPT_ID), "acme");
+        let exact = "a".repeat(MAX_KEPT_ID);
+        assert_eq!(kept(&exact, MAX_KEPT_ID), exact);
+        let huge = "A".repeat(4_000_000);
+        let k = kept(&huge, MAX_KEPT_ID);
+        assert!(k.len() <= MAX_KEPT_ID, "{} bytes", k.len());
+        assert!(k.ends_with("… (4000000 bytes)"), "{k}");
+        // Multi-byte characters are never split.
+        let wide = "é".repeat(1000);
+        let k = kept(&wide, MAX_KEPT_ID);
+        assert!(k.len() <= MAX_KEPT_ID);
+        assert!(k.ends_with("… (2000 bytes)"), "{k}");
+    }
+}

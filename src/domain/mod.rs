@@ -10,11 +10,14 @@ use std::{sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-pub use audit::{Actor, AuditRecord, Outcome, UserState};
+pub use audit::{
+    Actor, AuditRecord, MAX_KEPT_ID, MAX_KEPT_REASON, Outcome, Refusal, RefusalKind, UserState,
+    kept,
+};
 pub use auth::{Principal, Role, Rpc, Service};
 pub use ids::{
-    AccountId, DisplayNameError, IdError, MAX_DISPLAY_NAME, UserId, validate_display_name,
-    validate_id,
+    AccountId, DisplayNameError, IdError, MAX_DISPLAY_NAME, MAX_ID_LEN, UserId,
+    validate_display_name, validate_id,
 };
 pub use tier::Tier;
 

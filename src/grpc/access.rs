@@ -23,7 +23,7 @@ impl CatalogueService for Api {
 #[tonic::async_trait]
 impl AccessService for Api {
     // Debug level: the hot path pays for no span unless asked to.
-    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
     async fn check_analytics_access(
         &self,
         request: Request<pb::CheckAnalyticsAccessRequest>,
@@ -79,7 +79,7 @@ impl AccessService for Api {
     type WatchEntitlementsStream =
         Pin<Box<dyn Stream<Item = Result<pb::WatchEntitlementsResponse, Status>> + Send>>;
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, after_revision = request.get_ref().after_revision))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), after_revision = request.get_ref().after_revision))]
     async fn watch_entitlements(
         &self,
         request: Request<pb::WatchEntitlementsRequest>,

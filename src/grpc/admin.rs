@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 
+use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -17,7 +18,7 @@ use crate::{
 
 #[tonic::async_trait]
 impl TokenService for Api {
-    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    #[tracing::instrument(skip_all, fields(name = %convert::Logged(&request.get_ref().name)))]
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,
@@ -64,7 +65,7 @@ impl TokenService for Api {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(token_id = %request.get_ref().token_id))]
+    #[tracing::instrument(skip_all, fields(token_id = %convert::Logged(&request.get_ref().token_id)))]
     async fn revoke_token(
         &self,
         request: Request<pb::RevokeTokenRequest>,
@@ -86,7 +87,7 @@ impl TokenService for Api {
 
 #[tonic::async_trait]
 impl AuditService for Api {
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id)))]
     async fn list_changes(
         &self,
         request: Request<pb::ListChangesRequest>,
@@ -99,16 +100,36 @@ impl AuditService for Api {
         let (changes, more) =
             self.svc
                 .list_changes(&caller, account.as_ref(), after_seq, r.after_revision, size)?;
-        let next_page_token = match changes.last() {
+        // Bounded in bytes as well as in records: a page never exceeds what
+        // a default client accepts, whatever the records hold.
+        let mut page: Vec<pb::Change> = Vec::with_capacity(changes.len());
+        let mut bytes = 0;
+        for change in &changes {
+            let change = pb::Change::from(change);
+            let len = change.encoded_len() + MESSAGE_OVERHEAD;
+            if !page.is_empty() && bytes + len > MAX_PAGE_BYTES {
+                break;
+            }
+            bytes += len;
+            page.push(change);
+        }
+        let more = more || page.len() < changes.len();
+        let next_page_token = match page.len().checked_sub(1).map(|i| &changes[i]) {
             Some(last) if more => convert::audit_token(last.seq),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListChangesResponse {
-            changes: changes.iter().map(Into::into).collect(),
+            changes: page,
             next_page_token,
         }))
     }
 }
+
+/// The most bytes of records one ListChanges page carries: a quarter of
+/// the 4 MiB a default gRPC client accepts.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+/// A repeated field's tag and length prefix, at most.
+const MESSAGE_OVERHEAD: usize = 6;
 
 /// How much of the backup file one message carries.
 const BACKUP_CHUNK: usize = 64 * 1024;

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use crate::{
     catalogue::{Catalogue, Report, ReportKind},
     domain::{
-        Account, AccountId, Decision, Denial, DisplayNameError, IdError, Notice, NoticeKind, Tier,
-        User, UserId, validate_display_name, validate_id,
+        Account, AccountId, Decision, Denial, DisplayNameError, IdError, MAX_ID_LEN, Notice,
+        NoticeKind, Tier, User, UserId, validate_display_name, validate_id,
     },
     domain::{AuditRecord, Outcome, Principal, Role, Rpc, Token, UserState},
     proto::v1 as pb,
@@ -59,6 +59,25 @@ impl ConversionError {
             value: shorten(&value.to_string()),
             problem: problem.into(),
         }
+    }
+}
+
+/// A caller's value as a log line shows it: whole if it is short, else its
+/// start and its length, so a caller cannot write megabytes into the logs.
+pub struct Logged<'a>(pub &'a str);
+
+impl std::fmt::Display for Logged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MAX: usize = 128;
+        let value = self.0;
+        if value.len() <= MAX {
+            return f.write_str(value);
+        }
+        let mut cut = MAX;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        write!(f, "{}… ({} bytes)", &value[..cut], value.len())
     }
 }
 
@@ -113,6 +132,21 @@ pub fn display_name(field: &'static str, value: String) -> Result<String, Conver
             e.to_string(),
         )),
     }
+}
+
+/// The name of a catalogue entry (an edition, a product line) as a request
+/// gives it: the catalogue says whether it exists, but a name longer than
+/// any catalogue id can hold is refused here, so no refusal echoes it whole.
+pub fn catalogue_name(field: &'static str, value: String) -> Result<String, ConversionError> {
+    let len = value.chars().count();
+    if len > MAX_ID_LEN {
+        return Err(ConversionError::invalid(
+            field,
+            &value,
+            format!("is {len} characters long; no catalogue name is longer than {MAX_ID_LEN}"),
+        ));
+    }
+    Ok(value)
 }
 
 /// A tier a request sets: unspecified and unknown values are refused.

@@ -59,7 +59,7 @@ impl Api {
                 principal: Arc::clone(principal),
                 request: None,
             };
-            self.svc.record_refusal(
+            let recorded = self.svc.record_refusal(
                 &caller,
                 rpc,
                 account,
@@ -67,6 +67,9 @@ impl Api {
                 status::code_name(status.code()),
                 status.message(),
             );
+            if !recorded {
+                self.metrics.refusal_left_out();
+            }
         }
         result
     }

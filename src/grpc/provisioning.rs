@@ -15,7 +15,7 @@ const EXPORT_CHUNK: usize = 1000;
 
 #[tonic::async_trait]
 impl ProvisioningService for Api {
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id)))]
     async fn create_account(
         &self,
         request: Request<pb::CreateAccountRequest>,
@@ -26,10 +26,8 @@ impl ProvisioningService for Api {
             let caller = convert::writer(&principal, Rpc::CreateAccount, &r)?;
             let id = convert::account_id("account_id", r.account_id.clone())?;
             let name = convert::display_name("display_name", r.display_name.clone())?;
-            let written = self
-                .svc
-                .create_account(&caller, id, name, r.product_line.clone())
-                .await?;
+            let line = convert::catalogue_name("product_line", r.product_line.clone())?;
+            let written = self.svc.create_account(&caller, id, name, line).await?;
             Ok(Response::new(pb::CreateAccountResponse {
                 account: Some((&written.output).into()),
                 revision: written.revision,
@@ -38,7 +36,7 @@ impl ProvisioningService for Api {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id)))]
     async fn get_account(
         &self,
         request: Request<pb::GetAccountRequest>,
@@ -51,7 +49,7 @@ impl ProvisioningService for Api {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
     async fn put_user(&self, request: Request<pb::PutUserRequest>) -> Reply<pb::PutUserResponse> {
         let principal = principal(&request)?;
         let r = request.into_inner();
@@ -69,7 +67,7 @@ impl ProvisioningService for Api {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Reply<pb::GetUserResponse> {
         let caller = reader(&request)?;
         let r = request.into_inner();
@@ -81,7 +79,7 @@ impl ProvisioningService for Api {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id)))]
     async fn list_users(
         &self,
         request: Request<pb::ListUsersRequest>,
@@ -104,7 +102,7 @@ impl ProvisioningService for Api {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
     async fn delete_user(
         &self,
         request: Request<pb::DeleteUserRequest>,
@@ -129,7 +127,7 @@ impl ProvisioningService for Api {
         .await
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
     async fn update_user_services(
         &self,
         request: Request<pb::UpdateUserServicesRequest>,
@@ -146,7 +144,12 @@ impl ProvisioningService for Api {
                 let account = convert::account_id("account_id", r.account_id.clone())?;
                 let user = convert::user_id("user_id", r.user_id.clone())?;
                 let change = ServicesChange {
-                    edition: r.edition.clone().map(|e| (!e.is_empty()).then_some(e)),
+                    edition: r
+                        .edition
+                        .clone()
+                        .map(|e| convert::catalogue_name("edition", e))
+                        .transpose()?
+                        .map(|e| (!e.is_empty()).then_some(e)),
                     tier: r
                         .analytics_tier
                         .map(|t| convert::tier("analytics_tier", t))
@@ -198,8 +201,17 @@ impl ProvisioningService for Api {
                     first.index,
                     first.message
                 );
-                self.svc
-                    .record_refusal(&caller, Rpc::ImportUsers, "", "", &first.code, &reason);
+                let recorded = self.svc.record_refusal(
+                    &caller,
+                    Rpc::ImportUsers,
+                    "",
+                    "",
+                    &first.code,
+                    &reason,
+                );
+                if !recorded {
+                    self.metrics.refusal_left_out();
+                }
             }
             Ok(Response::new(pb::ImportUsersResponse {
                 errors,
@@ -215,7 +227,7 @@ impl ProvisioningService for Api {
     type ExportUsersStream =
         Pin<Box<dyn Stream<Item = Result<pb::ExportUsersResponse, Status>> + Send>>;
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id)))]
     async fn export_users(
         &self,
         request: Request<pb::ExportUsersRequest>,

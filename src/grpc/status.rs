@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 
 use super::convert::ConversionError;
-use crate::{proto::v1 as pb, service::DomainError, store::StoreError};
+use crate::{domain::RefusalKind, proto::v1 as pb, service::DomainError, store::StoreError};
 
 /// A batch item's error: the code and message the single call would fail
 /// with, carried in the item's result instead of failing the batch.
@@ -49,6 +49,7 @@ impl From<DomainError> for Status {
             DomainError::HistoryGone { .. } => Status::out_of_range(message),
             DomainError::SlowConsumer { .. } => Status::resource_exhausted(message),
             DomainError::ShuttingDown => Status::unavailable(message),
+            DomainError::Refused(refusal) => Status::new(refusal_code(refusal.kind), message),
             DomainError::Store(e) => e.into(),
         }
     }
@@ -75,6 +76,18 @@ impl From<StoreError> for Status {
     }
 }
 
+/// The code of a refusal kept for a retry: the code its first answer had.
+fn refusal_code(kind: RefusalKind) -> Code {
+    match kind {
+        RefusalKind::InvalidArgument => Code::InvalidArgument,
+        RefusalKind::NotFound => Code::NotFound,
+        RefusalKind::AlreadyExists => Code::AlreadyExists,
+        RefusalKind::FailedPrecondition => Code::FailedPrecondition,
+        RefusalKind::Aborted => Code::Aborted,
+        RefusalKind::PermissionDenied => Code::PermissionDenied,
+    }
+}
+
 /// The canonical name of a code, as the audit trail records it.
 pub fn code_name(code: Code) -> &'static str {
     match code {
@@ -95,5 +108,82 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        domain::{AccountId, Tier, UserId},
+        store::Refusable,
+    };
+
+    /// A refusal kept for a retry answers with the code and message its
+    /// first answer had; the rest are not kept.
+    #[test]
+    fn a_kept_refusal_answers_as_the_first_did() {
+        let account = || AccountId::try_from("acme".to_owned()).unwrap();
+        let user = || UserId::try_from("ada".to_owned()).unwrap();
+        let kept = [
+            DomainError::AccountNotFound(account()),
+            DomainError::AccountExists(account()),
+            DomainError::UserNotFound {
+                account: account(),
+                user: user(),
+            },
+            DomainError::UnknownProductLine {
+                given: "x".into(),
+                valid: vec!["work".into()],
+            },
+            DomainError::UnknownEdition {
+                given: "X9".into(),
+                product_line: "work".into(),
+                valid: vec!["X1".into()],
+            },
+            DomainError::ProductLineRetired("old".into()),
+            DomainError::TierNotAllowed {
+                edition: "X2".into(),
+                tier: Tier::Supervisor,
+                allowing: vec!["X8".into()],
+            },
+            DomainError::TierNeedsEdition {
+                user: user(),
+                tier: Tier::Essentials,
+                allowing: vec!["X1".into()],
+            },
+            DomainError::RevisionMismatch {
+                user: user(),
+                expected: 1,
+                actual: 2,
+            },
+            DomainError::NothingToChange,
+            DomainError::PermissionDenied("no".into()),
+            DomainError::TokenNotFound("t".into()),
+            DomainError::InvalidToken("bad".into()),
+            DomainError::BadImport("row".into()),
+        ];
+        for error in kept {
+            let refusal = error.refusal().unwrap_or_else(|| panic!("{error:?}"));
+            let replayed = Status::from(DomainError::refused(refusal));
+            let first = Status::from(error);
+            assert_eq!(replayed.code(), first.code(), "{}", first.message());
+            assert_eq!(replayed.message(), first.message());
+        }
+        let not_kept = [
+            DomainError::Unauthenticated("who".into()),
+            DomainError::RevisionNotReached {
+                wanted: 9,
+                current: 1,
+                within: Duration::from_secs(1),
+            },
+            DomainError::ShuttingDown,
+            DomainError::Store(StoreError::Failed("disk".into())),
+        ];
+        for error in not_kept {
+            assert!(error.refusal().is_none(), "{error:?}");
+        }
     }
 }

@@ -3,8 +3,12 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{Caller, DomainError, Entitlements, ServicesChange, authorize, plan_services};
+use crate::store::Refusable;
 use crate::{
-    domain::{AccountId, Rpc, Tier, User, UserId, validate_display_name},
+    domain::{
+        AccountId, MAX_ID_LEN, MAX_KEPT_ID, MAX_KEPT_REASON, Refusal, Rpc, Tier, User, UserId,
+        kept, validate_display_name,
+    },
     store::{Decided, Mutation, Target, Written},
 };
 
@@ -91,10 +95,12 @@ impl Entitlements {
         let catalogue = std::sync::Arc::clone(&self.catalogue);
         let ctx = self.context(caller, Rpc::ImportUsers, "", "");
         let apply = errors.is_empty() && !dry_run;
-        let mut store_errors: Vec<(usize, DomainError)> = Vec::new();
-        let written: Written<ImportCounts> = self
+        // The rows refused against the stored state are part of the answer
+        // a retry with the same request id gets back.
+        let written: Written<(ImportCounts, Vec<(usize, Refusal)>)> = self
             .store
             .write::<_, DomainError>(&Target::Users(targets.clone()), ctx, |current| {
+                let mut store_errors: Vec<(usize, Refusal)> = Vec::new();
                 let mut counts = ImportCounts::default();
                 let mut mutations = Vec::new();
                 let mut activated: HashSet<AccountId> = HashSet::new();
@@ -102,8 +108,8 @@ impl Entitlements {
                 for (((account, existing), (account_id, user_id)), &index) in each {
                     let row = &rows[index];
                     let Some(account) = account else {
-                        store_errors
-                            .push((index, DomainError::AccountNotFound(account_id.clone())));
+                        let e = DomainError::AccountNotFound(account_id.clone());
+                        store_errors.push((index, row_refusal(e)?));
                         continue;
                     };
                     let blank;
@@ -132,7 +138,7 @@ impl Entitlements {
                         match plan_services(&catalogue, account, before, &change) {
                             Ok(planned) => planned,
                             Err(e) => {
-                                store_errors.push((index, e));
+                                store_errors.push((index, row_refusal(e)?));
                                 continue;
                             }
                         };
@@ -169,14 +175,19 @@ impl Entitlements {
                 if !apply || !store_errors.is_empty() {
                     mutations.clear();
                 }
-                Ok(Decided::new(mutations, counts))
+                Ok(Decided::new(mutations, (counts, store_errors)))
             })
             .await?;
-        errors.extend(store_errors);
+        let (counts, store_errors) = written.output;
+        errors.extend(
+            store_errors
+                .into_iter()
+                .map(|(index, refusal)| (index, DomainError::Refused(refusal))),
+        );
         errors.sort_by_key(|(index, _)| *index);
         Ok(Imported {
             errors,
-            counts: written.output,
+            counts,
             revision: written.revision,
         })
     }
@@ -195,9 +206,16 @@ impl Entitlements {
     }
 }
 
+/// A row's refusal as the answer keeps it; an error that is not a refusal
+/// (none of the rules' errors) fails the whole import instead.
+fn row_refusal(e: DomainError) -> Result<Refusal, DomainError> {
+    e.refusal().ok_or(e)
+}
+
 /// The checks a row needs before the store is asked.
 fn check_row(row: &ImportRow) -> Result<(AccountId, UserId), DomainError> {
     let bad = |field: &str, value: &str, e: &dyn std::fmt::Display| {
+        let value = kept(value, MAX_KEPT_ID);
         DomainError::BadImport(format!("{field} `{value}` {e}"))
     };
     let account = AccountId::try_from(row.account_id.clone())
@@ -212,7 +230,15 @@ fn check_row(row: &ImportRow) -> Result<(AccountId, UserId), DomainError> {
         )
     })?;
     if let Err(e) = &row.tier {
-        return Err(DomainError::BadImport(e.clone()));
+        return Err(DomainError::BadImport(kept(e, MAX_KEPT_REASON)));
+    }
+    let len = row.edition.chars().count();
+    if len > MAX_ID_LEN {
+        return Err(bad(
+            "edition",
+            &row.edition,
+            &format!("is {len} characters long; no catalogue name is longer than {MAX_ID_LEN}"),
+        ));
     }
     Ok((account, user))
 }

@@ -7,22 +7,24 @@ use std::{
 };
 
 mod bulk;
+mod refusals;
 mod tokens;
 mod watch;
 
 use crate::{
     catalogue::{Catalogue, ProductLine, ReportKind},
     domain::{
-        Account, AccountId, Actor, AuditRecord, Decision, Denial, Notice, NoticeKind, Principal,
-        ReportAccess, Rpc, Tier, User, UserId,
+        Account, AccountId, Actor, AuditRecord, Decision, Denial, MAX_KEPT_REASON, Notice,
+        NoticeKind, Principal, Refusal, RefusalKind, ReportAccess, Rpc, Tier, User, UserId, kept,
     },
     store::{
-        Backup, Current, Decided, Mutation, RequestKey, Store, StoreError, Target, View,
+        Backup, Current, Decided, Mutation, Refusable, RequestKey, Store, StoreError, Target, View,
         WriteContext, Written,
     },
 };
 
 pub use bulk::{ImportCounts, ImportRow, Imported, MAX_IMPORT_ROWS};
+pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec};
 pub use watch::{Change, WatchEvent, WatchOptions};
 
@@ -132,8 +134,53 @@ pub enum DomainError {
     SlowConsumer { buffer: usize, stall: Duration },
     #[error("the server is stopping; resume the watch from the last revision received")]
     ShuttingDown,
+    /// A refusal kept with a request id, given again to its retry.
+    #[error("{}", .0.message)]
+    Refused(Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Refusable for DomainError {
+    /// Every refusal that the same request would meet again is kept; a
+    /// retry is the remedy for the rest (the store failing, a wait that ran
+    /// out, a shutdown), so they are not.
+    fn refusal(&self) -> Option<Refusal> {
+        use RefusalKind as K;
+        let kind = match self {
+            DomainError::AccountNotFound(_)
+            | DomainError::UserNotFound { .. }
+            | DomainError::TokenNotFound(_) => K::NotFound,
+            DomainError::AccountExists(_) => K::AlreadyExists,
+            DomainError::UnknownProductLine { .. }
+            | DomainError::UnknownEdition { .. }
+            | DomainError::NothingToChange
+            | DomainError::InvalidToken(_)
+            | DomainError::BadImport(_) => K::InvalidArgument,
+            DomainError::ProductLineRetired(_)
+            | DomainError::TierNotAllowed { .. }
+            | DomainError::TierNeedsEdition { .. } => K::FailedPrecondition,
+            DomainError::RevisionMismatch { .. } => K::Aborted,
+            DomainError::PermissionDenied(_) => K::PermissionDenied,
+            DomainError::Refused(kept) => return Some(kept.clone()),
+            DomainError::Unauthenticated(_)
+            | DomainError::TokenReplay { .. }
+            | DomainError::Bootstrap(_)
+            | DomainError::RevisionNotReached { .. }
+            | DomainError::HistoryGone { .. }
+            | DomainError::SlowConsumer { .. }
+            | DomainError::ShuttingDown
+            | DomainError::Store(_) => return None,
+        };
+        Some(Refusal {
+            kind,
+            message: kept(&self.to_string(), MAX_KEPT_REASON),
+        })
+    }
+
+    fn refused(refusal: Refusal) -> Self {
+        DomainError::Refused(refusal)
+    }
 }
 
 /// A request to change a user's services; `None` keeps a field as it is.
@@ -165,6 +212,8 @@ pub struct Entitlements {
     /// Set once the server stops: open watches end, so a graceful stop does
     /// not wait for them forever.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// How many refusals each token may leave in the audit trail.
+    refusals: Arc<refusals::RefusalLimiter>,
 }
 
 impl Entitlements {
@@ -188,6 +237,7 @@ impl Entitlements {
             report_lists: Arc::new(report_lists),
             watch_options: WatchOptions::default(),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            refusals: Arc::default(),
         }
     }
 
@@ -440,23 +490,6 @@ impl Entitlements {
                 },
             )
             .await
-    }
-
-    /// Records a refused write in the audit trail (the gRPC layer calls this
-    /// for every write RPC that fails, whatever the reason).
-    pub fn record_refusal(
-        &self,
-        caller: &Caller,
-        rpc: Rpc,
-        account: &str,
-        user: &str,
-        code: &str,
-        reason: &str,
-    ) {
-        let ctx = self.context(caller, rpc, account, user);
-        if let Err(e) = self.store.record_refusal(ctx, code, reason) {
-            tracing::error!(error = %e, rpc = rpc.name(), "cannot record a refused write in the audit trail");
-        }
     }
 
     /// The audit trail, of one account or (operators and provisioners) all.

@@ -2,12 +2,68 @@
 //! `account/user`; `/` cannot occur in an id), values a format version byte
 //! followed by the record in postcard, counters big-endian `u64`.
 
-use serde::{Serialize, de::DeserializeOwned};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
-use crate::domain::{AccountId, UserId};
+use crate::domain::{AccountId, Refusal, UserId};
 
 const FORMAT_V1: u8 = 1;
+/// Request records that can hold a refusal (`RequestRecord`); format 1
+/// request records (`RequestRecordV1`) held only outputs.
+const FORMAT_V2: u8 = 2;
+
+/// The first answer to a request id: the encoded output, or the refusal.
+#[derive(Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub fingerprint: [u8; 32],
+    pub at: SystemTime,
+    /// The revision the answer carried.
+    pub revision: u64,
+    pub answer: Result<Vec<u8>, Refusal>,
+}
+
+/// A request record as written before refusals were kept.
+#[derive(Deserialize)]
+struct RequestRecordV1 {
+    fingerprint: [u8; 32],
+    at: SystemTime,
+    revision: u64,
+    output: Vec<u8>,
+}
+
+pub fn encode_request(record: &RequestRecord) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![FORMAT_V2];
+    out.extend_from_slice(
+        &postcard::to_stdvec(record).map_err(|e| StoreError::Encode(e.to_string()))?,
+    );
+    Ok(out)
+}
+
+/// A request record of either format.
+pub fn decode_request(
+    tree: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<RequestRecord, StoreError> {
+    match value.split_first() {
+        Some((&FORMAT_V2, body)) => postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
+            tree,
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }),
+        _ => {
+            let old: RequestRecordV1 = decode(tree, key, value)?;
+            Ok(RequestRecord {
+                fingerprint: old.fingerprint,
+                at: old.at,
+                revision: old.revision,
+                answer: Ok(old.output),
+            })
+        }
+    }
+}
 
 pub fn account_key(id: &AccountId) -> Vec<u8> {
     id.as_str().as_bytes().to_vec()

@@ -33,7 +33,7 @@ use sled::{Transactional, transaction::ConflictableTransactionError};
 
 use self::watermark::{Mark, StoreId, Watermark, WatermarkError};
 use crate::domain::{
-    Account, AccountId, Actor, AuditRecord, Outcome, Rpc, Token, User, UserId, UserState,
+    Account, AccountId, Actor, AuditRecord, Outcome, Refusal, Rpc, Token, User, UserId, UserState,
     validate_id,
 };
 
@@ -193,6 +193,14 @@ pub struct Written<T> {
     pub replayed: bool,
 }
 
+/// What `commit` did: its result, the transaction it wrote (to wait for
+/// before answering), and whether a write was applied.
+struct Committed<T, E> {
+    result: Result<Written<T>, E>,
+    txn: Option<u64>,
+    applied: bool,
+}
+
 /// Told about writes and flushes as they happen, so metrics can count them
 /// without the store knowing how they are exported. Calls are made on the
 /// write path: keep them cheap and never block.
@@ -240,8 +248,10 @@ struct Inner {
     /// committed but not yet published to the view.
     writer: Mutex<WriterState>,
     /// One flusher at a time; waiting writers queue here and usually find
-    /// their revision already flushed by the one before them.
-    flush_lock: tokio::sync::Mutex<()>,
+    /// their transaction already flushed by the one before them. Holds the
+    /// count of transactions known durable (`WriterState::txns` at the
+    /// last flush).
+    flush_lock: tokio::sync::Mutex<u64>,
     view: RwLock<View>,
     /// The view's revision, announced after each publication, for readers
     /// that wait for a revision (`min_revision`).
@@ -260,17 +270,24 @@ struct Inner {
 struct WriterState {
     committed: u64,
     audit_seq: u64,
+    /// sled transactions committed by this process: writes, refusals and
+    /// request records alike. Durability is waited for by this count, so a
+    /// write that raises no revision (a no-op or a refusal kept for a
+    /// retry) can still wait for its record to be flushed.
+    txns: u64,
     pending: Vec<(u64, Vec<Mutation>)>,
     failed: Option<String>,
 }
 
-/// The first response to a request id.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct RequestRecord {
-    fingerprint: [u8; 32],
-    at: SystemTime,
-    revision: u64,
-    output: Vec<u8>,
+/// The error a `decide` closure fails with, as a retry with the same
+/// request id sees it: a refusal the same request would meet again is kept
+/// with the request id, and a retry gets it back instead of running again.
+pub trait Refusable: Sized {
+    /// What to keep for a retry, or `None` when a retry should run again
+    /// (a failure of the store, say).
+    fn refusal(&self) -> Option<Refusal>;
+    /// A kept refusal, as the error a retry fails with.
+    fn refused(refusal: Refusal) -> Self;
 }
 
 impl Store {
@@ -325,10 +342,11 @@ impl Store {
                 writer: Mutex::new(WriterState {
                     committed: revision,
                     audit_seq,
+                    txns: 0,
                     pending: Vec::new(),
                     failed: None,
                 }),
-                flush_lock: tokio::sync::Mutex::new(()),
+                flush_lock: tokio::sync::Mutex::new(0),
                 view: RwLock::new(view),
                 observer: OnceLock::new(),
                 published: tokio::sync::watch::Sender::new(revision),
@@ -380,12 +398,19 @@ impl Store {
     ) -> Result<Written<T>, E>
     where
         T: Serialize + DeserializeOwned,
-        E: From<StoreError>,
+        E: From<StoreError> + Refusable,
     {
         let started = Instant::now();
-        let (written, applied) = self.commit(target, ctx, decide)?;
-        self.wait_durable(written.revision).await?;
-        if applied && let Some(observer) = self.observer() {
+        let committed = self.commit(target, ctx, decide);
+        // Whatever the outcome, what it wrote (a write, a no-op's or a
+        // refusal's request record) is durable before the caller hears of it.
+        if let Some(txn) = committed.txn {
+            self.wait_durable(txn).await?;
+        }
+        let written = committed.result?;
+        if committed.applied
+            && let Some(observer) = self.observer()
+        {
             observer.durable(started.elapsed());
         }
         Ok(written)
@@ -396,14 +421,37 @@ impl Store {
         target: &Target,
         ctx: WriteContext,
         decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
+    ) -> Committed<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<StoreError> + Refusable,
+    {
+        let mut writer = self.inner.writer.lock();
+        let mut txn = None;
+        let result = self.commit_locked(&mut writer, &mut txn, target, ctx, decide);
+        let applied = matches!(result, Ok((_, true)));
+        Committed {
+            result: result.map(|(written, _)| written),
+            txn,
+            applied,
+        }
+    }
+
+    /// `commit` under the writer lock; sets `txn` to the transaction to
+    /// wait for, and says whether the write was applied.
+    fn commit_locked<T, E>(
+        &self,
+        writer: &mut WriterState,
+        txn: &mut Option<u64>,
+        target: &Target,
+        ctx: WriteContext,
+        decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
     ) -> Result<(Written<T>, bool), E>
     where
         T: Serialize + DeserializeOwned,
-        E: From<StoreError>,
+        E: From<StoreError> + Refusable,
     {
-        let inner = &self.inner;
-        let trees = &inner.trees;
-        let mut writer = inner.writer.lock();
+        let trees = &self.inner.trees;
         if let Some(reason) = &writer.failed {
             return Err(StoreError::Failed(reason.clone()).into());
         }
@@ -415,16 +463,23 @@ impl Store {
         if let (Some(request), Some(key)) = (&ctx.request, &request_key)
             && let Some(bytes) = trees.requests.get(key).map_err(StoreError::from)?
         {
-            let record: RequestRecord = codec::decode(REQUESTS, key, &bytes)?;
+            let record = codec::decode_request(REQUESTS, key, &bytes)?;
             let fresh = record.at + REQUEST_ID_WINDOW > ctx.at;
             if fresh && record.fingerprint == request.fingerprint {
-                let output = codec::decode(REQUESTS, key, &record.output)?;
-                let replayed = Written {
-                    output,
-                    revision: record.revision,
-                    replayed: true,
+                // The answer may not be durable yet if its first call is
+                // still waiting for the flush: so does the retry.
+                *txn = Some(writer.txns);
+                return match record.answer {
+                    Ok(output) => Ok((
+                        Written {
+                            output: codec::decode(REQUESTS, key, &output)?,
+                            revision: record.revision,
+                            replayed: true,
+                        },
+                        false,
+                    )),
+                    Err(refusal) => Err(E::refused(refusal)),
                 };
-                return Ok((replayed, false));
             }
             if fresh {
                 return Err(StoreError::RequestReused(request.id.clone()).into());
@@ -448,8 +503,22 @@ impl Store {
             mutations,
             output,
             details,
-        } = decide(current)?;
+        } = match decide(current) {
+            Ok(decided) => decided,
+            Err(e) => {
+                if let Some(refusal) = e.refusal() {
+                    self.keep_unchanged(writer, txn, &ctx, &request_key, Err(refusal))?;
+                }
+                return Err(e);
+            }
+        };
         if mutations.is_empty() {
+            let answer = Ok(codec::encode(&output)?);
+            self.keep_unchanged(writer, txn, &ctx, &request_key, answer)?;
+            // The answer names the committed revision: it is durable before
+            // the answer is given, even when another writer's flush of it
+            // is still running.
+            *txn = Some(writer.txns);
             let unchanged = Written {
                 output,
                 revision: writer.committed,
@@ -526,15 +595,16 @@ impl Store {
             seq.to_be_bytes().to_vec(),
         ));
         if let (Some(request), Some(key)) = (&ctx.request, request_key) {
-            let kept = RequestRecord {
+            let kept = codec::RequestRecord {
                 fingerprint: request.fingerprint,
                 at: ctx.at,
                 revision,
-                output: codec::encode(&output)?,
+                answer: Ok(codec::encode(&output)?),
             };
-            ops.push(Op::put(Tree::Requests, key, codec::encode(&kept)?));
+            ops.push(Op::put(Tree::Requests, key, codec::encode_request(&kept)?));
         }
-        self.transact(&mut writer, &ops)?;
+        self.transact(writer, &ops)?;
+        *txn = Some(writer.txns);
         writer.committed = revision;
         writer.audit_seq = seq;
         writer.pending.push((revision, mutations));
@@ -547,6 +617,32 @@ impl Store {
             replayed: false,
         };
         Ok((written, true))
+    }
+
+    /// Keeps the answer to a request id that raised no revision (a no-op or
+    /// a refusal), so that a retry gets it back rather than running again
+    /// against a state that has moved on.
+    fn keep_unchanged(
+        &self,
+        writer: &mut WriterState,
+        txn: &mut Option<u64>,
+        ctx: &WriteContext,
+        key: &Option<Vec<u8>>,
+        answer: Result<Vec<u8>, Refusal>,
+    ) -> Result<(), StoreError> {
+        let (Some(request), Some(key)) = (&ctx.request, key) else {
+            return Ok(());
+        };
+        let record = codec::RequestRecord {
+            fingerprint: request.fingerprint,
+            at: ctx.at,
+            revision: writer.committed,
+            answer,
+        };
+        let op = Op::put(Tree::Requests, key.clone(), codec::encode_request(&record)?);
+        self.transact(writer, &[op])?;
+        *txn = Some(writer.txns);
+        Ok(())
     }
 
     /// Appends a refused write to the audit trail. It raises no revision and
@@ -756,21 +852,27 @@ impl Store {
                 sled::transaction::TransactionError::Abort(()) => {
                     StoreError::Failed("transaction aborted".to_owned())
                 }
-            })
+            })?;
+        writer.txns += 1;
+        Ok(())
     }
 
-    /// Waits until `revision` is flushed and published, flushing it (and
-    /// every other write committed by then) if nobody else has.
-    async fn wait_durable(&self, revision: u64) -> Result<(), StoreError> {
+    /// Waits until transaction `txn` (a `WriterState::txns` count) is
+    /// flushed and the writes up to it are published, flushing it (and
+    /// every other transaction committed by then) if nobody else has.
+    async fn wait_durable(&self, txn: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let _flushing = inner.flush_lock.lock().await;
-        if inner.view.read().revision() >= revision {
+        let mut durable = inner.flush_lock.lock().await;
+        if *durable >= txn {
             return Ok(());
         }
-        if let Some(reason) = &inner.writer.lock().failed {
-            return Err(StoreError::Failed(reason.clone()));
-        }
-        let batch = std::mem::take(&mut inner.writer.lock().pending);
+        let (batch, upto) = {
+            let mut writer = inner.writer.lock();
+            if let Some(reason) = &writer.failed {
+                return Err(StoreError::Failed(reason.clone()));
+            }
+            (std::mem::take(&mut writer.pending), writer.txns)
+        };
         let db = inner.db.clone();
         let started = Instant::now();
         // A flush on a blocking thread: sled 0.34's flush_async deadlocks
@@ -787,6 +889,7 @@ impl Store {
             inner.writer.lock().failed = Some(reason.clone());
             return Err(StoreError::Failed(reason));
         }
+        *durable = upto;
         self.publish(batch);
         Ok(())
     }
@@ -824,10 +927,10 @@ impl Store {
     /// it is made; reads do not.
     pub async fn backup(&self, taken_at: SystemTime) -> Result<Backup, StoreError> {
         let store = self.clone();
-        let backup = tokio::task::spawn_blocking(move || store.snapshot(taken_at))
+        let (backup, txn) = tokio::task::spawn_blocking(move || store.snapshot(taken_at))
             .await
             .map_err(|e| StoreError::Failed(e.to_string()))??;
-        self.wait_durable(backup.revision).await?;
+        self.wait_durable(txn).await?;
         Ok(backup)
     }
 
@@ -928,7 +1031,7 @@ impl Store {
         let inner = &self.inner;
         // The flush lock first, as flushers take it: no flush is in flight,
         // so every unpublished write is in `pending`.
-        let flush = inner.flush_lock.blocking_lock();
+        let mut flush = inner.flush_lock.blocking_lock();
         let mut writer = inner.writer.lock();
         if let Some(reason) = &writer.failed {
             return Err(StoreError::Failed(reason.clone()));
@@ -953,6 +1056,7 @@ impl Store {
             .meta
             .insert(REVISION_KEY, &revision.to_be_bytes()[..])?;
         inner.db.flush()?;
+        *flush = writer.txns;
         writer.committed = revision;
         // Writes committed before this one and not yet published: the flush
         // above covered them, so publish them first, keeping revision order
@@ -969,7 +1073,8 @@ impl Store {
         Ok(revision)
     }
 
-    fn snapshot(&self, taken_at: SystemTime) -> Result<Backup, StoreError> {
+    /// The backup, and the transaction to wait for before handing it out.
+    fn snapshot(&self, taken_at: SystemTime) -> Result<(Backup, u64), StoreError> {
         let writer = self.inner.writer.lock();
         if let Some(reason) = &writer.failed {
             return Err(StoreError::Failed(reason.clone()));
@@ -981,10 +1086,11 @@ impl Store {
                 .ok_or_else(|| StoreError::Encode(format!("no tree `{name}`")))?;
             file.tree(name, tree)?;
         }
-        Ok(Backup {
+        let backup = Backup {
             revision: writer.committed,
             bytes: file.finish(),
-        })
+        };
+        Ok((backup, writer.txns))
     }
 
     /// A tree by its name (as a backup names it).
