@@ -276,7 +276,8 @@ async fn import_checks_every_row_before_changing_anything() {
          nowhere,eve,Eve,X2,none\n\
          acme,fay,Fay,X4,gold\n\
          acme,ada,Ada again,X4,none\n\
-         acme,g/h,Bad id,X4,none\n",
+         acme,g/h,Bad id,X4,none\n\
+         acme,hal,Eve\u{202e}lin,X4,none\n",
     );
     let before = app.revision().await;
     let r = run(&app, &app.operator_secret, &["import", &bad]).await;
@@ -289,7 +290,8 @@ async fn import_checks_every_row_before_changing_anything() {
         "bad.csv:7: analytics_tier `gold` is not a tier",
         "bad.csv:8: user `ada` of account `acme` is also on line 2",
         "bad.csv:9: user_id `g/h` contains `/`",
-        "7 bad rows; nothing was changed",
+        "bad.csv:10: display_name `Eve\\u{202e}lin` contains the invisible format character U+202E at position 4",
+        "8 bad rows; nothing was changed",
     ] {
         assert!(
             r.stderr.contains(expected),

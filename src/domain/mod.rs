@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 pub use audit::{Actor, AuditRecord, Outcome, UserState};
 pub use auth::{Principal, Role, Rpc, Service};
 pub use ids::{
-    AccountId, DisplayNameError, IdError, MAX_DISPLAY_NAME, UserId, validate_display_name,
-    validate_id,
+    AccountId, DisplayNameError, HiddenKind, IdError, MAX_DISPLAY_NAME, UserId,
+    validate_display_name, validate_id,
 };
 pub use tier::Tier;
 
