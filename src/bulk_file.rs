@@ -1,9 +1,9 @@
 //! The import and export file formats: CSV or JSON Lines with the columns
 //! `account_id,user_id,display_name,edition,analytics_tier`.
 //!
-//! Parsing checks what a file alone can tell (format, tiers, duplicate
-//! users) and keeps each row's line number; the catalogue's rules are the
-//! server's, applied by a dry run of `ImportUsers`. Kept apart from the
+//! Parsing checks what a file alone can tell (format, tiers, display names,
+//! duplicate users) and keeps each row's line number; the catalogue's rules
+//! are the server's, applied by a dry run of `ImportUsers`. Kept apart from the
 //! command line so that the fuzz target `import` exercises it as `entitled
 //! import` does.
 
@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Tier;
+use crate::domain::{Tier, validate_display_name};
 
 /// The columns, in the order export writes them.
 pub const COLUMNS: [&str; 5] = [
@@ -147,6 +147,14 @@ pub fn parse(source: impl Read, format: Format) -> Result<(Vec<GoodRow>, Vec<Bad
                 }
             },
         };
+        // The server checks it too; here the line number can go with it.
+        if let Err(e) = validate_display_name(&row.display_name) {
+            bad.push((
+                line,
+                format!("display_name `{}` {e}", row.display_name.escape_debug()),
+            ));
+            continue;
+        }
         if let Some(first) = seen.insert((row.account_id.clone(), row.user_id.clone()), line) {
             bad.push((
                 line,

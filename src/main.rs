@@ -112,16 +112,21 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Command::Config(ConfigCommand::Show(args)) => args.resolve().map(|effective| {
+        Command::Config(ConfigCommand::Show(args)) => args.resolve().and_then(|effective| {
             let mut shown = effective.to_json();
             if let serde_json::Value::Object(map) = &mut shown {
                 map.insert("server".to_owned(), cli.client.server.clone().into());
+                // What a client command would send, and from which file.
+                let token = cli.client.token()?;
+                map.insert("token".to_owned(), token.as_deref().map(mask).into());
+                let file = cli.client.token_file.as_ref();
                 map.insert(
-                    "token".to_owned(),
-                    cli.client.token.as_deref().map(mask).into(),
+                    "token_file".to_owned(),
+                    file.map(|p| p.display().to_string()).into(),
                 );
             }
             cli::output::print(cli.client.output, &shown);
+            Ok(())
         }),
         Command::Restore(args) => cli::restore::run(args),
         command => client(&cli.client, command),

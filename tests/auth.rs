@@ -621,6 +621,77 @@ async fn an_admin_cannot_grant_themselves_access() {
     app.update(set("boss")).await.unwrap();
 }
 
+/// Issue 15: an account admin's import whose every row is malformed names no
+/// account; it used to be refused PERMISSION_DENIED ("only for its own
+/// account") instead of getting its rows' errors.
+#[tokio::test]
+async fn an_admin_import_of_only_bad_rows_gets_the_rows_errors() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    let admin = app.clients(Some(
+        &app.token("acme admin", Role::AccountAdmin, "acme", "boss")
+            .await,
+    ));
+    let gateway = app.clients(Some(&app.token("gw", Role::Gateway, "", "").await));
+    let rows = vec![
+        pb::UserRow {
+            account_id: "ac/me".into(),
+            user_id: "ada".into(),
+            ..Default::default()
+        },
+        pb::UserRow {
+            account_id: "acme".into(),
+            user_id: "b b".into(),
+            ..Default::default()
+        },
+        pb::UserRow {
+            account_id: "acme".into(),
+            user_id: "cy".into(),
+            edition: "X4".into(),
+            analytics_tier: 42,
+            ..Default::default()
+        },
+    ];
+    let before = app.revision().await;
+    for dry_run in [true, false] {
+        let request = pb::ImportUsersRequest {
+            rows: rows.clone(),
+            dry_run,
+            request_id: String::new(),
+        };
+        let reply = admin
+            .provisioning
+            .clone()
+            .import_users(request.clone())
+            .await
+            .unwrap_or_else(|e| panic!("dry run {dry_run}: {e:?}"))
+            .into_inner();
+        let errors: Vec<(u32, &str, &str)> = reply
+            .errors
+            .iter()
+            .map(|e| (e.index, e.code.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for ((index, code, message), (want_index, want)) in errors.iter().zip([
+            (0, "account_id `ac/me` contains `/`"),
+            (1, "user_id `b b` contains ` `"),
+            (2, "analytics_tier `42` is not a tier"),
+        ]) {
+            assert_eq!((*index, *code), (want_index, "INVALID_ARGUMENT"));
+            assert!(message.contains(want), "row {index}: {message}");
+        }
+        assert_eq!((reply.created, reply.updated, reply.unchanged), (0, 0, 0));
+
+        // A role that may not import at all is still refused, rows or not.
+        assert_status(
+            gateway.provisioning.clone().import_users(request).await,
+            Code::PermissionDenied,
+            &["role `gateway` may not call ProvisioningService.ImportUsers"],
+        );
+    }
+    assert_eq!(app.revision().await, before, "nothing was written");
+}
+
 #[tokio::test]
 async fn the_audit_trail_records_applied_and_refused_writes() {
     let app = TestApp::spawn().await;

@@ -30,11 +30,19 @@ impl Run {
 
 /// Runs `entitled ARGS` as a client of `app` with `token`.
 async fn run(app: &TestApp, token: &str, args: &[&str]) -> Run {
+    run_with(app, &[("ENTITLED_TOKEN", token)], args).await
+}
+
+/// Runs `entitled ARGS` as a client of `app` with only the token
+/// variables in `env`.
+async fn run_with(app: &TestApp, env: &[(&str, &str)], args: &[&str]) -> Run {
     let mut command = Command::new(BIN);
     command
         .args(args)
         .env("ENTITLED_SERVER", format!("http://{}", app.addr))
-        .env("ENTITLED_TOKEN", token)
+        .env_remove("ENTITLED_TOKEN")
+        .env_remove("ENTITLED_TOKEN_FILE")
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG");
     let out = tokio::task::spawn_blocking(move || command.output().unwrap())
         .await
@@ -253,6 +261,112 @@ async fn exit_codes_tell_usage_refusal_and_unreachable_apart() {
     assert!(String::from_utf8_lossy(&completions.stdout).contains("entitled"));
 }
 
+/// Issue 15: a token given with --token is visible to every user of the
+/// machine (`ps`); --token-file reads it from a file only its owner can read.
+#[tokio::test]
+async fn the_token_from_a_private_file_and_never_from_an_open_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    let dir = tempfile::tempdir().unwrap();
+    let private = write(
+        dir.path(),
+        "private.token",
+        &format!("{}\n", app.operator_secret),
+    );
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let get = ["account", "get", "acme", "--output", "json"];
+    let accepted = |r: &Run| {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.json()["account_id"], "acme");
+    };
+
+    // The flag, the variable, and the server's own operator.token as it is.
+    let flag = [&["--token-file", private.as_str()][..], &get].concat();
+    accepted(&run_with(&app, &[], &flag).await);
+    accepted(&run_with(&app, &[("ENTITLED_TOKEN_FILE", &private)], &get).await);
+    let operator = app.data_dir.join("operator.token").display().to_string();
+    accepted(&run_with(&app, &[("ENTITLED_TOKEN_FILE", &operator)], &get).await);
+
+    // Readable by group or others: refused before any call, naming the file.
+    let open = write(
+        dir.path(),
+        "open.token",
+        &format!("{}\n", app.operator_secret),
+    );
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for env in [&[][..], &[("ENTITLED_TOKEN_FILE", open.as_str())][..]] {
+        let args = if env.is_empty() {
+            [&["--token-file", open.as_str()][..], &get].concat()
+        } else {
+            get.to_vec()
+        };
+        let r = run_with(&app, env, &args).await;
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        for piece in [
+            format!("token file `{open}` is open to group or others (mode 0644)"),
+            format!("run `chmod 600 {open}`"),
+        ] {
+            assert!(r.stderr.contains(&piece), "{piece:?} not in {}", r.stderr);
+        }
+        assert!(!r.stderr.contains(&app.operator_secret));
+    }
+
+    // Both ways at once: refused, whichever is the flag and the variable.
+    let both = [
+        (
+            vec![],
+            [
+                &["--token", "tok_x.y", "--token-file", private.as_str()][..],
+                &get,
+            ]
+            .concat(),
+        ),
+        (
+            vec![("ENTITLED_TOKEN", app.operator_secret.as_str())],
+            flag.clone(),
+        ),
+        (
+            vec![("ENTITLED_TOKEN_FILE", private.as_str())],
+            [&["--token", app.operator_secret.as_str()][..], &get].concat(),
+        ),
+    ];
+    for (env, args) in both {
+        let r = run_with(&app, &env, &args).await;
+        assert_eq!(r.code, 2, "{env:?} {args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("--token (or ENTITLED_TOKEN) and --token-file (or ENTITLED_TOKEN_FILE) are both set; give only one, preferably --token-file"),
+            "{}",
+            r.stderr
+        );
+    }
+
+    // config show names the file and masks the token read from it.
+    let show = run_with(
+        &app,
+        &[],
+        &[
+            "config",
+            "show",
+            "--output",
+            "json",
+            "--token-file",
+            &private,
+        ],
+    )
+    .await;
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    let token_id = app.operator_secret.split_once('.').unwrap().0;
+    assert_eq!(show.json()["token"], format!("{token_id}.****"));
+    assert_eq!(show.json()["token_file"], private.as_str());
+
+    let help = run_with(&app, &[], &["--help"]).await.stdout;
+    assert!(
+        help.contains("--token-file <PATH>") && help.contains("Prefer --token-file"),
+        "{help}"
+    );
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -276,7 +390,8 @@ async fn import_checks_every_row_before_changing_anything() {
          nowhere,eve,Eve,X2,none\n\
          acme,fay,Fay,X4,gold\n\
          acme,ada,Ada again,X4,none\n\
-         acme,g/h,Bad id,X4,none\n",
+         acme,g/h,Bad id,X4,none\n\
+         acme,hal,Eve\u{202e}lin,X4,none\n",
     );
     let before = app.revision().await;
     let r = run(&app, &app.operator_secret, &["import", &bad]).await;
@@ -289,7 +404,8 @@ async fn import_checks_every_row_before_changing_anything() {
         "bad.csv:7: analytics_tier `gold` is not a tier",
         "bad.csv:8: user `ada` of account `acme` is also on line 2",
         "bad.csv:9: user_id `g/h` contains `/`",
-        "7 bad rows; nothing was changed",
+        "bad.csv:10: display_name `Eve\\u{202e}lin` contains the invisible format character U+202E at position 4",
+        "8 bad rows; nothing was changed",
     ] {
         assert!(
             r.stderr.contains(expected),

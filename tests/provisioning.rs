@@ -169,6 +169,136 @@ async fn display_names_are_checked() {
     assert!(put("Ada Lovelace".into()).await.is_ok());
 }
 
+/// Issue 15: a RIGHT-TO-LEFT OVERRIDE makes `Ada\u{202e}nimda` show as
+/// "Adaadmin"; a ZERO WIDTH SPACE makes two names that look alike differ.
+/// Every name a caller sends is refused with the character and where it is.
+#[tokio::test]
+async fn invisible_and_direction_changing_characters_are_refused_in_every_name() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    let before = app.revision().await;
+    let rlo = "Ada\u{202e}nimda";
+    let rlo_shown = "`Ada\\u{202e}nimda`";
+    let rlo_said = "contains the invisible format character U+202E at position 4 (counting characters from 1); remove it";
+
+    let put_user = app
+        .provisioning
+        .clone()
+        .put_user(pb::PutUserRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            display_name: rlo.into(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(
+        put_user,
+        Code::InvalidArgument,
+        &[&format!("display_name {rlo_shown} {rlo_said}")],
+    );
+
+    let create_account = app
+        .provisioning
+        .clone()
+        .create_account(pb::CreateAccountRequest {
+            account_id: "globex".into(),
+            display_name: "Glo\u{200b}bex".into(),
+            product_line: "work".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(
+        create_account,
+        Code::InvalidArgument,
+        &[
+            "display_name `Glo\\u{200b}bex`",
+            "invisible format character U+200B at position 4",
+        ],
+    );
+
+    let create_token = app
+        .tokens
+        .clone()
+        .create_token(pb::CreateTokenRequest {
+            name: rlo.into(),
+            role: pb::Role::Gateway as i32,
+            ..Default::default()
+        })
+        .await;
+    assert_status(
+        create_token,
+        Code::InvalidArgument,
+        &[&format!("name {rlo_shown} {rlo_said}")],
+    );
+
+    let row = |user: &str, name: &str| pb::UserRow {
+        account_id: "acme".into(),
+        user_id: user.into(),
+        display_name: name.into(),
+        edition: "X4".into(),
+        analytics_tier: pb::AnalyticsTier::Essentials as i32,
+    };
+    for dry_run in [true, false] {
+        let imported = app
+            .provisioning
+            .clone()
+            .import_users(pb::ImportUsersRequest {
+                rows: vec![
+                    row("bob", "Bob"),
+                    row("ada", rlo),
+                    row("cy", "Cy\u{2028}"),
+                    row("dee", "\u{feff}Dee"),
+                ],
+                dry_run,
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let errors: Vec<(u32, &str, &str)> = imported
+            .errors
+            .iter()
+            .map(|e| (e.index, e.code.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (
+                    1,
+                    "INVALID_ARGUMENT",
+                    format!("display_name {rlo_shown} {rlo_said}").as_str()
+                ),
+                (
+                    2,
+                    "INVALID_ARGUMENT",
+                    "display_name `Cy\\u{2028}` contains the line separator U+2028 at position 3 (counting characters from 1); remove it"
+                ),
+                (
+                    3,
+                    "INVALID_ARGUMENT",
+                    "display_name `\\u{feff}Dee` contains the invisible format character U+FEFF at position 1 (counting characters from 1); remove it"
+                ),
+            ],
+            "dry run: {dry_run}"
+        );
+    }
+
+    // Nothing refused was written; the names people write still are.
+    assert_eq!(app.revision().await, before);
+    assert!(app.get_user("acme", "bob").await.is_err());
+    let ok = app
+        .provisioning
+        .clone()
+        .put_user(pb::PutUserRequest {
+            account_id: "acme".into(),
+            user_id: "zoe".into(),
+            display_name: "Zoë Ångström — محمد 李".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
 #[tokio::test]
 async fn put_user_creates_renames_and_is_idempotent() {
     let app = TestApp::spawn().await;

@@ -25,10 +25,12 @@ pub struct Args {
     out: PathBuf,
 }
 
-/// Needs an operator token (`--token` or `ENTITLED_TOKEN`).
+/// Needs an operator token (`--token-file`, `--token` or their environment
+/// variables).
 pub async fn run(client: &ClientArgs, args: Args) -> Result<(), CliError> {
+    let bearer = client.bearer()?;
     let channel = client.channel().await?;
-    let mut client = BackupServiceClient::with_interceptor(channel, client.bearer()?)
+    let mut client = BackupServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(usize::MAX);
     let mut stream = client.backup(BackupRequest {}).await?.into_inner();
 

@@ -2,7 +2,7 @@
 //! columns `account_id,user_id,display_name,edition,analytics_tier`.
 //!
 //! Import checks every row before changing anything: locally (format, tiers,
-//! duplicates), then against the server (a dry run of every chunk, which
+//! display names, duplicates), then against the server (a dry run of every chunk, which
 //! applies the catalogue's rules). Only if every row is good does it apply,
 //! chunk by chunk, each chunk atomic. Rows that match what is stored change
 //! nothing, so a re-run is harmless.

@@ -32,9 +32,17 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
-    /// The bearer token (or set ENTITLED_TOKEN).
+    /// The bearer token (or set ENTITLED_TOKEN). Prefer --token-file: a
+    /// token on the command line is visible to every user of the machine
+    /// (`ps`).
     #[arg(long, global = true, env = "ENTITLED_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the bearer token (or set ENTITLED_TOKEN_FILE); the
+    /// preferred way to give it. Only its owner may read or write it
+    /// (chmod 600): the `operator.token` a server writes on its first start
+    /// is so, and can be passed as it is.
+    #[arg(long, global = true, env = "ENTITLED_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// PEM CA certificate to trust for an `https://` server.
     #[arg(long, global = true, env = "ENTITLED_TLS_CA", value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
@@ -126,10 +134,64 @@ impl ClientArgs {
 
     /// The token to send, as an interceptor.
     pub fn bearer(&self) -> Result<Bearer, CliError> {
-        Bearer::new(self.token.as_deref()).map_err(|e| CliError::Usage(format!("--token: {e}")))
+        let token = self.token()?;
+        Bearer::new(token.as_deref()).map_err(|e| {
+            CliError::Usage(match &self.token_file {
+                Some(path) => format!("--token-file `{}`: {e}", path.display()),
+                None => format!("--token: {e}"),
+            })
+        })
+    }
+
+    /// The token from `--token-file` or `--token` (never both), if any.
+    pub fn token(&self) -> Result<Option<String>, CliError> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(CliError::Usage(
+                "--token (or ENTITLED_TOKEN) and --token-file (or ENTITLED_TOKEN_FILE) are both set; give only one, preferably --token-file".to_owned(),
+            )),
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(path)) => read_token_file(path).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 
     pub async fn connect(&self) -> Result<Clients, CliError> {
-        Ok(Clients::new(&self.channel().await?, self.bearer()?))
+        // The token first: a refused file is reported even with no server.
+        let bearer = self.bearer()?;
+        Ok(Clients::new(&self.channel().await?, bearer))
     }
+}
+
+/// The token in `path`, trimmed; refused if group or others may read or
+/// write the file, since then the token is not the holder's alone.
+fn read_token_file(path: &std::path::Path) -> Result<String, CliError> {
+    use std::io::Read;
+    let shown = path.display();
+    let cannot = |e: &dyn fmt::Display| CliError::Local(format!("cannot read `{shown}`: {e}"));
+    let mut file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    // The mode of the file opened, not of whatever is at the path later.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file
+            .metadata()
+            .map_err(|e| cannot(&e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(CliError::Usage(format!(
+                "token file `{shown}` is open to group or others (mode {:04o}), so its token may not be yours alone; run `chmod 600 {shown}`",
+                mode & 0o7777
+            )));
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| cannot(&e))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(CliError::Usage(format!(
+            "token file `{shown}` is empty; put the token in it"
+        )));
+    }
+    Ok(token.to_owned())
 }

@@ -37,25 +37,81 @@ pub fn validate_id(s: &str) -> Result<(), IdError> {
 /// The longest display name accepted, in characters.
 pub const MAX_DISPLAY_NAME: usize = 256;
 
-/// Why a display name is refused.
+/// Why a display name (or a token name) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DisplayNameError {
     #[error("is {0} characters long; the most is {MAX_DISPLAY_NAME}")]
     TooLong(usize),
-    #[error("contains the control character {}; remove it", .0.escape_unicode())]
-    Control(char),
+    #[error(
+        "contains the {kind} U+{:04X} at position {position} (counting characters from 1); remove it",
+        u32::from(*.ch)
+    )]
+    Hidden {
+        kind: HiddenKind,
+        ch: char,
+        /// 1-based, in characters.
+        position: usize,
+    },
 }
 
-/// Display names: at most 256 characters, no control characters.
+/// The kinds of character a name may not hold: each is invisible, or
+/// changes how the text around it is shown (U+202E RIGHT-TO-LEFT OVERRIDE
+/// reverses it), so a name holding one can pass for another in the console
+/// and the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HiddenKind {
+    /// General category Cc: C0 and C1 controls (tab, newline, escape, …).
+    Control,
+    /// General category Cf: zero-width characters, direction marks and
+    /// overrides, the soft hyphen, tag characters, the byte order mark, …
+    Format,
+    /// U+2028 (general category Zl).
+    LineSeparator,
+    /// U+2029 (general category Zp).
+    ParagraphSeparator,
+}
+
+impl HiddenKind {
+    /// What `c` is, if a name may not hold it.
+    pub fn of(c: char) -> Option<HiddenKind> {
+        use unicode_general_category::{GeneralCategory, get_general_category};
+        match get_general_category(c) {
+            GeneralCategory::Control => Some(HiddenKind::Control),
+            GeneralCategory::Format => Some(HiddenKind::Format),
+            GeneralCategory::LineSeparator => Some(HiddenKind::LineSeparator),
+            GeneralCategory::ParagraphSeparator => Some(HiddenKind::ParagraphSeparator),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HiddenKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HiddenKind::Control => "control character",
+            HiddenKind::Format => "invisible format character",
+            HiddenKind::LineSeparator => "line separator",
+            HiddenKind::ParagraphSeparator => "paragraph separator",
+        })
+    }
+}
+
+/// Display names and token names: at most 256 characters, none of them a
+/// control or format character or a line or paragraph separator
+/// (`HiddenKind`). Every place that accepts such a name checks it here.
 pub fn validate_display_name(s: &str) -> Result<(), DisplayNameError> {
+    let hidden = s
+        .chars()
+        .enumerate()
+        .find_map(|(i, ch)| HiddenKind::of(ch).map(|kind| (i + 1, ch, kind)));
+    if let Some((position, ch, kind)) = hidden {
+        return Err(DisplayNameError::Hidden { kind, ch, position });
+    }
     let len = s.chars().count();
     if len > MAX_DISPLAY_NAME {
         return Err(DisplayNameError::TooLong(len));
     }
-    match s.chars().find(|c| c.is_control()) {
-        Some(c) => Err(DisplayNameError::Control(c)),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 macro_rules! id_type {
@@ -125,5 +181,123 @@ mod tests {
         assert_eq!(validate_id("a/b"), Err(IdError::BadChar('/')));
         assert_eq!(validate_id("a b"), Err(IdError::BadChar(' ')));
         assert_eq!(validate_id("é"), Err(IdError::BadChar('é')));
+    }
+
+    fn hidden(s: &str) -> Option<(HiddenKind, char, usize)> {
+        match validate_display_name(s) {
+            Err(DisplayNameError::Hidden { kind, ch, position }) => Some((kind, ch, position)),
+            Err(e) => panic!("{s:?}: {e}"),
+            Ok(()) => None,
+        }
+    }
+
+    #[test]
+    fn display_names_accept_what_people_write() {
+        for name in [
+            "",
+            "Ada Lovelace",
+            "Zoë Ångström-Müller",
+            "O'Brien, \"Bob\" (sales)",
+            "محمد علي",
+            "שרה כהן",
+            "李小龙",
+            "👩 Dev ✓",
+        ] {
+            assert_eq!(validate_display_name(name), Ok(()), "{name:?}");
+        }
+        // The price of refusing all of Cf, as issue 15 asks: the joiners
+        // (U+200C, U+200D) that Persian words and emoji sequences use go too.
+        assert_eq!(
+            hidden("👩\u{200d}💻"),
+            Some((HiddenKind::Format, '\u{200d}', 2))
+        );
+        assert!(validate_display_name(&"é".repeat(256)).is_ok());
+        assert_eq!(
+            validate_display_name(&"é".repeat(257)),
+            Err(DisplayNameError::TooLong(257))
+        );
+    }
+
+    #[test]
+    fn display_names_refuse_invisible_and_direction_changing_characters() {
+        use HiddenKind::*;
+        // Cc
+        assert_eq!(hidden("a\tb"), Some((Control, '\t', 2)));
+        assert_eq!(hidden("\nab"), Some((Control, '\n', 1)));
+        assert_eq!(hidden("ab\u{7f}"), Some((Control, '\u{7f}', 3)));
+        assert_eq!(hidden("ab\u{85}"), Some((Control, '\u{85}', 3)));
+        // Cf: every range the issue lists, first and last of each.
+        for c in [
+            '\u{ad}',
+            '\u{600}',
+            '\u{605}',
+            '\u{61c}',
+            '\u{6dd}',
+            '\u{70f}',
+            '\u{890}',
+            '\u{891}',
+            '\u{8e2}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200f}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{206f}',
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{fffb}',
+            '\u{110bd}',
+            '\u{110cd}',
+            '\u{13430}',
+            '\u{1343f}',
+            '\u{1bca0}',
+            '\u{1bca3}',
+            '\u{1d173}',
+            '\u{1d17a}',
+            '\u{e0001}',
+            '\u{e0020}',
+            '\u{e007f}',
+        ] {
+            assert_eq!(hidden(&format!("ab{c}")), Some((Format, c, 3)), "{c:?}");
+        }
+        assert_eq!(hidden("a\u{2028}"), Some((LineSeparator, '\u{2028}', 2)));
+        assert_eq!(
+            hidden("a\u{2029}"),
+            Some((ParagraphSeparator, '\u{2029}', 2))
+        );
+        // Their neighbours are not refused.
+        for c in [
+            '\u{ac}', '\u{ae}', '\u{2010}', '\u{2027}', '\u{202f}', '\u{fffc}',
+        ] {
+            assert_eq!(hidden(&format!("ab{c}")), None, "{c:?}");
+        }
+        // The position counts characters, not bytes, from 1; the first wins.
+        assert_eq!(hidden("Zoë\u{202e}\u{200b}"), Some((Format, '\u{202e}', 4)));
+        // Checked before the length, so a long name is not echoed with it.
+        assert_eq!(
+            hidden(&format!("{}\u{202e}", "x".repeat(300))),
+            Some((Format, '\u{202e}', 301))
+        );
+    }
+
+    #[test]
+    fn the_message_names_the_character_and_where_it_is() {
+        assert_eq!(
+            validate_display_name("Ada\u{202e}nivel")
+                .unwrap_err()
+                .to_string(),
+            "contains the invisible format character U+202E at position 4 (counting characters from 1); remove it"
+        );
+        assert_eq!(
+            validate_display_name("a\u{e0041}").unwrap_err().to_string(),
+            "contains the invisible format character U+E0041 at position 2 (counting characters from 1); remove it"
+        );
+        assert_eq!(
+            validate_display_name("a\nb").unwrap_err().to_string(),
+            "contains the control character U+000A at position 2 (counting characters from 1); remove it"
+        );
     }
 }

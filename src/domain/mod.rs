@@ -16,7 +16,7 @@ pub use audit::{
 };
 pub use auth::{Principal, Role, Rpc, Service};
 pub use ids::{
-    AccountId, DisplayNameError, IdError, MAX_DISPLAY_NAME, MAX_ID_LEN, UserId,
+    AccountId, DisplayNameError, HiddenKind, IdError, MAX_DISPLAY_NAME, MAX_ID_LEN, UserId,
     validate_display_name, validate_id,
 };
 pub use tier::Tier;

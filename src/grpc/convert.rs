@@ -120,13 +120,15 @@ pub fn user_id(field: &'static str, value: String) -> Result<UserId, ConversionE
     UserId::try_from(value).map_err(|e| ConversionError::invalid(field, "", e.to_string()))
 }
 
+/// A display name or a token name (`validate_display_name`).
 pub fn display_name(field: &'static str, value: String) -> Result<String, ConversionError> {
     match validate_display_name(&value) {
         Ok(()) => Ok(value),
         Err(e @ DisplayNameError::TooLong(_)) => {
             Err(ConversionError::invalid(field, &value, e.to_string()))
         }
-        Err(e @ DisplayNameError::Control(_)) => Err(ConversionError::invalid(
+        // Escaped, so the message shows the character rather than hiding it.
+        Err(e @ DisplayNameError::Hidden { .. }) => Err(ConversionError::invalid(
             field,
             value.escape_debug(),
             e.to_string(),

@@ -56,6 +56,13 @@ impl Entitlements {
         rows: Vec<ImportRow>,
         dry_run: bool,
     ) -> Result<Imported, DomainError> {
+        // The role first; the scope row by row below. A call whose rows are
+        // all malformed names no account, and an account admin must still
+        // get the rows' errors, not a refusal for lacking one.
+        let principal = &caller.principal;
+        principal
+            .may_call(Rpc::ImportUsers)
+            .map_err(DomainError::PermissionDenied)?;
         if rows.is_empty() || rows.len() > MAX_IMPORT_ROWS {
             return Err(DomainError::BadImport(format!(
                 "rows holds {} rows; send 1 to {MAX_IMPORT_ROWS} a call",
@@ -80,15 +87,19 @@ impl Entitlements {
                         ));
                         continue;
                     }
-                    // Permission is for the whole call, not row by row.
-                    authorize(caller, Rpc::ImportUsers, Some(&account), Some(&user))?;
+                    // Permission is for the whole call, not row by row: one
+                    // row out of the caller's scope refuses the call.
+                    principal
+                        .scope(
+                            Rpc::ImportUsers,
+                            Some(row.account_id.as_str()),
+                            Some(row.user_id.as_str()),
+                        )
+                        .map_err(DomainError::PermissionDenied)?;
                     targets.push((account, user));
                     target_rows.push(index);
                 }
             }
-        }
-        if targets.is_empty() {
-            authorize(caller, Rpc::ImportUsers, None, None)?;
         }
 
         let now = (self.clock)();

@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::{Caller, DomainError, Entitlements, authorize};
 use crate::{
-    domain::{AccountId, Actor, Principal, Role, Rpc, Token, UserId},
+    domain::{AccountId, Actor, Principal, Role, Rpc, Token, UserId, validate_display_name},
     store::{Decided, Mutation, Target, WriteContext},
 };
 
@@ -91,6 +91,9 @@ impl Entitlements {
                 "name is required: say who or what will hold the token".to_owned(),
             ));
         }
+        validate_display_name(name).map_err(|e| {
+            DomainError::InvalidToken(format!("name `{}` {e}", name.escape_debug()))
+        })?;
         match (spec.role, &spec.account, &spec.user) {
             (Role::AccountAdmin, None, _) => {
                 return Err(DomainError::InvalidToken(
