@@ -12,17 +12,18 @@
 //!   `authorization: Bearer <id>.<secret>`: this layer runs before
 //!   authentication, but a forged or unknown token is refused by the
 //!   interceptor from the headers alone, before the message is read, so it
-//!   holds its slot for no time; the id is enough to tell callers apart.
-//!   Calls without a usable id share one key.
+//!   holds its slot only for that moment; the id is enough to tell callers
+//!   apart. Calls without a usable id share one key.
 //! - **A bound on the request message.** A call whose request message has not
 //!   arrived whole (end of stream included) within `message_timeout` of the
 //!   call's start is answered `DEADLINE_EXCEEDED` and its slot freed. Without
 //!   it, a caller that sends headers and never the message holds a slot for
-//!   as long as it likes. Every RPC we serve has one request message, which
-//!   tonic reads to the end of the stream before the handler runs, so the
-//!   bound never cuts a handler that is working, nor a server stream whose
-//!   request has arrived. The bound ends once the response has started
-//!   (reflection's bidirectional stream answers at once, and is not cut).
+//!   as long as it likes. Every entitled RPC (and health) has one request
+//!   message, which tonic reads to the end of the stream before the handler
+//!   runs, so the bound never cuts a handler that is working, nor a server
+//!   stream whose request has arrived. The bound ends once the response has
+//!   started (reflection's bidirectional stream answers at once, and is not
+//!   cut).
 //! - **Overload is reported.** [`OverloadMonitor`] tells the server when the
 //!   limit has been full (or calls shed for it) for about a second, so health
 //!   can turn `NOT_SERVING` for a load balancer, and when it is no longer.
