@@ -222,6 +222,7 @@ fn serve(config: Effective) -> Result<(), CliError> {
             server.watch.history = history;
         }
         server.max_concurrent_calls = config.max_concurrent_calls;
+        server.request_message_timeout = config.request_message_timeout;
         server.max_request_bytes = config.max_request_bytes;
         if let (Some(cert), Some(key)) = (config.tls_cert, config.tls_key) {
             server.tls = Some(TlsFiles {

@@ -115,6 +115,21 @@ struct Inner {
     size_bytes: IntGauge,
     accounts: IntGauge,
     users: IntGauge,
+    shed: ShedCounters,
+    overloaded: IntGauge,
+}
+
+/// Calls the shedding layer ended before they ran, by reason; resolved once,
+/// so each reason is exported (as 0) from the start.
+#[derive(Clone)]
+pub struct ShedCounters {
+    /// Refused: the server was at `--max-concurrent-calls`.
+    pub server_limit: IntCounter,
+    /// Refused: the caller's token already held its share of the limit.
+    pub token_share: IntCounter,
+    /// Ended: the request message did not arrive within
+    /// `--request-message-timeout`.
+    pub message_timeout: IntCounter,
 }
 
 impl Metrics {
@@ -167,6 +182,17 @@ impl Metrics {
         )?;
         let accounts = IntGauge::new("entitled_accounts", "accounts in the store")?;
         let users = IntGauge::new("entitled_users", "users in the store, in all accounts")?;
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "entitled_calls_shed_total",
+                "calls ended before they ran: server_limit, token_share or message_timeout",
+            ),
+            &["reason"],
+        )?;
+        let overloaded = IntGauge::new(
+            "entitled_overloaded",
+            "1 while health reports the entitled services NOT_SERVING because the server is at its concurrency limit",
+        )?;
         registry.register(Box::new(rpcs.clone()))?;
         registry.register(Box::new(rpc_seconds.clone()))?;
         registry.register(Box::new(checks.clone()))?;
@@ -178,6 +204,8 @@ impl Metrics {
         registry.register(Box::new(size_bytes.clone()))?;
         registry.register(Box::new(accounts.clone()))?;
         registry.register(Box::new(users.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(overloaded.clone()))?;
         Ok(Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -193,6 +221,12 @@ impl Metrics {
                 size_bytes,
                 accounts,
                 users,
+                shed: ShedCounters {
+                    server_limit: shed.with_label_values(&["server_limit"]),
+                    token_share: shed.with_label_values(&["token_share"]),
+                    message_timeout: shed.with_label_values(&["message_timeout"]),
+                },
+                overloaded,
             }),
         })
     }
@@ -239,6 +273,16 @@ impl Metrics {
             }
         };
         counter.inc();
+    }
+
+    /// The counters of calls shed, by reason.
+    pub fn shed_counters(&self) -> ShedCounters {
+        self.inner.shed.clone()
+    }
+
+    /// Whether health reports the server overloaded.
+    pub fn set_overloaded(&self, overloaded: bool) {
+        self.inner.overloaded.set(i64::from(overloaded));
     }
 
     /// The text exposition of every metric, with the store's gauges read now.

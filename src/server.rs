@@ -5,9 +5,9 @@
 //! `metrics_listen` set, Prometheus metrics are served there on `/metrics`
 //! for as long as the gRPC server runs.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
 use tonic::{
     service::interceptor::InterceptedService,
     transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
@@ -16,7 +16,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     catalogue::Catalogue,
-    grpc::{Api, Authenticate, RpcMetricsLayer, ShedLayer},
+    grpc::{Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
     metrics::{Metrics, MetricsError},
     proto::{
         FILE_DESCRIPTOR_SET,
@@ -69,9 +69,13 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How WatchEntitlements behaves (history kept, heartbeat, buffer).
     pub watch: WatchOptions,
-    /// At most this many calls run at once; calls beyond it are answered
+    /// At most this many calls run at once, and one token at most half of
+    /// them (`grpc::token_share`); calls beyond are answered
     /// `RESOURCE_EXHAUSTED` at once. Health is exempt.
     pub max_concurrent_calls: usize,
+    /// A call whose request message has not arrived whole this long after
+    /// the call began is answered `DEADLINE_EXCEEDED`, and its slot freed.
+    pub request_message_timeout: Duration,
     /// The largest request message accepted (bytes, after decompression);
     /// larger ones are refused before they are decoded.
     pub max_request_bytes: usize,
@@ -80,6 +84,13 @@ pub struct Config {
 /// The default of `Config::max_concurrent_calls`: well above the 64 clients
 /// of the benchmarks, well below what exhausts memory.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+
+/// The default of `Config::request_message_timeout`: short enough that a
+/// caller who stalls keeps a slot only briefly, long enough for a request
+/// sent with its headers: a 5000-row import of some hundreds of KiB needs
+/// under 1 Mbit/s to arrive in time (a request of the full 4 MiB, about
+/// 7 Mbit/s; raise it for large imports over slow links).
+pub const DEFAULT_REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default of `Config::max_request_bytes`: tonic's own (4 MiB), which
 /// holds the largest import (5000 rows).
@@ -97,6 +108,7 @@ impl Config {
             metrics_listen: None,
             watch: WatchOptions::default(),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            request_message_timeout: DEFAULT_REQUEST_MESSAGE_TIMEOUT,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
@@ -144,6 +156,7 @@ pub struct Application {
     /// Bound when `metrics_listen` is set, with the address actually bound.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
     max_concurrent_calls: usize,
+    request_message_timeout: Duration,
     max_request_bytes: usize,
 }
 
@@ -182,6 +195,7 @@ impl Application {
             metrics,
             metrics_listener,
             max_concurrent_calls: config.max_concurrent_calls,
+            request_message_timeout: config.request_message_timeout,
             max_request_bytes: config.max_request_bytes,
         })
     }
@@ -228,11 +242,25 @@ impl Application {
                 },
             ))
         });
+        let shed = ShedLayer::new(
+            self.max_concurrent_calls,
+            self.request_message_timeout,
+            self.metrics.clone(),
+        );
+        let (overload_stop, overload_stopped) = oneshot::channel::<()>();
+        let overload = tokio::spawn(report_overload(
+            reporter.clone(),
+            shed.monitor(),
+            overload_stopped,
+        ));
         tracing::info!(addr = %self.local_addr, "serving");
         let entitlements = self.entitlements.clone();
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: health is NOT_SERVING, finishing in-flight calls");
+            // Stopped first, so it cannot turn health SERVING again.
+            let _ = overload_stop.send(());
+            let _ = overload.await;
             set_status(&reporter, ServingStatus::NotServing).await;
             // Watches never finish by themselves: end them, so the calls
             // in flight can.
@@ -242,7 +270,7 @@ impl Application {
         // tonic itself answers a `grpc-timeout` that expires with CANCELLED.
         let mut builder = Server::builder()
             .layer(RpcMetricsLayer::new(self.metrics.clone()))
-            .layer(ShedLayer::new(self.max_concurrent_calls));
+            .layer(shed);
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
@@ -295,6 +323,43 @@ impl Application {
 async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICE_NAMES {
         reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Turns the entitled services NOT_SERVING while the server is overloaded
+/// (its concurrency limit full, or calls shed for it, for about a second),
+/// and SERVING again once it is not, until `stop`. The whole server (`""`)
+/// stays SERVING: the process is alive and health answers, so a liveness
+/// probe on `""` does not restart a server that is only busy; a load
+/// balancer checks a service name and sends its calls elsewhere.
+async fn report_overload(
+    reporter: HealthReporter,
+    mut monitor: OverloadMonitor,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut ticks = tokio::time::interval(OverloadMonitor::TICK);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(overloaded) = monitor.tick() else {
+            continue;
+        };
+        let status = if overloaded {
+            tracing::warn!(
+                limit = monitor.limit(),
+                "overloaded: at the concurrency limit for a second; health is NOT_SERVING for the entitled services"
+            );
+            ServingStatus::NotServing
+        } else {
+            tracing::info!("below the concurrency limit again; health is SERVING");
+            ServingStatus::Serving
+        };
+        for name in SERVICE_NAMES.into_iter().filter(|name| !name.is_empty()) {
+            reporter.set_service_status(name, status).await;
+        }
     }
 }
 

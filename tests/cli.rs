@@ -536,7 +536,7 @@ async fn config_file_env_and_flags_in_that_order() {
     let file = write(
         dir.path(),
         "entitled.toml",
-        "listen = \"127.0.0.1:7001\"\ndata_dir = \"/srv/file\"\nanalytics_data_delay = \"1h\"\nlog_format = \"json\"\nmax_concurrent_calls = 16\n",
+        "listen = \"127.0.0.1:7001\"\ndata_dir = \"/srv/file\"\nanalytics_data_delay = \"1h\"\nlog_format = \"json\"\nmax_concurrent_calls = 16\nrequest_message_timeout = \"3s\"\n",
     );
     let show = |envs: &[(&str, &str)], flags: &[&str]| {
         let mut command = Command::new(BIN);
@@ -565,6 +565,7 @@ async fn config_file_env_and_flags_in_that_order() {
     assert_eq!(file_only["token"], "tok_abc.****", "secrets are masked");
     assert_eq!(file_only["max_concurrent_calls"], 16);
     assert_eq!(file_only["max_request_bytes"], 4 * 1024 * 1024);
+    assert_eq!(file_only["request_message_timeout"], "3s");
 
     let env = show(
         &[
@@ -585,10 +586,16 @@ async fn config_file_env_and_flags_in_that_order() {
     assert_eq!(flags["analytics_data_delay"], "1h");
     let limits = show(
         &[("ENTITLED_MAX_REQUEST_BYTES", "1000")],
-        &["--max-concurrent-calls", "32"],
+        &[
+            "--max-concurrent-calls",
+            "32",
+            "--request-message-timeout",
+            "750ms",
+        ],
     );
     assert_eq!(limits["max_concurrent_calls"], 32);
     assert_eq!(limits["max_request_bytes"], 1000);
+    assert_eq!(limits["request_message_timeout"], "750ms");
     let zero = Command::new(BIN)
         .args(["config", "show", "--max-concurrent-calls", "0"])
         .output()
@@ -597,6 +604,17 @@ async fn config_file_env_and_flags_in_that_order() {
     assert!(
         String::from_utf8_lossy(&zero.stderr)
             .contains("max_concurrent_calls `0` would refuse every call; give at least 1"),
+        "{}",
+        String::from_utf8_lossy(&zero.stderr)
+    );
+    let zero = Command::new(BIN)
+        .args(["config", "show", "--request-message-timeout", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&zero.stderr)
+            .contains("request_message_timeout `0s` would end every call"),
         "{}",
         String::from_utf8_lossy(&zero.stderr)
     );
@@ -612,6 +630,7 @@ async fn config_file_env_and_flags_in_that_order() {
         (defaults["listen"].as_str(), defaults["data_dir"].as_str()),
         (Some("127.0.0.1:50051"), Some("./data"))
     );
+    assert_eq!(defaults["request_message_timeout"], "5s");
 
     // Unknown keys and bad values stop start-up, naming them.
     let unknown = write(

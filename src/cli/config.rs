@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use super::CliError;
-use entitled::server::{DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_REQUEST_BYTES};
+use entitled::server::{
+    DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_MESSAGE_TIMEOUT,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -61,10 +63,14 @@ pub struct ServeArgs {
     /// Log format on stderr [default: text].
     #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// At most this many calls at once; more are answered RESOURCE_EXHAUSTED
-    /// (health is exempt) [default: 1024].
+    /// At most this many calls at once, one token at most half of them;
+    /// more are answered RESOURCE_EXHAUSTED (health is exempt) [default: 1024].
     #[arg(long, env = "ENTITLED_MAX_CONCURRENT_CALLS", value_name = "N")]
     pub max_concurrent_calls: Option<usize>,
+    /// A call whose request message has not arrived within this long of its
+    /// start is ended (DEADLINE_EXCEEDED), e.g. `5s` [default: 5s].
+    #[arg(long, env = "ENTITLED_REQUEST_MESSAGE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub request_message_timeout: Option<Duration>,
     /// The largest request message accepted, in bytes [default: 4194304].
     #[arg(long, env = "ENTITLED_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub max_request_bytes: Option<usize>,
@@ -84,6 +90,7 @@ pub struct Effective {
     pub watch_history: Option<Duration>,
     pub log_format: LogFormat,
     pub max_concurrent_calls: usize,
+    pub request_message_timeout: Duration,
     pub max_request_bytes: usize,
 }
 
@@ -101,6 +108,7 @@ struct FileConfig {
     watch_history: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
     max_concurrent_calls: Option<usize>,
+    request_message_timeout: Option<Spanned<String>>,
     max_request_bytes: Option<usize>,
 }
 
@@ -174,6 +182,20 @@ impl ServeArgs {
                 })
             })
             .transpose()?;
+        let file_message_timeout = file
+            .request_message_timeout
+            .map(|d| {
+                humantime::parse_duration(d.get_ref()).map_err(|e| {
+                    bad(
+                        d.span(),
+                        format!(
+                            "request_message_timeout `{}` is not a duration ({e}); write it like `5s`",
+                            d.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         let effective = Effective {
             listen: match self.listen.or(file_listen) {
                 Some(listen) => listen,
@@ -201,6 +223,10 @@ impl ServeArgs {
                 .max_concurrent_calls
                 .or(file.max_concurrent_calls)
                 .unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS),
+            request_message_timeout: self
+                .request_message_timeout
+                .or(file_message_timeout)
+                .unwrap_or(DEFAULT_REQUEST_MESSAGE_TIMEOUT),
             max_request_bytes: self
                 .max_request_bytes
                 .or(file.max_request_bytes)
@@ -209,6 +235,11 @@ impl ServeArgs {
         if effective.max_concurrent_calls == 0 {
             return Err(CliError::Usage(
                 "max_concurrent_calls `0` would refuse every call; give at least 1".to_owned(),
+            ));
+        }
+        if effective.request_message_timeout.is_zero() {
+            return Err(CliError::Usage(
+                "request_message_timeout `0s` would end every call; give at least `1s`".to_owned(),
             ));
         }
         if effective.max_request_bytes == 0 {
@@ -245,6 +276,7 @@ impl Effective {
             "watch_history": self.watch_history.map_or_else(|| "7days".to_owned(), |d| humantime::format_duration(d).to_string()),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "max_concurrent_calls": self.max_concurrent_calls,
+            "request_message_timeout": humantime::format_duration(self.request_message_timeout).to_string(),
             "max_request_bytes": self.max_request_bytes,
         })
     }

@@ -18,7 +18,7 @@ mod provisioning;
 mod status;
 
 pub use metrics::RpcMetricsLayer;
-pub use overload::ShedLayer;
+pub use overload::{OverloadMonitor, ShedLayer, token_share};
 
 use std::{future::Future, sync::Arc};
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::mpsc};
 
 /// What the server answered: `grpc-status` (from the headers of a
 /// trailers-only answer, or from the trailers) and its message.
@@ -40,6 +40,12 @@ pub async fn call(
         let _ = connection.await;
     });
     let mut client = client.ready().await?;
+    let (response, mut send) = client.send_request(request(addr, path, headers), false)?;
+    send.send_data(Bytes::from(body), true)?;
+    answer(response).await
+}
+
+fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Request<()> {
     let mut request = http::Request::builder()
         .method("POST")
         .uri(format!("http://{addr}{path}"))
@@ -48,8 +54,11 @@ pub async fn call(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let (response, mut send) = client.send_request(request.body(()).unwrap(), false)?;
-    send.send_data(Bytes::from(body), true)?;
+    request.body(()).unwrap()
+}
+
+/// What the server answered to one call, read to its end.
+async fn answer(response: h2::client::ResponseFuture) -> Result<Answer, h2::Error> {
     let response = response.await?;
     let mut answer = Answer {
         grpc_status: None,
@@ -75,4 +84,45 @@ pub async fn call(
         read(&mut answer, &trailers);
     }
     Ok(answer)
+}
+
+/// `n` calls to `path` on one new connection that send their headers, then
+/// `partial` (nothing if empty), and then nothing more, never ending their
+/// stream: a caller that stalls. Each call's answer, when the server gives
+/// one, arrives on the channel with the call's index (0 to n-1). A
+/// connection carries at most as many calls as the server allows streams
+/// (200 by default).
+pub async fn stalled_calls(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    partial: &[u8],
+    n: usize,
+) -> mpsc::UnboundedReceiver<(usize, Result<Answer, h2::Error>)> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    for i in 0..n {
+        client = client.ready().await.unwrap();
+        let (response, mut send) = client
+            .send_request(request(addr, path, headers), false)
+            .unwrap();
+        if !partial.is_empty() {
+            send.send_data(Bytes::copy_from_slice(partial), false)
+                .unwrap();
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let answer = answer(response).await;
+            // Held until the answer: dropping it could end the stream.
+            drop(send);
+            let _ = tx.send((i, answer));
+        });
+    }
+    rx
 }
