@@ -12,6 +12,18 @@ pub struct Actor {
     pub token_id: String,
     pub name: String,
     pub role: Role,
+    /// The door the call came through.
+    pub via: Via,
+}
+
+/// The door a call came through: the API (gRPC) or the web console.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Via {
+    /// A gRPC call; also what records made before `Via` existed say.
+    #[default]
+    Api,
+    /// The web console, signed in with a token.
+    Console,
 }
 
 /// A user's fields that writes change.

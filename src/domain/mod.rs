@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use audit::{
     Actor, AuditRecord, MAX_KEPT_ID, MAX_KEPT_REASON, Outcome, Refusal, RefusalKind, UserState,
-    kept,
+    Via, kept,
 };
 pub use auth::{Principal, Role, Rpc, Service};
 pub use ids::{

@@ -14,7 +14,7 @@ use crate::{
         Account, AccountId, Decision, Denial, DisplayNameError, IdError, MAX_ID_LEN, Notice,
         NoticeKind, Tier, User, UserId, validate_display_name, validate_id,
     },
-    domain::{AuditRecord, Outcome, Principal, Role, Rpc, Token, UserState},
+    domain::{AuditRecord, Outcome, Principal, Role, Rpc, Token, UserState, Via},
     proto::v1 as pb,
     service::{Caller, ImportRow, WatchEvent},
     store::RequestKey,
@@ -440,6 +440,7 @@ pub fn writer<M: WriteRequest>(
     Ok(Caller {
         principal: Arc::clone(principal),
         request: request_key,
+        via: Via::Api,
     })
 }
 
@@ -524,6 +525,10 @@ impl From<&AuditRecord> for pb::Change {
                 token_id: r.actor.token_id.clone(),
                 name: r.actor.name.clone(),
                 role: pb::Role::from(r.actor.role) as i32,
+                via: match r.actor.via {
+                    Via::Api => pb::Via::Api,
+                    Via::Console => pb::Via::Console,
+                } as i32,
             }),
             rpc: r.rpc.to_string(),
             account_id: r.account_id.clone(),

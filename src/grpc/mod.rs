@@ -25,7 +25,7 @@ use std::{future::Future, sync::Arc};
 use tonic::{Request, Response, Status, service::Interceptor};
 
 use crate::{
-    domain::{Principal, Rpc},
+    domain::{Principal, Rpc, Via},
     metrics::Metrics,
     service::{Caller, Entitlements},
 };
@@ -58,6 +58,7 @@ impl Api {
             let caller = Caller {
                 principal: Arc::clone(principal),
                 request: None,
+                via: Via::Api,
             };
             let recorded = self.svc.record_refusal(
                 &caller,
@@ -93,6 +94,7 @@ fn reader<T>(request: &Request<T>) -> Result<Caller, Status> {
     Ok(Caller {
         principal: principal(request)?,
         request: None,
+        via: Via::Api,
     })
 }
 

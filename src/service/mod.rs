@@ -15,7 +15,8 @@ use crate::{
     catalogue::{Catalogue, ProductLine, ReportKind},
     domain::{
         Account, AccountId, Actor, AuditRecord, Decision, Denial, MAX_KEPT_REASON, Notice,
-        NoticeKind, Principal, Refusal, RefusalKind, ReportAccess, Rpc, Tier, User, UserId, kept,
+        NoticeKind, Principal, Refusal, RefusalKind, ReportAccess, Rpc, Tier, User, UserId, Via,
+        kept,
     },
     store::{
         Backup, Current, Decided, Mutation, Refusable, RequestKey, Store, StoreError, Target, View,
@@ -28,11 +29,13 @@ pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec};
 pub use watch::{Change, WatchEvent, WatchOptions};
 
-/// Who is calling, and the request id they sent with a write, if any.
+/// Who is calling, the request id they sent with a write, if any, and the
+/// door they came through (kept in the audit trail).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub principal: Arc<Principal>,
     pub request: Option<RequestKey>,
+    pub via: Via,
 }
 
 /// How long a read waits for the `min_revision` it was asked for.
@@ -317,6 +320,34 @@ impl Entitlements {
             .ok_or_else(|| DomainError::AccountNotFound(id.clone()))
     }
 
+    /// Up to `limit` accounts after `after`, in id order, whose id or display
+    /// name contains `query` (ignoring case), and whether more follow: the
+    /// console's account picker. Asked as `GetAccount` on no one account, so
+    /// operators and provisioners may; an account admin has its one.
+    pub fn list_accounts(
+        &self,
+        caller: &Caller,
+        query: &str,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<(Vec<Account>, bool), DomainError> {
+        authorize(caller, Rpc::GetAccount, None, None)?;
+        let query = query.trim().to_lowercase();
+        Ok(self.store.read(|v| {
+            let mut found: Vec<&Account> = v
+                .accounts()
+                .filter(|a| after.is_none_or(|after| a.id > *after))
+                .filter(|a| {
+                    a.id.as_str().to_lowercase().contains(&query)
+                        || a.display_name.to_lowercase().contains(&query)
+                })
+                .collect();
+            found.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            let more = found.len() > limit;
+            (found.into_iter().take(limit).cloned().collect(), more)
+        }))
+    }
+
     /// Creates the user (no edition, tier none) or renames it.
     pub async fn put_user(
         &self,
@@ -522,6 +553,7 @@ impl Entitlements {
                 token_id: caller.principal.token_id.clone(),
                 name: caller.principal.name.clone(),
                 role: caller.principal.role,
+                via: caller.via,
             },
             rpc,
             at: (self.clock)(),

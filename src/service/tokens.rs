@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::{Caller, DomainError, Entitlements, authorize};
 use crate::{
-    domain::{AccountId, Actor, Principal, Role, Rpc, Token, UserId, validate_display_name},
+    domain::{AccountId, Actor, Principal, Role, Rpc, Token, UserId, Via, validate_display_name},
     store::{Decided, Mutation, Target, WriteContext},
 };
 
@@ -213,6 +213,7 @@ impl Entitlements {
                 token_id: "system".to_owned(),
                 name: "entitled first start".to_owned(),
                 role: Role::Operator,
+                via: Via::Api,
             },
             rpc: Rpc::CreateToken,
             at: now,

@@ -7,12 +7,88 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
-use crate::domain::{AccountId, Refusal, UserId};
+use crate::domain::{
+    AccountId, Actor, AuditRecord, Outcome, Refusal, Role, Rpc, UserId, UserState, Via,
+};
 
 const FORMAT_V1: u8 = 1;
 /// Request records that can hold a refusal (`RequestRecord`); format 1
 /// request records (`RequestRecordV1`) held only outputs.
 const FORMAT_V2: u8 = 2;
+
+/// Audit records with `Actor::via`; format 1 audit records
+/// (`AuditRecordV1`) were all made through the API.
+const FORMAT_AUDIT_V2: u8 = 2;
+
+/// An audit record as written before `Actor::via` existed: postcard is not
+/// self-describing, so an old record is read with the old shape.
+#[derive(Deserialize)]
+struct AuditRecordV1 {
+    seq: u64,
+    revision: u64,
+    at: SystemTime,
+    actor: ActorV1,
+    rpc: Rpc,
+    account_id: String,
+    user_id: String,
+    before: Option<UserState>,
+    after: Option<UserState>,
+    details: Vec<String>,
+    outcome: Outcome,
+}
+
+#[derive(Deserialize)]
+struct ActorV1 {
+    token_id: String,
+    name: String,
+    role: Role,
+}
+
+pub fn encode_audit(record: &AuditRecord) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![FORMAT_AUDIT_V2];
+    out.extend_from_slice(
+        &postcard::to_stdvec(record).map_err(|e| StoreError::Encode(e.to_string()))?,
+    );
+    Ok(out)
+}
+
+/// An audit record of either format.
+pub fn decode_audit(
+    tree: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<AuditRecord, StoreError> {
+    match value.split_first() {
+        Some((&FORMAT_AUDIT_V2, body)) => {
+            postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
+                tree,
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: e.to_string(),
+            })
+        }
+        _ => {
+            let old: AuditRecordV1 = decode(tree, key, value)?;
+            Ok(AuditRecord {
+                seq: old.seq,
+                revision: old.revision,
+                at: old.at,
+                actor: Actor {
+                    token_id: old.actor.token_id,
+                    name: old.actor.name,
+                    role: old.actor.role,
+                    via: Via::Api,
+                },
+                rpc: old.rpc,
+                account_id: old.account_id,
+                user_id: old.user_id,
+                before: old.before,
+                after: old.after,
+                details: old.details,
+                outcome: old.outcome,
+            })
+        }
+    }
+}
 
 /// The first answer to a request id: the encoded output, or the refusal.
 #[derive(Serialize, Deserialize)]
@@ -126,4 +202,49 @@ pub fn audit_account_prefix(account: &str) -> Vec<u8> {
     let mut key = account.as_bytes().to_vec();
     key.push(b'/');
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written before `via` existed reads as made through the API;
+    /// a new one keeps its door.
+    #[test]
+    fn audit_records_of_both_formats_decode() {
+        let at = SystemTime::UNIX_EPOCH;
+        // postcard writes a struct as its fields in order: this tuple is a
+        // format 1 record, byte for byte.
+        let old = encode(&(
+            7u64,
+            3u64,
+            at,
+            ("tok_1", "billing", Role::Provisioner),
+            Rpc::PutUser,
+            "acme",
+            "ada",
+            None::<UserState>,
+            None::<UserState>,
+            Vec::<String>::new(),
+            Outcome::Applied,
+        ))
+        .unwrap();
+        assert_eq!(old[0], FORMAT_V1);
+        let read = decode_audit("audit", b"k", &old).unwrap();
+        assert_eq!((read.seq, read.revision), (7, 3));
+        assert_eq!(read.actor.via, Via::Api);
+        assert_eq!(read.actor.name, "billing");
+        assert_eq!(read.user_id, "ada");
+
+        let new = AuditRecord {
+            actor: Actor {
+                via: Via::Console,
+                ..read.actor.clone()
+            },
+            ..read
+        };
+        let bytes = encode_audit(&new).unwrap();
+        assert_eq!(bytes[0], FORMAT_AUDIT_V2);
+        assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), new);
+    }
 }

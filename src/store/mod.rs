@@ -730,7 +730,7 @@ impl Store {
             let Some(bytes) = trees.audit.get(key)? else {
                 continue;
             };
-            let record: AuditRecord = codec::decode(AUDIT, &key, &bytes)?;
+            let record = codec::decode_audit(AUDIT, &key, &bytes)?;
             if record.outcome == Outcome::Applied && record.revision > durable {
                 return Ok((out, false));
             }
@@ -950,7 +950,7 @@ impl Store {
                 .trees
                 .audit
                 .get(key)?
-                .map(|v| codec::decode(AUDIT, &key, &v))
+                .map(|v| codec::decode_audit(AUDIT, &key, &v))
                 .transpose()
         };
         let (mut lo, mut hi) = (1, last + 1);
@@ -982,7 +982,7 @@ impl Store {
         let mut next = from;
         for item in self.inner.trees.audit.range(from.to_be_bytes()..) {
             let (key, value) = item?;
-            let record: AuditRecord = codec::decode(AUDIT, &key, &value)?;
+            let record = codec::decode_audit(AUDIT, &key, &value)?;
             if record.outcome == Outcome::Applied {
                 if record.revision > through || out.len() == limit {
                     break;
@@ -1245,7 +1245,11 @@ fn read_counter(meta: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
 
 fn audit_ops(record: &AuditRecord) -> Result<Vec<Op>, StoreError> {
     let seq = record.seq.to_be_bytes();
-    let mut ops = vec![Op::put(Tree::Audit, seq.to_vec(), codec::encode(record)?)];
+    let mut ops = vec![Op::put(
+        Tree::Audit,
+        seq.to_vec(),
+        codec::encode_audit(record)?,
+    )];
     // Only well-formed ids are indexed, so one account's prefix can never
     // match a refused request's malformed `acme/…`.
     if validate_id(&record.account_id).is_ok() {

@@ -191,6 +191,11 @@ impl View {
     }
 
     /// How many accounts there are.
+    /// Every account, in no order.
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.values().map(|e| &e.account)
+    }
+
     pub fn account_count(&self) -> u64 {
         self.accounts.len() as u64
     }
