@@ -3,6 +3,7 @@
 pub mod bulk_file;
 pub mod catalogue;
 pub mod client;
+pub mod console;
 pub mod domain;
 pub mod grpc;
 pub mod metrics;

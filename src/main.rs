@@ -218,6 +218,7 @@ fn serve(config: Effective) -> Result<(), CliError> {
     runtime.block_on(async {
         let mut server = Config::new(config.listen, config.data_dir, catalogue);
         server.metrics_listen = config.metrics_listen;
+        server.console_listen = config.console_listen;
         if let Some(history) = config.watch_history {
             server.watch.history = history;
         }

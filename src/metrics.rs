@@ -231,6 +231,11 @@ impl Metrics {
         })
     }
 
+    /// The registry, for metrics kept elsewhere (the console's sign-ins).
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
     /// A refused write was counted but not recorded (its token's refusals
     /// were over their rate).
     pub fn refusal_left_out(&self) {

@@ -3,7 +3,8 @@
 //! (port 0 works; `local_addr` reports the port bound); `run` serves until the
 //! shutdown future completes, then drains in-flight calls and flushes. With
 //! `metrics_listen` set, Prometheus metrics are served there on `/metrics`
-//! for as long as the gRPC server runs.
+//! for as long as the gRPC server runs; with `console_listen` set, the web
+//! console (`console/`) is served there, over TLS when gRPC is.
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -16,6 +17,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     catalogue::Catalogue,
+    console::{Console, ConsoleListener},
     grpc::{Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
     metrics::{Metrics, MetricsError},
     proto::{
@@ -67,6 +69,9 @@ pub struct Config {
     /// Serve Prometheus metrics on `GET /metrics` here (plain HTTP); none
     /// when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the web console here (HTTPS when `tls` is set, else HTTP);
+    /// none when unset. The command line's default is `127.0.0.1:8080`.
+    pub console_listen: Option<SocketAddr>,
     /// How WatchEntitlements behaves (history kept, heartbeat, buffer).
     pub watch: WatchOptions,
     /// At most this many calls run at once, and one token at most half of
@@ -106,6 +111,7 @@ impl Config {
             clock: system_clock(),
             tls: None,
             metrics_listen: None,
+            console_listen: None,
             watch: WatchOptions::default(),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             request_message_timeout: DEFAULT_REQUEST_MESSAGE_TIMEOUT,
@@ -144,6 +150,10 @@ pub enum ServerError {
     Metrics(#[from] MetricsError),
     #[error("metrics server failed: {0}")]
     MetricsServe(std::io::Error),
+    #[error("console: cannot use the TLS certificate: {0}")]
+    ConsoleTls(String),
+    #[error("console server failed: {0}")]
+    ConsoleServe(std::io::Error),
 }
 
 /// A built server: store open, listener bound.
@@ -155,6 +165,9 @@ pub struct Application {
     metrics: Metrics,
     /// Bound when `metrics_listen` is set, with the address actually bound.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// Bound when `console_listen` is set, with the console it serves.
+    console: Option<(ConsoleListener, Console)>,
+    console_addr: Option<SocketAddr>,
     max_concurrent_calls: usize,
     request_message_timeout: Duration,
     max_request_bytes: usize,
@@ -173,6 +186,10 @@ impl Application {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let console_listener = match config.console_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let tls = config.tls.as_ref().map(tls_config).transpose()?;
         if tls.is_none() && !local_addr.ip().is_loopback() {
             tracing::warn!(%local_addr, "listening beyond loopback without TLS: tokens cross the network in clear; use --tls-cert and --tls-key");
@@ -181,12 +198,25 @@ impl Application {
         store.observe(Arc::new(metrics.clone()));
         let revision = store.read(|v| v.revision());
         tracing::info!(%local_addr, data_dir = %config.data_dir.display(), revision, "store opened");
+        let clock = config.clock.clone();
         let entitlements = Entitlements::new(store, config.catalogue, config.clock)
             .with_watch_options(config.watch);
         if let Some(path) = entitlements.bootstrap(&config.data_dir).await? {
             // The file, never the secret.
             tracing::info!(file = %path.display(), "first start: an operator token was written to this file (mode 0600)");
         }
+        let (console, console_addr) = match console_listener {
+            Some((listener, addr)) => {
+                let tls = config.tls.as_ref().map(console_tls).transpose()?;
+                let secure = tls.is_some();
+                let listener = ConsoleListener::new(listener, tls)
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                let console = Console::new(entitlements.clone(), &metrics, clock, secure)
+                    .map_err(MetricsError::from)?;
+                (Some((listener, console)), Some(addr))
+            }
+            None => (None, None),
+        };
         Ok(Application {
             listener,
             local_addr,
@@ -194,6 +224,8 @@ impl Application {
             tls,
             metrics,
             metrics_listener,
+            console,
+            console_addr,
             max_concurrent_calls: config.max_concurrent_calls,
             request_message_timeout: config.request_message_timeout,
             max_request_bytes: config.max_request_bytes,
@@ -208,6 +240,11 @@ impl Application {
     /// The address metrics are served on, if `metrics_listen` was set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The address the console is served on, if `console_listen` was set.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// Serves until `shutdown` completes; then health turns NOT_SERVING,
@@ -241,6 +278,15 @@ impl Application {
                     let _ = metrics_stopped.await;
                 },
             ))
+        });
+        // The console stops with the gRPC server, as metrics do.
+        let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
+        let console_server = self.console.map(|(listener, console)| {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            tracing::info!(url = %format!("{scheme}://{}/", self.console_addr.map_or_else(String::new, |a| a.to_string())), "serving the console");
+            tokio::spawn(crate::console::serve(listener, console, async {
+                let _ = console_stopped.await;
+            }))
         });
         let shed = ShedLayer::new(
             self.max_concurrent_calls,
@@ -307,6 +353,14 @@ impl Application {
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         let _ = metrics_stop.send(());
+        let _ = console_stop.send(());
+        let console_result = match console_server {
+            Some(server) => match server.await {
+                Ok(result) => result,
+                Err(e) => Err(std::io::Error::other(e)),
+            },
+            None => Ok(()),
+        };
         let metrics_result = match metrics_server {
             Some(server) => match server.await {
                 Ok(result) => result,
@@ -316,7 +370,8 @@ impl Application {
         };
         self.entitlements.store().flush().await?;
         tracing::info!("stopped; store flushed");
-        metrics_result.map_err(ServerError::MetricsServe)
+        metrics_result.map_err(ServerError::MetricsServe)?;
+        console_result.map_err(ServerError::ConsoleServe)
     }
 }
 
@@ -369,6 +424,19 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
     let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
+}
+
+/// The console's TLS: the same certificate, key and client CA as gRPC.
+fn console_tls(files: &TlsFiles) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, ServerError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| ServerError::TlsFile {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let ca = files.client_ca.as_ref().map(read).transpose()?;
+    crate::console::tls_config(&read(&files.cert)?, &read(&files.key)?, ca.as_deref())
+        .map_err(ServerError::ConsoleTls)
 }
 
 fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {

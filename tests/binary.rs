@@ -18,6 +18,7 @@ fn run_to_exit(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "off")
+        .env("ENTITLED_CONSOLE_LISTEN", "off")
         .output()
         .unwrap();
     (

@@ -24,6 +24,7 @@ fn serve(dir: &Path) -> Result<(), (Option<i32>, String)> {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env("RUST_LOG", "info")
+        .env("ENTITLED_CONSOLE_LISTEN", "off")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()

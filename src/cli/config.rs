@@ -16,6 +16,26 @@ use entitled::server::{
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_CONSOLE_LISTEN: &str = "127.0.0.1:8080";
+
+/// `--console-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for ConsoleListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(ConsoleListen::Off);
+        }
+        s.parse()
+            .map(ConsoleListen::At)
+            .map_err(|_| format!("`{s}` is not an address or `off`; write it like 127.0.0.1:8080"))
+    }
+}
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +77,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics (none when unset).
     #[arg(long, env = "ENTITLED_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the web console on http://ADDR/ (https with --tls-cert), or
+    /// `off` [default: 127.0.0.1:8080].
+    #[arg(long, env = "ENTITLED_CONSOLE_LISTEN", value_name = "ADDR|off")]
+    pub console_listen: Option<ConsoleListen>,
     /// How far back WatchEntitlements may start, e.g. `7d` [default: 7d].
     #[arg(long, env = "ENTITLED_WATCH_HISTORY", value_parser = humantime::parse_duration)]
     pub watch_history: Option<Duration>,
@@ -87,6 +111,8 @@ pub struct Effective {
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    /// None when the console is off.
+    pub console_listen: Option<SocketAddr>,
     pub watch_history: Option<Duration>,
     pub log_format: LogFormat,
     pub max_concurrent_calls: usize,
@@ -105,6 +131,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     metrics_listen: Option<Spanned<String>>,
+    console_listen: Option<Spanned<String>>,
     watch_history: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
     max_concurrent_calls: Option<usize>,
@@ -158,6 +185,14 @@ impl ServeArgs {
                         ),
                     )
                 })
+            })
+            .transpose()?;
+        let file_console = file
+            .console_listen
+            .map(|l| {
+                l.get_ref()
+                    .parse::<ConsoleListen>()
+                    .map_err(|e| bad(l.span(), format!("console_listen {e}")))
             })
             .transpose()?;
         let file_delay = file
@@ -214,6 +249,13 @@ impl ServeArgs {
             tls_key: self.tls_key.clone().or(file.tls_key),
             tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
             metrics_listen: self.metrics_listen.or(file_metrics),
+            console_listen: match self.console_listen.or(file_console) {
+                Some(ConsoleListen::Off) => None,
+                Some(ConsoleListen::At(addr)) => Some(addr),
+                None => Some(DEFAULT_CONSOLE_LISTEN.parse().map_err(|_| {
+                    CliError::Usage("the default console address is malformed".to_owned())
+                })?),
+            },
             watch_history: self.watch_history.or(file_history),
             log_format: self
                 .log_format
@@ -273,6 +315,7 @@ impl Effective {
             "tls_key": path(&self.tls_key),
             "tls_client_ca": path(&self.tls_client_ca),
             "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
+            "console_listen": self.console_listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "watch_history": self.watch_history.map_or_else(|| "7days".to_owned(), |d| humantime::format_duration(d).to_string()),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "max_concurrent_calls": self.max_concurrent_calls,

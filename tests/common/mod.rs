@@ -80,6 +80,8 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     /// Where `GET /metrics` is served (every test server has metrics on).
     pub metrics_addr: std::net::SocketAddr,
+    /// Where the web console is served (every test server has one).
+    pub console_addr: std::net::SocketAddr,
     pub channel: Channel,
     /// The first start's operator token, read from its file.
     pub operator_secret: String,
@@ -153,10 +155,12 @@ impl TestApp {
             config.watch = watch;
         }
         config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.console_listen = Some("127.0.0.1:0".parse().unwrap());
         // Bound before the server task starts: no sleeps, no races.
         let app = Application::build(config).await.unwrap();
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr().unwrap();
+        let console_addr = app.console_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -171,6 +175,7 @@ impl TestApp {
         TestApp {
             addr,
             metrics_addr,
+            console_addr,
             provisioning: clients.provisioning,
             access: clients.access,
             catalogue: clients.catalogue,

@@ -37,6 +37,8 @@ impl Server {
             .args(listen)
             .args(extra)
             .env("RUST_LOG", "info")
+            // The console's default port would be shared by every test.
+            .env("ENTITLED_CONSOLE_LISTEN", "off")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
