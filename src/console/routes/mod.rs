@@ -196,8 +196,10 @@ pub fn failure(signed: &Signed, account: Option<&AccountId>, error: &DomainError
     )
 }
 
-/// A service message as a sentence for a page.
+/// A service message as a sentence for a page (without the backticks that
+/// mark values for machines and logs).
 pub fn sentence(message: &str) -> String {
+    let message = templates::words(message);
     let mut chars = message.chars();
     match chars.next() {
         Some(first) => {
@@ -214,11 +216,19 @@ pub fn sentence(message: &str) -> String {
 
 /// The account of a URL, checked as gRPC checks ids; a malformed one is a
 /// page that does not exist.
+#[expect(
+    clippy::result_large_err,
+    reason = "the refusal is the page a handler returns at once, made at most once per request"
+)]
 pub fn account_of(signed: &Signed, account: &str) -> Result<AccountId, Response> {
     account_id(account).map_err(|_| missing(signed))
 }
 
 /// The account and user of a URL; see [`account_of`].
+#[expect(
+    clippy::result_large_err,
+    reason = "the refusal is the page a handler returns at once, made at most once per request"
+)]
 pub fn user_of(
     signed: &Signed,
     account: &str,

@@ -116,7 +116,11 @@ pub async fn save(
     let (stored, form) = match result {
         Ok(saved) => {
             outcome.banner = Some(saved_banner(&saved.user, &saved.notices, revision));
-            outcome.notices = saved.notices.iter().map(notice_text).collect();
+            outcome.notices = saved
+                .notices
+                .iter()
+                .map(|n| notice_text(n, saved.user.edition.as_deref()))
+                .collect();
             let form = Shown::stored(&saved.user);
             (saved.user, form)
         }
@@ -265,16 +269,14 @@ fn saved_banner(user: &User, notices: &[Notice], before: u64) -> String {
     )
 }
 
-fn notice_text(notice: &Notice) -> String {
+/// The service's notice in the page's words.
+fn notice_text(notice: &Notice, edition: Option<&str>) -> String {
     match notice.kind {
         NoticeKind::TierLowered => format!(
-            "Supervisor Analytics was lowered to Analytics Essentials: the new edition does not include it ({}).",
-            notice.message
+            "Supervisor Analytics was lowered to Analytics Essentials: {} does not include Supervisor Analytics.",
+            edition.unwrap_or("the new edition")
         ),
-        NoticeKind::TierRemoved => format!(
-            "Analytics access was set to None: without an edition licence no analytics can be given ({}).",
-            notice.message
-        ),
+        NoticeKind::TierRemoved => "Analytics access was set to None, do not allow access: without an edition licence no analytics can be given.".to_owned(),
     }
 }
 

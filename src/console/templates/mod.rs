@@ -155,6 +155,23 @@ pub fn edition_label(edition: Option<&str>) -> &str {
     edition.unwrap_or("No licence")
 }
 
+/// `48 hours`, `90 minutes`, `2s`.
+pub fn duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        3600 => "1 hour".to_owned(),
+        s if s > 0 && s % 3600 == 0 => format!("{} hours", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{} minutes", s / 60),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// A service message for a page: its backticks (which mark values in
+/// messages for machines and logs) left out.
+pub fn words(message: &str) -> String {
+    message.replace('`', "")
+}
+
 /// `2026-05-01 14:03:07 UTC`.
 pub fn time(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at)

@@ -217,7 +217,7 @@ fn max_tier(line: Option<&ProductLine>, edition: Option<&str>) -> Tier {
 /// What `CheckAnalyticsAccess` answers for this user now.
 fn gateway(v: &View) -> Markup {
     let d = v.decision;
-    let delay = humantime::format_duration(v.data_delay).to_string();
+    let delay = super::duration(v.data_delay);
     html! {
         section class="gateway" aria-labelledby="gateway-title" {
             h2 id="gateway-title" { "Analytics as the dashboard gateway sees it" }
@@ -228,7 +228,7 @@ fn gateway(v: &View) -> Markup {
                     dt { "Dashboard icon" }
                     dd id="dashboard-icon" {
                         @if d.allowed { "Shown on the user's application panel (" (tier_short(d.tier)) ")" }
-                        @else { "Not shown: " (d.reason) }
+                        @else { "Not shown: " (super::words(&d.reason)) }
                     }
                 }
                 div {

@@ -1,0 +1,290 @@
+//! Headless Chromium driven over WebDriver (chromedriver), as a person
+//! would drive it: fields by their labels, buttons and links by their
+//! text. Without Chromium and chromedriver the tests say so in one line
+//! and pass, unless `ENTITLED_REQUIRE_BROWSER=1` (as `.ci/run` sets).
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
+use serde_json::json;
+
+const CHROMIUM: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
+const CHROMEDRIVER: [&str; 2] = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"];
+
+fn first_existing(paths: &[&str]) -> Option<PathBuf> {
+    paths.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// A running chromedriver.
+pub struct Driver {
+    child: Child,
+    port: u16,
+    chromium: PathBuf,
+    profiles: tempfile::TempDir,
+}
+
+impl Driver {
+    /// Starts chromedriver, or returns None (having said so) when the
+    /// browser is not installed and not required.
+    pub async fn start(test: &str) -> Option<Driver> {
+        let (Some(chromium), Some(driver)) =
+            (first_existing(&CHROMIUM), first_existing(&CHROMEDRIVER))
+        else {
+            if std::env::var("ENTITLED_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
+                panic!(
+                    "ENTITLED_REQUIRE_BROWSER=1 but chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+                );
+            }
+            println!(
+                "skipped {test}: no chromium and chromedriver (apt-get install chromium chromium-driver; ENTITLED_REQUIRE_BROWSER=1 makes this a failure)"
+            );
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(Driver {
+            child,
+            port,
+            chromium,
+            profiles: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// A new browser with a fresh profile; JavaScript on or off.
+    pub async fn browser(&self, name: &str, javascript: bool) -> Browser {
+        let profile = self.profiles.path().join(name);
+        let mut options = json!({
+            "binary": self.chromium,
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--window-size=1280,1200",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        });
+        if !javascript {
+            options["prefs"] = json!({ "profile.managed_default_content_settings.javascript": 2 });
+        }
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".to_owned(), options);
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .unwrap();
+        let shots = screenshots_dir().join(name);
+        let _ = std::fs::remove_dir_all(&shots);
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            client,
+            shots,
+            step: 0,
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `target/console-screenshots`: beside the test's own temporary folder.
+pub fn screenshots_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("console-screenshots")
+}
+
+/// One browser window and its numbered screenshots.
+pub struct Browser {
+    pub client: Client,
+    shots: PathBuf,
+    step: u32,
+}
+
+fn quoted(text: &str) -> String {
+    if text.contains('\'') {
+        format!("\"{text}\"")
+    } else {
+        format!("'{text}'")
+    }
+}
+
+impl Browser {
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    /// Saves a screenshot of this step as `NN-name.png`.
+    pub async fn shot(&mut self, name: &str) -> PathBuf {
+        self.step += 1;
+        let path = self.shots.join(format!("{:02}-{name}.png", self.step));
+        std::fs::write(&path, self.client.screenshot().await.unwrap()).unwrap();
+        path
+    }
+
+    /// The control a `<label>` with this text is for.
+    pub async fn field(&self, label: &str) -> Element {
+        let xpath = format!("//*[@id=//label[normalize-space()={}]/@for]", quoted(label));
+        self.client
+            .find(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no field labelled {label:?}: {e}"))
+    }
+
+    pub async fn fill(&self, label: &str, text: &str) {
+        let field = self.field(label).await;
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    /// Chooses an option of the select labelled `label` by its text.
+    pub async fn choose(&self, label: &str, option: &str) {
+        self.field(label)
+            .await
+            .select_by_label(option)
+            .await
+            .unwrap_or_else(|e| panic!("no option {option:?} in {label:?}: {e}"));
+    }
+
+    /// Clicks the label of a radio or checkbox, as a person does.
+    pub async fn check(&self, label: &str) {
+        let xpath = format!("//label[normalize-space()={}]", quoted(label));
+        self.client
+            .find(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no label {label:?}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    pub async fn press(&self, button: &str) {
+        let xpath = format!("//button[normalize-space()={}]", quoted(button));
+        self.client
+            .find(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no button {button:?}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    pub async fn has_button(&self, button: &str) -> bool {
+        let xpath = format!("//button[normalize-space()={}]", quoted(button));
+        !self
+            .client
+            .find_all(Locator::XPath(&xpath))
+            .await
+            .unwrap()
+            .is_empty()
+    }
+
+    pub async fn follow(&self, link: &str) {
+        self.client
+            .find(Locator::LinkText(link))
+            .await
+            .unwrap_or_else(|e| panic!("no link {link:?}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Clicks Edit in the row of the table whose first cell starts with
+    /// `user`.
+    pub async fn edit_row(&self, user: &str) {
+        let xpath = format!(
+            "//tr[td[1][starts-with(normalize-space(), {})]]//a[starts-with(normalize-space(), 'Edit')]",
+            quoted(user)
+        );
+        self.client
+            .find(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|e| panic!("no Edit beside {user:?}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// The page's visible text.
+    pub async fn text(&self) -> String {
+        self.client
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn heading(&self) -> String {
+        self.client
+            .find(Locator::Css("h1"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Whether the control labelled `label` can be used.
+    pub async fn enabled(&self, label: &str) -> bool {
+        self.field(label).await.is_enabled().await.unwrap()
+    }
+
+    pub async fn selected(&self, label: &str) -> bool {
+        self.field(label).await.is_selected().await.unwrap()
+    }
+
+    /// The text an element's `aria-describedby` points to (its hint or
+    /// reason).
+    pub async fn description(&self, label: &str) -> String {
+        let field = self.field(label).await;
+        let ids = field
+            .attr("aria-describedby")
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        let mut text = String::new();
+        for id in ids.split_whitespace() {
+            if let Ok(e) = self.client.find(Locator::Id(id)).await {
+                text.push_str(&e.text().await.unwrap());
+                text.push(' ');
+            }
+        }
+        text
+    }
+
+    pub async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
