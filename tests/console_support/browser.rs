@@ -83,7 +83,7 @@ impl Driver {
                 "--disable-sync",
                 "--no-first-run",
                 "--disable-dev-shm-usage",
-                "--window-size=1280,1200",
+                "--window-size=1280,1600",
                 format!("--user-data-dir={}", profile.display()),
             ],
         });
@@ -190,13 +190,35 @@ impl Browser {
 
     pub async fn press(&self, button: &str) {
         let xpath = format!("//button[normalize-space()={}]", quoted(button));
-        self.client
+        let element = self
+            .client
             .find(Locator::XPath(&xpath))
             .await
-            .unwrap_or_else(|e| panic!("no button {button:?}: {e}"))
-            .click()
-            .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("no button {button:?}: {e}"));
+        self.navigate_by(element).await;
+    }
+
+    /// Clicks `element` and waits for the page it leads to: the old page's
+    /// root gone stale, the new one loaded.
+    async fn navigate_by(&self, element: Element) {
+        let old = self.client.find(Locator::Css("html")).await.unwrap();
+        element.click().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while old.tag_name().await.is_ok() {
+            assert!(Instant::now() < deadline, "the click led to no new page");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        loop {
+            let state = self
+                .client
+                .execute("return document.readyState", vec![])
+                .await;
+            if matches!(state, Ok(serde_json::Value::String(s)) if s == "complete") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the new page did not load");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn has_button(&self, button: &str) -> bool {
@@ -210,13 +232,12 @@ impl Browser {
     }
 
     pub async fn follow(&self, link: &str) {
-        self.client
+        let element = self
+            .client
             .find(Locator::LinkText(link))
             .await
-            .unwrap_or_else(|e| panic!("no link {link:?}: {e}"))
-            .click()
-            .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("no link {link:?}: {e}"));
+        self.navigate_by(element).await;
     }
 
     /// Clicks Edit in the row of the table whose first cell starts with
@@ -226,13 +247,12 @@ impl Browser {
             "//tr[td[1][starts-with(normalize-space(), {})]]//a[starts-with(normalize-space(), 'Edit')]",
             quoted(user)
         );
-        self.client
+        let element = self
+            .client
             .find(Locator::XPath(&xpath))
             .await
-            .unwrap_or_else(|e| panic!("no Edit beside {user:?}: {e}"))
-            .click()
-            .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("no Edit beside {user:?}: {e}"));
+        self.navigate_by(element).await;
     }
 
     /// The page's visible text.

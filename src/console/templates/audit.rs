@@ -2,7 +2,7 @@
 
 use maud::{Markup, html};
 
-use super::{Chrome, edition_label, href, page, tier_short, time};
+use super::{Chrome, edition_label, href, page, tier_short, time, words};
 use crate::console::service::{Account, AuditRecord, Outcome, UserState, Via};
 
 pub struct ListView<'a> {
@@ -58,11 +58,11 @@ pub fn list(v: &ListView) -> Markup {
                                     @match &c.outcome {
                                         Outcome::Applied => {
                                             "Applied"
-                                            @for d in &c.details { br; span class="hint" { (d) } }
+                                            @for d in &c.details { br; span class="hint" { (words(d)) } }
                                         }
                                         Outcome::Refused { code, reason } => {
                                             strong class="refused" { "Refused" } " (" (code) ")" br;
-                                            span class="hint" { (reason) }
+                                            span class="hint" { (words(reason)) }
                                         }
                                     }
                                 }
