@@ -2,6 +2,7 @@
 //! would drive it: fields by their labels, buttons and links by their
 //! text. Without Chromium and chromedriver the tests say so in one line
 //! and pass, unless `ENTITLED_REQUIRE_BROWSER=1` (as `.ci/run` sets).
+//! `ENTITLED_CHROMIUM` and `ENTITLED_CHROMEDRIVER` name other binaries.
 
 use std::{
     net::TcpListener,
@@ -16,8 +17,12 @@ use serde_json::json;
 const CHROMIUM: [&str; 2] = ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
 const CHROMEDRIVER: [&str; 2] = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"];
 
-fn first_existing(paths: &[&str]) -> Option<PathBuf> {
-    paths.iter().map(PathBuf::from).find(|p| p.exists())
+/// The first of `paths` that exists, or the one in `env` if it is set.
+fn first_existing(env: &str, paths: &[&str]) -> Option<PathBuf> {
+    match std::env::var_os(env) {
+        Some(path) => Some(PathBuf::from(path)).filter(|p| p.exists()),
+        None => paths.iter().map(PathBuf::from).find(|p| p.exists()),
+    }
 }
 
 /// A running chromedriver.
@@ -32,17 +37,25 @@ impl Driver {
     /// Starts chromedriver, or returns None (having said so) when the
     /// browser is not installed and not required.
     pub async fn start(test: &str) -> Option<Driver> {
-        let (Some(chromium), Some(driver)) =
-            (first_existing(&CHROMIUM), first_existing(&CHROMEDRIVER))
-        else {
+        let (Some(chromium), Some(driver)) = (
+            first_existing("ENTITLED_CHROMIUM", &CHROMIUM),
+            first_existing("ENTITLED_CHROMEDRIVER", &CHROMEDRIVER),
+        ) else {
             if std::env::var("ENTITLED_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
                 panic!(
                     "ENTITLED_REQUIRE_BROWSER=1 but chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
                 );
             }
-            println!(
-                "skipped {test}: no chromium and chromedriver (apt-get install chromium chromium-driver; ENTITLED_REQUIRE_BROWSER=1 makes this a failure)"
-            );
+            // Straight to stderr, past the test harness's capture, and once
+            // for all the browser tests of this binary.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "console browser tests skipped ({test} and the rest): chromium and chromedriver are not installed (apt-get install chromium chromium-driver; ENTITLED_REQUIRE_BROWSER=1 makes this a failure)"
+                );
+            });
             return None;
         };
         let port = TcpListener::bind("127.0.0.1:0")

@@ -110,11 +110,19 @@ fn tier_target(v: &View) -> &'static str {
 
 fn edition_field(v: &View) -> Markup {
     let error = v.edition_error.as_deref();
-    let described = if error.is_some() {
-        "edition-hint edition-error"
-    } else {
-        "edition-hint"
-    };
+    // A conflict or a lock is about the whole form: the first control
+    // names it too, so a screen reader hears it there.
+    let mut described = vec!["edition-hint"];
+    for (id, present) in [
+        ("edition-error", error.is_some()),
+        ("conflict", v.conflict.is_some()),
+        ("locked", v.locked.is_some()),
+    ] {
+        if present {
+            described.push(id);
+        }
+    }
+    let described = described.join(" ");
     html! {
         div class=(if error.is_some() { "field field-error" } else { "field" }) {
             label class="label" for="edition" { "Edition licence" }
