@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use crate::{
     catalogue::{Catalogue, Report, ReportKind},
     domain::{
-        Account, AccountId, Decision, Denial, DisplayNameError, IdError, MAX_ID_LEN, Notice,
-        NoticeKind, Tier, User, UserId, validate_display_name, validate_id,
+        Account, AccountId, AccountIdRef, Decision, Denial, DisplayName, FieldError, Notice,
+        NoticeKind, Tier, User, UserId, UserIdRef, field,
     },
     domain::{AuditRecord, Outcome, Principal, Role, Rpc, Token, UserState},
     proto::v1 as pb,
@@ -27,17 +27,12 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// The most items one BatchCheckAnalyticsAccess may carry.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
-/// Why a request field could not become a domain value.
+/// Why a request could not become domain values.
 #[derive(Debug, thiserror::Error)]
 pub enum ConversionError {
-    #[error("{field} is required: give 1 to 128 characters of A-Z a-z 0-9 . _ - @ : +")]
-    Missing { field: &'static str },
-    #[error("{field} `{value}` {problem}")]
-    Invalid {
-        field: &'static str,
-        value: String,
-        problem: String,
-    },
+    /// One field (`domain::field`: the one message shape of every field).
+    #[error(transparent)]
+    Field(#[from] FieldError),
     #[error(
         "{field} has {count} entries; send at most {max} per call and the rest in further calls"
     )]
@@ -54,11 +49,7 @@ impl ConversionError {
         value: impl std::fmt::Display,
         problem: impl Into<String>,
     ) -> Self {
-        ConversionError::Invalid {
-            field,
-            value: shorten(&value.to_string()),
-            problem: problem.into(),
-        }
+        FieldError::invalid(field, value, problem).into()
     }
 }
 
@@ -81,21 +72,9 @@ impl std::fmt::Display for Logged<'_> {
     }
 }
 
-/// Keeps error messages short when a caller sends a huge value.
-fn shorten(value: &str) -> String {
-    const MAX: usize = 64;
-    match value.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}…", &value[..cut]),
-        None => value.to_owned(),
-    }
-}
-
-/// Checks an id field without taking it (the check path borrows its ids).
+/// Checks an id field without taking it (a token id).
 pub fn id(field: &'static str, value: &str) -> Result<(), ConversionError> {
-    validate_id(value).map_err(|e| match e {
-        IdError::Empty => ConversionError::Missing { field },
-        e => ConversionError::invalid(field, value, e.to_string()),
-    })
+    Ok(field::id(field, value)?)
 }
 
 /// Checks a batch's item count.
@@ -111,58 +90,80 @@ pub fn batch_items(field: &'static str, count: usize) -> Result<(), ConversionEr
 }
 
 pub fn account_id(field: &'static str, value: String) -> Result<AccountId, ConversionError> {
-    id(field, &value)?;
-    AccountId::try_from(value).map_err(|e| ConversionError::invalid(field, "", e.to_string()))
+    Ok(field::account_id(field, value)?)
 }
 
 pub fn user_id(field: &'static str, value: String) -> Result<UserId, ConversionError> {
-    id(field, &value)?;
-    UserId::try_from(value).map_err(|e| ConversionError::invalid(field, "", e.to_string()))
+    Ok(field::user_id(field, value)?)
 }
 
-/// A display name or a token name (`validate_display_name`).
-pub fn display_name(field: &'static str, value: String) -> Result<String, ConversionError> {
-    match validate_display_name(&value) {
-        Ok(()) => Ok(value),
-        Err(e @ DisplayNameError::TooLong(_)) => {
-            Err(ConversionError::invalid(field, &value, e.to_string()))
-        }
-        // Escaped, so the message shows the character rather than hiding it.
-        Err(e @ DisplayNameError::Hidden { .. }) => Err(ConversionError::invalid(
-            field,
-            value.escape_debug(),
-            e.to_string(),
-        )),
-    }
+/// An account id borrowed from the request: the check path allocates none.
+pub fn account_id_ref<'a>(
+    field: &'static str,
+    value: &'a str,
+) -> Result<AccountIdRef<'a>, ConversionError> {
+    Ok(field::account_id_ref(field, value)?)
 }
 
-/// The name of a catalogue entry (an edition, a product line) as a request
-/// gives it: the catalogue says whether it exists, but a name longer than
-/// any catalogue id can hold is refused here, so no refusal echoes it whole.
+/// A user id borrowed from the request.
+pub fn user_id_ref<'a>(
+    field: &'static str,
+    value: &'a str,
+) -> Result<UserIdRef<'a>, ConversionError> {
+    Ok(field::user_id_ref(field, value)?)
+}
+
+/// A display name or a token name.
+pub fn display_name(field: &'static str, value: String) -> Result<DisplayName, ConversionError> {
+    Ok(field::display_name(field, value)?)
+}
+
+/// The name of a catalogue entry (an edition, a product line).
 pub fn catalogue_name(field: &'static str, value: String) -> Result<String, ConversionError> {
-    let len = value.chars().count();
-    if len > MAX_ID_LEN {
-        return Err(ConversionError::invalid(
-            field,
-            &value,
-            format!("is {len} characters long; no catalogue name is longer than {MAX_ID_LEN}"),
-        ));
-    }
-    Ok(value)
+    Ok(field::catalogue_name(field, value)?)
 }
 
-/// A tier a request sets: unspecified and unknown values are refused.
-pub fn tier(field: &'static str, value: i32) -> Result<Tier, ConversionError> {
+/// What `ANALYTICS_TIER_UNSPECIFIED` means in a field: each field has one
+/// meaning, said in its comment in the `.proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unspecified {
+    /// Refused: the field is `optional`, so leaving it unset says "keep the
+    /// tier" (`UpdateUserServicesRequest.analytics_tier`).
+    Refused,
+    /// Tier none: the field always has a value and 0 is its default, which
+    /// a sender that sets nothing sends (`UserRow.analytics_tier`).
+    MeansNone,
+}
+
+/// A tier a request sets; unknown values are refused, and
+/// `ANALYTICS_TIER_UNSPECIFIED` means what the field says it means.
+pub fn tier(
+    field: &'static str,
+    value: i32,
+    unspecified: Unspecified,
+) -> Result<Tier, ConversionError> {
+    Ok(tier_field(field, value, unspecified)?)
+}
+
+/// `tier`, as a field's own error (import rows are refused one by one).
+fn tier_field(
+    field: &'static str,
+    value: i32,
+    unspecified: Unspecified,
+) -> Result<Tier, FieldError> {
     match pb::AnalyticsTier::try_from(value) {
         Ok(pb::AnalyticsTier::None) => Ok(Tier::None),
         Ok(pb::AnalyticsTier::Essentials) => Ok(Tier::Essentials),
         Ok(pb::AnalyticsTier::Supervisor) => Ok(Tier::Supervisor),
-        Ok(pb::AnalyticsTier::Unspecified) => Err(ConversionError::invalid(
-            field,
-            "ANALYTICS_TIER_UNSPECIFIED",
-            "is not a tier; set ANALYTICS_TIER_NONE, ANALYTICS_TIER_ESSENTIALS or ANALYTICS_TIER_SUPERVISOR, or leave the field unset to keep the tier",
-        )),
-        Err(_) => Err(ConversionError::invalid(
+        Ok(pb::AnalyticsTier::Unspecified) => match unspecified {
+            Unspecified::MeansNone => Ok(Tier::None),
+            Unspecified::Refused => Err(FieldError::invalid(
+                field,
+                "ANALYTICS_TIER_UNSPECIFIED",
+                "is not a tier; set ANALYTICS_TIER_NONE, ANALYTICS_TIER_ESSENTIALS or ANALYTICS_TIER_SUPERVISOR, or leave the field unset to keep the tier",
+            )),
+        },
+        Err(_) => Err(FieldError::invalid(
             field,
             value,
             "is not a tier; use ANALYTICS_TIER_NONE (1), ANALYTICS_TIER_ESSENTIALS (2) or ANALYTICS_TIER_SUPERVISOR (3)",
@@ -360,7 +361,7 @@ impl From<&Catalogue> for pb::GetCatalogueResponse {
                 .into_iter()
                 .map(|t| pb::TierReports {
                     tier: tier_i32(t),
-                    reports: c.reports_for(t).iter().map(report_definition).collect(),
+                    reports: c.reports_for(t).map(report_definition).collect(),
                 })
                 .collect(),
             data_delay: prost_types::Duration::try_from(c.data_delay()).ok(),
@@ -566,24 +567,22 @@ pub fn audit_cursor(token: &str) -> Result<u64, ConversionError> {
         })
 }
 
-/// A row as sent; its ids and names are checked row by row by the service.
-pub fn import_row(row: &pb::UserRow) -> ImportRow {
-    let tier = match pb::AnalyticsTier::try_from(row.analytics_tier) {
-        Ok(pb::AnalyticsTier::Unspecified | pb::AnalyticsTier::None) => Ok(Tier::None),
-        Ok(pb::AnalyticsTier::Essentials) => Ok(Tier::Essentials),
-        Ok(pb::AnalyticsTier::Supervisor) => Ok(Tier::Supervisor),
-        Err(_) => Err(format!(
-            "analytics_tier `{}` is not a tier; use none, essentials or supervisor",
-            row.analytics_tier
-        )),
-    };
-    ImportRow {
-        account_id: row.account_id.clone(),
-        user_id: row.user_id.clone(),
-        display_name: row.display_name.clone(),
-        edition: row.edition.clone(),
+/// A row of an import: its fields checked, in the order of the columns;
+/// a bad row is the first of its fields refused. Each row on its own, so
+/// the service can report every bad row.
+pub fn import_row(row: &pb::UserRow) -> Result<ImportRow, FieldError> {
+    let account_id = field::account_id("account_id", row.account_id.clone())?;
+    let user_id = field::user_id("user_id", row.user_id.clone())?;
+    let display_name = field::display_name("display_name", row.display_name.clone())?;
+    let tier = tier_field("analytics_tier", row.analytics_tier, Unspecified::MeansNone)?;
+    let edition = field::catalogue_name("edition", row.edition.clone())?;
+    Ok(ImportRow {
+        account_id,
+        user_id,
+        display_name,
+        edition: (!edition.is_empty()).then_some(edition),
         tier,
-    }
+    })
 }
 
 impl From<&User> for pb::UserRow {

@@ -152,7 +152,7 @@ impl ProvisioningService for Api {
                         .map(|e| (!e.is_empty()).then_some(e)),
                     tier: r
                         .analytics_tier
-                        .map(|t| convert::tier("analytics_tier", t))
+                        .map(|t| convert::tier("analytics_tier", t, convert::Unspecified::Refused))
                         .transpose()?,
                     expected_revision: r.expected_revision,
                 };
