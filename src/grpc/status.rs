@@ -188,10 +188,24 @@ mod tests {
                 within: Duration::from_secs(1),
             },
             DomainError::ShuttingDown,
+            DomainError::NoRandomness(getrandom::Error::UNSUPPORTED),
             DomainError::Store(StoreError::Failed("disk".into())),
         ];
         for error in not_kept {
             assert!(error.refusal().is_none(), "{error:?}");
         }
+    }
+
+    /// No random numbers is the server's trouble, not a first start's: it
+    /// is not reported as a bootstrap error, and a retry may succeed.
+    #[test]
+    fn no_randomness_is_unavailable_and_says_so() {
+        let status = Status::from(DomainError::NoRandomness(getrandom::Error::UNSUPPORTED));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().starts_with("no secure random numbers: "),
+            "{}",
+            status.message()
+        );
     }
 }
