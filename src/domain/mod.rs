@@ -171,3 +171,54 @@ impl Token {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn account(activated: Option<SystemTime>) -> Account {
+        Account {
+            id: AccountId::try_from("acme".to_owned()).unwrap(),
+            display_name: "Acme".into(),
+            product_line: "work".into(),
+            created_at: SystemTime::UNIX_EPOCH,
+            analytics_activated_at: activated,
+        }
+    }
+
+    /// Rule 8: the first tier other than none starts the clock; none does
+    /// not, and a started clock is never moved.
+    #[test]
+    fn the_analytics_clock_starts_once() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let fresh = account(None);
+        assert_eq!(fresh.starting_analytics(Tier::None, now), None);
+        let started = fresh.starting_analytics(Tier::Essentials, now).unwrap();
+        assert_eq!(started.analytics_activated_at, Some(now));
+        assert_eq!(started.display_name, "Acme");
+        let later = now + Duration::from_secs(60);
+        assert_eq!(started.starting_analytics(Tier::Supervisor, later), None);
+        let delay = Duration::from_secs(48 * 3600);
+        assert_eq!(fresh.data_available_at(delay), None);
+        assert_eq!(started.data_available_at(delay), Some(now + delay));
+    }
+
+    #[test]
+    fn a_new_user_holds_no_licence_and_no_analytics() {
+        let now = SystemTime::UNIX_EPOCH;
+        let user = User::new(
+            AccountId::try_from("acme".to_owned()).unwrap(),
+            UserId::try_from("ada".to_owned()).unwrap(),
+            "Ada".into(),
+            7,
+            now,
+        );
+        assert_eq!(
+            (user.edition, user.tier, user.revision),
+            (None, Tier::None, 7)
+        );
+        assert_eq!((user.created_at, user.updated_at), (now, now));
+    }
+}
