@@ -151,10 +151,16 @@ fuzz_target!(|data: &[u8]| {
                     }
                     // A bad row names the field at fault, in a bounded message.
                     Err(e) => {
-                        let field = ["account_id", "user_id", "display_name", "analytics_tier", "edition"]
-                            .into_iter()
-                            .find(|f| e.to_string().starts_with(f))
-                            .unwrap_or_else(|| panic!("no field named: {e}"));
+                        let field = [
+                            "account_id",
+                            "user_id",
+                            "display_name",
+                            "analytics_tier",
+                            "edition",
+                        ]
+                        .into_iter()
+                        .find(|f| e.to_string().starts_with(f))
+                        .unwrap_or_else(|| panic!("no field named: {e}"));
                         refused(field, &e.into());
                     }
                 }
