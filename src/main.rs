@@ -13,10 +13,7 @@ use cli::{
     commands::{AccountCommand, AuditCommand, CatalogueCommand, TokenCommand, UserCommand},
     config::{Effective, LogFormat, ServeArgs},
 };
-use entitled::{
-    catalogue::Catalogue,
-    server::{Application, Config, TlsFiles},
-};
+use entitled::server::{Application, ServerError};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -204,36 +201,16 @@ fn init_logging(format: LogFormat, default: &str) {
 
 fn serve(config: Effective) -> Result<(), CliError> {
     init_logging(config.log_format, "info");
-    let catalogue = match &config.catalogue {
-        Some(path) => Catalogue::from_file(path),
-        None => Catalogue::builtin(),
-    }
-    .map_err(|e| CliError::Usage(e.to_string()))?;
-    let catalogue = match config.analytics_data_delay {
-        Some(delay) => catalogue.with_data_delay(delay),
-        None => catalogue,
-    };
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        let mut server = Config::new(config.listen, config.data_dir, catalogue);
-        server.metrics_listen = config.metrics_listen;
-        if let Some(history) = config.watch_history {
-            server.watch.history = history;
-        }
-        server.max_concurrent_calls = config.max_concurrent_calls;
-        server.request_message_timeout = config.request_message_timeout;
-        server.max_request_bytes = config.max_request_bytes;
-        if let (Some(cert), Some(key)) = (config.tls_cert, config.tls_key) {
-            server.tls = Some(TlsFiles {
-                cert,
-                key,
-                client_ca: config.tls_client_ca,
-            });
-        }
-        let app = Application::build(server)
+        let app = Application::build(config.server)
             .await
-            .map_err(|e| CliError::Local(e.to_string()))?;
+            .map_err(|e| match e {
+                // A catalogue the server cannot use is the operator's to fix.
+                ServerError::Catalogue(e) => CliError::Usage(e.to_string()),
+                e => CliError::Local(e.to_string()),
+            })?;
         app.run(shutdown_signal())
             .await
             .map_err(|e| CliError::Local(e.to_string()))

@@ -5,7 +5,13 @@
 //! `metrics_listen` set, Prometheus metrics are served there on `/metrics`
 //! for as long as the gRPC server runs.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
 use tonic::{
@@ -15,7 +21,7 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    catalogue::Catalogue,
+    catalogue::{Catalogue, CatalogueError},
     grpc::{Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
     metrics::{Metrics, MetricsError},
     proto::{
@@ -55,12 +61,44 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Everything the server needs to start.
+/// Where the catalogue in force comes from.
+#[derive(Debug, Clone)]
+pub enum CatalogueSource {
+    /// The catalogue built into the binary.
+    Builtin,
+    /// A TOML file, read when the server starts.
+    File(PathBuf),
+    /// A catalogue already read (tests, the benchmark).
+    Given(Catalogue),
+}
+
+impl From<Catalogue> for CatalogueSource {
+    fn from(catalogue: Catalogue) -> Self {
+        CatalogueSource::Given(catalogue)
+    }
+}
+
+impl CatalogueSource {
+    fn load(self) -> Result<Catalogue, CatalogueError> {
+        match self {
+            CatalogueSource::Builtin => Catalogue::builtin(),
+            CatalogueSource::File(path) => Catalogue::from_file(&path),
+            CatalogueSource::Given(catalogue) => Ok(catalogue),
+        }
+    }
+}
+
+/// The server's settings: everything it needs to start, and the one type
+/// that holds them. `entitled serve` fills it from its flags, environment
+/// and file over `Config::default()`; `entitled config show` prints it;
+/// tests set its fields directly.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// The catalogue in force, with any data-delay override applied.
-    pub catalogue: Catalogue,
+    pub catalogue: CatalogueSource,
+    /// Overrides the catalogue's `data_delay` when set.
+    pub analytics_data_delay: Option<Duration>,
     pub clock: Clock,
     /// Serve TLS (and optionally require client certificates).
     pub tls: Option<TlsFiles>,
@@ -81,6 +119,13 @@ pub struct Config {
     pub max_request_bytes: usize,
 }
 
+/// The default of `Config::listen`: loopback only, so a server started
+/// without thought is not reachable from the network.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
+
+/// The default of `Config::data_dir`.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
 /// The default of `Config::max_concurrent_calls`: well above the 64 clients
 /// of the benchmarks, well below what exhausts memory.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
@@ -96,13 +141,15 @@ pub const DEFAULT_REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// holds the largest import (5000 rows).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-impl Config {
-    /// A plaintext server with the system clock.
-    pub fn new(listen: SocketAddr, data_dir: PathBuf, catalogue: Catalogue) -> Self {
+impl Default for Config {
+    /// The documented defaults: a plaintext server on `DEFAULT_LISTEN` with
+    /// the built-in catalogue and the system clock.
+    fn default() -> Self {
         Config {
-            listen,
-            data_dir,
-            catalogue,
+            listen: DEFAULT_LISTEN,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            catalogue: CatalogueSource::Builtin,
+            analytics_data_delay: None,
             clock: system_clock(),
             tls: None,
             metrics_listen: None,
@@ -114,11 +161,30 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A plaintext server with the system clock.
+    pub fn new(
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        catalogue: impl Into<CatalogueSource>,
+    ) -> Self {
+        Config {
+            listen,
+            data_dir,
+            catalogue: catalogue.into(),
+            ..Config::default()
+        }
+    }
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The catalogue file is unreadable or wrong: a configuration error.
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
     #[error("cannot create data directory `{path}`: {source}")]
     DataDir {
         path: String,
@@ -162,6 +228,13 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, ServerError> {
+        // The catalogue first: a bad file stops start-up before anything
+        // is created or taken.
+        let catalogue = config.catalogue.load()?;
+        let catalogue = match config.analytics_data_delay {
+            Some(delay) => catalogue.with_data_delay(delay),
+            None => catalogue,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
@@ -181,8 +254,8 @@ impl Application {
         store.observe(Arc::new(metrics.clone()));
         let revision = store.read(|v| v.revision());
         tracing::info!(%local_addr, data_dir = %config.data_dir.display(), revision, "store opened");
-        let entitlements = Entitlements::new(store, config.catalogue, config.clock)
-            .with_watch_options(config.watch);
+        let entitlements =
+            Entitlements::new(store, catalogue, config.clock).with_watch_options(config.watch);
         if let Some(path) = entitlements.bootstrap(&config.data_dir).await? {
             // The file, never the secret.
             tracing::info!(file = %path.display(), "first start: an operator token was written to this file (mode 0600)");
