@@ -290,12 +290,12 @@ impl Entitlements {
         self.store
             .write(&Target::Account(id.clone()), ctx, move |current| {
                 if current.account.is_some() {
-                    return Err(DomainError::AccountExists(id));
+                    return Err(DomainError::AccountExists(id.clone()));
                 }
                 let account = Account {
-                    id,
-                    display_name,
-                    product_line,
+                    id: id.clone(),
+                    display_name: display_name.clone(),
+                    product_line: product_line.clone(),
                     created_at: now,
                     analytics_activated_at: None,
                 };
@@ -339,15 +339,15 @@ impl Entitlements {
                             return Ok(Decided::new(vec![], existing));
                         }
                         Some(existing) => User {
-                            display_name,
+                            display_name: display_name.clone(),
                             revision: current.next_revision,
                             updated_at: now,
                             ..existing
                         },
                         None => User {
-                            account_id: account,
-                            id: user,
-                            display_name,
+                            account_id: account.clone(),
+                            id: user.clone(),
+                            display_name: display_name.clone(),
                             edition: None,
                             tier: Tier::None,
                             revision: current.next_revision,
@@ -411,7 +411,8 @@ impl Entitlements {
                 ctx,
                 move |current| {
                     require_user(&current, &account, &user)?;
-                    Ok(Decided::new(vec![Mutation::DeleteUser(account, user)], ()))
+                    let deleted = Mutation::DeleteUser(account.clone(), user.clone());
+                    Ok(Decided::new(vec![deleted], ()))
                 },
             )
             .await
@@ -449,7 +450,7 @@ impl Entitlements {
                         && expected != existing.revision
                     {
                         return Err(DomainError::RevisionMismatch {
-                            user,
+                            user: user.clone(),
                             expected,
                             actual: existing.revision,
                         });

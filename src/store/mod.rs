@@ -390,11 +390,13 @@ impl Store {
     /// Decides and commits one write atomically, with its audit record, and
     /// returns once it is durable and visible to reads. A retry with a
     /// request id already answered within 24 hours gets the first answer.
+    /// `decide` may be run more than once (a backend that retries a
+    /// transaction after a conflict runs it again); only its last run counts.
     pub async fn write<T, E>(
         &self,
         target: &Target,
         ctx: WriteContext,
-        decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
+        decide: impl FnMut(Current) -> Result<Decided<T>, E>,
     ) -> Result<Written<T>, E>
     where
         T: Serialize + DeserializeOwned,
@@ -420,7 +422,7 @@ impl Store {
         &self,
         target: &Target,
         ctx: WriteContext,
-        decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
+        decide: impl FnMut(Current) -> Result<Decided<T>, E>,
     ) -> Committed<T, E>
     where
         T: Serialize + DeserializeOwned,
@@ -445,7 +447,7 @@ impl Store {
         txn: &mut Option<u64>,
         target: &Target,
         ctx: WriteContext,
-        decide: impl FnOnce(Current) -> Result<Decided<T>, E>,
+        mut decide: impl FnMut(Current) -> Result<Decided<T>, E>,
     ) -> Result<(Written<T>, bool), E>
     where
         T: Serialize + DeserializeOwned,
