@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     domain::{Decision, Denial},
-    store::{Store, StoreObserver},
+    store::{StoreError, StoreObserver, StoreStats},
 };
 
 /// Latency buckets, in seconds: checks answer in microseconds, durable
@@ -36,7 +36,7 @@ pub enum MetricsError {
     #[error("metrics: {0}")]
     Prometheus(#[from] prometheus::Error),
     #[error("metrics: cannot read the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     #[error("metrics: the text is not UTF-8: {0}")]
     Utf8(#[from] std::string::FromUtf8Error),
 }
@@ -241,9 +241,9 @@ impl Metrics {
         counter.inc();
     }
 
-    /// The text exposition of every metric, with the store's gauges read now.
-    pub fn render(&self, store: &Store) -> Result<String, MetricsError> {
-        let stats = store.stats()?;
+    /// The text exposition of every metric, with the store's gauges set
+    /// from `stats`.
+    pub fn render(&self, stats: &StoreStats) -> Result<String, MetricsError> {
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.inner.revision.set(gauge(stats.revision));
         self.inner.size_bytes.set(gauge(stats.size_on_disk));
@@ -269,23 +269,29 @@ impl StoreObserver for Metrics {
     }
 }
 
+/// Reads the store's gauges at each scrape.
+pub type StatsSource = Arc<dyn Fn() -> Result<StoreStats, StoreError> + Send + Sync>;
+
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
-    store: Store,
+    stats: StatsSource,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state((metrics, store));
+        .with_state((metrics, stats));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn scrape(State((metrics, store)): State<(Metrics, Store)>) -> impl IntoResponse {
-    match metrics.render(&store) {
+async fn scrape(State((metrics, stats)): State<(Metrics, StatsSource)>) -> impl IntoResponse {
+    match stats()
+        .map_err(MetricsError::from)
+        .and_then(|stats| metrics.render(&stats))
+    {
         Ok(text) => (
             StatusCode::OK,
             [("content-type", prometheus::TEXT_FORMAT)],

@@ -18,8 +18,8 @@ use crate::{
         NoticeKind, Principal, Refusal, RefusalKind, ReportAccess, Rpc, Tier, User, UserId, kept,
     },
     store::{
-        Backup, Current, Decided, Mutation, Refusable, RequestKey, Store, StoreError, Target, View,
-        WriteContext, Written,
+        Backup, Current, Decided, Mutation, Refusable, RequestKey, Store, StoreError, StoreStats,
+        Target, View, WriteContext, Written,
     },
 };
 
@@ -262,8 +262,15 @@ impl Entitlements {
         Arc::clone(&self.report_lists[tier as usize][usize::from(data_ready)])
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The store's revision, record counts and size, for metrics.
+    pub fn store_stats(&self) -> Result<StoreStats, StoreError> {
+        self.store.stats()
+    }
+
+    /// Makes everything the store committed durable; for a stop, once no
+    /// call is in flight.
+    pub async fn sync_on_stop(&self) -> Result<(), StoreError> {
+        self.store.flush().await
     }
 
     pub async fn create_account(

@@ -63,7 +63,7 @@ impl Entitlements {
             unauthenticated("the token is malformed; send it exactly as it was issued")
         })?;
         let digest = sha256(bearer);
-        self.store().read(|view| {
+        self.store.read(|view| {
             let entry = view
                 .token(id)
                 .filter(|t| bool::from(t.token.secret_sha256.ct_eq(&digest)))
@@ -124,7 +124,7 @@ impl Entitlements {
         let target = spec.account.clone().map_or(Target::None, Target::Account);
         let request_id = caller.request.as_ref().map(|r| r.id.clone());
         let written = self
-            .store()
+            .store
             .write(&target, ctx, move |current| {
                 if let Some(account) = &spec.account
                     && current.account.is_none()
@@ -155,7 +155,7 @@ impl Entitlements {
 
     pub fn list_tokens(&self, caller: &Caller) -> Result<Vec<Token>, DomainError> {
         authorize(caller, Rpc::ListTokens, None, None)?;
-        Ok(self.store().read(|v| v.tokens()))
+        Ok(self.store.read(|v| v.tokens()))
     }
 
     /// Revokes a token; it is refused from the very next call. Revoking a
@@ -168,7 +168,7 @@ impl Entitlements {
         authorize(caller, Rpc::RevokeToken, None, None)?;
         let now = (self.clock)();
         let ctx = self.context(caller, Rpc::RevokeToken, "", "");
-        self.store()
+        self.store
             .write(&Target::Token(id.clone()), ctx, move |current| {
                 let token = current
                     .token
@@ -194,7 +194,7 @@ impl Entitlements {
     /// it to `<data_dir>/operator.token` (mode 0600). Returns the file's path
     /// when it made one; later starts make none.
     pub async fn bootstrap(&self, data_dir: &Path) -> Result<Option<PathBuf>, DomainError> {
-        if self.store().is_bootstrapped()? {
+        if self.store.is_bootstrapped()? {
             return Ok(None);
         }
         let now = (self.clock)();
@@ -223,7 +223,7 @@ impl Entitlements {
             user_id: String::new(),
             request: None,
         };
-        self.store()
+        self.store
             .write::<_, DomainError>(&Target::None, ctx, move |_| {
                 let details = vec![format!(
                     "created token `{}` `{}` with role `operator`",
