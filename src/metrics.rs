@@ -5,7 +5,7 @@
 //! several servers can run in one process (as the tests do) without mixing
 //! their numbers. Counters and histograms are updated where things happen (the
 //! gRPC layer for RPCs and checks, the store through `StoreObserver` for
-//! writes and flushes); gauges of the store's contents are read from the store
+//! writes and syncs); gauges of the store's contents are read from the store
 //! at each scrape. No label carries an account or user id: every label set is
 //! bounded.
 
@@ -110,7 +110,7 @@ struct Inner {
     writes: IntCounter,
     refusals_left_out: IntCounter,
     write_seconds: Histogram,
-    flush_seconds: Histogram,
+    sync_seconds: Histogram,
     revision: IntGauge,
     size_bytes: IntGauge,
     accounts: IntGauge,
@@ -156,9 +156,9 @@ impl Metrics {
             "entitled_store_write_duration_seconds",
             "time from a write's commit starting to it being durable and visible",
         ))?;
-        let flush_seconds = Histogram::with_opts(latency(
-            "entitled_store_flush_duration_seconds",
-            "time one flush to disk took (one flush covers every write committed before it)",
+        let sync_seconds = Histogram::with_opts(latency(
+            "entitled_store_sync_duration_seconds",
+            "time one sync to durable storage took (one sync covers every write committed before it)",
         ))?;
         let revision = IntGauge::new("entitled_store_revision", "the durable store revision")?;
         let size_bytes = IntGauge::new(
@@ -173,7 +173,7 @@ impl Metrics {
         registry.register(Box::new(writes.clone()))?;
         registry.register(Box::new(refusals_left_out.clone()))?;
         registry.register(Box::new(write_seconds.clone()))?;
-        registry.register(Box::new(flush_seconds.clone()))?;
+        registry.register(Box::new(sync_seconds.clone()))?;
         registry.register(Box::new(revision.clone()))?;
         registry.register(Box::new(size_bytes.clone()))?;
         registry.register(Box::new(accounts.clone()))?;
@@ -188,7 +188,7 @@ impl Metrics {
                 writes,
                 refusals_left_out,
                 write_seconds,
-                flush_seconds,
+                sync_seconds,
                 revision,
                 size_bytes,
                 accounts,
@@ -264,8 +264,8 @@ impl StoreObserver for Metrics {
         self.inner.write_seconds.observe(waited.as_secs_f64());
     }
 
-    fn flushed(&self, took: Duration) {
-        self.inner.flush_seconds.observe(took.as_secs_f64());
+    fn synced(&self, took: Duration) {
+        self.inner.sync_seconds.observe(took.as_secs_f64());
     }
 }
 

@@ -201,7 +201,7 @@ struct Committed<T, E> {
     applied: bool,
 }
 
-/// Told about writes and flushes as they happen, so metrics can count them
+/// Told about writes and syncs as they happen, so metrics can count them
 /// without the store knowing how they are exported. Calls are made on the
 /// write path: keep them cheap and never block.
 pub trait StoreObserver: Send + Sync {
@@ -210,8 +210,9 @@ pub trait StoreObserver: Send + Sync {
     /// A committed write became durable and visible, `waited` after its
     /// commit began.
     fn durable(&self, waited: Duration);
-    /// One flush (group commit) took `took`, successful or not.
-    fn flushed(&self, took: Duration);
+    /// One sync to durable storage (shared by every write committed before
+    /// it) took `took`, successful or not.
+    fn synced(&self, took: Duration);
 }
 
 /// Size and contents, for metrics.
@@ -354,7 +355,7 @@ impl Store {
         })
     }
 
-    /// Reports writes and flushes to `observer` from now on. Only the first
+    /// Reports writes and syncs to `observer` from now on. Only the first
     /// observer set is kept; it returns false for any later one.
     pub fn observe(&self, observer: Arc<dyn StoreObserver>) -> bool {
         self.inner.observer.set(observer).is_ok()
@@ -884,7 +885,7 @@ impl Store {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
         if let Some(observer) = self.observer() {
-            observer.flushed(started.elapsed());
+            observer.synced(started.elapsed());
         }
         if let Err(reason) = flushed {
             tracing::error!(%reason, "flush failed; refusing further writes");
