@@ -270,7 +270,7 @@ impl Entitlements {
     /// Makes everything the store committed durable; for a stop, once no
     /// call is in flight.
     pub async fn sync_on_stop(&self) -> Result<(), StoreError> {
-        self.store.flush().await
+        self.store.sync_on_stop().await
     }
 
     pub async fn create_account(
