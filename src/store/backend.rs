@@ -119,7 +119,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// their audit records, and the answer to keep. Returns once that, and
     /// every write committed before it, is durable and published (so a
     /// replay or a no-op, which commits nothing new, still waits for what it
-    /// answers from). Tells the publisher `committed` for
+    /// answers from). A write whose caller goes away (its future dropped)
+    /// is still published once durable. Tells the publisher `committed` for
     /// each write that raises the revision. If the storage refuses a write
     /// or fails to make one durable, this and every later commit fail
     /// (`StoreError::Failed`) until the store is opened again: what is

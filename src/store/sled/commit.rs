@@ -162,19 +162,21 @@ impl SledBackend {
 
     /// Waits until transaction `txn` (a `WriterState::txns` count) is
     /// flushed and the writes up to it are published, flushing it (and
-    /// every other transaction committed by then) if nobody else has.
+    /// every other transaction committed by then) if nobody else has. A
+    /// waiter that goes away mid-flush leaves the writes it would have
+    /// published pending, for the next flusher.
     pub(super) async fn wait_durable(&self, txn: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
         let mut durable = inner.flush_lock.lock().await;
         if *durable >= txn {
             return Ok(());
         }
-        let (batch, upto) = {
-            let mut writer = inner.writer.lock();
+        let (upto, revision) = {
+            let writer = inner.writer.lock();
             if let Some(reason) = &writer.failed {
                 return Err(StoreError::Failed(reason.clone()));
             }
-            (std::mem::take(&mut writer.pending), writer.txns)
+            (writer.txns, writer.committed)
         };
         let db = inner.db.clone();
         let started = Instant::now();
@@ -191,6 +193,12 @@ impl SledBackend {
             return Err(StoreError::Failed(reason));
         }
         *durable = upto;
+        // The writes the flush covered: those committed before it began.
+        let batch: Vec<_> = {
+            let mut writer = inner.writer.lock();
+            let covered = writer.pending.partition_point(|(r, _)| *r <= revision);
+            writer.pending.drain(..covered).collect()
+        };
         let published = inner.publisher.publish(batch);
         self.record_durable(published, false);
         Ok(())

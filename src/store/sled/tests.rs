@@ -1,6 +1,6 @@
 //! The sled backend through `Store`: backups of both formats restore to
-//! the same store, and a format 1 file made by an earlier entitled
-//! restores.
+//! the same store, a format 1 file made by an earlier entitled restores,
+//! and a write given up while its flush runs is still published.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
@@ -8,6 +8,7 @@ use std::{
     collections::BTreeMap,
     path::Path,
     sync::Arc,
+    task::{Context, Waker},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -422,4 +423,60 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
     assert_eq!(next, 15);
     let (last, _) = store.audit(None, 15, 0, 10).unwrap();
     assert_eq!(last.iter().map(|r| r.seq).collect::<Vec<_>>(), [16]);
+}
+
+/// A write whose caller goes away while its flush runs (a cancelled call)
+/// is durable, so it must still reach the view: the next flush publishes
+/// it. It was once dropped, with every write flushed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_during_its_flush_is_still_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = open(dir.path());
+    let acme = vec![Mutation::PutAccount(account("acme"))];
+    let target = Target::Account(account_id("acme"));
+    put(
+        &store,
+        target,
+        ctx(Rpc::CreateAccount, "acme", "", None),
+        acme,
+    )
+    .await;
+
+    // A big record, so that its flush is still running when the first
+    // poll returns; tried until one is.
+    let mut given_up = Vec::new();
+    for i in 0..20 {
+        let id = format!("u{i}");
+        let big = User {
+            display_name: "x".repeat(4 << 20),
+            ..user("acme", &id, None, Tier::None)
+        };
+        let target = Target::User(account_id("acme"), user_id(&id));
+        let ctx = ctx(Rpc::PutUser, "acme", &id, None);
+        let mut write = Box::pin(put(&store, target, ctx, vec![Mutation::PutUser(big)]));
+        // One poll commits it and starts its flush; then the caller is gone.
+        let first = write.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        drop(write);
+        given_up.push(id);
+        if first.is_pending() {
+            break;
+        }
+    }
+    assert!(
+        given_up.len() < 20,
+        "no write was still flushing after one poll"
+    );
+
+    let bob = vec![Mutation::PutUser(user("acme", "bob", None, Tier::None))];
+    let target = Target::User(account_id("acme"), user_id("bob"));
+    let revision = put(&store, target, ctx(Rpc::PutUser, "acme", "bob", None), bob).await;
+    assert_eq!(revision, given_up.len() as u64 + 2);
+    assert_eq!(store.read(|v| v.revision()), revision);
+    for id in &given_up {
+        assert!(
+            store.read(|v| v.user("acme", id)).is_some(),
+            "the given-up write of `{id}` is not in the view"
+        );
+    }
+    assert!(store.read(|v| v.user("acme", "bob")).is_some());
 }
