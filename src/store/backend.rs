@@ -178,5 +178,6 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn sync_on_stop(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// The bench's bulk load: see `Store::import`.
+    #[cfg(feature = "bench")]
     fn import(&self, accounts: Vec<Account>, users: Vec<User>) -> Result<u64, StoreError>;
 }

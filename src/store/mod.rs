@@ -35,6 +35,7 @@ use std::{
 };
 
 use self::{backend::Backend, publish::Publisher, sled::WatermarkError};
+#[cfg(feature = "bench")]
 use crate::domain::{Account, User};
 
 pub use self::sled::restore;
@@ -205,6 +206,7 @@ impl Store {
     /// among `accounts` or already stored. Writes committed before it are
     /// made durable and published with it, in order. Blocking: it panics if
     /// called from async code. Returns the store revision after the import.
+    #[cfg(feature = "bench")]
     pub fn import(&self, accounts: Vec<Account>, users: Vec<User>) -> Result<u64, StoreError> {
         self.backend.import(accounts, users)
     }

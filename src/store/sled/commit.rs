@@ -205,6 +205,7 @@ impl SledBackend {
     }
 
     /// `Store::import`: the bench's bulk load.
+    #[cfg(feature = "bench")]
     pub(super) fn bulk_load(
         &self,
         accounts: Vec<crate::domain::Account>,

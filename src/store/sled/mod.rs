@@ -38,6 +38,7 @@ use super::{
     publish::Publisher,
 };
 use crate::domain::AuditRecord;
+#[cfg(feature = "bench")]
 use crate::domain::{Account, User};
 
 pub use restore::restore;
@@ -317,6 +318,7 @@ impl Backend for SledBackend {
         })
     }
 
+    #[cfg(feature = "bench")]
     fn import(&self, accounts: Vec<Account>, users: Vec<User>) -> Result<u64, StoreError> {
         self.bulk_load(accounts, users)
     }
