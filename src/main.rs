@@ -204,6 +204,10 @@ fn serve(config: Effective) -> Result<(), CliError> {
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
+        // Listen for the signals before anything is served: a SIGTERM that
+        // arrives once the server has said it serves must stop it
+        // gracefully, never kill it.
+        let stop = shutdown_signal();
         let app = Application::build(config.server)
             .await
             .map_err(|e| match e {
@@ -211,30 +215,42 @@ fn serve(config: Effective) -> Result<(), CliError> {
                 ServerError::Catalogue(e) => CliError::Usage(e.to_string()),
                 e => CliError::Local(e.to_string()),
             })?;
-        app.run(shutdown_signal())
+        app.run(stop)
             .await
             .map_err(|e| CliError::Local(e.to_string()))
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled; call it inside the runtime.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, term) {
+            (Ok(mut interrupt), Ok(mut term)) => {
                 tokio::select! {
-                    _ = interrupt => {}
+                    _ = interrupt.recv() => {}
                     _ = term.recv() => {}
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
+            (Ok(mut only), Err(e)) | (Err(e), Ok(mut only)) => {
+                tracing::warn!(error = %e, "cannot listen for one of SIGINT and SIGTERM; only the other stops the server");
+                only.recv().await;
+            }
+            (Err(e), Err(_)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGINT or SIGTERM; stop the server with SIGKILL");
+                std::future::pending::<()>().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

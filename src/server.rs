@@ -306,10 +306,11 @@ impl Application {
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_server = self.metrics_listener.map(|(listener, addr)| {
             tracing::info!(%addr, "serving metrics on /metrics");
+            let entitlements = self.entitlements.clone();
             tokio::spawn(crate::metrics::serve(
                 listener,
                 self.metrics.clone(),
-                self.entitlements.store().clone(),
+                Arc::new(move || entitlements.store_stats()),
                 async {
                     let _ = metrics_stopped.await;
                 },
@@ -387,7 +388,7 @@ impl Application {
             },
             None => Ok(()),
         };
-        self.entitlements.store().flush().await?;
+        self.entitlements.sync_on_stop().await?;
         tracing::info!("stopped; store flushed");
         metrics_result.map_err(ServerError::MetricsServe)
     }

@@ -71,7 +71,7 @@ impl From<StoreError> for Status {
             | StoreError::ForeignData { .. }
             | StoreError::Watermark { .. }
             | StoreError::Encode(_)
-            | StoreError::Sled(_) => {
+            | StoreError::Backend(_) => {
                 tracing::error!(error = %message, "storage failure");
                 Status::internal(message)
             }

@@ -28,7 +28,7 @@ use crate::{
         AccountId, Actor, AuditRecord, Forbidden, MAX_KEPT_REASON, Principal, Refusal, RefusalKind,
         Rpc, Tier, UserId, kept,
     },
-    store::{Backup, Refusable, RequestKey, Store, StoreError, WriteContext},
+    store::{Backup, Refusable, RequestKey, Store, StoreError, StoreStats, WriteContext},
 };
 
 pub use bulk::{ImportCounts, ImportError, ImportRow, Imported, MAX_IMPORT_ROWS};
@@ -240,8 +240,15 @@ impl Entitlements {
         Ok(&self.catalogue)
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The store's revision, record counts and size, for metrics.
+    pub fn store_stats(&self) -> Result<StoreStats, StoreError> {
+        self.store.stats()
+    }
+
+    /// Makes everything the store committed durable; for a stop, once no
+    /// call is in flight.
+    pub async fn sync_on_stop(&self) -> Result<(), StoreError> {
+        self.store.sync_on_stop().await
     }
 
     /// The audit trail, of one account or (operators and provisioners) all.

@@ -125,14 +125,15 @@ impl Entitlements {
         let target = spec.account.clone().map_or(Target::None, Target::Account);
         let request_id = caller.request.as_ref().map(|r| r.id.clone());
         let written = self
-            .store()
+            .store
             .write(&target, ctx, move |current| {
-                if let Some(account) = spec.account
+                if let Some(account) = &spec.account
                     && current.account.is_none()
                 {
-                    return Err(DomainError::AccountNotFound(account));
+                    return Err(DomainError::AccountNotFound(account.clone()));
                 }
-                let mut decided = Decided::new(vec![Mutation::PutToken(token.clone())], token);
+                let mut decided =
+                    Decided::new(vec![Mutation::PutToken(token.clone())], token.clone());
                 decided.details.push(format!(
                     "created token `{}` `{}` with role `{}`",
                     decided.output.id, decided.output.name, decided.output.role
@@ -170,7 +171,9 @@ impl Entitlements {
         let ctx = self.context(caller, Rpc::RevokeToken, "", "");
         self.store
             .write(&Target::Token(id.clone()), ctx, move |current| {
-                let token = current.token.ok_or(DomainError::TokenNotFound(id))?;
+                let token = current
+                    .token
+                    .ok_or_else(|| DomainError::TokenNotFound(id.clone()))?;
                 if token.revoked_at.is_some() {
                     return Ok(Decided::new(vec![], token));
                 }
@@ -228,7 +231,10 @@ impl Entitlements {
                     token.id, token.name
                 )];
                 Ok(Decided {
-                    mutations: vec![Mutation::PutToken(token), Mutation::MarkBootstrapped],
+                    mutations: vec![
+                        Mutation::PutToken(token.clone()),
+                        Mutation::MarkBootstrapped,
+                    ],
                     output: (),
                     details,
                 })

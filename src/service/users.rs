@@ -50,12 +50,12 @@ impl Entitlements {
         self.store
             .write(&Target::Account(id.clone()), ctx, move |current| {
                 if current.account.is_some() {
-                    return Err(DomainError::AccountExists(id));
+                    return Err(DomainError::AccountExists(id.clone()));
                 }
                 let account = Account {
-                    id,
-                    display_name: display_name.into(),
-                    product_line,
+                    id: id.clone(),
+                    display_name: display_name.clone().into(),
+                    product_line: product_line.clone(),
                     created_at: now,
                     analytics_activated_at: None,
                 };
@@ -100,12 +100,18 @@ impl Entitlements {
                             return Ok(Decided::new(vec![], existing));
                         }
                         Some(existing) => User {
-                            display_name,
+                            display_name: display_name.clone(),
                             revision: current.next_revision,
                             updated_at: now,
                             ..existing
                         },
-                        None => User::new(account, user, display_name, current.next_revision, now),
+                        None => User::new(
+                            account.clone(),
+                            user.clone(),
+                            display_name.clone(),
+                            current.next_revision,
+                            now,
+                        ),
                     };
                     Ok(Decided::new(vec![Mutation::PutUser(next.clone())], next))
                 },
@@ -163,7 +169,8 @@ impl Entitlements {
                 ctx,
                 move |current| {
                     require_user(&current, &account, &user)?;
-                    Ok(Decided::new(vec![Mutation::DeleteUser(account, user)], ()))
+                    let deleted = Mutation::DeleteUser(account.clone(), user.clone());
+                    Ok(Decided::new(vec![deleted], ()))
                 },
             )
             .await
@@ -201,7 +208,7 @@ impl Entitlements {
                         && expected != existing.revision
                     {
                         return Err(DomainError::RevisionMismatch {
-                            user,
+                            user: user.clone(),
                             expected,
                             actual: existing.revision,
                         });
