@@ -78,7 +78,8 @@ pub enum Role {
         #[arg(long)]
         users_per_account: usize,
     },
-    /// (internal) Serves until stdin closes; prints `addr ADDR` when bound.
+    /// (internal) Serves until SIGTERM or until stdin closes; logs
+    /// `serving addr=ADDR` on stderr when bound.
     #[command(hide = true)]
     Serve {
         #[arg(long, value_enum)]

@@ -15,8 +15,12 @@
 //! children's roles), `data` (the data set and the `load` child), `servers`
 //! (the `serve` child and the handle on it), `drivers` (the client loops),
 //! `stats` (what a run measured), `report` (the tables), `run` (the order of
-//! it all).
+//! it all). Its server processes are handled by the tests' `child.rs`, not
+//! a copy of it.
 
+#[allow(dead_code, reason = "the tests use what the bench does not")]
+#[path = "../../../tests/common/child.rs"]
+mod child;
 mod cli;
 mod data;
 mod drivers;

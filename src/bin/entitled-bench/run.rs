@@ -9,7 +9,7 @@ use crate::{
     data::load_store,
     drivers::{baseline_checks, entitled_batches, entitled_checks, entitled_writes, watch_latency},
     report::{self, detail_row},
-    servers::{ServerProcess, baseline_args, entitled_args},
+    servers::ServerProcess,
     stats::median,
 };
 
@@ -73,15 +73,11 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
 
     // (a) the baseline and (b) entitled with N users, both up; their runs
     // alternate so that noise from elsewhere on the machine hits both.
-    let baseline = ServerProcess::start(
-        server_pin,
-        &baseline_args(args.users, args.users_per_account),
-    )
-    .await?;
+    let baseline = ServerProcess::baseline(server_pin, args.users, args.users_per_account).await?;
     let small_dir = tmp.path().join("small");
     let load_time = load_store(&small_dir, args.users, args.users_per_account)?;
     eprintln!("entitled: {} users loaded in {load_time:?}", args.users);
-    let small = ServerProcess::start(server_pin, &entitled_args(&small_dir)).await?;
+    let small = ServerProcess::entitled(server_pin, &small_dir).await?;
     let small_rss = small.rss_mib();
     let mut small_top = None;
     for &c in &args.concurrency {
@@ -115,7 +111,7 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         eprintln!("entitled: loading {} users", args.big_users);
         let load_time = load_store(&big_dir, args.big_users, args.users_per_account)?;
         eprintln!("entitled: {} users loaded in {load_time:?}", args.big_users);
-        let big = ServerProcess::start(server_pin, &entitled_args(&big_dir)).await?;
+        let big = ServerProcess::entitled(server_pin, &big_dir).await?;
         let to_serving = big.to_serving;
         let rss = big.rss_mib();
         if let Some(c) = small_top {

@@ -1,12 +1,14 @@
 //! The two servers, each in a child process of the bench (`serve`): the
-//! baseline and `entitled`, and the handle the run holds on each.
+//! baseline and `entitled`, and the handle the run holds on each (started,
+//! watched and stopped by the tests' `child.rs`).
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Write},
+    future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -14,8 +16,8 @@ use entitled::{
     catalogue::Catalogue,
     client::Bearer,
     server::{Application, Config},
-    service::OPERATOR_TOKEN_FILE,
 };
+use tokio::signal::unix::{SignalKind, signal};
 use tonic::{
     Request, Response, Status,
     transport::{Channel, Server, server::TcpIncoming},
@@ -26,6 +28,7 @@ use tonic_health::pb::{
 
 use crate::{
     BoxError,
+    child::{SERVING, ServerChild, operator_token},
     cli::Kind,
     data::{account_name, services, user_name},
     proto::{
@@ -33,6 +36,10 @@ use crate::{
         baseline_service_server::{BaselineService, BaselineServiceServer},
     },
 };
+
+/// How long a server may take to bind: the large store is read into memory
+/// first (about 2 s for a million users on an idle machine).
+const START_WAIT: Duration = Duration::from_secs(600);
 
 struct Baseline {
     /// account → user → the answer.
@@ -56,7 +63,7 @@ impl BaselineService for Baseline {
     }
 }
 
-/// The `serve` child: serves until stdin closes.
+/// The `serve` child: serves until SIGTERM, or until its stdin closes.
 pub fn serve(
     kind: Kind,
     dir: Option<PathBuf>,
@@ -65,20 +72,13 @@ pub fn serve(
 ) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        // Stops when the parent closes our stdin (or dies).
-        let stop = async {
-            let _ = tokio::task::spawn_blocking(|| {
-                let mut sink = String::new();
-                let _ = std::io::stdin().read_line(&mut sink);
-            })
-            .await;
-        };
+        let stop = stop_requested()?;
         match kind {
             Kind::Entitled => {
                 let dir = dir.ok_or("serve --kind entitled needs --dir")?;
                 let config = Config::new("127.0.0.1:0".parse()?, dir, Catalogue::builtin()?);
                 let app = Application::build(config).await?;
-                announce(app.local_addr())?;
+                announce(app.local_addr());
                 app.run(stop).await?;
             }
             Kind::Baseline => {
@@ -97,7 +97,7 @@ pub fn serve(
                         );
                 }
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                announce(listener.local_addr()?)?;
+                announce(listener.local_addr()?);
                 let (reporter, health) = tonic_health::server::health_reporter();
                 reporter
                     .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -116,39 +116,35 @@ pub fn serve(
     })
 }
 
-fn announce(addr: SocketAddr) -> Result<(), BoxError> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "addr {addr}")?;
-    out.flush()?;
-    Ok(())
+/// Resolves on SIGTERM (how the run stops a server, as an operator stops
+/// `entitled`), or when stdin closes: the parent holds its write end, so a
+/// run that dies leaves no server behind.
+fn stop_requested() -> Result<impl Future<Output = ()>, BoxError> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
+    // A thread of its own, not `spawn_blocking`: the read outlives a stop
+    // by SIGTERM, and the runtime would wait for it on the way out.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        let _ = closed.send(());
+    });
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = stdin_closed => {}
+        }
+    })
 }
 
-/// The `serve` arguments of the baseline holding `users` users.
-pub fn baseline_args(users: usize, per_account: usize) -> Vec<String> {
-    vec![
-        "--kind".into(),
-        "baseline".into(),
-        "--users".into(),
-        users.to_string(),
-        "--users-per-account".into(),
-        per_account.to_string(),
-    ]
+/// Says where the server listens, in the line `entitled serve` logs.
+fn announce(addr: SocketAddr) {
+    eprintln!("{SERVING}{addr}");
 }
 
-/// The `serve` arguments of `entitled` on the store at `dir`.
-pub fn entitled_args(dir: &Path) -> Vec<String> {
-    vec![
-        "--kind".into(),
-        "entitled".into(),
-        "--dir".into(),
-        dir.display().to_string(),
-    ]
-}
-
-/// A server child process; stopped (gracefully) when dropped.
+/// A server child process; killed if dropped before `stop`.
 pub struct ServerProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
+    child: ServerChild,
     pub addr: SocketAddr,
     /// From spawning the process to health answering SERVING.
     pub to_serving: Duration,
@@ -158,7 +154,41 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    pub async fn start(pin: Option<usize>, args: &[String]) -> Result<Self, BoxError> {
+    /// The baseline, holding `users` users.
+    pub async fn baseline(
+        pin: Option<usize>,
+        users: usize,
+        per_account: usize,
+    ) -> Result<Self, BoxError> {
+        let args = [
+            "--kind".to_owned(),
+            "baseline".to_owned(),
+            "--users".to_owned(),
+            users.to_string(),
+            "--users-per-account".to_owned(),
+            per_account.to_string(),
+        ];
+        Self::start(pin, &args, None).await
+    }
+
+    /// `entitled` on the store at `dir`.
+    pub async fn entitled(pin: Option<usize>, dir: &Path) -> Result<Self, BoxError> {
+        let args = [
+            "--kind".to_owned(),
+            "entitled".to_owned(),
+            "--dir".to_owned(),
+            dir.display().to_string(),
+        ];
+        Self::start(pin, &args, Some(dir)).await
+    }
+
+    /// Starts `serve ARGS` (under `taskset -c CORE` when pinned) and waits
+    /// for health to answer SERVING; `data_dir` holds its operator token.
+    async fn start(
+        pin: Option<usize>,
+        args: &[String],
+        data_dir: Option<&Path>,
+    ) -> Result<Self, BoxError> {
         let started = Instant::now();
         let exe = std::env::current_exe()?;
         let mut command = match pin {
@@ -169,26 +199,15 @@ impl ServerProcess {
             }
             None => Command::new(exe),
         };
-        let mut child = command
+        command
             .arg("serve")
             .args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().ok_or("no stdout from the server")?;
-        let addr = tokio::task::spawn_blocking(move || -> Result<SocketAddr, BoxError> {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line)?;
-            let addr = line
-                .trim()
-                .strip_prefix("addr ")
-                .ok_or_else(|| format!("the server said `{}`, not its address", line.trim()))?;
-            Ok(addr.parse()?)
-        })
-        .await??;
-        let channel = connect(addr).await?;
+            .stdout(Stdio::null());
+        let child =
+            tokio::task::spawn_blocking(move || ServerChild::spawn(&mut command, START_WAIT))
+                .await??;
+        let channel = connect(child.addr).await?;
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -200,17 +219,12 @@ impl ServerProcess {
             return Err(format!("the server is not SERVING (status {status})").into());
         }
         let to_serving = started.elapsed();
-        let token = args
-            .iter()
-            .position(|a| a == "--dir")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|dir| std::fs::read_to_string(Path::new(dir).join(OPERATOR_TOKEN_FILE)).ok());
+        let token = data_dir.map(operator_token).transpose()?;
         Ok(ServerProcess {
-            child,
-            stdin,
-            addr,
+            addr: child.addr,
             to_serving,
             bearer: Bearer::new(token.as_deref())?,
+            child,
         })
     }
 
@@ -221,36 +235,18 @@ impl ServerProcess {
 
     /// The server's resident memory (VmRSS), in MiB.
     pub fn rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb / 1024.0)
+        Some(self.child.rss_kib()? as f64 / 1024.0)
     }
 
-    pub fn stop(mut self) -> Result<(), BoxError> {
-        drop(self.stdin.take());
-        let status = self.child.wait()?;
+    /// Stops the server gracefully (SIGTERM) and checks that it exited well.
+    pub fn stop(self) -> Result<(), BoxError> {
+        let log = Arc::clone(&self.child.log);
+        let status = self.child.terminate()?;
         if !status.success() {
-            return Err(format!("server exited with {status}").into());
+            let log = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+            return Err(format!("server exited with {status}; its log:\n{log}").into());
         }
         Ok(())
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // After a clean `stop` the child is already reaped; otherwise make
-        // sure no server outlives the run.
-        if self.stdin.take().is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
