@@ -33,6 +33,12 @@ pub fn services(i: usize) -> (&'static str, Tier) {
     }
 }
 
+/// The X8 Supervisor users among the first `users` (see `services`): the
+/// ones the write runs flip between Essentials and Supervisor.
+pub fn x8_users(users: usize) -> Vec<usize> {
+    (0..users).step_by(4).collect()
+}
+
 /// The `load` child: writes `users` users into a store at `dir` with the
 /// store's bulk import, which bypasses the RPCs and the catalogue's rules
 /// (the records are valid by construction).

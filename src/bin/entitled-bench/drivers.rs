@@ -18,7 +18,7 @@ use tonic::{Status, transport::Channel};
 use crate::{
     BoxError,
     cli::RunArgs,
-    data::{account_name, user_name},
+    data::{account_name, user_name, x8_users},
     proto::{self as bpb, baseline_service_client::BaselineServiceClient},
     servers::{ServerProcess, connect},
     stats::{Stats, WatchRun, cpu_time},
@@ -38,8 +38,29 @@ fn pick(users: usize, per_account: usize, seed: &mut u64) -> (String, String) {
     (account_name(i / per_account.max(1)), user_name(i))
 }
 
-fn seed(task: usize) -> u64 {
-    0x9E37_79B9_7F4A_7C15 ^ ((task as u64 + 1) << 20)
+/// The generator's state for call `k` of task `task`.
+fn seed(task: usize, k: u64) -> u64 {
+    let base = 0x9E37_79B9_7F4A_7C15 ^ ((task as u64 + 1) << 20);
+    base.wrapping_add(k.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1
+}
+
+/// UpdateUserServices for user `i` on its `pass`-th pass over the X8 users:
+/// the first lowers it to Essentials, the next raises it back, and so on,
+/// so every call is a real write.
+fn flip(i: usize, per_account: usize, pass: usize) -> pb::UpdateUserServicesRequest {
+    let tier = if pass.is_multiple_of(2) {
+        pb::AnalyticsTier::Essentials
+    } else {
+        pb::AnalyticsTier::Supervisor
+    };
+    pb::UpdateUserServicesRequest {
+        account_id: account_name(i / per_account.max(1)),
+        user_id: user_name(i),
+        edition: None,
+        analytics_tier: Some(tier as i32),
+        expected_revision: None,
+        request_id: String::new(),
+    }
 }
 
 async fn channels(addr: SocketAddr, n: usize) -> Result<Vec<Channel>, BoxError> {
@@ -135,7 +156,7 @@ pub async fn baseline_checks(
         args.warmup,
         args.duration,
         move |ch, task, k| async move {
-            let mut s = seed(task).wrapping_add(k.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1;
+            let mut s = seed(task, k);
             let (account_id, user_id) = pick(users, per, &mut s);
             BaselineServiceClient::new(ch)
                 .lookup(bpb::LookupRequest {
@@ -167,7 +188,7 @@ pub async fn entitled_checks(
         move |ch, task, k| {
             let bearer = bearer.clone();
             async move {
-                let mut s = seed(task).wrapping_add(k.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1;
+                let mut s = seed(task, k);
                 let (account_id, user_id) = pick(users, per, &mut s);
                 AccessServiceClient::with_interceptor(ch, bearer)
                     .check_analytics_access(pb::CheckAnalyticsAccessRequest {
@@ -196,7 +217,7 @@ pub async fn entitled_batches(args: &RunArgs, server: &ServerProcess) -> Result<
         move |ch, task, k| {
             let bearer = bearer.clone();
             async move {
-                let mut s = seed(task).wrapping_add(k.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1;
+                let mut s = seed(task, k);
                 let items = (0..size)
                     .map(|_| {
                         let (account_id, user_id) = pick(users, per, &mut s);
@@ -225,8 +246,8 @@ pub async fn entitled_writes(args: &RunArgs, server: &ServerProcess) -> Result<S
     let chans = channels(server.addr, args.connections).await?;
     let clients = args.write_clients.max(1);
     let per = args.users_per_account;
-    // The X8 Supervisor users (i % 4 == 0), dealt out to the clients.
-    let x8: Arc<Vec<usize>> = Arc::new((0..args.users).step_by(4).collect());
+    // Dealt out to the clients.
+    let x8 = Arc::new(x8_users(args.users));
     let bearer = server.bearer.clone();
     if x8.len() < clients {
         return Err("too few users for the write clients; raise --users".into());
@@ -244,22 +265,8 @@ pub async fn entitled_writes(args: &RunArgs, server: &ServerProcess) -> Result<S
                 let mine = x8.len() / clients;
                 let slot = (k as usize) % mine;
                 let i = x8[task + slot * clients];
-                // First pass lowers each user to Essentials, the next raises
-                // it back, and so on: each call is a real write.
-                let tier = if (k as usize / mine).is_multiple_of(2) {
-                    pb::AnalyticsTier::Essentials
-                } else {
-                    pb::AnalyticsTier::Supervisor
-                };
                 ProvisioningServiceClient::with_interceptor(ch, bearer)
-                    .update_user_services(pb::UpdateUserServicesRequest {
-                        account_id: account_name(i / per.max(1)),
-                        user_id: user_name(i),
-                        edition: None,
-                        analytics_tier: Some(tier as i32),
-                        expected_revision: None,
-                        request_id: String::new(),
-                    })
+                    .update_user_services(flip(i, per, k as usize / mine))
                     .await
                     .map(|_| 1)
             }
@@ -306,7 +313,7 @@ pub async fn watch_latency(
         }
     });
     let per = args.users_per_account;
-    let x8: Vec<usize> = (0..args.users).step_by(4).collect();
+    let x8 = x8_users(args.users);
     let total = rate * args.duration.as_secs().max(1);
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
@@ -315,29 +322,13 @@ pub async fn watch_latency(
     let mut writers = Vec::new();
     for k in 0..total as usize {
         ticker.tick().await;
-        let i = x8[k % x8.len()];
-        // Each pass over the users flips their tier, so every call writes.
-        let tier = if (k / x8.len()).is_multiple_of(2) {
-            pb::AnalyticsTier::Essentials
-        } else {
-            pb::AnalyticsTier::Supervisor
-        };
+        let request = flip(x8[k % x8.len()], per, k / x8.len());
         let mut client =
             ProvisioningServiceClient::with_interceptor(channel.clone(), bearer.clone());
         let sent_tx = sent_tx.clone();
         writers.push(tokio::spawn(async move {
             let sent = Instant::now();
-            if let Ok(reply) = client
-                .update_user_services(pb::UpdateUserServicesRequest {
-                    account_id: account_name(i / per.max(1)),
-                    user_id: user_name(i),
-                    edition: None,
-                    analytics_tier: Some(tier as i32),
-                    expected_revision: None,
-                    request_id: String::new(),
-                })
-                .await
-            {
+            if let Ok(reply) = client.update_user_services(request).await {
                 let _ = sent_tx.send((reply.into_inner().revision, sent));
             }
         }));
