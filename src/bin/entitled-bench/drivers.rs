@@ -71,27 +71,29 @@ async fn channels(addr: SocketAddr, n: usize) -> Result<Vec<Channel>, BoxError> 
     Ok(out)
 }
 
-/// Runs `concurrency` loops of `call` spread over `channels` for `warmup`
-/// then `duration`; `call` returns how many items it did (1 for a check).
+/// Runs `concurrency` loops of `call` against `server`, spread over
+/// `--connections` connections, for `--warmup` then `--duration`; `call`
+/// gets the channel, its task and its call number, and returns how many
+/// items it did (1 for a check).
 async fn drive<F, Fut>(
-    server: u32,
-    channels: &[Channel],
+    args: &RunArgs,
+    server: &ServerProcess,
     concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
     call: F,
 ) -> Result<Stats, BoxError>
 where
     F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<u64, Status>> + Send,
 {
-    let start = Instant::now() + warmup;
+    let channels = channels(server.addr, args.connections).await?;
+    let (pid, duration) = (server.id(), args.duration);
+    let start = Instant::now() + args.warmup;
     let end = start + duration;
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(start.into()).await;
-        let before = cpu_time(server);
+        let before = cpu_time(pid);
         tokio::time::sleep_until(end.into()).await;
-        Some(cpu_time(server)?.saturating_sub(before?))
+        Some(cpu_time(pid)?.saturating_sub(before?))
     });
     let mut tasks = Vec::with_capacity(concurrency);
     for t in 0..concurrency {
@@ -147,26 +149,18 @@ pub async fn baseline_checks(
     server: &ServerProcess,
     concurrency: usize,
 ) -> Result<Stats, BoxError> {
-    let chans = channels(server.addr, args.connections).await?;
     let (users, per) = (args.users, args.users_per_account);
-    drive(
-        server.id(),
-        &chans,
-        concurrency,
-        args.warmup,
-        args.duration,
-        move |ch, task, k| async move {
-            let mut s = seed(task, k);
-            let (account_id, user_id) = pick(users, per, &mut s);
-            BaselineServiceClient::new(ch)
-                .lookup(bpb::LookupRequest {
-                    account_id,
-                    user_id,
-                })
-                .await
-                .map(|_| 1)
-        },
-    )
+    drive(args, server, concurrency, move |ch, task, k| async move {
+        let mut s = seed(task, k);
+        let (account_id, user_id) = pick(users, per, &mut s);
+        BaselineServiceClient::new(ch)
+            .lookup(bpb::LookupRequest {
+                account_id,
+                user_id,
+            })
+            .await
+            .map(|_| 1)
+    })
     .await
 }
 
@@ -176,74 +170,57 @@ pub async fn entitled_checks(
     users: usize,
     concurrency: usize,
 ) -> Result<Stats, BoxError> {
-    let chans = channels(server.addr, args.connections).await?;
     let per = args.users_per_account;
     let bearer = server.bearer.clone();
-    drive(
-        server.id(),
-        &chans,
-        concurrency,
-        args.warmup,
-        args.duration,
-        move |ch, task, k| {
-            let bearer = bearer.clone();
-            async move {
-                let mut s = seed(task, k);
-                let (account_id, user_id) = pick(users, per, &mut s);
-                AccessServiceClient::with_interceptor(ch, bearer)
-                    .check_analytics_access(pb::CheckAnalyticsAccessRequest {
-                        account_id,
-                        user_id,
-                        min_revision: 0,
-                    })
-                    .await
-                    .map(|_| 1)
-            }
-        },
-    )
+    drive(args, server, concurrency, move |ch, task, k| {
+        let bearer = bearer.clone();
+        async move {
+            let mut s = seed(task, k);
+            let (account_id, user_id) = pick(users, per, &mut s);
+            AccessServiceClient::with_interceptor(ch, bearer)
+                .check_analytics_access(pb::CheckAnalyticsAccessRequest {
+                    account_id,
+                    user_id,
+                    min_revision: 0,
+                })
+                .await
+                .map(|_| 1)
+        }
+    })
     .await
 }
 
 pub async fn entitled_batches(args: &RunArgs, server: &ServerProcess) -> Result<Stats, BoxError> {
-    let chans = channels(server.addr, args.connections).await?;
     let (users, per, size) = (args.users, args.users_per_account, args.batch_size);
     let bearer = server.bearer.clone();
-    drive(
-        server.id(),
-        &chans,
-        args.batch_concurrency,
-        args.warmup,
-        args.duration,
-        move |ch, task, k| {
-            let bearer = bearer.clone();
-            async move {
-                let mut s = seed(task, k);
-                let items = (0..size)
-                    .map(|_| {
-                        let (account_id, user_id) = pick(users, per, &mut s);
-                        pb::CheckItem {
-                            account_id,
-                            user_id,
-                        }
-                    })
-                    .collect();
-                AccessServiceClient::with_interceptor(ch, bearer)
-                    .batch_check_analytics_access(pb::BatchCheckAnalyticsAccessRequest {
-                        items,
-                        min_revision: 0,
-                    })
-                    .await
-                    .map(|r| r.into_inner().results.len() as u64)
-            }
-        },
-    )
+    drive(args, server, args.batch_concurrency, move |ch, task, k| {
+        let bearer = bearer.clone();
+        async move {
+            let mut s = seed(task, k);
+            let items = (0..size)
+                .map(|_| {
+                    let (account_id, user_id) = pick(users, per, &mut s);
+                    pb::CheckItem {
+                        account_id,
+                        user_id,
+                    }
+                })
+                .collect();
+            AccessServiceClient::with_interceptor(ch, bearer)
+                .batch_check_analytics_access(pb::BatchCheckAnalyticsAccessRequest {
+                    items,
+                    min_revision: 0,
+                })
+                .await
+                .map(|r| r.into_inner().results.len() as u64)
+        }
+    })
     .await
 }
 
 /// Durable UpdateUserServices from `write_clients` clients, each on its own
 /// X8 users, alternating Essentials and Supervisor so every call writes.
 pub async fn entitled_writes(args: &RunArgs, server: &ServerProcess) -> Result<Stats, BoxError> {
-    let chans = channels(server.addr, args.connections).await?;
     let clients = args.write_clients.max(1);
     let per = args.users_per_account;
     // Dealt out to the clients.
@@ -252,26 +229,19 @@ pub async fn entitled_writes(args: &RunArgs, server: &ServerProcess) -> Result<S
     if x8.len() < clients {
         return Err("too few users for the write clients; raise --users".into());
     }
-    drive(
-        server.id(),
-        &chans,
-        clients,
-        args.warmup,
-        args.duration,
-        move |ch, task, k| {
-            let x8 = Arc::clone(&x8);
-            let bearer = bearer.clone();
-            async move {
-                let mine = x8.len() / clients;
-                let slot = (k as usize) % mine;
-                let i = x8[task + slot * clients];
-                ProvisioningServiceClient::with_interceptor(ch, bearer)
-                    .update_user_services(flip(i, per, k as usize / mine))
-                    .await
-                    .map(|_| 1)
-            }
-        },
-    )
+    drive(args, server, clients, move |ch, task, k| {
+        let x8 = Arc::clone(&x8);
+        let bearer = bearer.clone();
+        async move {
+            let mine = x8.len() / clients;
+            let slot = (k as usize) % mine;
+            let i = x8[task + slot * clients];
+            ProvisioningServiceClient::with_interceptor(ch, bearer)
+                .update_user_services(flip(i, per, k as usize / mine))
+                .await
+                .map(|_| 1)
+        }
+    })
     .await
 }
 
