@@ -1,7 +1,8 @@
 //! Compiles `proto/entitled/v1/*.proto` with protox (pure Rust, so no system
 //! `protoc` is needed) and generates the tonic stubs from the descriptors.
 //! `proto/bench/v1` (the load generator's baseline service) is compiled
-//! separately so that reflection does not advertise it.
+//! only with the `bench` feature, and apart from the API so that reflection
+//! does not advertise it; only `entitled-bench` includes its stubs.
 
 use std::{env, error::Error, fs, path::PathBuf};
 
@@ -31,10 +32,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         .extern_path(".entitled.v1.Report", "crate::proto::v1::Report")
         .compile_fds(fds)?;
 
-    let bench = protox::compile(["proto/bench/v1/baseline.proto"], ["proto"])?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(bench)?;
+    if env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        let bench = protox::compile(["proto/bench/v1/baseline.proto"], ["proto"])?;
+        tonic_prost_build::configure()
+            .build_server(true)
+            .build_client(true)
+            .compile_fds(bench)?;
+    }
     Ok(())
 }

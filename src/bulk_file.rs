@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Tier, validate_display_name};
+use crate::domain::{FieldError, Tier, field};
 
 /// The columns, in the order export writes them.
 pub const COLUMNS: [&str; 5] = [
@@ -137,24 +137,25 @@ pub fn parse(source: impl Read, format: Format) -> Result<(Vec<GoodRow>, Vec<Bad
             name => match name.parse::<Tier>() {
                 Ok(tier) => tier,
                 Err(_) => {
-                    bad.push((
-                        line,
-                        format!(
-                            "analytics_tier `{name}` is not a tier; use none, essentials or supervisor"
-                        ),
-                    ));
+                    let e = FieldError::invalid(
+                        "analytics_tier",
+                        name,
+                        "is not a tier; use none, essentials or supervisor",
+                    );
+                    bad.push((line, e.to_string()));
                     continue;
                 }
             },
         };
-        // The server checks it too; here the line number can go with it.
-        if let Err(e) = validate_display_name(&row.display_name) {
-            bad.push((
-                line,
-                format!("display_name `{}` {e}", row.display_name.escape_debug()),
-            ));
-            continue;
-        }
+        // The server checks it too (the same check); here the line number
+        // can go with it.
+        let display_name = match field::display_name("display_name", row.display_name) {
+            Ok(name) => String::from(name),
+            Err(e) => {
+                bad.push((line, e.to_string()));
+                continue;
+            }
+        };
         if let Some(first) = seen.insert((row.account_id.clone(), row.user_id.clone()), line) {
             bad.push((
                 line,
@@ -170,7 +171,7 @@ pub fn parse(source: impl Read, format: Format) -> Result<(Vec<GoodRow>, Vec<Bad
             Row {
                 account_id: row.account_id,
                 user_id: row.user_id,
-                display_name: row.display_name,
+                display_name,
                 edition: row.edition,
                 tier,
             },

@@ -1,64 +1,19 @@
-//! The catalogue: which editions exist in each product line, the highest tier
-//! each allows, and which reports each tier opens. It is data (TOML), checked
-//! once at start-up; a bad file stops start-up with the line and the problem.
+//! Reading the catalogue: which editions exist in each product line, the
+//! highest tier each allows, and which reports each tier opens. It is data
+//! (TOML), checked once at start-up; a bad file stops start-up with the line
+//! and the problem. The model it builds, and the rules that read it, are the
+//! domain's (`domain::catalogue`); this module only reads files.
 
-use std::{collections::HashSet, ops::Range, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashSet, ops::Range, path::Path};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::domain::catalogue::{Catalogue, Edition, ProductLine, Report, ReportKind};
 use crate::domain::{Tier, validate_id};
 
 /// The catalogue built into the binary.
 pub const DEFAULT_TOML: &str = include_str!("../catalogue/default.toml");
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Catalogue {
-    product_lines: Vec<ProductLine>,
-    reports: Vec<Report>,
-    data_delay: Duration,
-    /// The reports each tier opens, indexed by `Tier as usize`, computed once.
-    reports_by_tier: [Vec<Report>; 3],
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProductLine {
-    pub id: String,
-    pub display_name: String,
-    /// In ascending order.
-    pub editions: Vec<Edition>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Edition {
-    pub id: String,
-    /// The highest tier a holder may have; every lower tier is allowed too.
-    pub max_tier: Tier,
-}
-
-impl Edition {
-    pub fn allows(&self, tier: Tier) -> bool {
-        tier <= self.max_tier
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportKind {
-    Live,
-    Historical,
-}
-
-/// A report. Its strings are shared (`Arc<str>`): every check that opens it
-/// hands them out, and sharing costs a reference count where a copy costs
-/// an allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub id: Arc<str>,
-    pub display_name: Arc<str>,
-    /// The lowest tier that opens this report.
-    pub tier: Tier,
-    pub kind: ReportKind,
-}
 
 /// Why a catalogue file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -196,64 +151,7 @@ impl Catalogue {
             });
         }
 
-        let reports_by_tier = Tier::ALL.map(|tier| {
-            reports
-                .iter()
-                .filter(|r| r.tier <= tier && tier.grants_access())
-                .cloned()
-                .collect()
-        });
-        Ok(Catalogue {
-            product_lines,
-            reports,
-            data_delay,
-            reports_by_tier,
-        })
-    }
-
-    pub fn product_lines(&self) -> &[ProductLine] {
-        &self.product_lines
-    }
-
-    pub fn product_line(&self, id: &str) -> Option<&ProductLine> {
-        self.product_lines.iter().find(|l| l.id == id)
-    }
-
-    pub fn reports(&self) -> &[Report] {
-        &self.reports
-    }
-
-    /// The reports `tier` opens (its own and every lower tier's).
-    pub fn reports_for(&self, tier: Tier) -> &[Report] {
-        &self.reports_by_tier[tier as usize]
-    }
-
-    pub fn data_delay(&self) -> Duration {
-        self.data_delay
-    }
-
-    pub fn with_data_delay(mut self, delay: Duration) -> Self {
-        self.data_delay = delay;
-        self
-    }
-}
-
-impl ProductLine {
-    pub fn edition(&self, id: &str) -> Option<&Edition> {
-        self.editions.iter().find(|e| e.id == id)
-    }
-
-    /// The editions of this line that allow `tier`, in order.
-    pub fn editions_allowing(&self, tier: Tier) -> Vec<&str> {
-        self.editions
-            .iter()
-            .filter(|e| e.allows(tier))
-            .map(|e| e.id.as_str())
-            .collect()
-    }
-
-    pub fn edition_ids(&self) -> Vec<&str> {
-        self.editions.iter().map(|e| e.id.as_str()).collect()
+        Ok(Catalogue::new(product_lines, reports, data_delay))
     }
 }
 
@@ -334,10 +232,22 @@ mod tests {
             work.editions_allowing(Tier::Supervisor),
             ["X4", "X5", "X6", "X7", "X8", "X8e"]
         );
-        assert_eq!(c.data_delay(), Duration::from_secs(48 * 3600));
-        assert!(c.reports_for(Tier::None).is_empty());
-        assert_eq!(c.reports_for(Tier::Essentials).len(), 7);
-        assert_eq!(c.reports_for(Tier::Supervisor).len(), 12);
+        assert_eq!(c.data_delay(), std::time::Duration::from_secs(48 * 3600));
+        assert_eq!(c.reports_for(Tier::None).count(), 0);
+        assert_eq!(c.reports_for(Tier::Essentials).count(), 7);
+        assert_eq!(c.reports_for(Tier::Supervisor).count(), 12);
+        // A check's lists are the same reports, each marked as it can be
+        // opened: live ones at once, historical ones once data is ready.
+        for tier in Tier::ALL {
+            for ready in [false, true] {
+                let access = c.report_access(tier, ready);
+                let ids: Vec<_> = access.iter().map(|a| &a.report).collect();
+                assert_eq!(ids, c.reports_for(tier).collect::<Vec<_>>());
+                for a in access.iter() {
+                    assert_eq!(a.available, ready || a.report.kind == ReportKind::Live);
+                }
+            }
+        }
     }
 
     fn error_of(text: &str) -> String {

@@ -13,10 +13,7 @@ use cli::{
     commands::{AccountCommand, AuditCommand, CatalogueCommand, TokenCommand, UserCommand},
     config::{Effective, LogFormat, ServeArgs},
 };
-use entitled::{
-    catalogue::Catalogue,
-    server::{Application, Config, TlsFiles},
-};
+use entitled::server::{Application, ServerError};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -204,61 +201,56 @@ fn init_logging(format: LogFormat, default: &str) {
 
 fn serve(config: Effective) -> Result<(), CliError> {
     init_logging(config.log_format, "info");
-    let catalogue = match &config.catalogue {
-        Some(path) => Catalogue::from_file(path),
-        None => Catalogue::builtin(),
-    }
-    .map_err(|e| CliError::Usage(e.to_string()))?;
-    let catalogue = match config.analytics_data_delay {
-        Some(delay) => catalogue.with_data_delay(delay),
-        None => catalogue,
-    };
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        let mut server = Config::new(config.listen, config.data_dir, catalogue);
-        server.metrics_listen = config.metrics_listen;
-        server.console_listen = config.console_listen;
-        if let Some(history) = config.watch_history {
-            server.watch.history = history;
-        }
-        server.max_concurrent_calls = config.max_concurrent_calls;
-        server.request_message_timeout = config.request_message_timeout;
-        server.max_request_bytes = config.max_request_bytes;
-        if let (Some(cert), Some(key)) = (config.tls_cert, config.tls_key) {
-            server.tls = Some(TlsFiles {
-                cert,
-                key,
-                client_ca: config.tls_client_ca,
-            });
-        }
-        let app = Application::build(server)
+        // Listen for the signals before anything is served: a SIGTERM that
+        // arrives once the server has said it serves must stop it
+        // gracefully, never kill it.
+        let stop = shutdown_signal();
+        let app = Application::build(config.server)
             .await
-            .map_err(|e| CliError::Local(e.to_string()))?;
-        app.run(shutdown_signal())
+            .map_err(|e| match e {
+                // A catalogue the server cannot use is the operator's to fix.
+                ServerError::Catalogue(e) => CliError::Usage(e.to_string()),
+                e => CliError::Local(e.to_string()),
+            })?;
+        app.run(stop)
             .await
             .map_err(|e| CliError::Local(e.to_string()))
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled; call it inside the runtime.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, term) {
+            (Ok(mut interrupt), Ok(mut term)) => {
                 tokio::select! {
-                    _ = interrupt => {}
+                    _ = interrupt.recv() => {}
                     _ = term.recv() => {}
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
+            (Ok(mut only), Err(e)) | (Err(e), Ok(mut only)) => {
+                tracing::warn!(error = %e, "cannot listen for one of SIGINT and SIGTERM; only the other stops the server");
+                only.recv().await;
+            }
+            (Err(e), Err(_)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGINT or SIGTERM; stop the server with SIGKILL");
+                std::future::pending::<()>().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

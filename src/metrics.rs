@@ -5,7 +5,7 @@
 //! several servers can run in one process (as the tests do) without mixing
 //! their numbers. Counters and histograms are updated where things happen (the
 //! gRPC layer for RPCs and checks, the store through `StoreObserver` for
-//! writes and flushes); gauges of the store's contents are read from the store
+//! writes and syncs); gauges of the store's contents are read from the store
 //! at each scrape. No label carries an account or user id: every label set is
 //! bounded.
 
@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     domain::{Decision, Denial},
-    store::{Store, StoreObserver},
+    store::{StoreError, StoreObserver, StoreStats},
 };
 
 /// Latency buckets, in seconds: checks answer in microseconds, durable
@@ -36,7 +36,7 @@ pub enum MetricsError {
     #[error("metrics: {0}")]
     Prometheus(#[from] prometheus::Error),
     #[error("metrics: cannot read the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     #[error("metrics: the text is not UTF-8: {0}")]
     Utf8(#[from] std::string::FromUtf8Error),
 }
@@ -110,7 +110,7 @@ struct Inner {
     writes: IntCounter,
     refusals_left_out: IntCounter,
     write_seconds: Histogram,
-    flush_seconds: Histogram,
+    sync_seconds: Histogram,
     revision: IntGauge,
     size_bytes: IntGauge,
     accounts: IntGauge,
@@ -171,9 +171,9 @@ impl Metrics {
             "entitled_store_write_duration_seconds",
             "time from a write's commit starting to it being durable and visible",
         ))?;
-        let flush_seconds = Histogram::with_opts(latency(
-            "entitled_store_flush_duration_seconds",
-            "time one flush to disk took (one flush covers every write committed before it)",
+        let sync_seconds = Histogram::with_opts(latency(
+            "entitled_store_sync_duration_seconds",
+            "time one sync to durable storage took (one sync covers every write committed before it)",
         ))?;
         let revision = IntGauge::new("entitled_store_revision", "the durable store revision")?;
         let size_bytes = IntGauge::new(
@@ -199,7 +199,7 @@ impl Metrics {
         registry.register(Box::new(writes.clone()))?;
         registry.register(Box::new(refusals_left_out.clone()))?;
         registry.register(Box::new(write_seconds.clone()))?;
-        registry.register(Box::new(flush_seconds.clone()))?;
+        registry.register(Box::new(sync_seconds.clone()))?;
         registry.register(Box::new(revision.clone()))?;
         registry.register(Box::new(size_bytes.clone()))?;
         registry.register(Box::new(accounts.clone()))?;
@@ -216,7 +216,7 @@ impl Metrics {
                 writes,
                 refusals_left_out,
                 write_seconds,
-                flush_seconds,
+                sync_seconds,
                 revision,
                 size_bytes,
                 accounts,
@@ -290,9 +290,9 @@ impl Metrics {
         self.inner.overloaded.set(i64::from(overloaded));
     }
 
-    /// The text exposition of every metric, with the store's gauges read now.
-    pub fn render(&self, store: &Store) -> Result<String, MetricsError> {
-        let stats = store.stats()?;
+    /// The text exposition of every metric, with the store's gauges set
+    /// from `stats`.
+    pub fn render(&self, stats: &StoreStats) -> Result<String, MetricsError> {
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.inner.revision.set(gauge(stats.revision));
         self.inner.size_bytes.set(gauge(stats.size_on_disk));
@@ -313,28 +313,34 @@ impl StoreObserver for Metrics {
         self.inner.write_seconds.observe(waited.as_secs_f64());
     }
 
-    fn flushed(&self, took: Duration) {
-        self.inner.flush_seconds.observe(took.as_secs_f64());
+    fn synced(&self, took: Duration) {
+        self.inner.sync_seconds.observe(took.as_secs_f64());
     }
 }
+
+/// Reads the store's gauges at each scrape.
+pub type StatsSource = Arc<dyn Fn() -> Result<StoreStats, StoreError> + Send + Sync>;
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
-    store: Store,
+    stats: StatsSource,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state((metrics, store));
+        .with_state((metrics, stats));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn scrape(State((metrics, store)): State<(Metrics, Store)>) -> impl IntoResponse {
-    match metrics.render(&store) {
+async fn scrape(State((metrics, stats)): State<(Metrics, StatsSource)>) -> impl IntoResponse {
+    match stats()
+        .map_err(MetricsError::from)
+        .and_then(|stats| metrics.render(&stats))
+    {
         Ok(text) => (
             StatusCode::OK,
             [("content-type", prometheus::TEXT_FORMAT)],

@@ -10,15 +10,5 @@ pub mod v1 {
     pub use super::report::Report;
 }
 
-/// The baseline service of `entitled-bench`: one unary RPC answered from an
-/// in-memory map, the floor of what a gRPC call costs. Not served by
-/// `entitled`.
-pub mod bench {
-    #[allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
-    pub mod v1 {
-        tonic::include_proto!("bench.v1");
-    }
-}
-
 /// The encoded file descriptor set, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("entitled_descriptor");

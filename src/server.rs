@@ -6,7 +6,13 @@
 //! for as long as the gRPC server runs; with `console_listen` set, the web
 //! console (`console/`) is served there, over TLS when gRPC is.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
 use tonic::{
@@ -16,7 +22,7 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    catalogue::Catalogue,
+    catalogue::{Catalogue, CatalogueError},
     console::{Console, ConsoleListener},
     grpc::{Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
     metrics::{Metrics, MetricsError},
@@ -57,12 +63,44 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Everything the server needs to start.
+/// Where the catalogue in force comes from.
+#[derive(Debug, Clone)]
+pub enum CatalogueSource {
+    /// The catalogue built into the binary.
+    Builtin,
+    /// A TOML file, read when the server starts.
+    File(PathBuf),
+    /// A catalogue already read (tests, the benchmark).
+    Given(Catalogue),
+}
+
+impl From<Catalogue> for CatalogueSource {
+    fn from(catalogue: Catalogue) -> Self {
+        CatalogueSource::Given(catalogue)
+    }
+}
+
+impl CatalogueSource {
+    fn load(self) -> Result<Catalogue, CatalogueError> {
+        match self {
+            CatalogueSource::Builtin => Catalogue::builtin(),
+            CatalogueSource::File(path) => Catalogue::from_file(&path),
+            CatalogueSource::Given(catalogue) => Ok(catalogue),
+        }
+    }
+}
+
+/// The server's settings: everything it needs to start, and the one type
+/// that holds them. `entitled serve` fills it from its flags, environment
+/// and file over `Config::default()`; `entitled config show` prints it;
+/// tests set its fields directly.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// The catalogue in force, with any data-delay override applied.
-    pub catalogue: Catalogue,
+    pub catalogue: CatalogueSource,
+    /// Overrides the catalogue's `data_delay` when set.
+    pub analytics_data_delay: Option<Duration>,
     pub clock: Clock,
     /// Serve TLS (and optionally require client certificates).
     pub tls: Option<TlsFiles>,
@@ -70,7 +108,7 @@ pub struct Config {
     /// when unset.
     pub metrics_listen: Option<SocketAddr>,
     /// Serve the web console here (HTTPS when `tls` is set, else HTTP);
-    /// none when unset. The command line's default is `127.0.0.1:8080`.
+    /// none when unset.
     pub console_listen: Option<SocketAddr>,
     /// How WatchEntitlements behaves (history kept, heartbeat, buffer).
     pub watch: WatchOptions,
@@ -85,6 +123,17 @@ pub struct Config {
     /// larger ones are refused before they are decoded.
     pub max_request_bytes: usize,
 }
+
+/// The default of `Config::listen`: loopback only, so a server started
+/// without thought is not reachable from the network.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50051);
+
+/// The default of `Config::console_listen`: loopback only, as `listen`.
+pub const DEFAULT_CONSOLE_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+
+/// The default of `Config::data_dir`.
+pub const DEFAULT_DATA_DIR: &str = "./data";
 
 /// The default of `Config::max_concurrent_calls`: well above the 64 clients
 /// of the benchmarks, well below what exhausts memory.
@@ -101,21 +150,42 @@ pub const DEFAULT_REQUEST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// holds the largest import (5000 rows).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-impl Config {
-    /// A plaintext server with the system clock.
-    pub fn new(listen: SocketAddr, data_dir: PathBuf, catalogue: Catalogue) -> Self {
+impl Default for Config {
+    /// The documented defaults: a plaintext server on `DEFAULT_LISTEN` with
+    /// the built-in catalogue and the system clock.
+    fn default() -> Self {
         Config {
-            listen,
-            data_dir,
-            catalogue,
+            listen: DEFAULT_LISTEN,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            catalogue: CatalogueSource::Builtin,
+            analytics_data_delay: None,
             clock: system_clock(),
             tls: None,
             metrics_listen: None,
-            console_listen: None,
+            console_listen: Some(DEFAULT_CONSOLE_LISTEN),
             watch: WatchOptions::default(),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             request_message_timeout: DEFAULT_REQUEST_MESSAGE_TIMEOUT,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+impl Config {
+    /// A plaintext server with the system clock, and no console: the
+    /// console's fixed default port would be shared by every server built
+    /// this way (tests, the benchmark); set `console_listen` for one.
+    pub fn new(
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        catalogue: impl Into<CatalogueSource>,
+    ) -> Self {
+        Config {
+            listen,
+            data_dir,
+            catalogue: catalogue.into(),
+            console_listen: None,
+            ..Config::default()
         }
     }
 }
@@ -125,6 +195,9 @@ impl Config {
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The catalogue file is unreadable or wrong: a configuration error.
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
     #[error("cannot create data directory `{path}`: {source}")]
     DataDir {
         path: String,
@@ -175,6 +248,13 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, ServerError> {
+        // The catalogue first: a bad file stops start-up before anything
+        // is created or taken.
+        let catalogue = config.catalogue.load()?;
+        let catalogue = match config.analytics_data_delay {
+            Some(delay) => catalogue.with_data_delay(delay),
+            None => catalogue,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
@@ -199,8 +279,8 @@ impl Application {
         let revision = store.read(|v| v.revision());
         tracing::info!(%local_addr, data_dir = %config.data_dir.display(), revision, "store opened");
         let clock = config.clock.clone();
-        let entitlements = Entitlements::new(store, config.catalogue, config.clock)
-            .with_watch_options(config.watch);
+        let entitlements =
+            Entitlements::new(store, catalogue, config.clock).with_watch_options(config.watch);
         if let Some(path) = entitlements.bootstrap(&config.data_dir).await? {
             // The file, never the secret.
             tracing::info!(file = %path.display(), "first start: an operator token was written to this file (mode 0600)");
@@ -270,20 +350,26 @@ impl Application {
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_server = self.metrics_listener.map(|(listener, addr)| {
             tracing::info!(%addr, "serving metrics on /metrics");
+            let entitlements = self.entitlements.clone();
             tokio::spawn(crate::metrics::serve(
                 listener,
                 self.metrics.clone(),
-                self.entitlements.store().clone(),
+                Arc::new(move || entitlements.store_stats()),
                 async {
                     let _ = metrics_stopped.await;
                 },
             ))
         });
         // The console stops with the gRPC server, as metrics do.
-        let (console_stop, console_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (console_stop, console_stopped) = oneshot::channel::<()>();
         let console_server = self.console.map(|(listener, console)| {
             let scheme = if self.tls.is_some() { "https" } else { "http" };
-            tracing::info!(url = %format!("{scheme}://{}/", self.console_addr.map_or_else(String::new, |a| a.to_string())), "serving the console");
+            let url = format!(
+                "{scheme}://{}/",
+                self.console_addr
+                    .map_or_else(String::new, |a| a.to_string())
+            );
+            tracing::info!(%url, "serving the console");
             tokio::spawn(crate::console::serve(listener, console, async {
                 let _ = console_stopped.await;
             }))
@@ -368,7 +454,7 @@ impl Application {
             },
             None => Ok(()),
         };
-        self.entitlements.store().flush().await?;
+        self.entitlements.sync_on_stop().await?;
         tracing::info!("stopped; store flushed");
         metrics_result.map_err(ServerError::MetricsServe)?;
         console_result.map_err(ServerError::ConsoleServe)

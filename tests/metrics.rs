@@ -199,8 +199,8 @@ async fn rpcs_checks_and_writes_are_counted_after_traffic() {
         value(&after, "entitled_store_write_duration_seconds_count", &[]),
         writes
     );
-    let flushes = value(&after, "entitled_store_flush_duration_seconds_count", &[]);
-    assert!((1.0..=writes).contains(&flushes), "{flushes} flushes");
+    let syncs = value(&after, "entitled_store_sync_duration_seconds_count", &[]);
+    assert!((1.0..=writes).contains(&syncs), "{syncs} syncs");
 
     assert_eq!(
         value(&after, "entitled_store_revision", &[]),

@@ -1,8 +1,13 @@
 //! `entitled serve` configuration: flags, `ENTITLED_<FLAG>` environment
 //! variables, and a TOML file (`--config`), in that order of precedence, then
 //! the defaults. Unknown keys and bad values stop start-up naming them.
+//!
+//! The settings themselves are the library's `server::Config`, defaults
+//! included (`Config::default()`); this module only reads the two ways an
+//! operator writes them (flags and environment: `ServeArgs`; the file:
+//! `FileConfig`) and lays them over the defaults.
 
-use std::{net::SocketAddr, ops::Range, path::PathBuf, time::Duration};
+use std::{fmt::Display, net::SocketAddr, ops::Range, path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
@@ -10,13 +15,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use super::CliError;
-use entitled::server::{
-    DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_REQUEST_MESSAGE_TIMEOUT,
-};
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
-pub const DEFAULT_DATA_DIR: &str = "./data";
-pub const DEFAULT_CONSOLE_LISTEN: &str = "127.0.0.1:8080";
+use entitled::server::{CatalogueSource, Config, TlsFiles};
 
 /// `--console-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +51,9 @@ pub struct ServeArgs {
     /// TOML file with any of the flags below as keys (snake_case).
     #[arg(long, env = "ENTITLED_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:50051].
-    #[arg(long, env = "ENTITLED_LISTEN")]
+    #[arg(long, env = "ENTITLED_LISTEN", help = with_default("Address to listen on", Config::default().listen))]
     pub listen: Option<SocketAddr>,
-    /// Directory of the sled database, created if absent [default: ./data].
-    #[arg(long, env = "ENTITLED_DATA_DIR")]
+    #[arg(long, env = "ENTITLED_DATA_DIR", help = with_default("Directory of the sled database, created if absent", Config::default().data_dir.display()))]
     pub data_dir: Option<PathBuf>,
     /// Catalogue file (TOML) to use instead of the built-in one.
     #[arg(long, env = "ENTITLED_CATALOGUE")]
@@ -77,47 +74,33 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics (none when unset).
     #[arg(long, env = "ENTITLED_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Serve the web console on http://ADDR/ (https with --tls-cert), or
-    /// `off` [default: 127.0.0.1:8080].
-    #[arg(long, env = "ENTITLED_CONSOLE_LISTEN", value_name = "ADDR|off")]
+    #[arg(long, env = "ENTITLED_CONSOLE_LISTEN", value_name = "ADDR|off", help = with_default("Serve the web console on http://ADDR/ (https with --tls-cert), or `off`", Config::default().console_listen.map_or_else(|| "off".to_owned(), |a| a.to_string())))]
     pub console_listen: Option<ConsoleListen>,
-    /// How far back WatchEntitlements may start, e.g. `7d` [default: 7d].
-    #[arg(long, env = "ENTITLED_WATCH_HISTORY", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ENTITLED_WATCH_HISTORY", value_parser = humantime::parse_duration, help = with_default("How far back WatchEntitlements may start, e.g. `7d`", humantime::format_duration(Config::default().watch.history)))]
     pub watch_history: Option<Duration>,
     /// Log format on stderr [default: text].
     #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// At most this many calls at once, one token at most half of them;
-    /// more are answered RESOURCE_EXHAUSTED (health is exempt) [default: 1024].
-    #[arg(long, env = "ENTITLED_MAX_CONCURRENT_CALLS", value_name = "N")]
+    #[arg(long, env = "ENTITLED_MAX_CONCURRENT_CALLS", value_name = "N", help = with_default("At most this many calls at once, one token at most half of them; more are answered RESOURCE_EXHAUSTED (health is exempt)", Config::default().max_concurrent_calls))]
     pub max_concurrent_calls: Option<usize>,
-    /// A call whose request message has not arrived within this long of its
-    /// start is ended (DEADLINE_EXCEEDED), e.g. `5s` [default: 5s].
-    #[arg(long, env = "ENTITLED_REQUEST_MESSAGE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "ENTITLED_REQUEST_MESSAGE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help = with_default("A call whose request message has not arrived within this long of its start is ended (DEADLINE_EXCEEDED), e.g. `5s`", humantime::format_duration(Config::default().request_message_timeout)))]
     pub request_message_timeout: Option<Duration>,
-    /// The largest request message accepted, in bytes [default: 4194304].
-    #[arg(long, env = "ENTITLED_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    #[arg(long, env = "ENTITLED_MAX_REQUEST_BYTES", value_name = "BYTES", help = with_default("The largest request message accepted, in bytes", Config::default().max_request_bytes))]
     pub max_request_bytes: Option<usize>,
 }
 
-/// The configuration in force.
-#[derive(Debug, Clone)]
+/// A flag's help with the default it falls back to, from the one place the
+/// default is set (`Config::default()`), never a copy of it.
+fn with_default(help: &str, default: impl Display) -> String {
+    format!("{help} [default: {default}]")
+}
+
+/// The configuration in force: the server's settings, and how the binary
+/// logs.
+#[derive(Clone)]
 pub struct Effective {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub catalogue: Option<PathBuf>,
-    pub analytics_data_delay: Option<Duration>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-    pub metrics_listen: Option<SocketAddr>,
-    /// None when the console is off.
-    pub console_listen: Option<SocketAddr>,
-    pub watch_history: Option<Duration>,
+    pub server: Config,
     pub log_format: LogFormat,
-    pub max_concurrent_calls: usize,
-    pub request_message_timeout: Duration,
-    pub max_request_bytes: usize,
 }
 
 #[derive(Deserialize, Default)]
@@ -231,73 +214,78 @@ impl ServeArgs {
                 })
             })
             .transpose()?;
-        let effective = Effective {
-            listen: match self.listen.or(file_listen) {
-                Some(listen) => listen,
-                None => DEFAULT_LISTEN
-                    .parse()
-                    .map_err(|_| CliError::Usage("the default address is malformed".to_owned()))?,
-            },
-            data_dir: self
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            catalogue: self.catalogue.clone().or(file.catalogue),
-            analytics_data_delay: self.analytics_data_delay.or(file_delay),
-            tls_cert: self.tls_cert.clone().or(file.tls_cert),
-            tls_key: self.tls_key.clone().or(file.tls_key),
-            tls_client_ca: self.tls_client_ca.clone().or(file.tls_client_ca),
-            metrics_listen: self.metrics_listen.or(file_metrics),
-            console_listen: match self.console_listen.or(file_console) {
-                Some(ConsoleListen::Off) => None,
-                Some(ConsoleListen::At(addr)) => Some(addr),
-                None => Some(DEFAULT_CONSOLE_LISTEN.parse().map_err(|_| {
-                    CliError::Usage("the default console address is malformed".to_owned())
-                })?),
-            },
-            watch_history: self.watch_history.or(file_history),
-            log_format: self
-                .log_format
-                .or(file.log_format)
-                .unwrap_or(LogFormat::Text),
-            max_concurrent_calls: self
-                .max_concurrent_calls
-                .or(file.max_concurrent_calls)
-                .unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS),
-            request_message_timeout: self
-                .request_message_timeout
-                .or(file_message_timeout)
-                .unwrap_or(DEFAULT_REQUEST_MESSAGE_TIMEOUT),
-            max_request_bytes: self
-                .max_request_bytes
-                .or(file.max_request_bytes)
-                .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
-        };
-        if effective.max_concurrent_calls == 0 {
+        let mut server = Config::default();
+        if let Some(listen) = self.listen.or(file_listen) {
+            server.listen = listen;
+        }
+        if let Some(data_dir) = self.data_dir.clone().or(file.data_dir) {
+            server.data_dir = data_dir;
+        }
+        if let Some(path) = self.catalogue.clone().or(file.catalogue) {
+            server.catalogue = CatalogueSource::File(path);
+        }
+        server.analytics_data_delay = self.analytics_data_delay.or(file_delay);
+        server.metrics_listen = self.metrics_listen.or(file_metrics);
+        match self.console_listen.or(file_console) {
+            Some(ConsoleListen::Off) => server.console_listen = None,
+            Some(ConsoleListen::At(addr)) => server.console_listen = Some(addr),
+            None => {}
+        }
+        if let Some(history) = self.watch_history.or(file_history) {
+            server.watch.history = history;
+        }
+        if let Some(calls) = self.max_concurrent_calls.or(file.max_concurrent_calls) {
+            server.max_concurrent_calls = calls;
+        }
+        if let Some(timeout) = self.request_message_timeout.or(file_message_timeout) {
+            server.request_message_timeout = timeout;
+        }
+        if let Some(bytes) = self.max_request_bytes.or(file.max_request_bytes) {
+            server.max_request_bytes = bytes;
+        }
+        if server.max_concurrent_calls == 0 {
             return Err(CliError::Usage(
                 "max_concurrent_calls `0` would refuse every call; give at least 1".to_owned(),
             ));
         }
-        if effective.request_message_timeout.is_zero() {
+        if server.request_message_timeout.is_zero() {
             return Err(CliError::Usage(
                 "request_message_timeout `0s` would end every call; give at least `1s`".to_owned(),
             ));
         }
-        if effective.max_request_bytes == 0 {
+        if server.max_request_bytes == 0 {
             return Err(CliError::Usage(
                 "max_request_bytes `0` would refuse every request; give at least 1".to_owned(),
             ));
         }
-        match (&effective.tls_cert, &effective.tls_key, &effective.tls_client_ca) {
-            (Some(_), None, _) | (None, Some(_), _) => Err(CliError::Usage(
-                "tls_cert and tls_key go together: give both or neither".to_owned(),
-            )),
-            (None, None, Some(_)) => Err(CliError::Usage(
-                "tls_client_ca needs tls_cert and tls_key: client certificates are checked only over TLS".to_owned(),
-            )),
-            _ => Ok(effective),
-        }
+        let tls_cert = self.tls_cert.clone().or(file.tls_cert);
+        let tls_key = self.tls_key.clone().or(file.tls_key);
+        let tls_client_ca = self.tls_client_ca.clone().or(file.tls_client_ca);
+        server.tls = match (tls_cert, tls_key, tls_client_ca) {
+            (Some(_), None, _) | (None, Some(_), _) => {
+                return Err(CliError::Usage(
+                    "tls_cert and tls_key go together: give both or neither".to_owned(),
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err(CliError::Usage(
+                    "tls_client_ca needs tls_cert and tls_key: client certificates are checked only over TLS".to_owned(),
+                ));
+            }
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+        };
+        Ok(Effective {
+            server,
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+        })
     }
 }
 
@@ -305,22 +293,28 @@ impl Effective {
     /// For `entitled config show`. Holds no secrets (tokens never are
     /// configuration; key files are shown by path only).
     pub fn to_json(&self) -> Value {
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let server = &self.server;
+        let path = |p: Option<&PathBuf>| p.map(|p| p.display().to_string());
+        let tls = server.tls.as_ref();
         json!({
-            "listen": self.listen.to_string(),
-            "data_dir": self.data_dir.display().to_string(),
-            "catalogue": path(&self.catalogue).unwrap_or_else(|| "(built-in)".to_owned()),
-            "analytics_data_delay": self.analytics_data_delay.map(|d| humantime::format_duration(d).to_string()),
-            "tls_cert": path(&self.tls_cert),
-            "tls_key": path(&self.tls_key),
-            "tls_client_ca": path(&self.tls_client_ca),
-            "metrics_listen": self.metrics_listen.map(|a| a.to_string()),
-            "console_listen": self.console_listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-            "watch_history": self.watch_history.map_or_else(|| "7days".to_owned(), |d| humantime::format_duration(d).to_string()),
+            "listen": server.listen.to_string(),
+            "data_dir": server.data_dir.display().to_string(),
+            "catalogue": match &server.catalogue {
+                CatalogueSource::Builtin => "(built-in)".to_owned(),
+                CatalogueSource::File(path) => path.display().to_string(),
+                CatalogueSource::Given(_) => "(given)".to_owned(),
+            },
+            "analytics_data_delay": server.analytics_data_delay.map(|d| humantime::format_duration(d).to_string()),
+            "tls_cert": path(tls.map(|t| &t.cert)),
+            "tls_key": path(tls.map(|t| &t.key)),
+            "tls_client_ca": path(tls.and_then(|t| t.client_ca.as_ref())),
+            "metrics_listen": server.metrics_listen.map(|a| a.to_string()),
+            "console_listen": server.console_listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "watch_history": humantime::format_duration(server.watch.history).to_string(),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
-            "max_concurrent_calls": self.max_concurrent_calls,
-            "request_message_timeout": humantime::format_duration(self.request_message_timeout).to_string(),
-            "max_request_bytes": self.max_request_bytes,
+            "max_concurrent_calls": server.max_concurrent_calls,
+            "request_message_timeout": humantime::format_duration(server.request_message_timeout).to_string(),
+            "max_request_bytes": server.max_request_bytes,
         })
     }
 }

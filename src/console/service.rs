@@ -16,8 +16,8 @@ use crate::{
 pub use crate::{
     catalogue::{ProductLine, ReportKind},
     domain::{
-        Account, AccountId, AuditRecord, Decision, Notice, NoticeKind, Outcome, Principal, Role,
-        Rpc, Tier, User, UserId, UserState, Via, validate_display_name,
+        Account, AccountId, AuditRecord, Decision, DisplayName, Notice, NoticeKind, Outcome,
+        Principal, Role, Rpc, Tier, User, UserId, UserState, Via,
     },
     service::DomainError,
 };
@@ -148,7 +148,7 @@ impl Service {
         user: &UserId,
     ) -> Result<Decision, DomainError> {
         self.svc
-            .check(caller, account.as_str(), user.as_str(), 0)
+            .check(caller, account.borrowed(), user.borrowed(), 0)
             .await
     }
 
@@ -209,7 +209,7 @@ impl Service {
         caller: &Caller,
         account: &AccountId,
         user: &UserId,
-        display_name: String,
+        display_name: DisplayName,
     ) -> Result<User, DomainError> {
         let result = self
             .svc
@@ -238,7 +238,7 @@ impl Service {
         &self,
         caller: &Caller,
         account: &AccountId,
-        display_name: String,
+        display_name: DisplayName,
         product_line: String,
     ) -> Result<Account, DomainError> {
         let result = self
@@ -311,7 +311,9 @@ pub fn code_name(error: &DomainError) -> &'static str {
         DomainError::PermissionDenied(_) => "PERMISSION_DENIED",
         DomainError::Unauthenticated(_) => "UNAUTHENTICATED",
         DomainError::Bootstrap(_) => "INTERNAL",
-        DomainError::RevisionNotReached { .. } | DomainError::ShuttingDown => "UNAVAILABLE",
+        DomainError::RevisionNotReached { .. }
+        | DomainError::ShuttingDown
+        | DomainError::NoRandomness(_) => "UNAVAILABLE",
         DomainError::HistoryGone { .. } => "OUT_OF_RANGE",
         DomainError::SlowConsumer { .. } => "RESOURCE_EXHAUSTED",
         DomainError::Refused(refusal) => match refusal.kind {
@@ -334,4 +336,10 @@ pub fn account_id(value: &str) -> Result<AccountId, String> {
 /// See [`account_id`].
 pub fn user_id(value: &str) -> Result<UserId, String> {
     UserId::try_from(value.to_owned()).map_err(|e| e.to_string())
+}
+
+/// A display name typed into a form, checked as gRPC checks it; the error
+/// reads after "display name".
+pub fn display_name(value: &str) -> Result<DisplayName, String> {
+    DisplayName::parse(value.to_owned()).map_err(|(e, _)| e.to_string())
 }

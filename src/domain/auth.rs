@@ -180,18 +180,48 @@ pub struct Principal {
     pub user: Option<UserId>,
 }
 
+/// Why the role check refused a call: the one answer of `Principal`'s
+/// matrix. Callers branch on the variant; the message names the role and
+/// what it lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Forbidden {
+    /// The role may not call this service at all.
+    #[error("role `{role}` may not call {rpc}; it may call only {}", callable(*.role))]
+    Service { role: Role, rpc: Rpc },
+    /// An account admin may not create accounts.
+    #[error("role `{role}` may not call {rpc}; ask a provisioner or operator")]
+    CreateAccount { role: Role, rpc: Rpc },
+    /// An account admin acting on another account.
+    #[error("role `{role}` of account `{own}` may not act on account `{account}`")]
+    OtherAccount {
+        role: Role,
+        own: String,
+        account: String,
+    },
+    /// An account admin calling for no account an RPC that needs one.
+    #[error("role `{role}` may call {rpc} only for its own account; set account_id to `{own}`")]
+    NoAccount { role: Role, rpc: Rpc, own: String },
+    /// Rule 11: admins cannot assign permissions to themselves.
+    #[error(
+        "role `{role}` may not change its own services (user `{user}`): admins cannot assign permissions to themselves"
+    )]
+    OwnServices { role: Role, user: String },
+}
+
+/// The services `role` may call, for a message.
+fn callable(role: Role) -> String {
+    let names: Vec<&str> = role.services().iter().map(|s| s.name()).collect();
+    names.join(", ")
+}
+
 impl Principal {
     /// Whether this caller's role may call `rpc` at all, on some account.
-    pub fn may_call(&self, rpc: Rpc) -> Result<(), String> {
+    pub fn may_call(&self, rpc: Rpc) -> Result<(), Forbidden> {
         let role = self.role;
         if role.services().contains(&rpc.service()) {
             return Ok(());
         }
-        let may: Vec<&str> = role.services().iter().map(|s| s.name()).collect();
-        Err(format!(
-            "role `{role}` may not call {rpc}; it may call only {}",
-            may.join(", ")
-        ))
+        Err(Forbidden::Service { role, rpc })
     }
 
     /// Whether this caller may make `rpc` on `account` (None for RPCs not
@@ -202,46 +232,110 @@ impl Principal {
         rpc: Rpc,
         account: Option<&str>,
         user: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Forbidden> {
         self.may_call(rpc)?;
         self.scope(rpc, account, user)
     }
 
     /// The account and user part of `authorize`, for a caller already known
     /// to be allowed `rpc` (`may_call`): a batch asks it per item.
-    pub fn scope(&self, rpc: Rpc, account: Option<&str>, user: Option<&str>) -> Result<(), String> {
+    pub fn scope(
+        &self,
+        rpc: Rpc,
+        account: Option<&str>,
+        user: Option<&str>,
+    ) -> Result<(), Forbidden> {
         let role = self.role;
         if role != Role::AccountAdmin {
             return Ok(());
         }
         if rpc == Rpc::CreateAccount {
-            return Err(format!(
-                "role `{role}` may not call {rpc}; ask a provisioner or operator"
-            ));
+            return Err(Forbidden::CreateAccount { role, rpc });
         }
         let own_name = self.account.as_ref().map_or("", AccountId::as_str);
         match account {
             Some(account) if self.account.is_some() && account == own_name => {}
             Some(account) => {
-                return Err(format!(
-                    "role `{role}` of account `{own_name}` may not act on account `{account}`"
-                ));
+                return Err(Forbidden::OtherAccount {
+                    role,
+                    own: own_name.to_owned(),
+                    account: account.to_owned(),
+                });
             }
             None if rpc == Rpc::GetCatalogue => {}
             None => {
-                return Err(format!(
-                    "role `{role}` may call {rpc} only for its own account; set account_id to `{own_name}`"
-                ));
+                return Err(Forbidden::NoAccount {
+                    role,
+                    rpc,
+                    own: own_name.to_owned(),
+                });
             }
         }
         if let (Rpc::UpdateUserServices | Rpc::ImportUsers, Some(user), Some(own_user)) =
             (rpc, user, &self.user)
             && user == own_user.as_str()
         {
-            return Err(format!(
-                "role `{role}` may not change its own services (user `{user}`): admins cannot assign permissions to themselves"
-            ));
+            return Err(Forbidden::OwnServices {
+                role,
+                user: user.to_owned(),
+            });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin() -> Principal {
+        Principal {
+            token_id: "t".into(),
+            name: "acme admin".into(),
+            role: Role::AccountAdmin,
+            account: Some(AccountId::try_from("acme".to_owned()).unwrap()),
+            user: Some(UserId::try_from("ada".to_owned()).unwrap()),
+        }
+    }
+
+    /// The messages are the ones the API has always given.
+    #[test]
+    fn each_refusal_says_what_it_always_said() {
+        let gateway = Principal {
+            role: Role::Gateway,
+            account: None,
+            user: None,
+            ..admin()
+        };
+        let cases = [
+            (
+                gateway.authorize(Rpc::PutUser, Some("acme"), None),
+                "role `gateway` may not call ProvisioningService.PutUser; it may call only CatalogueService, AccessService",
+            ),
+            (
+                admin().authorize(Rpc::CreateAccount, Some("acme"), None),
+                "role `account-admin` may not call ProvisioningService.CreateAccount; ask a provisioner or operator",
+            ),
+            (
+                admin().authorize(Rpc::GetAccount, Some("globex"), None),
+                "role `account-admin` of account `acme` may not act on account `globex`",
+            ),
+            (
+                admin().authorize(Rpc::ListChanges, None, None),
+                "role `account-admin` may call AuditService.ListChanges only for its own account; set account_id to `acme`",
+            ),
+            (
+                admin().authorize(Rpc::UpdateUserServices, Some("acme"), Some("ada")),
+                "role `account-admin` may not change its own services (user `ada`): admins cannot assign permissions to themselves",
+            ),
+        ];
+        for (result, message) in cases {
+            assert_eq!(result.map_err(|e| e.to_string()), Err(message.to_owned()));
+        }
+        assert_eq!(
+            admin().authorize(Rpc::PutUser, Some("acme"), Some("ada")),
+            Ok(())
+        );
+        assert_eq!(admin().authorize(Rpc::GetCatalogue, None, None), Ok(()));
     }
 }

@@ -114,8 +114,33 @@ pub fn validate_display_name(s: &str) -> Result<(), DisplayNameError> {
     Ok(())
 }
 
+/// A display name or a token name that `validate_display_name` accepted:
+/// the service takes names only in this form, so none reaches it unchecked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// `value`, if it is a valid name; else why not, with the value back.
+    pub fn parse(value: String) -> Result<Self, (DisplayNameError, String)> {
+        match validate_display_name(&value) {
+            Ok(()) => Ok(DisplayName(value)),
+            Err(e) => Err((e, value)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<DisplayName> for String {
+    fn from(name: DisplayName) -> String {
+        name.0
+    }
+}
+
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $(#[$ref_doc:meta])* $borrowed:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -124,6 +149,40 @@ macro_rules! id_type {
         impl $name {
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// Borrowed, for the calls that take ids by reference.
+            pub fn borrowed(&self) -> $borrowed<'_> {
+                $borrowed(&self.0)
+            }
+        }
+
+        $(#[$ref_doc])*
+        ///
+        /// Made only by validating (`parse`) or by borrowing a validated
+        /// owned id, so holding one is proof the id is well formed; it
+        /// costs no allocation, which the check path needs.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $borrowed<'a>(&'a str);
+
+        impl<'a> $borrowed<'a> {
+            pub fn parse(s: &'a str) -> Result<Self, IdError> {
+                validate_id(s)?;
+                Ok(Self(s))
+            }
+
+            pub fn as_str(self) -> &'a str {
+                self.0
+            }
+
+            pub fn to_owned(self) -> $name {
+                $name(self.0.to_owned())
+            }
+        }
+
+        impl fmt::Display for $borrowed<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
             }
         }
 
@@ -157,11 +216,15 @@ macro_rules! id_type {
 
 id_type!(
     /// An account's identifier, validated.
-    AccountId
+    AccountId,
+    /// An account's identifier, validated, borrowed from the request.
+    AccountIdRef
 );
 id_type!(
     /// A user's identifier within its account, validated.
-    UserId
+    UserId,
+    /// A user's identifier, validated, borrowed from the request.
+    UserIdRef
 );
 
 #[cfg(test)]

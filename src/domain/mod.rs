@@ -1,12 +1,18 @@
-//! Domain types: accounts, users, tiers, decisions. No transport or storage
-//! concerns live here.
+//! Domain types and the rules that need no storage: accounts, users, tiers,
+//! the catalogue, decisions, callers. The bottom layer: it imports no other
+//! module of the crate, and no transport or storage concerns live here.
 
 mod audit;
 mod auth;
+pub mod catalogue;
+pub mod field;
 mod ids;
 mod tier;
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,10 +20,11 @@ pub use audit::{
     Actor, AuditRecord, MAX_KEPT_ID, MAX_KEPT_REASON, Outcome, Refusal, RefusalKind, UserState,
     Via, kept,
 };
-pub use auth::{Principal, Role, Rpc, Service};
+pub use auth::{Forbidden, Principal, Role, Rpc, Service};
+pub use field::FieldError;
 pub use ids::{
-    AccountId, DisplayNameError, HiddenKind, IdError, MAX_DISPLAY_NAME, MAX_ID_LEN, UserId,
-    validate_display_name, validate_id,
+    AccountId, AccountIdRef, DisplayName, DisplayNameError, HiddenKind, IdError, MAX_DISPLAY_NAME,
+    MAX_ID_LEN, UserId, UserIdRef, validate_display_name, validate_id,
 };
 pub use tier::Tier;
 
@@ -31,6 +38,24 @@ pub struct Account {
     /// When the first user of the account was first given a tier other than
     /// none; never unset once set.
     pub analytics_activated_at: Option<SystemTime>,
+}
+
+impl Account {
+    /// Rule 8: an account's analytics clock starts when one of its users is
+    /// first given a tier other than none, and is never reset. The account
+    /// with its clock started at `now`, if giving a user `tier` starts it.
+    pub fn starting_analytics(&self, tier: Tier, now: SystemTime) -> Option<Account> {
+        (tier.grants_access() && self.analytics_activated_at.is_none()).then(|| Account {
+            analytics_activated_at: Some(now),
+            ..self.clone()
+        })
+    }
+
+    /// Rule 8: when the account's historical data is available: its
+    /// activation plus the catalogue's data delay; none before activation.
+    pub fn data_available_at(&self, data_delay: Duration) -> Option<SystemTime> {
+        self.analytics_activated_at.map(|at| at + data_delay)
+    }
 }
 
 /// One person's extension inside an account, with its services.
@@ -47,6 +72,29 @@ pub struct User {
     pub revision: u64,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+}
+
+impl User {
+    /// A user as it is first created: no licence, so no analytics (rule 2),
+    /// at the revision of the write that creates it.
+    pub fn new(
+        account_id: AccountId,
+        id: UserId,
+        display_name: String,
+        revision: u64,
+        now: SystemTime,
+    ) -> User {
+        User {
+            account_id,
+            id,
+            display_name,
+            edition: None,
+            tier: Tier::None,
+            revision,
+            created_at: now,
+            updated_at: now,
+        }
+    }
 }
 
 /// Something the service changed by itself while applying a write.
@@ -95,7 +143,7 @@ pub struct Decision {
 /// One report of the effective tier, and whether it can be opened now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportAccess {
-    pub report: crate::catalogue::Report,
+    pub report: catalogue::Report,
     pub available: bool,
 }
 
@@ -121,5 +169,56 @@ impl Token {
             account: self.account.clone(),
             user: self.user.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn account(activated: Option<SystemTime>) -> Account {
+        Account {
+            id: AccountId::try_from("acme".to_owned()).unwrap(),
+            display_name: "Acme".into(),
+            product_line: "work".into(),
+            created_at: SystemTime::UNIX_EPOCH,
+            analytics_activated_at: activated,
+        }
+    }
+
+    /// Rule 8: the first tier other than none starts the clock; none does
+    /// not, and a started clock is never moved.
+    #[test]
+    fn the_analytics_clock_starts_once() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let fresh = account(None);
+        assert_eq!(fresh.starting_analytics(Tier::None, now), None);
+        let started = fresh.starting_analytics(Tier::Essentials, now).unwrap();
+        assert_eq!(started.analytics_activated_at, Some(now));
+        assert_eq!(started.display_name, "Acme");
+        let later = now + Duration::from_secs(60);
+        assert_eq!(started.starting_analytics(Tier::Supervisor, later), None);
+        let delay = Duration::from_secs(48 * 3600);
+        assert_eq!(fresh.data_available_at(delay), None);
+        assert_eq!(started.data_available_at(delay), Some(now + delay));
+    }
+
+    #[test]
+    fn a_new_user_holds_no_licence_and_no_analytics() {
+        let now = SystemTime::UNIX_EPOCH;
+        let user = User::new(
+            AccountId::try_from("acme".to_owned()).unwrap(),
+            UserId::try_from("ada".to_owned()).unwrap(),
+            "Ada".into(),
+            7,
+            now,
+        );
+        assert_eq!(
+            (user.edition, user.tier, user.revision),
+            (None, Tier::None, 7)
+        );
+        assert_eq!((user.created_at, user.updated_at), (now, now));
     }
 }

@@ -31,11 +31,11 @@ impl AccessService for Api {
         let caller = reader(&request)?;
         let r = request.get_ref();
         // Malformed ids are errors; well-formed unknown ones are answers.
-        convert::id("account_id", &r.account_id)?;
-        convert::id("user_id", &r.user_id)?;
+        let account = convert::account_id_ref("account_id", &r.account_id)?;
+        let user = convert::user_id_ref("user_id", &r.user_id)?;
         let decision = self
             .svc
-            .check(&caller, &r.account_id, &r.user_id, r.min_revision)
+            .check(&caller, account, user, r.min_revision)
             .await?;
         self.metrics.check(&decision);
         Ok(Response::new(decision.into()))
@@ -53,9 +53,9 @@ impl AccessService for Api {
         // (or one on an account the caller may not see) gets its own error
         // and the rest are still answered.
         let items = r.items.iter().map(|i| {
-            convert::id("account_id", &i.account_id)?;
-            convert::id("user_id", &i.user_id)?;
-            Ok::<_, Status>((i.account_id.as_str(), i.user_id.as_str()))
+            let account = convert::account_id_ref("account_id", &i.account_id)?;
+            let user = convert::user_id_ref("user_id", &i.user_id)?;
+            Ok::<_, Status>((account, user))
         });
         let (results, revision) = self.svc.check_many(&caller, items, r.min_revision).await?;
         let results = results

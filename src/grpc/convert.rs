@@ -1,6 +1,8 @@
 //! The one place that converts between generated protobuf types and domain
-//! types. Domain → protobuf cannot fail; protobuf → domain fails with a
-//! `ConversionError` that names the field and the value.
+//! types. Protobuf → domain (here) fails with a `ConversionError` that names
+//! the field and the value; domain → protobuf (`answers.rs`) cannot fail.
+
+mod answers;
 
 use std::sync::Arc;
 
@@ -9,14 +11,12 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    catalogue::{Catalogue, Report, ReportKind},
     domain::{
-        Account, AccountId, Decision, Denial, DisplayNameError, IdError, MAX_ID_LEN, Notice,
-        NoticeKind, Tier, User, UserId, validate_display_name, validate_id,
+        AccountId, AccountIdRef, DisplayName, FieldError, Principal, Role, Rpc, Tier, UserId,
+        UserIdRef, Via, field,
     },
-    domain::{AuditRecord, Outcome, Principal, Role, Rpc, Token, UserState, Via},
     proto::v1 as pb,
-    service::{Caller, ImportRow, WatchEvent},
+    service::{Caller, ImportRow},
     store::RequestKey,
 };
 
@@ -27,17 +27,12 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// The most items one BatchCheckAnalyticsAccess may carry.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
-/// Why a request field could not become a domain value.
+/// Why a request could not become domain values.
 #[derive(Debug, thiserror::Error)]
 pub enum ConversionError {
-    #[error("{field} is required: give 1 to 128 characters of A-Z a-z 0-9 . _ - @ : +")]
-    Missing { field: &'static str },
-    #[error("{field} `{value}` {problem}")]
-    Invalid {
-        field: &'static str,
-        value: String,
-        problem: String,
-    },
+    /// One field (`domain::field`: the one message shape of every field).
+    #[error(transparent)]
+    Field(#[from] FieldError),
     #[error(
         "{field} has {count} entries; send at most {max} per call and the rest in further calls"
     )]
@@ -54,11 +49,7 @@ impl ConversionError {
         value: impl std::fmt::Display,
         problem: impl Into<String>,
     ) -> Self {
-        ConversionError::Invalid {
-            field,
-            value: shorten(&value.to_string()),
-            problem: problem.into(),
-        }
+        FieldError::invalid(field, value, problem).into()
     }
 }
 
@@ -81,21 +72,9 @@ impl std::fmt::Display for Logged<'_> {
     }
 }
 
-/// Keeps error messages short when a caller sends a huge value.
-fn shorten(value: &str) -> String {
-    const MAX: usize = 64;
-    match value.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}…", &value[..cut]),
-        None => value.to_owned(),
-    }
-}
-
-/// Checks an id field without taking it (the check path borrows its ids).
+/// Checks an id field without taking it (a token id).
 pub fn id(field: &'static str, value: &str) -> Result<(), ConversionError> {
-    validate_id(value).map_err(|e| match e {
-        IdError::Empty => ConversionError::Missing { field },
-        e => ConversionError::invalid(field, value, e.to_string()),
-    })
+    Ok(field::id(field, value)?)
 }
 
 /// Checks a batch's item count.
@@ -111,58 +90,80 @@ pub fn batch_items(field: &'static str, count: usize) -> Result<(), ConversionEr
 }
 
 pub fn account_id(field: &'static str, value: String) -> Result<AccountId, ConversionError> {
-    id(field, &value)?;
-    AccountId::try_from(value).map_err(|e| ConversionError::invalid(field, "", e.to_string()))
+    Ok(field::account_id(field, value)?)
 }
 
 pub fn user_id(field: &'static str, value: String) -> Result<UserId, ConversionError> {
-    id(field, &value)?;
-    UserId::try_from(value).map_err(|e| ConversionError::invalid(field, "", e.to_string()))
+    Ok(field::user_id(field, value)?)
 }
 
-/// A display name or a token name (`validate_display_name`).
-pub fn display_name(field: &'static str, value: String) -> Result<String, ConversionError> {
-    match validate_display_name(&value) {
-        Ok(()) => Ok(value),
-        Err(e @ DisplayNameError::TooLong(_)) => {
-            Err(ConversionError::invalid(field, &value, e.to_string()))
-        }
-        // Escaped, so the message shows the character rather than hiding it.
-        Err(e @ DisplayNameError::Hidden { .. }) => Err(ConversionError::invalid(
-            field,
-            value.escape_debug(),
-            e.to_string(),
-        )),
-    }
+/// An account id borrowed from the request: the check path allocates none.
+pub fn account_id_ref<'a>(
+    field: &'static str,
+    value: &'a str,
+) -> Result<AccountIdRef<'a>, ConversionError> {
+    Ok(field::account_id_ref(field, value)?)
 }
 
-/// The name of a catalogue entry (an edition, a product line) as a request
-/// gives it: the catalogue says whether it exists, but a name longer than
-/// any catalogue id can hold is refused here, so no refusal echoes it whole.
+/// A user id borrowed from the request.
+pub fn user_id_ref<'a>(
+    field: &'static str,
+    value: &'a str,
+) -> Result<UserIdRef<'a>, ConversionError> {
+    Ok(field::user_id_ref(field, value)?)
+}
+
+/// A display name or a token name.
+pub fn display_name(field: &'static str, value: String) -> Result<DisplayName, ConversionError> {
+    Ok(field::display_name(field, value)?)
+}
+
+/// The name of a catalogue entry (an edition, a product line).
 pub fn catalogue_name(field: &'static str, value: String) -> Result<String, ConversionError> {
-    let len = value.chars().count();
-    if len > MAX_ID_LEN {
-        return Err(ConversionError::invalid(
-            field,
-            &value,
-            format!("is {len} characters long; no catalogue name is longer than {MAX_ID_LEN}"),
-        ));
-    }
-    Ok(value)
+    Ok(field::catalogue_name(field, value)?)
 }
 
-/// A tier a request sets: unspecified and unknown values are refused.
-pub fn tier(field: &'static str, value: i32) -> Result<Tier, ConversionError> {
+/// What `ANALYTICS_TIER_UNSPECIFIED` means in a field: each field has one
+/// meaning, said in its comment in the `.proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unspecified {
+    /// Refused: the field is `optional`, so leaving it unset says "keep the
+    /// tier" (`UpdateUserServicesRequest.analytics_tier`).
+    Refused,
+    /// Tier none: the field always has a value and 0 is its default, which
+    /// a sender that sets nothing sends (`UserRow.analytics_tier`).
+    MeansNone,
+}
+
+/// A tier a request sets; unknown values are refused, and
+/// `ANALYTICS_TIER_UNSPECIFIED` means what the field says it means.
+pub fn tier(
+    field: &'static str,
+    value: i32,
+    unspecified: Unspecified,
+) -> Result<Tier, ConversionError> {
+    Ok(tier_field(field, value, unspecified)?)
+}
+
+/// `tier`, as a field's own error (import rows are refused one by one).
+fn tier_field(
+    field: &'static str,
+    value: i32,
+    unspecified: Unspecified,
+) -> Result<Tier, FieldError> {
     match pb::AnalyticsTier::try_from(value) {
         Ok(pb::AnalyticsTier::None) => Ok(Tier::None),
         Ok(pb::AnalyticsTier::Essentials) => Ok(Tier::Essentials),
         Ok(pb::AnalyticsTier::Supervisor) => Ok(Tier::Supervisor),
-        Ok(pb::AnalyticsTier::Unspecified) => Err(ConversionError::invalid(
-            field,
-            "ANALYTICS_TIER_UNSPECIFIED",
-            "is not a tier; set ANALYTICS_TIER_NONE, ANALYTICS_TIER_ESSENTIALS or ANALYTICS_TIER_SUPERVISOR, or leave the field unset to keep the tier",
-        )),
-        Err(_) => Err(ConversionError::invalid(
+        Ok(pb::AnalyticsTier::Unspecified) => match unspecified {
+            Unspecified::MeansNone => Ok(Tier::None),
+            Unspecified::Refused => Err(FieldError::invalid(
+                field,
+                "ANALYTICS_TIER_UNSPECIFIED",
+                "is not a tier; set ANALYTICS_TIER_NONE, ANALYTICS_TIER_ESSENTIALS or ANALYTICS_TIER_SUPERVISOR, or leave the field unset to keep the tier",
+            )),
+        },
+        Err(_) => Err(FieldError::invalid(
             field,
             value,
             "is not a tier; use ANALYTICS_TIER_NONE (1), ANALYTICS_TIER_ESSENTIALS (2) or ANALYTICS_TIER_SUPERVISOR (3)",
@@ -221,150 +222,6 @@ pub fn page_cursor(account: &AccountId, token: &str) -> Result<Option<UserId>, C
         _ => Err(bad(
             "is not a page token; pass a next_page_token unchanged, or \"\" for the first page",
         )),
-    }
-}
-
-impl From<Tier> for pb::AnalyticsTier {
-    fn from(t: Tier) -> Self {
-        match t {
-            Tier::None => pb::AnalyticsTier::None,
-            Tier::Essentials => pb::AnalyticsTier::Essentials,
-            Tier::Supervisor => pb::AnalyticsTier::Supervisor,
-        }
-    }
-}
-
-fn tier_i32(t: Tier) -> i32 {
-    pb::AnalyticsTier::from(t) as i32
-}
-
-impl From<ReportKind> for pb::ReportKind {
-    fn from(k: ReportKind) -> Self {
-        match k {
-            ReportKind::Live => pb::ReportKind::Live,
-            ReportKind::Historical => pb::ReportKind::Historical,
-        }
-    }
-}
-
-impl From<&Account> for pb::Account {
-    fn from(a: &Account) -> Self {
-        pb::Account {
-            account_id: a.id.to_string(),
-            display_name: a.display_name.clone(),
-            product_line: a.product_line.clone(),
-            created_at: Some(a.created_at.into()),
-            analytics_activated_at: a.analytics_activated_at.map(Into::into),
-        }
-    }
-}
-
-impl From<&User> for pb::User {
-    fn from(u: &User) -> Self {
-        pb::User {
-            account_id: u.account_id.to_string(),
-            user_id: u.id.to_string(),
-            display_name: u.display_name.clone(),
-            edition: u.edition.clone().unwrap_or_default(),
-            analytics_tier: tier_i32(u.tier),
-            revision: u.revision,
-            updated_at: Some(u.updated_at.into()),
-            created_at: Some(u.created_at.into()),
-        }
-    }
-}
-
-impl From<&Notice> for pb::Notice {
-    fn from(n: &Notice) -> Self {
-        let kind = match n.kind {
-            NoticeKind::TierLowered => pb::NoticeKind::TierLowered,
-            NoticeKind::TierRemoved => pb::NoticeKind::TierRemoved,
-        };
-        pb::Notice {
-            kind: kind as i32,
-            message: n.message.clone(),
-        }
-    }
-}
-
-impl From<Denial> for pb::DenialReason {
-    fn from(d: Denial) -> Self {
-        match d {
-            Denial::AccountNotFound => pb::DenialReason::AccountNotFound,
-            Denial::UserNotFound => pb::DenialReason::UserNotFound,
-            Denial::NoEdition => pb::DenialReason::NoEdition,
-            Denial::AnalyticsNotEnabled => pb::DenialReason::AnalyticsNotEnabled,
-            Denial::EditionNotEligible => pb::DenialReason::EditionNotEligible,
-        }
-    }
-}
-
-impl From<Decision> for pb::CheckAnalyticsAccessResponse {
-    fn from(d: Decision) -> Self {
-        pb::CheckAnalyticsAccessResponse {
-            allowed: d.allowed,
-            tier: tier_i32(d.tier),
-            edition: d.edition.unwrap_or_default(),
-            denial_reason: d.denial.map_or(pb::DenialReason::Unspecified, Into::into) as i32,
-            data_available_at: d.data_available_at.map(Into::into),
-            data_ready: d.data_ready,
-            reports: d
-                .reports
-                .iter()
-                .map(|r| pb::Report {
-                    id: Arc::clone(&r.report.id),
-                    display_name: Arc::clone(&r.report.display_name),
-                    kind: pb::ReportKind::from(r.report.kind) as i32,
-                    available: r.available,
-                })
-                .collect(),
-            revision: d.revision,
-            stored_tier: tier_i32(d.stored_tier),
-            reason: d.reason,
-        }
-    }
-}
-
-fn report_definition(r: &Report) -> pb::ReportDefinition {
-    pb::ReportDefinition {
-        id: r.id.to_string(),
-        display_name: r.display_name.to_string(),
-        kind: pb::ReportKind::from(r.kind) as i32,
-    }
-}
-
-impl From<&Catalogue> for pb::GetCatalogueResponse {
-    fn from(c: &Catalogue) -> Self {
-        pb::GetCatalogueResponse {
-            product_lines: c
-                .product_lines()
-                .iter()
-                .map(|l| pb::ProductLine {
-                    id: l.id.clone(),
-                    display_name: l.display_name.clone(),
-                    editions: l
-                        .editions
-                        .iter()
-                        .map(|e| pb::Edition {
-                            id: e.id.clone(),
-                            allowed_tiers: Tier::ALL
-                                .into_iter()
-                                .filter(|t| e.allows(*t))
-                                .map(tier_i32)
-                                .collect(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-            tier_reports: [Tier::Essentials, Tier::Supervisor]
-                .into_iter()
-                .map(|t| pb::TierReports {
-                    tier: tier_i32(t),
-                    reports: c.reports_for(t).iter().map(report_definition).collect(),
-                })
-                .collect(),
-            data_delay: prost_types::Duration::try_from(c.data_delay()).ok(),
-        }
     }
 }
 
@@ -472,77 +329,6 @@ pub fn role(value: i32) -> Result<Role, ConversionError> {
     }
 }
 
-impl From<Role> for pb::Role {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::Operator => pb::Role::Operator,
-            Role::Provisioner => pb::Role::Provisioner,
-            Role::AccountAdmin => pb::Role::AccountAdmin,
-            Role::Gateway => pb::Role::Gateway,
-        }
-    }
-}
-
-impl From<&Token> for pb::TokenInfo {
-    fn from(t: &Token) -> Self {
-        pb::TokenInfo {
-            token_id: t.id.clone(),
-            name: t.name.clone(),
-            role: pb::Role::from(t.role) as i32,
-            account_id: t
-                .account
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            user_id: t.user.as_ref().map(ToString::to_string).unwrap_or_default(),
-            created_at: Some(t.created_at.into()),
-            revoked_at: t.revoked_at.map(Into::into),
-        }
-    }
-}
-
-impl From<&UserState> for pb::UserState {
-    fn from(u: &UserState) -> Self {
-        pb::UserState {
-            display_name: u.display_name.clone(),
-            edition: u.edition.clone().unwrap_or_default(),
-            analytics_tier: tier_i32(u.tier),
-        }
-    }
-}
-
-impl From<&AuditRecord> for pb::Change {
-    fn from(r: &AuditRecord) -> Self {
-        let (refused, refusal_code, refusal_reason) = match &r.outcome {
-            Outcome::Applied => (false, String::new(), String::new()),
-            Outcome::Refused { code, reason } => (true, code.clone(), reason.clone()),
-        };
-        pb::Change {
-            sequence: r.seq,
-            revision: r.revision,
-            time: Some(r.at.into()),
-            caller: Some(pb::Caller {
-                token_id: r.actor.token_id.clone(),
-                name: r.actor.name.clone(),
-                role: pb::Role::from(r.actor.role) as i32,
-                via: match r.actor.via {
-                    Via::Api => pb::Via::Api,
-                    Via::Console => pb::Via::Console,
-                } as i32,
-            }),
-            rpc: r.rpc.to_string(),
-            account_id: r.account_id.clone(),
-            user_id: r.user_id.clone(),
-            before: r.before.as_ref().map(Into::into),
-            after: r.after.as_ref().map(Into::into),
-            details: r.details.clone(),
-            refused,
-            refusal_code,
-            refusal_reason,
-        }
-    }
-}
-
 const AUDIT_TOKEN_PREFIX: &str = "a1:";
 
 /// An opaque cursor into the audit trail: the last sequence number served.
@@ -571,67 +357,20 @@ pub fn audit_cursor(token: &str) -> Result<u64, ConversionError> {
         })
 }
 
-/// A row as sent; its ids and names are checked row by row by the service.
-pub fn import_row(row: &pb::UserRow) -> ImportRow {
-    let tier = match pb::AnalyticsTier::try_from(row.analytics_tier) {
-        Ok(pb::AnalyticsTier::Unspecified | pb::AnalyticsTier::None) => Ok(Tier::None),
-        Ok(pb::AnalyticsTier::Essentials) => Ok(Tier::Essentials),
-        Ok(pb::AnalyticsTier::Supervisor) => Ok(Tier::Supervisor),
-        Err(_) => Err(format!(
-            "analytics_tier `{}` is not a tier; use none, essentials or supervisor",
-            row.analytics_tier
-        )),
-    };
-    ImportRow {
-        account_id: row.account_id.clone(),
-        user_id: row.user_id.clone(),
-        display_name: row.display_name.clone(),
-        edition: row.edition.clone(),
+/// A row of an import: its fields checked, in the order of the columns;
+/// a bad row is the first of its fields refused. Each row on its own, so
+/// the service can report every bad row.
+pub fn import_row(row: &pb::UserRow) -> Result<ImportRow, FieldError> {
+    let account_id = field::account_id("account_id", row.account_id.clone())?;
+    let user_id = field::user_id("user_id", row.user_id.clone())?;
+    let display_name = field::display_name("display_name", row.display_name.clone())?;
+    let tier = tier_field("analytics_tier", row.analytics_tier, Unspecified::MeansNone)?;
+    let edition = field::catalogue_name("edition", row.edition.clone())?;
+    Ok(ImportRow {
+        account_id,
+        user_id,
+        display_name,
+        edition: (!edition.is_empty()).then_some(edition),
         tier,
-    }
-}
-
-impl From<&User> for pb::UserRow {
-    fn from(u: &User) -> Self {
-        pb::UserRow {
-            account_id: u.account_id.to_string(),
-            user_id: u.id.to_string(),
-            display_name: u.display_name.clone(),
-            edition: u.edition.clone().unwrap_or_default(),
-            analytics_tier: tier_i32(u.tier),
-        }
-    }
-}
-
-impl From<&WatchEvent> for pb::WatchEntitlementsResponse {
-    fn from(e: &WatchEvent) -> Self {
-        let event = match e {
-            WatchEvent::Heartbeat(revision) => {
-                pb::watch_entitlements_response::Event::Heartbeat(pb::Heartbeat {
-                    revision: *revision,
-                })
-            }
-            WatchEvent::Change(c) => {
-                let state = |s: &Option<UserState>| match s {
-                    Some(s) => (s.edition.clone().unwrap_or_default(), tier_i32(s.tier)),
-                    None => (String::new(), pb::AnalyticsTier::Unspecified as i32),
-                };
-                let (before_edition, before_tier) = state(&c.before);
-                let (after_edition, after_tier) = state(&c.after);
-                pb::watch_entitlements_response::Event::Change(pb::EntitlementChange {
-                    revision: c.revision,
-                    time: Some(c.at.into()),
-                    account_id: c.account_id.clone(),
-                    user_id: c.user_id.clone(),
-                    before_edition,
-                    before_tier,
-                    after_edition,
-                    after_tier,
-                    deleted: c.after.is_none(),
-                    created: c.before.is_none(),
-                })
-            }
-        };
-        pb::WatchEntitlementsResponse { event: Some(event) }
-    }
+    })
 }

@@ -6,8 +6,9 @@
 //! entitled service (health and reflection are open): it resolves the bearer
 //! token from memory and puts the caller's `Principal` in the request's
 //! extensions. Authorization is the domain's (`Principal::authorize`, called
-//! by every service method). Every write RPC that fails is recorded in the
-//! audit trail by `Api::audited`.
+//! by every service method). Every refused write is recorded in the audit
+//! trail by `Api::audited` (and `audited_with`, for an import whose rows
+//! were refused: it answers OK and changes nothing), and only there.
 
 mod access;
 mod admin;
@@ -44,7 +45,8 @@ impl Api {
     }
 
     /// Runs a write handler's body; if it fails, records the refusal in the
-    /// audit trail (whatever the reason: permission, validation, conflict).
+    /// audit trail (whatever the reason: conversion, permission, rule,
+    /// conflict).
     async fn audited<T>(
         &self,
         principal: &Arc<Principal>,
@@ -53,8 +55,31 @@ impl Api {
         user: &str,
         body: impl Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
+        self.audited_with(principal, rpc, account, user, body, |_| None)
+            .await
+    }
+
+    /// `audited`, for a write whose answer can be a refusal without being
+    /// an error (`refused` says when, and what to record). The one place
+    /// refusals are recorded.
+    async fn audited_with<T>(
+        &self,
+        principal: &Arc<Principal>,
+        rpc: Rpc,
+        account: &str,
+        user: &str,
+        body: impl Future<Output = Result<T, Status>>,
+        refused: impl FnOnce(&T) -> Option<Refused>,
+    ) -> Result<T, Status> {
         let result = body.await;
-        if let Err(status) = &result {
+        let refusal = match &result {
+            Err(status) => Some(Refused {
+                code: status::code_name(status.code()).to_owned(),
+                reason: status.message().to_owned(),
+            }),
+            Ok(answer) => refused(answer),
+        };
+        if let Some(refusal) = refusal {
             let caller = Caller {
                 principal: Arc::clone(principal),
                 request: None,
@@ -65,8 +90,8 @@ impl Api {
                 rpc,
                 account,
                 user,
-                status::code_name(status.code()),
-                status.message(),
+                &refusal.code,
+                &refusal.reason,
             );
             if !recorded {
                 self.metrics.refusal_left_out();
@@ -74,6 +99,12 @@ impl Api {
         }
         result
     }
+}
+
+/// A refusal as the audit trail records it: the code's name and the reason.
+struct Refused {
+    code: String,
+    reason: String,
 }
 
 type Reply<T> = Result<Response<T>, Status>;

@@ -3,7 +3,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Api, Reply, convert, principal, reader, status::code_name};
+use super::{Api, Refused, Reply, convert, principal, reader, status::code_name};
 use crate::{
     domain::Rpc,
     proto::v1::{self as pb, provisioning_service_server::ProvisioningService},
@@ -152,7 +152,7 @@ impl ProvisioningService for Api {
                         .map(|e| (!e.is_empty()).then_some(e)),
                     tier: r
                         .analytics_tier
-                        .map(|t| convert::tier("analytics_tier", t))
+                        .map(|t| convert::tier("analytics_tier", t, convert::Unspecified::Refused))
                         .transpose()?,
                     expected_revision: r.expected_revision,
                 };
@@ -177,7 +177,8 @@ impl ProvisioningService for Api {
     ) -> Reply<pb::ImportUsersResponse> {
         let principal = principal(&request)?;
         let r = request.into_inner();
-        self.audited(&principal, Rpc::ImportUsers, "", "", async {
+        let dry_run = r.dry_run;
+        let body = async {
             let caller = convert::writer(&principal, Rpc::ImportUsers, &r)?;
             let rows = r.rows.iter().map(convert::import_row).collect();
             let imported = self.svc.import_users(&caller, rows, r.dry_run).await?;
@@ -193,26 +194,6 @@ impl ProvisioningService for Api {
                     }
                 })
                 .collect();
-            if let (false, Some(first)) = (r.dry_run, errors.first()) {
-                // Nothing was applied: a refused write for the audit trail.
-                let reason = format!(
-                    "{} rows refused; row {}: {}",
-                    errors.len(),
-                    first.index,
-                    first.message
-                );
-                let recorded = self.svc.record_refusal(
-                    &caller,
-                    Rpc::ImportUsers,
-                    "",
-                    "",
-                    &first.code,
-                    &reason,
-                );
-                if !recorded {
-                    self.metrics.refusal_left_out();
-                }
-            }
             Ok(Response::new(pb::ImportUsersResponse {
                 errors,
                 created: imported.counts.created,
@@ -220,8 +201,24 @@ impl ProvisioningService for Api {
                 unchanged: imported.counts.unchanged,
                 revision: imported.revision,
             }))
-        })
-        .await
+        };
+        // Rows refused: nothing was applied, so the call is a refused
+        // write for the audit trail, though it answers OK.
+        let refused = |reply: &Response<pb::ImportUsersResponse>| {
+            let errors = &reply.get_ref().errors;
+            let first = errors.first().filter(|_| !dry_run)?;
+            Some(Refused {
+                code: first.code.clone(),
+                reason: format!(
+                    "{} rows refused; row {}: {}",
+                    errors.len(),
+                    first.index,
+                    first.message
+                ),
+            })
+        };
+        self.audited_with(&principal, Rpc::ImportUsers, "", "", body, refused)
+            .await
     }
 
     type ExportUsersStream =

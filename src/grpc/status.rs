@@ -45,6 +45,9 @@ impl From<DomainError> for Status {
             }
             DomainError::TokenReplay { .. } => Status::failed_precondition(message),
             DomainError::Bootstrap(_) => Status::internal(message),
+            // The operating system's trouble, not the request's: a retry
+            // (perhaps on another server) may succeed.
+            DomainError::NoRandomness(_) => Status::unavailable(message),
             DomainError::RevisionNotReached { .. } => Status::unavailable(message),
             DomainError::HistoryGone { .. } => Status::out_of_range(message),
             DomainError::SlowConsumer { .. } => Status::resource_exhausted(message),
@@ -68,7 +71,7 @@ impl From<StoreError> for Status {
             | StoreError::ForeignData { .. }
             | StoreError::Watermark { .. }
             | StoreError::Encode(_)
-            | StoreError::Sled(_) => {
+            | StoreError::Backend(_) => {
                 tracing::error!(error = %message, "storage failure");
                 Status::internal(message)
             }
@@ -117,7 +120,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::{AccountId, Tier, UserId},
+        domain::{AccountId, FieldError, Forbidden, Role, Rpc, Tier, UserId},
+        service::{ImportError, TokenSpecError},
         store::Refusable,
     };
 
@@ -160,10 +164,14 @@ mod tests {
                 actual: 2,
             },
             DomainError::NothingToChange,
-            DomainError::PermissionDenied("no".into()),
+            DomainError::PermissionDenied(Forbidden::Service {
+                role: Role::Gateway,
+                rpc: Rpc::PutUser,
+            }),
             DomainError::TokenNotFound("t".into()),
-            DomainError::InvalidToken("bad".into()),
-            DomainError::BadImport("row".into()),
+            DomainError::InvalidToken(TokenSpecError::NameRequired),
+            DomainError::BadImport(ImportError::RowCount(0)),
+            DomainError::BadImport(ImportError::Field(FieldError::Missing { field: "user_id" })),
         ];
         for error in kept {
             let refusal = error.refusal().unwrap_or_else(|| panic!("{error:?}"));
@@ -180,10 +188,24 @@ mod tests {
                 within: Duration::from_secs(1),
             },
             DomainError::ShuttingDown,
+            DomainError::NoRandomness(getrandom::Error::UNSUPPORTED),
             DomainError::Store(StoreError::Failed("disk".into())),
         ];
         for error in not_kept {
             assert!(error.refusal().is_none(), "{error:?}");
         }
+    }
+
+    /// No random numbers is the server's trouble, not a first start's: it
+    /// is not reported as a bootstrap error, and a retry may succeed.
+    #[test]
+    fn no_randomness_is_unavailable_and_says_so() {
+        let status = Status::from(DomainError::NoRandomness(getrandom::Error::UNSUPPORTED));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().starts_with("no secure random numbers: "),
+            "{}",
+            status.message()
+        );
     }
 }

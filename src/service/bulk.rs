@@ -2,30 +2,42 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Caller, DomainError, Entitlements, ServicesChange, authorize, plan_services};
-use crate::store::Refusable;
+use super::{Caller, DomainError, Entitlements, ServicesChange, authorize, rules::plan_services};
 use crate::{
-    domain::{
-        AccountId, MAX_ID_LEN, MAX_KEPT_ID, MAX_KEPT_REASON, Refusal, Rpc, Tier, User, UserId,
-        kept, validate_display_name,
-    },
-    store::{Decided, Mutation, Target, Written},
+    domain::{AccountId, DisplayName, FieldError, Refusal, Rpc, Tier, User, UserId},
+    store::{Decided, Mutation, Refusable, Target, Written},
 };
 
 /// The most rows one import call takes (each call is one atomic write).
 pub const MAX_IMPORT_ROWS: usize = 5000;
 
-/// One row of a bulk import as sent: ids are checked here, row by row, so
-/// every bad row can be reported on its own.
+/// One row of a bulk import, its fields validated (at the edge, row by row,
+/// so every bad row can be reported on its own: a row that failed comes as
+/// its `FieldError`).
 #[derive(Debug, Clone)]
 pub struct ImportRow {
-    pub account_id: String,
-    pub user_id: String,
-    pub display_name: String,
-    /// Empty for no licence.
-    pub edition: String,
-    /// `Err` holds why the tier given is not a tier.
-    pub tier: Result<Tier, String>,
+    pub account_id: AccountId,
+    pub user_id: UserId,
+    pub display_name: DisplayName,
+    /// None for no licence.
+    pub edition: Option<String>,
+    pub tier: Tier,
+}
+
+/// Why an import, or one of its rows, is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    #[error("rows holds {0} rows; send 1 to {MAX_IMPORT_ROWS} a call")]
+    RowCount(usize),
+    #[error("user `{user}` of account `{account}` is also in row {first}; keep one row per user")]
+    Duplicate {
+        account: AccountId,
+        user: UserId,
+        first: usize,
+    },
+    /// A field of the row.
+    #[error(transparent)]
+    Field(#[from] FieldError),
 }
 
 /// What an import's valid rows did (or would do).
@@ -53,53 +65,47 @@ impl Entitlements {
     pub async fn import_users(
         &self,
         caller: &Caller,
-        rows: Vec<ImportRow>,
+        rows: Vec<Result<ImportRow, FieldError>>,
         dry_run: bool,
     ) -> Result<Imported, DomainError> {
         // The role first; the scope row by row below. A call whose rows are
         // all malformed names no account, and an account admin must still
         // get the rows' errors, not a refusal for lacking one.
         let principal = &caller.principal;
-        principal
-            .may_call(Rpc::ImportUsers)
-            .map_err(DomainError::PermissionDenied)?;
+        principal.may_call(Rpc::ImportUsers)?;
         if rows.is_empty() || rows.len() > MAX_IMPORT_ROWS {
-            return Err(DomainError::BadImport(format!(
-                "rows holds {} rows; send 1 to {MAX_IMPORT_ROWS} a call",
-                rows.len()
-            )));
+            return Err(ImportError::RowCount(rows.len()).into());
         }
         let mut errors: Vec<(usize, DomainError)> = Vec::new();
         let mut targets: Vec<(AccountId, UserId)> = Vec::new();
-        let mut target_rows: Vec<usize> = Vec::new();
-        let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut target_rows: Vec<(usize, &ImportRow)> = Vec::new();
+        let mut seen: HashMap<(&AccountId, &UserId), usize> = HashMap::new();
         for (index, row) in rows.iter().enumerate() {
-            match check_row(row) {
-                Err(e) => errors.push((index, e)),
-                Ok((account, user)) => {
-                    let key = (row.account_id.as_str(), row.user_id.as_str());
-                    if let Some(first) = seen.insert(key, index) {
-                        errors.push((
-                            index,
-                            DomainError::BadImport(format!(
-                                "user `{user}` of account `{account}` is also in row {first}; keep one row per user"
-                            )),
-                        ));
-                        continue;
-                    }
-                    // Permission is for the whole call, not row by row: one
-                    // row out of the caller's scope refuses the call.
-                    principal
-                        .scope(
-                            Rpc::ImportUsers,
-                            Some(row.account_id.as_str()),
-                            Some(row.user_id.as_str()),
-                        )
-                        .map_err(DomainError::PermissionDenied)?;
-                    targets.push((account, user));
-                    target_rows.push(index);
+            let row = match row {
+                Ok(row) => row,
+                Err(e) => {
+                    errors.push((index, ImportError::Field(e.clone()).into()));
+                    continue;
                 }
+            };
+            if let Some(first) = seen.insert((&row.account_id, &row.user_id), index) {
+                let duplicate = ImportError::Duplicate {
+                    account: row.account_id.clone(),
+                    user: row.user_id.clone(),
+                    first,
+                };
+                errors.push((index, duplicate.into()));
+                continue;
             }
+            // Permission is for the whole call, not row by row: one row out
+            // of the caller's scope refuses the call.
+            principal.scope(
+                Rpc::ImportUsers,
+                Some(row.account_id.as_str()),
+                Some(row.user_id.as_str()),
+            )?;
+            targets.push((row.account_id.clone(), row.user_id.clone()));
+            target_rows.push((index, row));
         }
 
         let now = (self.clock)();
@@ -116,8 +122,7 @@ impl Entitlements {
                 let mut mutations = Vec::new();
                 let mut activated: HashSet<AccountId> = HashSet::new();
                 let each = current.many.iter().zip(&targets).zip(&target_rows);
-                for (((account, existing), (account_id, user_id)), &index) in each {
-                    let row = &rows[index];
+                for (((account, existing), (account_id, user_id)), &(index, row)) in each {
                     let Some(account) = account else {
                         let e = DomainError::AccountNotFound(account_id.clone());
                         store_errors.push((index, row_refusal(e)?));
@@ -127,34 +132,33 @@ impl Entitlements {
                     let before = match existing {
                         Some(user) => user,
                         None => {
-                            blank = User {
-                                account_id: account.id.clone(),
-                                id: user_id.clone(),
-                                display_name: String::new(),
-                                edition: None,
-                                tier: Tier::None,
-                                revision: current.next_revision,
-                                created_at: now,
-                                updated_at: now,
-                            };
+                            blank = User::new(
+                                account.id.clone(),
+                                user_id.clone(),
+                                String::new(),
+                                current.next_revision,
+                                now,
+                            );
                             &blank
                         }
                     };
                     let change = ServicesChange {
-                        edition: Some((!row.edition.is_empty()).then(|| row.edition.clone())),
-                        tier: row.tier.clone().ok(),
+                        edition: Some(row.edition.clone()),
+                        tier: Some(row.tier),
                         expected_revision: None,
                     };
-                    let (edition, tier, _) =
-                        match plan_services(&catalogue, account, before, &change) {
-                            Ok(planned) => planned,
-                            Err(e) => {
-                                store_errors.push((index, row_refusal(e)?));
-                                continue;
-                            }
-                        };
+                    let planned = match plan_services(&catalogue, account, before, &change) {
+                        Ok(planned) => planned,
+                        Err(e) => {
+                            store_errors.push((index, row_refusal(e)?));
+                            continue;
+                        }
+                    };
+                    let display_name = row.display_name.as_str();
                     let same = existing.as_ref().is_some_and(|u| {
-                        u.display_name == row.display_name && u.edition == edition && u.tier == tier
+                        u.display_name == display_name
+                            && u.edition == planned.edition
+                            && u.tier == planned.tier
                     });
                     if same {
                         counts.unchanged += 1;
@@ -165,19 +169,15 @@ impl Entitlements {
                     } else {
                         counts.created += 1;
                     }
-                    if tier.grants_access()
-                        && account.analytics_activated_at.is_none()
-                        && activated.insert(account.id.clone())
+                    if let Some(started) = account.starting_analytics(planned.tier, now)
+                        && activated.insert(started.id.clone())
                     {
-                        mutations.push(Mutation::PutAccount(crate::domain::Account {
-                            analytics_activated_at: Some(now),
-                            ..account.clone()
-                        }));
+                        mutations.push(Mutation::PutAccount(started));
                     }
                     mutations.push(Mutation::PutUser(User {
-                        display_name: row.display_name.clone(),
-                        edition,
-                        tier,
+                        display_name: display_name.to_owned(),
+                        edition: planned.edition,
+                        tier: planned.tier,
                         revision: current.next_revision,
                         updated_at: now,
                         ..before.clone()
@@ -221,35 +221,4 @@ impl Entitlements {
 /// (none of the rules' errors) fails the whole import instead.
 fn row_refusal(e: DomainError) -> Result<Refusal, DomainError> {
     e.refusal().ok_or(e)
-}
-
-/// The checks a row needs before the store is asked.
-fn check_row(row: &ImportRow) -> Result<(AccountId, UserId), DomainError> {
-    let bad = |field: &str, value: &str, e: &dyn std::fmt::Display| {
-        let value = kept(value, MAX_KEPT_ID);
-        DomainError::BadImport(format!("{field} `{value}` {e}"))
-    };
-    let account = AccountId::try_from(row.account_id.clone())
-        .map_err(|e| bad("account_id", &row.account_id, &e))?;
-    let user =
-        UserId::try_from(row.user_id.clone()).map_err(|e| bad("user_id", &row.user_id, &e))?;
-    validate_display_name(&row.display_name).map_err(|e| {
-        bad(
-            "display_name",
-            &row.display_name.escape_debug().to_string(),
-            &e,
-        )
-    })?;
-    if let Err(e) = &row.tier {
-        return Err(DomainError::BadImport(kept(e, MAX_KEPT_REASON)));
-    }
-    let len = row.edition.chars().count();
-    if len > MAX_ID_LEN {
-        return Err(bad(
-            "edition",
-            &row.edition,
-            &format!("is {len} characters long; no catalogue name is longer than {MAX_ID_LEN}"),
-        ));
-    }
-    Ok((account, user))
 }

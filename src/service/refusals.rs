@@ -83,7 +83,9 @@ fn refill(bucket: &Bucket, now: Instant) -> u64 {
 
 impl Entitlements {
     /// Records a refused write in the audit trail (the gRPC layer calls this
-    /// for every write RPC that fails, whatever the reason). `account` and
+    /// from one place, `Api::audited_with`, for every write RPC that fails,
+    /// whatever the reason, and for an import that answers OK with its rows
+    /// refused). `account` and
     /// `user` are as the caller sent them. Returns false when the token's
     /// refusals are over their rate and this one was only counted.
     ///

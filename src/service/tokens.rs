@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::{Caller, DomainError, Entitlements, authorize};
 use crate::{
-    domain::{AccountId, Actor, Principal, Role, Rpc, Token, UserId, Via, validate_display_name},
+    domain::{AccountId, Actor, DisplayName, Principal, Role, Rpc, Token, UserId, Via},
     store::{Decided, Mutation, Target, WriteContext},
 };
 
@@ -24,12 +24,25 @@ pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
 /// What a new token is for.
 #[derive(Debug, Clone)]
 pub struct TokenSpec {
-    pub name: String,
+    pub name: DisplayName,
     pub role: Role,
     /// Required for, and only for, `account-admin`.
     pub account: Option<AccountId>,
     /// An admin's own user (optional; only for `account-admin`).
     pub user: Option<UserId>,
+}
+
+/// Why a token cannot be made as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenSpecError {
+    #[error("name is required: say who or what will hold the token")]
+    NameRequired,
+    #[error("role `account-admin` needs account_id: the one account it administers")]
+    AccountRequired,
+    #[error(
+        "account_id and user_id are only for role `account-admin`, not `{0}`; leave them empty"
+    )]
+    NotForRole(Role),
 }
 
 /// A token just made, with the secret to hand to its holder once.
@@ -63,7 +76,7 @@ impl Entitlements {
             unauthenticated("the token is malformed; send it exactly as it was issued")
         })?;
         let digest = sha256(bearer);
-        self.store().read(|view| {
+        self.store.read(|view| {
             let entry = view
                 .token(id)
                 .filter(|t| bool::from(t.token.secret_sha256.ct_eq(&digest)))
@@ -85,28 +98,16 @@ impl Entitlements {
         spec: TokenSpec,
     ) -> Result<NewToken, DomainError> {
         authorize(caller, Rpc::CreateToken, None, None)?;
-        let name = spec.name.trim();
+        // The name was checked as a name at the edge; a token also needs
+        // one that says something.
+        let name = spec.name.as_str().trim();
         if name.is_empty() {
-            return Err(DomainError::InvalidToken(
-                "name is required: say who or what will hold the token".to_owned(),
-            ));
+            return Err(TokenSpecError::NameRequired.into());
         }
-        validate_display_name(name).map_err(|e| {
-            DomainError::InvalidToken(format!("name `{}` {e}", name.escape_debug()))
-        })?;
         match (spec.role, &spec.account, &spec.user) {
-            (Role::AccountAdmin, None, _) => {
-                return Err(DomainError::InvalidToken(
-                    "role `account-admin` needs account_id: the one account it administers"
-                        .to_owned(),
-                ));
-            }
+            (Role::AccountAdmin, None, _) => return Err(TokenSpecError::AccountRequired.into()),
             (Role::AccountAdmin, Some(_), _) | (_, None, None) => {}
-            (role, _, _) => {
-                return Err(DomainError::InvalidToken(format!(
-                    "account_id and user_id are only for role `account-admin`, not `{role}`; leave them empty"
-                )));
-            }
+            (role, _, _) => return Err(TokenSpecError::NotForRole(role).into()),
         }
         let (token, secret) = generate(
             name.to_owned(),
@@ -124,14 +125,15 @@ impl Entitlements {
         let target = spec.account.clone().map_or(Target::None, Target::Account);
         let request_id = caller.request.as_ref().map(|r| r.id.clone());
         let written = self
-            .store()
+            .store
             .write(&target, ctx, move |current| {
-                if let Some(account) = spec.account
+                if let Some(account) = &spec.account
                     && current.account.is_none()
                 {
-                    return Err(DomainError::AccountNotFound(account));
+                    return Err(DomainError::AccountNotFound(account.clone()));
                 }
-                let mut decided = Decided::new(vec![Mutation::PutToken(token.clone())], token);
+                let mut decided =
+                    Decided::new(vec![Mutation::PutToken(token.clone())], token.clone());
                 decided.details.push(format!(
                     "created token `{}` `{}` with role `{}`",
                     decided.output.id, decided.output.name, decided.output.role
@@ -154,7 +156,7 @@ impl Entitlements {
 
     pub fn list_tokens(&self, caller: &Caller) -> Result<Vec<Token>, DomainError> {
         authorize(caller, Rpc::ListTokens, None, None)?;
-        Ok(self.store().read(|v| v.tokens()))
+        Ok(self.store.read(|v| v.tokens()))
     }
 
     /// Revokes a token; it is refused from the very next call. Revoking a
@@ -167,9 +169,11 @@ impl Entitlements {
         authorize(caller, Rpc::RevokeToken, None, None)?;
         let now = (self.clock)();
         let ctx = self.context(caller, Rpc::RevokeToken, "", "");
-        self.store()
+        self.store
             .write(&Target::Token(id.clone()), ctx, move |current| {
-                let token = current.token.ok_or(DomainError::TokenNotFound(id))?;
+                let token = current
+                    .token
+                    .ok_or_else(|| DomainError::TokenNotFound(id.clone()))?;
                 if token.revoked_at.is_some() {
                     return Ok(Decided::new(vec![], token));
                 }
@@ -191,7 +195,7 @@ impl Entitlements {
     /// it to `<data_dir>/operator.token` (mode 0600). Returns the file's path
     /// when it made one; later starts make none.
     pub async fn bootstrap(&self, data_dir: &Path) -> Result<Option<PathBuf>, DomainError> {
-        if self.store().is_bootstrapped()? {
+        if self.store.is_bootstrapped()? {
             return Ok(None);
         }
         let now = (self.clock)();
@@ -221,14 +225,17 @@ impl Entitlements {
             user_id: String::new(),
             request: None,
         };
-        self.store()
+        self.store
             .write::<_, DomainError>(&Target::None, ctx, move |_| {
                 let details = vec![format!(
                     "created token `{}` `{}` with role `operator`",
                     token.id, token.name
                 )];
                 Ok(Decided {
-                    mutations: vec![Mutation::PutToken(token), Mutation::MarkBootstrapped],
+                    mutations: vec![
+                        Mutation::PutToken(token.clone()),
+                        Mutation::MarkBootstrapped,
+                    ],
                     output: (),
                     details,
                 })
@@ -254,7 +261,7 @@ fn generate(
     let mut secret_bytes = [0u8; 32];
     getrandom::fill(&mut id_bytes)
         .and_then(|()| getrandom::fill(&mut secret_bytes))
-        .map_err(|e| DomainError::Bootstrap(format!("no secure random numbers: {e}")))?;
+        .map_err(DomainError::NoRandomness)?;
     let id: String = std::iter::once("tok_".to_owned())
         .chain(id_bytes.iter().map(|b| format!("{b:02x}")))
         .collect();

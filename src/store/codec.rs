@@ -1,15 +1,24 @@
-//! On-disk encoding: keys are the ids' bytes (`account` and
-//! `account/user`; `/` cannot occur in an id), values a format version byte
-//! followed by the record in postcard, counters big-endian `u64`.
+//! The encoding of one record, whatever holds it: a format version byte
+//! followed by the record in postcard. sled stores records so
+//! (`store/sled/keys.rs` has its keys), and so does a backup file. Also the
+//! names of the record kinds, as errors and backups name them.
 
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
-use crate::domain::{
-    AccountId, Actor, AuditRecord, Outcome, Refusal, Role, Rpc, UserId, UserState, Via,
-};
+use crate::domain::{Actor, AuditRecord, Outcome, Refusal, Role, Rpc, UserState, Via};
+
+pub const ACCOUNTS: &str = "accounts";
+pub const USERS: &str = "users";
+/// The counters (revision, audit sequence, bootstrapped).
+pub const META: &str = "meta";
+pub const TOKENS: &str = "tokens";
+/// Audit records, by sequence number.
+pub const AUDIT: &str = "audit";
+/// The first answers to request ids, for safe retries.
+pub const REQUESTS: &str = "requests";
 
 const FORMAT_V1: u8 = 1;
 /// Request records that can hold a refusal (`RequestRecord`); format 1
@@ -54,20 +63,20 @@ pub fn encode_audit(record: &AuditRecord) -> Result<Vec<u8>, StoreError> {
 
 /// An audit record of either format.
 pub fn decode_audit(
-    tree: &'static str,
+    kind: &'static str,
     key: &[u8],
     value: &[u8],
 ) -> Result<AuditRecord, StoreError> {
     match value.split_first() {
         Some((&FORMAT_AUDIT_V2, body)) => {
             postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
-                tree,
+                kind,
                 key: String::from_utf8_lossy(key).into_owned(),
                 reason: e.to_string(),
             })
         }
         _ => {
-            let old: AuditRecordV1 = decode(tree, key, value)?;
+            let old: AuditRecordV1 = decode(kind, key, value)?;
             Ok(AuditRecord {
                 seq: old.seq,
                 revision: old.revision,
@@ -91,7 +100,7 @@ pub fn decode_audit(
 }
 
 /// The first answer to a request id: the encoded output, or the refusal.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RequestRecord {
     pub fingerprint: [u8; 32],
     pub at: SystemTime,
@@ -119,18 +128,18 @@ pub fn encode_request(record: &RequestRecord) -> Result<Vec<u8>, StoreError> {
 
 /// A request record of either format.
 pub fn decode_request(
-    tree: &'static str,
+    kind: &'static str,
     key: &[u8],
     value: &[u8],
 ) -> Result<RequestRecord, StoreError> {
     match value.split_first() {
         Some((&FORMAT_V2, body)) => postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
-            tree,
+            kind,
             key: String::from_utf8_lossy(key).into_owned(),
             reason: e.to_string(),
         }),
         _ => {
-            let old: RequestRecordV1 = decode(tree, key, value)?;
+            let old: RequestRecordV1 = decode(kind, key, value)?;
             Ok(RequestRecord {
                 fingerprint: old.fingerprint,
                 at: old.at,
@@ -139,18 +148,6 @@ pub fn decode_request(
             })
         }
     }
-}
-
-pub fn account_key(id: &AccountId) -> Vec<u8> {
-    id.as_str().as_bytes().to_vec()
-}
-
-pub fn user_key(account: &AccountId, user: &UserId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(account.as_str().len() + 1 + user.as_str().len());
-    key.extend_from_slice(account.as_str().as_bytes());
-    key.push(b'/');
-    key.extend_from_slice(user.as_str().as_bytes());
-    key
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
@@ -162,12 +159,12 @@ pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 pub fn decode<T: DeserializeOwned>(
-    tree: &'static str,
+    kind: &'static str,
     key: &[u8],
     value: &[u8],
 ) -> Result<T, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
-        tree,
+        kind,
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
     };
@@ -179,29 +176,13 @@ pub fn decode<T: DeserializeOwned>(
 }
 
 /// A big-endian `u64` (revisions, sequence numbers).
-pub fn decode_counter(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
+pub fn decode_counter(kind: &'static str, key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
-        tree,
+        kind,
         key: String::from_utf8_lossy(key).into_owned(),
         reason: format!("expected 8 bytes, found {}", bytes.len()),
     })?;
     Ok(u64::from_be_bytes(arr))
-}
-
-/// `token_id NUL request_id`: token ids never hold a NUL.
-pub fn request_key(token_id: &str, request_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(token_id.len() + 1 + request_id.len());
-    key.extend_from_slice(token_id.as_bytes());
-    key.push(0);
-    key.extend_from_slice(request_id.as_bytes());
-    key
-}
-
-/// `account/`: followed by a big-endian sequence number in the index.
-pub fn audit_account_prefix(account: &str) -> Vec<u8> {
-    let mut key = account.as_bytes().to_vec();
-    key.push(b'/');
-    key
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! The in-memory view of everything durable, which serves all reads.
+//! The in-memory view of everything durable, which serves all reads:
+//! loaded from a backend's records at open, then changed only by
+//! publication (`publish.rs`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -7,7 +9,7 @@ use std::{
     time::SystemTime,
 };
 
-use super::{ACCOUNTS, Mutation, StoreError, TOKENS, USERS, codec};
+use super::{Mutation, StoreError, codec::USERS};
 use crate::domain::{Account, AccountId, Principal, Tier, Token, User, UserId};
 
 /// Accounts and users as of `revision`.
@@ -80,24 +82,24 @@ pub struct UserServices<'a> {
 }
 
 impl View {
-    pub(super) fn load(
-        accounts: &sled::Tree,
-        users: &sled::Tree,
-        tokens: &sled::Tree,
+    /// The view of these records, as of `revision`. Every user's account
+    /// must be among `accounts`.
+    pub(crate) fn load(
         revision: u64,
+        tokens: impl IntoIterator<Item = Result<Token, StoreError>>,
+        accounts: impl IntoIterator<Item = Result<Account, StoreError>>,
+        users: impl IntoIterator<Item = Result<User, StoreError>>,
     ) -> Result<Self, StoreError> {
         let mut view = View {
             revision,
             ..View::default()
         };
-        for item in tokens.iter() {
-            let (key, value) = item?;
-            let token: Token = codec::decode(TOKENS, &key, &value)?;
+        for token in tokens {
+            let token = token?;
             view.tokens.insert(token.id.clone(), token.into());
         }
-        for item in accounts.iter() {
-            let (key, value) = item?;
-            let account: Account = codec::decode(ACCOUNTS, &key, &value)?;
+        for account in accounts {
+            let account = account?;
             view.accounts.insert(
                 account.id.clone(),
                 AccountEntry {
@@ -106,13 +108,12 @@ impl View {
                 },
             );
         }
-        for item in users.iter() {
-            let (key, value) = item?;
-            let user: User = codec::decode(USERS, &key, &value)?;
+        for user in users {
+            let user = user?;
             if !view.accounts.contains_key(user.account_id.as_str()) {
                 return Err(StoreError::Corrupt {
-                    tree: USERS,
-                    key: String::from_utf8_lossy(&key).into_owned(),
+                    kind: USERS,
+                    key: format!("{}/{}", user.account_id, user.id),
                     reason: format!("its account `{}` does not exist", user.account_id),
                 });
             }
@@ -145,7 +146,7 @@ impl View {
         }
     }
 
-    pub(super) fn apply(&mut self, revision: u64, mutations: Vec<Mutation>) {
+    pub(crate) fn apply(&mut self, revision: u64, mutations: Vec<Mutation>) {
         for m in mutations {
             match m {
                 Mutation::PutAccount(account) => match self.accounts.get_mut(account.id.as_str()) {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{CsrfForm, Posted, Signed, failure, page, sentence};
 use crate::console::{
     Console,
-    service::{DomainError, account_id, validate_display_name},
+    service::{DomainError, account_id, display_name},
     templates::{accounts, href},
 };
 
@@ -111,18 +111,17 @@ pub async fn create(
             None
         }
     };
-    if let Err(e) = validate_display_name(&kept.display_name) {
-        kept.name_error = Some(sentence(&format!("display name {e}")));
-    }
-    if let (Some(id), None) = (&id, &kept.name_error) {
+    let typed = match display_name(&kept.display_name) {
+        Ok(typed) => Some(typed),
+        Err(e) => {
+            kept.name_error = Some(sentence(&format!("display name {e}")));
+            None
+        }
+    };
+    if let (Some(id), Some(typed)) = (&id, typed) {
         let created = console
             .service()
-            .create_account(
-                &signed.caller,
-                id,
-                kept.display_name.clone(),
-                kept.product_line.clone(),
-            )
+            .create_account(&signed.caller, id, typed, kept.product_line.clone())
             .await;
         match created {
             Ok(_) => return Redirect::to(&href::users(id, "", None)).into_response(),

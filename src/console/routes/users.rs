@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{CsrfForm, Posted, Signed, account_of, failure, page, sentence, user_of};
 use crate::console::{
     Console,
-    service::{Service, user_id, validate_display_name},
+    service::{Service, display_name, user_id},
     templates::{href, users},
 };
 
@@ -134,14 +134,11 @@ pub async fn rename(
     };
     let svc = console.service();
     let name = form.display_name.trim().to_owned();
-    let result = match validate_display_name(&name) {
+    let result = match display_name(&name) {
         Err(e) => Err(sentence(&format!("display name {e}"))),
-        Ok(()) => match svc.user(&signed.caller, &account, &user) {
+        Ok(typed) => match svc.user(&signed.caller, &account, &user) {
             Err(e) => return failure(&signed, Some(&account), &e),
-            Ok(_) => match svc
-                .put_user(&signed.caller, &account, &user, name.clone())
-                .await
-            {
+            Ok(_) => match svc.put_user(&signed.caller, &account, &user, typed).await {
                 Ok(_) => Ok(()),
                 Err(e) => return failure(&signed, Some(&account), &e),
             },
@@ -232,20 +229,21 @@ pub async fn add(
             None
         }
     };
-    if let Err(e) = validate_display_name(name) {
-        name_error = Some(sentence(&format!("display name {e}")));
-    }
-    if let (Some(user), None) = (&user, &name_error) {
+    let typed = match display_name(name) {
+        Ok(typed) => Some(typed),
+        Err(e) => {
+            name_error = Some(sentence(&format!("display name {e}")));
+            None
+        }
+    };
+    if let (Some(user), Some(typed)) = (&user, typed) {
         let exists = svc.user(&signed.caller, &account, user).is_ok();
         if exists {
             id_error = Some(format!(
                 "A user with ID {user} already exists in this account"
             ));
         } else {
-            match svc
-                .put_user(&signed.caller, &account, user, name.to_owned())
-                .await
-            {
+            match svc.put_user(&signed.caller, &account, user, typed).await {
                 Ok(_) => {
                     return Redirect::to(&format!("{}?done=added", href::user(&account, user)))
                         .into_response();

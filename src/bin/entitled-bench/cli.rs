@@ -1,0 +1,102 @@
+//! The command line: the run's flags, and the hidden roles of the child
+//! processes the run starts.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "entitled-bench",
+    about = "Load generator: entitled against a baseline tonic server",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub role: Option<Role>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// Users loaded for the throughput and latency runs.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    /// Users loaded for the large-store figures (memory, restart, throughput
+    /// at scale); 0 skips them.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub big_users: usize,
+    /// Users per account.
+    #[arg(long, default_value_t = 100)]
+    pub users_per_account: usize,
+    /// Concurrency levels (calls in flight) for the check runs.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub concurrency: Vec<usize>,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Measured time of each run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub duration: Duration,
+    /// Rounds of each check figure (baseline and entitled alternate); the
+    /// median round is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Unmeasured time before each run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    /// Items per BatchCheckAnalyticsAccess.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Batches in flight.
+    #[arg(long, default_value_t = 4)]
+    pub batch_concurrency: usize,
+    /// Concurrent clients for the durable UpdateUserServices run.
+    #[arg(long, default_value_t = 64)]
+    pub write_clients: usize,
+    /// Core the servers are pinned to.
+    #[arg(long, default_value_t = 0)]
+    pub server_core: usize,
+    /// Core the load generator is pinned to.
+    #[arg(long, default_value_t = 1)]
+    pub client_core: usize,
+    /// Do not pin (no `taskset`).
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Role {
+    /// (internal) Writes a store of N users into DIR.
+    #[command(hide = true)]
+    Load {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        users: usize,
+        #[arg(long)]
+        users_per_account: usize,
+    },
+    /// (internal) Serves until SIGTERM or until stdin closes; logs
+    /// `serving addr=ADDR` on stderr when bound.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long, value_enum)]
+        kind: Kind,
+        /// entitled: the data directory; baseline: unused.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// baseline: the users its map holds.
+        #[arg(long, default_value_t = 0)]
+        users: usize,
+        #[arg(long, default_value_t = 100)]
+        users_per_account: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Kind {
+    Baseline,
+    Entitled,
+}

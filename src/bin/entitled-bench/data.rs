@@ -1,0 +1,96 @@
+//! The data set both servers hold, and the `load` child that writes it into
+//! a store.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant, SystemTime},
+};
+
+use entitled::{
+    domain::{Account, AccountId, Tier, User, UserId},
+    store::Store,
+};
+
+use crate::BoxError;
+
+pub fn account_name(a: usize) -> String {
+    format!("acct{a}")
+}
+
+pub fn user_name(u: usize) -> String {
+    format!("user{u}")
+}
+
+/// User `i`'s account, and its services: a quarter each X8 Supervisor, X4
+/// Supervisor, X2 Essentials, and X1 without analytics.
+pub fn services(i: usize) -> (&'static str, Tier) {
+    match i % 4 {
+        0 => ("X8", Tier::Supervisor),
+        1 => ("X4", Tier::Supervisor),
+        2 => ("X2", Tier::Essentials),
+        _ => ("X1", Tier::None),
+    }
+}
+
+/// The X8 Supervisor users among the first `users` (see `services`): the
+/// ones the write runs flip between Essentials and Supervisor.
+pub fn x8_users(users: usize) -> Vec<usize> {
+    (0..users).step_by(4).collect()
+}
+
+/// The `load` child: writes `users` users into a store at `dir` with the
+/// store's bulk import, which bypasses the RPCs and the catalogue's rules
+/// (the records are valid by construction).
+pub fn load(dir: &Path, users: usize, per_account: usize) -> Result<(), BoxError> {
+    std::fs::create_dir_all(dir)?;
+    let store = Store::open(dir)?;
+    let now = SystemTime::now();
+    // Activated long ago, so historical reports are available.
+    let activated = now - Duration::from_secs(30 * 24 * 3600);
+    let accounts_n = users.div_ceil(per_account.max(1));
+    let accounts = (0..accounts_n)
+        .map(|a| {
+            Ok(Account {
+                id: AccountId::try_from(account_name(a))?,
+                display_name: format!("Account {a}"),
+                product_line: "work".to_owned(),
+                created_at: activated,
+                analytics_activated_at: Some(activated),
+            })
+        })
+        .collect::<Result<Vec<_>, BoxError>>()?;
+    let records = (0..users)
+        .map(|i| {
+            let (edition, tier) = services(i);
+            Ok(User {
+                account_id: AccountId::try_from(account_name(i / per_account.max(1)))?,
+                id: UserId::try_from(user_name(i))?,
+                display_name: format!("User {i}"),
+                edition: Some(edition.to_owned()),
+                tier,
+                revision: 0,
+                created_at: activated,
+                updated_at: activated,
+            })
+        })
+        .collect::<Result<Vec<_>, BoxError>>()?;
+    store.import(accounts, records)?;
+    Ok(())
+}
+
+/// Runs the `load` child for `users` users into `dir`; how long it took.
+pub fn load_store(dir: &Path, users: usize, per_account: usize) -> Result<Duration, BoxError> {
+    let started = Instant::now();
+    let status = Command::new(std::env::current_exe()?)
+        .arg("load")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--users", &users.to_string()])
+        .args(["--users-per-account", &per_account.to_string()])
+        .status()?;
+    if !status.success() {
+        return Err(format!("loading {users} users failed: {status}").into());
+    }
+    Ok(started.elapsed())
+}

@@ -1,0 +1,335 @@
+//! The load drivers: the same client loop drives each server, over the same
+//! connections, concurrency and sequence of users.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use entitled::proto::v1::{
+    self as pb, access_service_client::AccessServiceClient,
+    provisioning_service_client::ProvisioningServiceClient,
+};
+use tonic::{Status, transport::Channel};
+
+use crate::{
+    BoxError,
+    cli::RunArgs,
+    data::{account_name, user_name, x8_users},
+    proto::{self as bpb, baseline_service_client::BaselineServiceClient},
+    servers::{ServerProcess, connect},
+    stats::{Stats, WatchRun, cpu_time},
+};
+
+/// A tiny deterministic generator (xorshift) so both servers see the same
+/// sequence of users.
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn pick(users: usize, per_account: usize, seed: &mut u64) -> (String, String) {
+    let i = (next_rand(seed) % users as u64) as usize;
+    (account_name(i / per_account.max(1)), user_name(i))
+}
+
+/// The generator's state for call `k` of task `task`.
+fn seed(task: usize, k: u64) -> u64 {
+    let base = 0x9E37_79B9_7F4A_7C15 ^ ((task as u64 + 1) << 20);
+    base.wrapping_add(k.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1
+}
+
+/// UpdateUserServices for user `i` on its `pass`-th pass over the X8 users:
+/// the first lowers it to Essentials, the next raises it back, and so on,
+/// so every call is a real write.
+fn flip(i: usize, per_account: usize, pass: usize) -> pb::UpdateUserServicesRequest {
+    let tier = if pass.is_multiple_of(2) {
+        pb::AnalyticsTier::Essentials
+    } else {
+        pb::AnalyticsTier::Supervisor
+    };
+    pb::UpdateUserServicesRequest {
+        account_id: account_name(i / per_account.max(1)),
+        user_id: user_name(i),
+        edition: None,
+        analytics_tier: Some(tier as i32),
+        expected_revision: None,
+        request_id: String::new(),
+    }
+}
+
+async fn channels(addr: SocketAddr, n: usize) -> Result<Vec<Channel>, BoxError> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        out.push(connect(addr).await?);
+    }
+    Ok(out)
+}
+
+/// Runs `concurrency` loops of `call` against `server`, spread over
+/// `--connections` connections, for `--warmup` then `--duration`; `call`
+/// gets the channel, its task and its call number, and returns how many
+/// items it did (1 for a check).
+async fn drive<F, Fut>(
+    args: &RunArgs,
+    server: &ServerProcess,
+    concurrency: usize,
+    call: F,
+) -> Result<Stats, BoxError>
+where
+    F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<u64, Status>> + Send,
+{
+    let channels = channels(server.addr, args.connections).await?;
+    let (pid, duration) = (server.id(), args.duration);
+    let start = Instant::now() + args.warmup;
+    let end = start + duration;
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        let before = cpu_time(pid);
+        tokio::time::sleep_until(end.into()).await;
+        Some(cpu_time(pid)?.saturating_sub(before?))
+    });
+    let mut tasks = Vec::with_capacity(concurrency);
+    for t in 0..concurrency {
+        let channel = channels[t % channels.len()].clone();
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            let mut k = 0u64;
+            loop {
+                let before = Instant::now();
+                if before >= end {
+                    break;
+                }
+                let result = call(channel.clone(), t, k).await;
+                k += 1;
+                if before < start {
+                    continue;
+                }
+                let after = Instant::now();
+                match result {
+                    Ok(items) => {
+                        stats.calls += 1;
+                        stats.items += items;
+                        stats
+                            .latencies
+                            .push(u64::try_from((after - before).as_nanos()).unwrap_or(u64::MAX));
+                    }
+                    Err(_) => stats.errors += 1,
+                }
+            }
+            stats
+        }));
+    }
+    let mut total = Stats::default();
+    for task in tasks {
+        let s = task.await?;
+        total.calls += s.calls;
+        total.items += s.items;
+        total.errors += s.errors;
+        total.latencies.extend(s.latencies);
+    }
+    total.elapsed = duration;
+    total.server_cpu = cpu.await?;
+    total.latencies.sort_unstable();
+    if total.errors > 0 {
+        eprintln!("  warning: {} calls failed", total.errors);
+    }
+    Ok(total)
+}
+
+pub async fn baseline_checks(
+    args: &RunArgs,
+    server: &ServerProcess,
+    concurrency: usize,
+) -> Result<Stats, BoxError> {
+    let (users, per) = (args.users, args.users_per_account);
+    drive(args, server, concurrency, move |ch, task, k| async move {
+        let mut s = seed(task, k);
+        let (account_id, user_id) = pick(users, per, &mut s);
+        BaselineServiceClient::new(ch)
+            .lookup(bpb::LookupRequest {
+                account_id,
+                user_id,
+            })
+            .await
+            .map(|_| 1)
+    })
+    .await
+}
+
+pub async fn entitled_checks(
+    args: &RunArgs,
+    server: &ServerProcess,
+    users: usize,
+    concurrency: usize,
+) -> Result<Stats, BoxError> {
+    let per = args.users_per_account;
+    let bearer = server.bearer.clone();
+    drive(args, server, concurrency, move |ch, task, k| {
+        let bearer = bearer.clone();
+        async move {
+            let mut s = seed(task, k);
+            let (account_id, user_id) = pick(users, per, &mut s);
+            AccessServiceClient::with_interceptor(ch, bearer)
+                .check_analytics_access(pb::CheckAnalyticsAccessRequest {
+                    account_id,
+                    user_id,
+                    min_revision: 0,
+                })
+                .await
+                .map(|_| 1)
+        }
+    })
+    .await
+}
+
+pub async fn entitled_batches(args: &RunArgs, server: &ServerProcess) -> Result<Stats, BoxError> {
+    let (users, per, size) = (args.users, args.users_per_account, args.batch_size);
+    let bearer = server.bearer.clone();
+    drive(args, server, args.batch_concurrency, move |ch, task, k| {
+        let bearer = bearer.clone();
+        async move {
+            let mut s = seed(task, k);
+            let items = (0..size)
+                .map(|_| {
+                    let (account_id, user_id) = pick(users, per, &mut s);
+                    pb::CheckItem {
+                        account_id,
+                        user_id,
+                    }
+                })
+                .collect();
+            AccessServiceClient::with_interceptor(ch, bearer)
+                .batch_check_analytics_access(pb::BatchCheckAnalyticsAccessRequest {
+                    items,
+                    min_revision: 0,
+                })
+                .await
+                .map(|r| r.into_inner().results.len() as u64)
+        }
+    })
+    .await
+}
+
+/// Durable UpdateUserServices from `write_clients` clients, each on its own
+/// X8 users, alternating Essentials and Supervisor so every call writes.
+pub async fn entitled_writes(args: &RunArgs, server: &ServerProcess) -> Result<Stats, BoxError> {
+    let clients = args.write_clients.max(1);
+    let per = args.users_per_account;
+    // Dealt out to the clients.
+    let x8 = Arc::new(x8_users(args.users));
+    let bearer = server.bearer.clone();
+    if x8.len() < clients {
+        return Err("too few users for the write clients; raise --users".into());
+    }
+    drive(args, server, clients, move |ch, task, k| {
+        let x8 = Arc::clone(&x8);
+        let bearer = bearer.clone();
+        async move {
+            let mine = x8.len() / clients;
+            let slot = (k as usize) % mine;
+            let i = x8[task + slot * clients];
+            ProvisioningServiceClient::with_interceptor(ch, bearer)
+                .update_user_services(flip(i, per, k as usize / mine))
+                .await
+                .map(|_| 1)
+        }
+    })
+    .await
+}
+
+/// Watches every change while `rate` writes a second (UpdateUserServices
+/// on X8 users, alternating tiers) run for `--duration`; for each write,
+/// the time from sending it to its change arriving on the watch.
+pub async fn watch_latency(
+    args: &RunArgs,
+    server: &ServerProcess,
+    rate: u64,
+) -> Result<WatchRun, BoxError> {
+    let channel = connect(server.addr).await?;
+    let bearer = server.bearer.clone();
+    let mut access = AccessServiceClient::with_interceptor(channel.clone(), bearer.clone());
+    let start = access
+        .check_analytics_access(pb::CheckAnalyticsAccessRequest {
+            account_id: account_name(0),
+            user_id: user_name(0),
+            min_revision: 0,
+        })
+        .await?
+        .into_inner()
+        .revision;
+    let mut stream = access
+        .watch_entitlements(pb::WatchEntitlementsRequest {
+            account_id: String::new(),
+            after_revision: start,
+        })
+        .await?
+        .into_inner();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(message)) = stream.message().await {
+            if let Some(pb::watch_entitlements_response::Event::Change(c)) = message.event
+                && seen_tx.send((c.revision, Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let per = args.users_per_account;
+    let x8 = x8_users(args.users);
+    let total = rate * args.duration.as_secs().max(1);
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let began = Instant::now();
+    let mut writers = Vec::new();
+    for k in 0..total as usize {
+        ticker.tick().await;
+        let request = flip(x8[k % x8.len()], per, k / x8.len());
+        let mut client =
+            ProvisioningServiceClient::with_interceptor(channel.clone(), bearer.clone());
+        let sent_tx = sent_tx.clone();
+        writers.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            if let Ok(reply) = client.update_user_services(request).await {
+                let _ = sent_tx.send((reply.into_inner().revision, sent));
+            }
+        }));
+    }
+    for w in writers {
+        w.await?;
+    }
+    let elapsed = began.elapsed();
+    drop(sent_tx);
+    let mut sent: HashMap<u64, Instant> = HashMap::new();
+    while let Some((revision, at)) = sent_rx.recv().await {
+        sent.insert(revision, at);
+    }
+    let mut latencies = Vec::with_capacity(sent.len());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while latencies.len() < sent.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, seen_rx.recv()).await {
+            Ok(Some((revision, at))) => {
+                if let Some(sent_at) = sent.get(&revision) {
+                    latencies.push(at.saturating_duration_since(*sent_at).as_nanos() as u64);
+                }
+            }
+            _ => break,
+        }
+    }
+    reader.abort();
+    latencies.sort_unstable();
+    Ok(WatchRun {
+        writes: sent.len() as u64,
+        elapsed,
+        latencies,
+    })
+}

@@ -1,0 +1,64 @@
+//! `entitled-bench`: the load generator. In one run it measures a baseline
+//! tonic server (one unary RPC answered from an in-memory map: the floor of
+//! what a gRPC call costs here) and `entitled` loaded with N users, with the
+//! same client, concurrency and connections, and prints the table.
+//!
+//! Each server runs in a child process of this binary (`serve`), pinned with
+//! `taskset -c SERVER_CORE`; the load generator pins itself to
+//! `CLIENT_CORE`. Users are written by `load` (another child) through the
+//! store's bulk import, which bypasses the RPCs and the catalogue's rules
+//! (the records it writes are valid by construction); every figure is then
+//! measured through gRPC. Benchmarks print figures; nothing here asserts a
+//! time.
+//!
+//! Built only with the `bench` feature. By job: `cli` (flags and the
+//! children's roles), `data` (the data set and the `load` child), `servers`
+//! (the `serve` child and the handle on it), `drivers` (the client loops),
+//! `stats` (what a run measured), `report` (the tables), `run` (the order of
+//! it all). Its server processes are handled by the tests' `child.rs`, not
+//! a copy of it.
+
+#[allow(dead_code, reason = "the tests use what the bench does not")]
+#[path = "../../../tests/common/child.rs"]
+mod child;
+mod cli;
+mod data;
+mod drivers;
+mod proto;
+mod report;
+mod run;
+mod servers;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Role};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.role {
+        Some(Role::Load {
+            dir,
+            users,
+            users_per_account,
+        }) => data::load(&dir, users, users_per_account),
+        Some(Role::Serve {
+            kind,
+            dir,
+            users,
+            users_per_account,
+        }) => servers::serve(kind, dir, users, users_per_account),
+        None => run::orchestrate(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The run: pinning, then each server started, driven in alternating rounds
+//! and stopped, in the order the report lists the figures.
+
+use std::process::{Command, Stdio};
+
+use crate::{
+    BoxError,
+    cli::RunArgs,
+    data::load_store,
+    drivers::{baseline_checks, entitled_batches, entitled_checks, entitled_writes, watch_latency},
+    report::{self, detail_row},
+    servers::ServerProcess,
+    stats::median,
+};
+
+pub fn orchestrate(args: RunArgs) -> Result<(), BoxError> {
+    let pin = !args.no_pin;
+    if pin {
+        pin_self(args.client_core)?;
+    }
+    let server_pin = pin.then_some(args.server_core);
+    // Built after pinning, so its workers inherit the client core.
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(args, server_pin))
+}
+
+fn pin_self(core: usize) -> Result<(), BoxError> {
+    let status = Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &core.to_string(),
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| {
+            format!(
+                "cannot run `taskset` ({e}); install util-linux, or pass --no-pin to run unpinned"
+            )
+        })?;
+    if !status.success() {
+        return Err(format!("taskset could not pin the load generator to core {core}").into());
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
+    let tmp = tempfile::tempdir()?;
+    // Other work on the machine skews every figure; the run says how much
+    // there was.
+    let load_before = report::load_average();
+    eprintln!(
+        "entitled-bench: {} users ({} per account), concurrency {:?}, {} connections, {} × {:?} per figure after {:?} warm-up, {}",
+        args.users,
+        args.users_per_account,
+        args.concurrency,
+        args.connections,
+        args.repeat,
+        args.duration,
+        args.warmup,
+        match server_pin {
+            Some(core) => format!(
+                "servers on core {core}, load generator on core {}",
+                args.client_core
+            ),
+            None => "unpinned".to_owned(),
+        }
+    );
+    let mut rows = Vec::new();
+    let mut detail = Vec::new();
+
+    // (a) the baseline and (b) entitled with N users, both up; their runs
+    // alternate so that noise from elsewhere on the machine hits both.
+    let baseline = ServerProcess::baseline(server_pin, args.users, args.users_per_account).await?;
+    let small_dir = tmp.path().join("small");
+    let load_time = load_store(&small_dir, args.users, args.users_per_account)?;
+    eprintln!("entitled: {} users loaded in {load_time:?}", args.users);
+    let small = ServerProcess::entitled(server_pin, &small_dir).await?;
+    let small_rss = small.rss_mib();
+    let mut small_top = None;
+    for &c in &args.concurrency {
+        let (mut b_runs, mut e_runs) = (Vec::new(), Vec::new());
+        for rep in 1..=args.repeat.max(1) {
+            eprintln!("concurrency {c}, round {rep}: baseline, entitled");
+            b_runs.push(baseline_checks(&args, &baseline, c).await?);
+            e_runs.push(entitled_checks(&args, &small, args.users, c).await?);
+        }
+        let (b, e) = (median(b_runs), median(e_runs));
+        detail.push(detail_row("baseline Lookup", c, &b));
+        detail.push(detail_row("entitled CheckAnalyticsAccess", c, &e));
+        rows.extend(report::checks_vs_baseline(c, &b, &e));
+        small_top = Some(c);
+    }
+    baseline.stop()?;
+
+    eprintln!("entitled: batches of {}", args.batch_size);
+    let batches = entitled_batches(&args, &small).await?;
+    detail.push(detail_row(
+        &format!("entitled BatchCheck × {}", args.batch_size),
+        args.batch_concurrency,
+        &batches,
+    ));
+    rows.push(report::batches(args.batch_size, &batches));
+
+    // The large store, with its check rounds alternating with the small
+    // store's.
+    if args.big_users > 0 {
+        let big_dir = tmp.path().join("big");
+        eprintln!("entitled: loading {} users", args.big_users);
+        let load_time = load_store(&big_dir, args.big_users, args.users_per_account)?;
+        eprintln!("entitled: {} users loaded in {load_time:?}", args.big_users);
+        let big = ServerProcess::entitled(server_pin, &big_dir).await?;
+        let to_serving = big.to_serving;
+        let rss = big.rss_mib();
+        if let Some(c) = small_top {
+            let (mut small_runs, mut runs) = (Vec::new(), Vec::new());
+            for rep in 1..=args.repeat.max(1) {
+                eprintln!(
+                    "concurrency {c}, round {rep}: entitled with {} users, with {} users",
+                    args.users, args.big_users
+                );
+                small_runs.push(entitled_checks(&args, &small, args.users, c).await?);
+                runs.push(entitled_checks(&args, &big, args.big_users, c).await?);
+            }
+            let (small_s, s) = (median(small_runs), median(runs));
+            detail.push(detail_row(
+                &format!("entitled CheckAnalyticsAccess, {} users", args.users),
+                c,
+                &small_s,
+            ));
+            detail.push(detail_row(
+                &format!("entitled CheckAnalyticsAccess, {} users", args.big_users),
+                c,
+                &s,
+            ));
+            rows.push(report::big_vs_small(
+                c,
+                args.big_users,
+                &s,
+                args.users,
+                &small_s,
+            ));
+        }
+        rows.push(report::memory(args.big_users, rss, args.users, small_rss));
+        rows.push(report::restart(args.big_users, to_serving));
+        big.stop()?;
+    }
+
+    eprintln!("entitled: watch latency at 1,000 writes/s");
+    let watch = watch_latency(&args, &small, 1000).await?;
+    eprintln!("entitled: {} write clients", args.write_clients);
+    let writes = entitled_writes(&args, &small).await?;
+    detail.push(detail_row(
+        "entitled UpdateUserServices (durable)",
+        args.write_clients,
+        &writes,
+    ));
+    small.stop()?;
+
+    rows.push(report::durable_writes(args.write_clients, &writes));
+    rows.push(report::watch(&watch));
+    report::print(&load_before, &rows, &detail);
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The two servers, each in a child process of the bench (`serve`): the
+//! baseline and `entitled`, and the handle the run holds on each (started,
+//! watched and stopped by the tests' `child.rs`).
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use entitled::{
+    catalogue::Catalogue,
+    client::Bearer,
+    server::{Application, Config},
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tonic::{
+    Request, Response, Status,
+    transport::{Channel, Server, server::TcpIncoming},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::{
+    BoxError,
+    child::{SERVING, ServerChild, operator_token},
+    cli::Kind,
+    data::{account_name, services, user_name},
+    proto::{
+        self as bpb,
+        baseline_service_server::{BaselineService, BaselineServiceServer},
+    },
+};
+
+/// How long a server may take to bind: the large store is read into memory
+/// first (about 2 s for a million users on an idle machine).
+const START_WAIT: Duration = Duration::from_secs(600);
+
+struct Baseline {
+    /// account → user → the answer.
+    map: HashMap<String, HashMap<String, bpb::LookupResponse>>,
+}
+
+#[tonic::async_trait]
+impl BaselineService for Baseline {
+    async fn lookup(
+        &self,
+        request: Request<bpb::LookupRequest>,
+    ) -> Result<Response<bpb::LookupResponse>, Status> {
+        let r = request.get_ref();
+        let answer = self
+            .map
+            .get(&r.account_id)
+            .and_then(|users| users.get(&r.user_id))
+            .cloned()
+            .unwrap_or_default();
+        Ok(Response::new(answer))
+    }
+}
+
+/// The `serve` child: serves until SIGTERM, or until its stdin closes.
+pub fn serve(
+    kind: Kind,
+    dir: Option<PathBuf>,
+    users: usize,
+    per_account: usize,
+) -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let stop = stop_requested()?;
+        match kind {
+            Kind::Entitled => {
+                let dir = dir.ok_or("serve --kind entitled needs --dir")?;
+                let config = Config::new("127.0.0.1:0".parse()?, dir, Catalogue::builtin()?);
+                let app = Application::build(config).await?;
+                announce(app.local_addr());
+                app.run(stop).await?;
+            }
+            Kind::Baseline => {
+                let mut map: HashMap<String, HashMap<String, bpb::LookupResponse>> = HashMap::new();
+                for i in 0..users {
+                    let (edition, tier) = services(i);
+                    map.entry(account_name(i / per_account.max(1)))
+                        .or_default()
+                        .insert(
+                            user_name(i),
+                            bpb::LookupResponse {
+                                allowed: tier.grants_access(),
+                                edition: edition.to_owned(),
+                                revision: 1,
+                            },
+                        );
+                }
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                announce(listener.local_addr()?);
+                let (reporter, health) = tonic_health::server::health_reporter();
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+                Server::builder()
+                    .add_service(health)
+                    .add_service(BaselineServiceServer::new(Baseline { map }))
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener).with_nodelay(Some(true)),
+                        stop,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM (how the run stops a server, as an operator stops
+/// `entitled`), or when stdin closes: the parent holds its write end, so a
+/// run that dies leaves no server behind.
+fn stop_requested() -> Result<impl Future<Output = ()>, BoxError> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (closed, stdin_closed) = tokio::sync::oneshot::channel::<()>();
+    // A thread of its own, not `spawn_blocking`: the read outlives a stop
+    // by SIGTERM, and the runtime would wait for it on the way out.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        let _ = closed.send(());
+    });
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = stdin_closed => {}
+        }
+    })
+}
+
+/// Says where the server listens, in the line `entitled serve` logs.
+fn announce(addr: SocketAddr) {
+    eprintln!("{SERVING}{addr}");
+}
+
+/// A server child process; killed if dropped before `stop`.
+pub struct ServerProcess {
+    child: ServerChild,
+    pub addr: SocketAddr,
+    /// From spawning the process to health answering SERVING.
+    pub to_serving: Duration,
+    /// For entitled: the operator token its first start wrote. Every call
+    /// sends it, so the figures include authentication.
+    pub bearer: Bearer,
+}
+
+impl ServerProcess {
+    /// The baseline, holding `users` users.
+    pub async fn baseline(
+        pin: Option<usize>,
+        users: usize,
+        per_account: usize,
+    ) -> Result<Self, BoxError> {
+        let args = [
+            "--kind".to_owned(),
+            "baseline".to_owned(),
+            "--users".to_owned(),
+            users.to_string(),
+            "--users-per-account".to_owned(),
+            per_account.to_string(),
+        ];
+        Self::start(pin, &args, None).await
+    }
+
+    /// `entitled` on the store at `dir`.
+    pub async fn entitled(pin: Option<usize>, dir: &Path) -> Result<Self, BoxError> {
+        let args = [
+            "--kind".to_owned(),
+            "entitled".to_owned(),
+            "--dir".to_owned(),
+            dir.display().to_string(),
+        ];
+        Self::start(pin, &args, Some(dir)).await
+    }
+
+    /// Starts `serve ARGS` (under `taskset -c CORE` when pinned) and waits
+    /// for health to answer SERVING; `data_dir` holds its operator token.
+    async fn start(
+        pin: Option<usize>,
+        args: &[String],
+        data_dir: Option<&Path>,
+    ) -> Result<Self, BoxError> {
+        let started = Instant::now();
+        let exe = std::env::current_exe()?;
+        let mut command = match pin {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(core.to_string()).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        command
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let child =
+            tokio::task::spawn_blocking(move || ServerChild::spawn(&mut command, START_WAIT))
+                .await??;
+        let channel = connect(child.addr).await?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        if status != ServingStatus::Serving as i32 {
+            return Err(format!("the server is not SERVING (status {status})").into());
+        }
+        let to_serving = started.elapsed();
+        let token = data_dir.map(operator_token).transpose()?;
+        Ok(ServerProcess {
+            addr: child.addr,
+            to_serving,
+            bearer: Bearer::new(token.as_deref())?,
+            child,
+        })
+    }
+
+    /// The process id, for its CPU time.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident memory (VmRSS), in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        Some(self.child.rss_kib()? as f64 / 1024.0)
+    }
+
+    /// Stops the server gracefully (SIGTERM) and checks that it exited well.
+    pub fn stop(self) -> Result<(), BoxError> {
+        let log = Arc::clone(&self.child.log);
+        let status = self.child.terminate()?;
+        if !status.success() {
+            let log = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+            return Err(format!("server exited with {status}; its log:\n{log}").into());
+        }
+        Ok(())
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Result<Channel, BoxError> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}

@@ -1,0 +1,274 @@
+//! Domain → protobuf: the answers. These cannot fail (`From`); the
+//! requests' way in, which can, is the parent module's.
+
+use std::sync::Arc;
+
+use crate::{
+    catalogue::{Catalogue, Report, ReportKind},
+    domain::{
+        Account, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome, Role, Tier, Token,
+        User, UserState, Via,
+    },
+    proto::v1 as pb,
+    service::WatchEvent,
+};
+
+impl From<Tier> for pb::AnalyticsTier {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::None => pb::AnalyticsTier::None,
+            Tier::Essentials => pb::AnalyticsTier::Essentials,
+            Tier::Supervisor => pb::AnalyticsTier::Supervisor,
+        }
+    }
+}
+
+fn tier_i32(t: Tier) -> i32 {
+    pb::AnalyticsTier::from(t) as i32
+}
+
+impl From<ReportKind> for pb::ReportKind {
+    fn from(k: ReportKind) -> Self {
+        match k {
+            ReportKind::Live => pb::ReportKind::Live,
+            ReportKind::Historical => pb::ReportKind::Historical,
+        }
+    }
+}
+
+impl From<&Account> for pb::Account {
+    fn from(a: &Account) -> Self {
+        pb::Account {
+            account_id: a.id.to_string(),
+            display_name: a.display_name.clone(),
+            product_line: a.product_line.clone(),
+            created_at: Some(a.created_at.into()),
+            analytics_activated_at: a.analytics_activated_at.map(Into::into),
+        }
+    }
+}
+
+impl From<&User> for pb::User {
+    fn from(u: &User) -> Self {
+        pb::User {
+            account_id: u.account_id.to_string(),
+            user_id: u.id.to_string(),
+            display_name: u.display_name.clone(),
+            edition: u.edition.clone().unwrap_or_default(),
+            analytics_tier: tier_i32(u.tier),
+            revision: u.revision,
+            updated_at: Some(u.updated_at.into()),
+            created_at: Some(u.created_at.into()),
+        }
+    }
+}
+
+impl From<&Notice> for pb::Notice {
+    fn from(n: &Notice) -> Self {
+        let kind = match n.kind {
+            NoticeKind::TierLowered => pb::NoticeKind::TierLowered,
+            NoticeKind::TierRemoved => pb::NoticeKind::TierRemoved,
+        };
+        pb::Notice {
+            kind: kind as i32,
+            message: n.message.clone(),
+        }
+    }
+}
+
+impl From<Denial> for pb::DenialReason {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::AccountNotFound => pb::DenialReason::AccountNotFound,
+            Denial::UserNotFound => pb::DenialReason::UserNotFound,
+            Denial::NoEdition => pb::DenialReason::NoEdition,
+            Denial::AnalyticsNotEnabled => pb::DenialReason::AnalyticsNotEnabled,
+            Denial::EditionNotEligible => pb::DenialReason::EditionNotEligible,
+        }
+    }
+}
+
+impl From<Decision> for pb::CheckAnalyticsAccessResponse {
+    fn from(d: Decision) -> Self {
+        pb::CheckAnalyticsAccessResponse {
+            allowed: d.allowed,
+            tier: tier_i32(d.tier),
+            edition: d.edition.unwrap_or_default(),
+            denial_reason: d.denial.map_or(pb::DenialReason::Unspecified, Into::into) as i32,
+            data_available_at: d.data_available_at.map(Into::into),
+            data_ready: d.data_ready,
+            reports: d
+                .reports
+                .iter()
+                .map(|r| pb::Report {
+                    id: Arc::clone(&r.report.id),
+                    display_name: Arc::clone(&r.report.display_name),
+                    kind: pb::ReportKind::from(r.report.kind) as i32,
+                    available: r.available,
+                })
+                .collect(),
+            revision: d.revision,
+            stored_tier: tier_i32(d.stored_tier),
+            reason: d.reason,
+        }
+    }
+}
+
+fn report_definition(r: &Report) -> pb::ReportDefinition {
+    pb::ReportDefinition {
+        id: r.id.to_string(),
+        display_name: r.display_name.to_string(),
+        kind: pb::ReportKind::from(r.kind) as i32,
+    }
+}
+
+impl From<&Catalogue> for pb::GetCatalogueResponse {
+    fn from(c: &Catalogue) -> Self {
+        pb::GetCatalogueResponse {
+            product_lines: c
+                .product_lines()
+                .iter()
+                .map(|l| pb::ProductLine {
+                    id: l.id.clone(),
+                    display_name: l.display_name.clone(),
+                    editions: l
+                        .editions
+                        .iter()
+                        .map(|e| pb::Edition {
+                            id: e.id.clone(),
+                            allowed_tiers: Tier::ALL
+                                .into_iter()
+                                .filter(|t| e.allows(*t))
+                                .map(tier_i32)
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            tier_reports: [Tier::Essentials, Tier::Supervisor]
+                .into_iter()
+                .map(|t| pb::TierReports {
+                    tier: tier_i32(t),
+                    reports: c.reports_for(t).map(report_definition).collect(),
+                })
+                .collect(),
+            data_delay: prost_types::Duration::try_from(c.data_delay()).ok(),
+        }
+    }
+}
+
+impl From<Role> for pb::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Operator => pb::Role::Operator,
+            Role::Provisioner => pb::Role::Provisioner,
+            Role::AccountAdmin => pb::Role::AccountAdmin,
+            Role::Gateway => pb::Role::Gateway,
+        }
+    }
+}
+
+impl From<&Token> for pb::TokenInfo {
+    fn from(t: &Token) -> Self {
+        pb::TokenInfo {
+            token_id: t.id.clone(),
+            name: t.name.clone(),
+            role: pb::Role::from(t.role) as i32,
+            account_id: t
+                .account
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            user_id: t.user.as_ref().map(ToString::to_string).unwrap_or_default(),
+            created_at: Some(t.created_at.into()),
+            revoked_at: t.revoked_at.map(Into::into),
+        }
+    }
+}
+
+impl From<&UserState> for pb::UserState {
+    fn from(u: &UserState) -> Self {
+        pb::UserState {
+            display_name: u.display_name.clone(),
+            edition: u.edition.clone().unwrap_or_default(),
+            analytics_tier: tier_i32(u.tier),
+        }
+    }
+}
+
+impl From<&AuditRecord> for pb::Change {
+    fn from(r: &AuditRecord) -> Self {
+        let (refused, refusal_code, refusal_reason) = match &r.outcome {
+            Outcome::Applied => (false, String::new(), String::new()),
+            Outcome::Refused { code, reason } => (true, code.clone(), reason.clone()),
+        };
+        pb::Change {
+            sequence: r.seq,
+            revision: r.revision,
+            time: Some(r.at.into()),
+            caller: Some(pb::Caller {
+                token_id: r.actor.token_id.clone(),
+                name: r.actor.name.clone(),
+                role: pb::Role::from(r.actor.role) as i32,
+                via: match r.actor.via {
+                    Via::Api => pb::Via::Api,
+                    Via::Console => pb::Via::Console,
+                } as i32,
+            }),
+            rpc: r.rpc.to_string(),
+            account_id: r.account_id.clone(),
+            user_id: r.user_id.clone(),
+            before: r.before.as_ref().map(Into::into),
+            after: r.after.as_ref().map(Into::into),
+            details: r.details.clone(),
+            refused,
+            refusal_code,
+            refusal_reason,
+        }
+    }
+}
+
+impl From<&User> for pb::UserRow {
+    fn from(u: &User) -> Self {
+        pb::UserRow {
+            account_id: u.account_id.to_string(),
+            user_id: u.id.to_string(),
+            display_name: u.display_name.clone(),
+            edition: u.edition.clone().unwrap_or_default(),
+            analytics_tier: tier_i32(u.tier),
+        }
+    }
+}
+
+impl From<&WatchEvent> for pb::WatchEntitlementsResponse {
+    fn from(e: &WatchEvent) -> Self {
+        let event = match e {
+            WatchEvent::Heartbeat(revision) => {
+                pb::watch_entitlements_response::Event::Heartbeat(pb::Heartbeat {
+                    revision: *revision,
+                })
+            }
+            WatchEvent::Change(c) => {
+                let state = |s: &Option<UserState>| match s {
+                    Some(s) => (s.edition.clone().unwrap_or_default(), tier_i32(s.tier)),
+                    None => (String::new(), pb::AnalyticsTier::Unspecified as i32),
+                };
+                let (before_edition, before_tier) = state(&c.before);
+                let (after_edition, after_tier) = state(&c.after);
+                pb::watch_entitlements_response::Event::Change(pb::EntitlementChange {
+                    revision: c.revision,
+                    time: Some(c.at.into()),
+                    account_id: c.account_id.clone(),
+                    user_id: c.user_id.clone(),
+                    before_edition,
+                    before_tier,
+                    after_edition,
+                    after_tier,
+                    deleted: c.after.is_none(),
+                    created: c.before.is_none(),
+                })
+            }
+        };
+        pb::WatchEntitlementsResponse { event: Some(event) }
+    }
+}

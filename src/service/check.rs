@@ -1,0 +1,179 @@
+//! The check: may this user of this account open analytics, and at which
+//! tier? Answered from the in-memory view against the catalogue in force;
+//! a decision is a value, never an error (rule 14). The hot path: no disk,
+//! and no allocation beyond the answer's own strings.
+
+use std::time::SystemTime;
+
+use super::{Caller, DomainError, Entitlements, FRESHNESS_WAIT};
+use crate::{
+    domain::{AccountIdRef, Decision, Denial, Rpc, Tier, UserIdRef},
+    store::View,
+};
+
+impl Entitlements {
+    /// Answers a check from the durable view against the catalogue in force.
+    /// Never fails: unknown accounts and users are answers. Waits (at most
+    /// `FRESHNESS_WAIT`) for `min_revision` first; 0 asks for none.
+    pub async fn check(
+        &self,
+        caller: &Caller,
+        account: AccountIdRef<'_>,
+        user: UserIdRef<'_>,
+        min_revision: u64,
+    ) -> Result<Decision, DomainError> {
+        caller
+            .principal
+            .authorize(Rpc::CheckAnalyticsAccess, Some(account.as_str()), None)?;
+        self.await_revision(min_revision).await?;
+        let now = (self.clock)();
+        Ok(self
+            .store
+            .read(|view| self.answer(view, now, account, user)))
+    }
+
+    /// Checks every `(account, user)` pair against one consistent view, in
+    /// order, passing through items the caller already refused (`Err`); an
+    /// item on an account the caller may not see gets its own
+    /// PERMISSION_DENIED. Returns the results and the revision they reflect.
+    pub async fn check_many<'a, E: From<DomainError>>(
+        &self,
+        caller: &Caller,
+        items: impl IntoIterator<Item = Result<(AccountIdRef<'a>, UserIdRef<'a>), E>>,
+        min_revision: u64,
+    ) -> Result<(Vec<Result<Decision, E>>, u64), DomainError> {
+        let principal = &caller.principal;
+        principal.may_call(Rpc::BatchCheckAnalyticsAccess)?;
+        self.await_revision(min_revision).await?;
+        let now = (self.clock)();
+        Ok(self.store.read(|view| {
+            let results = items
+                .into_iter()
+                .map(|item| {
+                    let (account, user) = item?;
+                    principal
+                        .scope(Rpc::BatchCheckAnalyticsAccess, Some(account.as_str()), None)
+                        .map_err(|e| E::from(DomainError::from(e)))?;
+                    Ok(self.answer(view, now, account, user))
+                })
+                .collect();
+            (results, view.revision())
+        }))
+    }
+
+    /// Waits (at most `FRESHNESS_WAIT`) until reads reflect `min_revision`;
+    /// 0 asks for nothing.
+    async fn await_revision(&self, min_revision: u64) -> Result<(), DomainError> {
+        if min_revision == 0 {
+            return Ok(());
+        }
+        self.store
+            .wait_for_revision(min_revision, FRESHNESS_WAIT)
+            .await
+            .map_err(|current| DomainError::RevisionNotReached {
+                wanted: min_revision,
+                current,
+                within: FRESHNESS_WAIT,
+            })
+    }
+
+    /// The check's rules against one view.
+    fn answer(
+        &self,
+        view: &View,
+        now: SystemTime,
+        account: AccountIdRef<'_>,
+        user: UserIdRef<'_>,
+    ) -> Decision {
+        let revision = view.revision();
+        let (account_rec, user_rec) = view.account_and_user(account.as_str(), user.as_str());
+        let deny = |denial, stored_tier, edition, reason| Decision {
+            allowed: false,
+            tier: Tier::None,
+            stored_tier,
+            edition,
+            denial: Some(denial),
+            data_available_at: None,
+            data_ready: false,
+            reports: self.catalogue.report_access(Tier::None, false),
+            revision,
+            reason,
+        };
+        let Some(account_rec) = account_rec else {
+            return deny(
+                Denial::AccountNotFound,
+                Tier::None,
+                None,
+                format!("account `{account}` does not exist"),
+            );
+        };
+        let Some(user_rec) = user_rec else {
+            return deny(
+                Denial::UserNotFound,
+                Tier::None,
+                None,
+                format!("user `{user}` does not exist in account `{account}`"),
+            );
+        };
+        let stored = user_rec.tier;
+        let Some(edition) = user_rec.edition else {
+            return deny(
+                Denial::NoEdition,
+                stored,
+                None,
+                format!("user `{user}` has no edition licence"),
+            );
+        };
+        if !stored.grants_access() {
+            return deny(
+                Denial::AnalyticsNotEnabled,
+                stored,
+                Some(edition.to_owned()),
+                format!("analytics is not enabled for user `{user}`"),
+            );
+        }
+        // Rule 13: the catalogue in force caps the stored tier.
+        let max = self
+            .catalogue
+            .max_tier(&account_rec.product_line, Some(edition));
+        let tier = stored.min(max);
+        if !tier.grants_access() {
+            return deny(
+                Denial::EditionNotEligible,
+                stored,
+                Some(edition.to_owned()),
+                format!(
+                    "edition `{edition}` no longer includes analytics in the catalogue in force; the stored {stored} tier is not granted"
+                ),
+            );
+        }
+        let data_available_at = account_rec.data_available_at(self.catalogue.data_delay());
+        let data_ready = data_available_at.is_some_and(|at| now >= at);
+        let reports = self.catalogue.report_access(tier, data_ready);
+        let (denial, reason) = if tier < stored {
+            (
+                Some(Denial::EditionNotEligible),
+                format!(
+                    "edition `{edition}` no longer includes {stored} analytics in the catalogue in force; granted {tier}"
+                ),
+            )
+        } else {
+            (
+                None,
+                format!("{tier} analytics enabled with edition `{edition}`"),
+            )
+        };
+        Decision {
+            allowed: true,
+            tier,
+            stored_tier: stored,
+            edition: Some(edition.to_owned()),
+            denial,
+            data_available_at,
+            data_ready,
+            reports,
+            revision,
+            reason,
+        }
+    }
+}

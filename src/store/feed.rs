@@ -1,0 +1,99 @@
+//! The change feed, read: audit listings (`ListChanges`) and the cursors a
+//! Watch reads by. Built on `Backend::audit_from` and `audit_record`; what
+//! is shown stops at the view's revision, so it never shows a write reads
+//! do not.
+
+use std::{ops::ControlFlow, time::SystemTime};
+
+use super::{Store, StoreError};
+use crate::domain::{AuditRecord, Outcome};
+
+impl Store {
+    /// Up to `limit` audit records after sequence `after_seq` whose revision
+    /// is above `after_revision`, of one account or all, in order; and
+    /// whether more may follow. Applied records not yet durable are not
+    /// shown (the listing stops before them).
+    pub fn audit(
+        &self,
+        account: Option<&str>,
+        after_seq: u64,
+        after_revision: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditRecord>, bool), StoreError> {
+        let durable = self.publisher().read(|v| v.revision());
+        let mut out = Vec::new();
+        let mut more = false;
+        self.backend
+            .audit_from(account, after_seq + 1, &mut |record| {
+                if record.outcome == Outcome::Applied && record.revision > durable {
+                    return ControlFlow::Break(());
+                }
+                // A refusal at revision r came after the write that made r.
+                let after = match record.outcome {
+                    Outcome::Applied => record.revision > after_revision,
+                    Outcome::Refused { .. } => record.revision >= after_revision,
+                };
+                if !after {
+                    return ControlFlow::Continue(());
+                }
+                if out.len() == limit {
+                    more = true;
+                    return ControlFlow::Break(());
+                }
+                out.push(record);
+                ControlFlow::Continue(())
+            })?;
+        Ok((out, more))
+    }
+
+    /// Where a watch after `revision` starts reading the audit trail: the
+    /// first sequence number whose record has a revision above `revision`,
+    /// with that record's time; or, if there is none yet, the sequence
+    /// number the next record will get. Revisions never decrease along the
+    /// trail, so this is a binary search.
+    pub fn audit_position_after(
+        &self,
+        revision: u64,
+    ) -> Result<(u64, Option<SystemTime>), StoreError> {
+        let last = self.backend.last_audit_seq();
+        let (mut lo, mut hi) = (1, last + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.backend.audit_record(mid)? {
+                Some(r) if r.revision > revision => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        let at = if lo <= last {
+            self.backend.audit_record(lo)?.map(|r| r.at)
+        } else {
+            None
+        };
+        Ok((lo, at))
+    }
+
+    /// Up to `limit` applied audit records from sequence `from` on whose
+    /// revision is at most `through`, and the sequence to continue from.
+    /// Stops at the first applied record above `through` (not yet durable).
+    pub fn audit_records_from(
+        &self,
+        from: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditRecord>, u64), StoreError> {
+        let mut out = Vec::new();
+        let mut next = from;
+        self.backend.audit_from(None, from, &mut |record| {
+            let seq = record.seq;
+            if record.outcome == Outcome::Applied {
+                if record.revision > through || out.len() == limit {
+                    return ControlFlow::Break(());
+                }
+                out.push(record);
+            }
+            next = seq + 1;
+            ControlFlow::Continue(())
+        })?;
+        Ok((out, next))
+    }
+}

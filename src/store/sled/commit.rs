@@ -1,0 +1,339 @@
+//! Writes into sled: a write's records as one transaction under the writer
+//! lock, and group commit (one flush for every transaction committed before
+//! it, then publication of those writes in revision order).
+
+use std::time::Instant;
+
+use ::sled::{Transactional, transaction::ConflictableTransactionError};
+
+use super::super::{
+    Mutation, StoreError, Target,
+    backend::{Changes, RequestId, Seen, Step, WriteFn},
+    codec,
+};
+use super::{
+    SledBackend, WriterState,
+    keys::{self, AUDIT_SEQ_KEY, BOOTSTRAPPED_KEY, REVISION_KEY},
+};
+use crate::domain::{AuditRecord, validate_id};
+
+impl SledBackend {
+    /// `Backend::commit` under the writer lock: runs `write` once (sled has
+    /// one writer, so no transaction ever conflicts) and commits what it
+    /// returns. Returns the transaction count to wait for, if any.
+    pub(super) fn commit_locked(
+        &self,
+        target: &Target,
+        request: Option<RequestId<'_>>,
+        write: &mut WriteFn<'_>,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut writer = self.inner.writer.lock();
+        if let Some(reason) = &writer.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        let seen = Seen {
+            current: self.current(target, writer.committed + 1)?,
+            revision: writer.committed,
+            request: request.map(|r| self.kept(r)).transpose()?.flatten(),
+        };
+        let changes = match write(seen)? {
+            Step::Done => return Ok(None),
+            Step::Commit(changes) => changes,
+        };
+        if changes.is_empty() {
+            return Ok(Some(writer.txns));
+        }
+        let Changes {
+            mutations,
+            mut audit,
+            keep,
+        } = changes;
+        let applied = !mutations.is_empty();
+        // Encode outside the transaction so its closure only moves bytes.
+        let mut ops = Vec::with_capacity(mutations.len() + audit.len() * 2 + 3);
+        for m in &mutations {
+            ops.push(mutation_op(m)?);
+        }
+        let revision = writer.committed + u64::from(applied);
+        let mut seq = writer.audit_seq;
+        if applied {
+            ops.push(Op::put(
+                Tree::Meta,
+                REVISION_KEY.to_vec(),
+                revision.to_be_bytes().to_vec(),
+            ));
+            for record in &mut audit {
+                seq += 1;
+                record.seq = seq;
+                ops.extend(audit_ops(record)?);
+            }
+            ops.push(Op::put(
+                Tree::Meta,
+                AUDIT_SEQ_KEY.to_vec(),
+                seq.to_be_bytes().to_vec(),
+            ));
+        }
+        if let (Some(request), Some(record)) = (request, keep) {
+            let key = keys::request_key(request.token_id, request.id);
+            ops.push(Op::put(
+                Tree::Requests,
+                key,
+                codec::encode_request(&record)?,
+            ));
+        }
+        self.transact(&mut writer, &ops)?;
+        if applied {
+            writer.committed = revision;
+            writer.audit_seq = seq;
+            writer.pending.push((revision, mutations));
+            self.inner.publisher.committed();
+        }
+        Ok(Some(writer.txns))
+    }
+
+    /// Appends a refusal's audit record at the committed revision, with the
+    /// next sequence number. Not waited for: sled's background flush writes
+    /// it within a second, if no write's flush does first.
+    pub(super) fn append(&self, mut record: AuditRecord) -> Result<(), StoreError> {
+        let mut writer = self.inner.writer.lock();
+        let seq = writer.audit_seq + 1;
+        record.seq = seq;
+        record.revision = writer.committed;
+        let mut ops = audit_ops(&record)?;
+        ops.push(Op::put(
+            Tree::Meta,
+            AUDIT_SEQ_KEY.to_vec(),
+            seq.to_be_bytes().to_vec(),
+        ));
+        self.transact(&mut writer, &ops)?;
+        writer.audit_seq = seq;
+        Ok(())
+    }
+
+    /// Applies `ops` in one transaction. If the disk refuses it (a full disk,
+    /// an I/O error), what sled holds is no longer known to match what was
+    /// acknowledged, so the store stops taking writes, as after a failed
+    /// flush; reads go on from the view.
+    fn transact(&self, writer: &mut WriterState, ops: &[Op]) -> Result<(), StoreError> {
+        let t = &self.inner.trees;
+        (
+            &t.accounts,
+            &t.users,
+            &t.meta,
+            &t.tokens,
+            &t.audit,
+            &t.audit_by_account,
+            &t.requests,
+        )
+            .transaction(
+                |(accounts, users, meta, tokens, audit, by_account, requests)| {
+                    for op in ops {
+                        let tree = match op.tree {
+                            Tree::Accounts => accounts,
+                            Tree::Users => users,
+                            Tree::Meta => meta,
+                            Tree::Tokens => tokens,
+                            Tree::Audit => audit,
+                            Tree::AuditByAccount => by_account,
+                            Tree::Requests => requests,
+                        };
+                        match &op.value {
+                            Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
+                            None => tree.remove(op.key.as_slice())?,
+                        };
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                },
+            )
+            .map_err(|e| match e {
+                ::sled::transaction::TransactionError::Storage(e) => {
+                    let reason = format!("the disk refused a write: {e}");
+                    tracing::error!(%reason, "write failed; refusing further writes");
+                    writer.failed = Some(reason.clone());
+                    StoreError::Failed(reason)
+                }
+                ::sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Failed("transaction aborted".to_owned())
+                }
+            })?;
+        writer.txns += 1;
+        Ok(())
+    }
+
+    /// Waits until transaction `txn` (a `WriterState::txns` count) is
+    /// flushed and the writes up to it are published, flushing it (and
+    /// every other transaction committed by then) if nobody else has. A
+    /// waiter that goes away mid-flush leaves the writes it would have
+    /// published pending, for the next flusher.
+    pub(super) async fn wait_durable(&self, txn: u64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut durable = inner.flush_lock.lock().await;
+        if *durable >= txn {
+            return Ok(());
+        }
+        let (upto, revision) = {
+            let writer = inner.writer.lock();
+            if let Some(reason) = &writer.failed {
+                return Err(StoreError::Failed(reason.clone()));
+            }
+            (writer.txns, writer.committed)
+        };
+        let db = inner.db.clone();
+        let started = Instant::now();
+        // A flush on a blocking thread: sled 0.34's flush_async deadlocks
+        // under concurrent callers (sled issue #1308).
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        inner.publisher.synced(started.elapsed());
+        if let Err(reason) = flushed {
+            tracing::error!(%reason, "flush failed; refusing further writes");
+            inner.writer.lock().failed = Some(reason.clone());
+            return Err(StoreError::Failed(reason));
+        }
+        *durable = upto;
+        // The writes the flush covered: those committed before it began.
+        let batch: Vec<_> = {
+            let mut writer = inner.writer.lock();
+            let covered = writer.pending.partition_point(|(r, _)| *r <= revision);
+            writer.pending.drain(..covered).collect()
+        };
+        let published = inner.publisher.publish(batch);
+        self.record_durable(published, false);
+        Ok(())
+    }
+
+    /// `Store::import`: the bench's bulk load.
+    #[cfg(feature = "bench")]
+    pub(super) fn bulk_load(
+        &self,
+        accounts: Vec<crate::domain::Account>,
+        users: Vec<crate::domain::User>,
+    ) -> Result<u64, StoreError> {
+        /// Bounds the memory a sled batch holds.
+        const CHUNK: usize = 50_000;
+        let inner = &self.inner;
+        // The flush lock first, as flushers take it: no flush is in flight,
+        // so every unpublished write is in `pending`.
+        let mut flush = inner.flush_lock.blocking_lock();
+        let mut writer = inner.writer.lock();
+        if let Some(reason) = &writer.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        let revision = writer.committed + 1;
+        let mut batch = ::sled::Batch::default();
+        for a in &accounts {
+            batch.insert(keys::account_key(&a.id), codec::encode(a)?);
+        }
+        inner
+            .trees
+            .accounts
+            .apply_batch(batch)
+            .map_err(keys::backend)?;
+        let mut users = users;
+        for chunk in users.chunks_mut(CHUNK) {
+            let mut batch = ::sled::Batch::default();
+            for u in chunk.iter_mut() {
+                u.revision = revision;
+                batch.insert(keys::user_key(&u.account_id, &u.id), codec::encode(u)?);
+            }
+            inner
+                .trees
+                .users
+                .apply_batch(batch)
+                .map_err(keys::backend)?;
+        }
+        inner
+            .trees
+            .meta
+            .insert(REVISION_KEY, &revision.to_be_bytes()[..])
+            .map_err(keys::backend)?;
+        inner.db.flush().map_err(keys::backend)?;
+        *flush = writer.txns;
+        writer.committed = revision;
+        // Writes committed before this one and not yet published: the flush
+        // above covered them, so publish them first, keeping revision order
+        // (their writers then find their revision already in the view).
+        let mut batch = std::mem::take(&mut writer.pending);
+        let mutations = accounts
+            .into_iter()
+            .map(Mutation::PutAccount)
+            .chain(users.into_iter().map(Mutation::PutUser))
+            .collect();
+        batch.push((revision, mutations));
+        let published = inner.publisher.publish(batch);
+        self.record_durable(published, false);
+        drop(flush);
+        Ok(revision)
+    }
+}
+
+/// The sled operation of one mutation.
+fn mutation_op(m: &Mutation) -> Result<Op, StoreError> {
+    Ok(match m {
+        Mutation::PutAccount(a) => {
+            Op::put(Tree::Accounts, keys::account_key(&a.id), codec::encode(a)?)
+        }
+        Mutation::PutUser(u) => Op::put(
+            Tree::Users,
+            keys::user_key(&u.account_id, &u.id),
+            codec::encode(u)?,
+        ),
+        Mutation::DeleteUser(a, u) => Op::remove(Tree::Users, keys::user_key(a, u)),
+        Mutation::PutToken(t) => Op::put(Tree::Tokens, t.id.as_bytes().to_vec(), codec::encode(t)?),
+        Mutation::MarkBootstrapped => Op::put(Tree::Meta, BOOTSTRAPPED_KEY.to_vec(), vec![1]),
+    })
+}
+
+/// An audit record, and its entry in its account's index.
+pub(super) fn audit_ops(record: &AuditRecord) -> Result<Vec<Op>, StoreError> {
+    let seq = record.seq.to_be_bytes();
+    let mut ops = vec![Op::put(
+        Tree::Audit,
+        seq.to_vec(),
+        codec::encode_audit(record)?,
+    )];
+    // Only well-formed ids are indexed, so one account's prefix can never
+    // match a refused request's malformed `acme/…`.
+    if validate_id(&record.account_id).is_ok() {
+        let mut key = keys::audit_account_prefix(&record.account_id);
+        key.extend_from_slice(&seq);
+        ops.push(Op::put(Tree::AuditByAccount, key, Vec::new()));
+    }
+    Ok(ops)
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Tree {
+    Accounts,
+    Users,
+    Meta,
+    Tokens,
+    Audit,
+    AuditByAccount,
+    Requests,
+}
+
+pub(super) struct Op {
+    pub(super) tree: Tree,
+    pub(super) key: Vec<u8>,
+    pub(super) value: Option<Vec<u8>>,
+}
+
+impl Op {
+    pub(super) fn put(tree: Tree, key: Vec<u8>, value: Vec<u8>) -> Op {
+        Op {
+            tree,
+            key,
+            value: Some(value),
+        }
+    }
+    fn remove(tree: Tree, key: Vec<u8>) -> Op {
+        Op {
+            tree,
+            key,
+            value: None,
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The sled backend: one sled `Db` with one tree per record kind
+//! (`keys.rs`), the directory lock and the watermark (`open.rs`,
+//! `watermark.rs`), transactions and group commit (`commit.rs`), and
+//! restores into a new directory (`restore.rs`). Only what is sled's is
+//! here; the write path's rules and the view are the neutral store's.
+//!
+//! Writers are serialised by one writer lock, held by this process for as
+//! long as it has the directory (`entitled.lock`), so they are serialised
+//! across processes too. Each write is one sled transaction; it is then
+//! waited for until a flush covers it. Flushes are shared (group commit):
+//! whoever holds the flush lock flushes for every transaction committed so
+//! far, then publishes those writes to the view in revision order. If the
+//! disk refuses a transaction or a flush fails, the store takes no more
+//! writes until it is opened again (fail-stop, as databases do after an
+//! fsync error).
+
+mod commit;
+mod keys;
+mod open;
+mod restore;
+#[cfg(test)]
+mod tests;
+mod watermark;
+
+use std::{ops::ControlFlow, sync::Arc};
+
+use ::sled::{IVec, Tree};
+use parking_lot::Mutex;
+
+use self::{
+    keys::{ACCOUNTS, AUDIT, AUDIT_BY_ACCOUNT, BOOTSTRAPPED_KEY, REQUESTS, TOKENS, USERS, backend},
+    watermark::{Mark, StoreId, Watermark},
+};
+use super::{
+    Current, Mutation, StoreError, Target, View,
+    backend::{Backend, BoxFuture, Counters, KeptRequest, Record, RequestId, WriteFn},
+    codec::{self, RequestRecord},
+    publish::Publisher,
+};
+use crate::domain::AuditRecord;
+#[cfg(feature = "bench")]
+use crate::domain::{Account, User};
+
+pub use restore::restore;
+pub use watermark::WatermarkError;
+
+/// The sled-backed store. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct SledBackend {
+    inner: Arc<Inner>,
+}
+
+struct Trees {
+    accounts: Tree,
+    users: Tree,
+    meta: Tree,
+    tokens: Tree,
+    audit: Tree,
+    audit_by_account: Tree,
+    requests: Tree,
+}
+
+struct Inner {
+    db: ::sled::Db,
+    trees: Trees,
+    /// Serialises writers; holds the last committed revision and the writes
+    /// committed but not yet published to the view.
+    writer: Mutex<WriterState>,
+    /// One flusher at a time; waiting writers queue here and usually find
+    /// their transaction already flushed by the one before them. Holds the
+    /// count of transactions known durable (`WriterState::txns` at the
+    /// last flush).
+    flush_lock: tokio::sync::Mutex<u64>,
+    publisher: Publisher,
+    id: StoreId,
+    /// The highest durable revision, kept outside sled (see `watermark`).
+    watermark: Mutex<Watermark>,
+    /// Released when the store is dropped. Last, because fields drop in
+    /// order: only once sled has closed (and let go of its own lock) may
+    /// another store open the directory.
+    _lock: std::fs::File,
+}
+
+struct WriterState {
+    committed: u64,
+    audit_seq: u64,
+    /// sled transactions committed by this process: writes, refusals and
+    /// request records alike. Durability is waited for by this count, so a
+    /// write that raises no revision (a no-op or a refusal kept for a
+    /// retry) can still wait for its record to be flushed.
+    txns: u64,
+    /// Committed writes not yet published, in revision order.
+    pending: Vec<(u64, Vec<Mutation>)>,
+    failed: Option<String>,
+}
+
+impl SledBackend {
+    /// Records `revision` as durable in the watermark. A failure is logged,
+    /// not returned: the write is durable in sled, and a watermark that lags
+    /// only makes the start-up check weaker.
+    fn record_durable(&self, revision: u64, sync: bool) {
+        let mark = Mark {
+            id: self.inner.id,
+            revision,
+        };
+        if let Err(error) = self.inner.watermark.lock().write(mark, sync) {
+            tracing::warn!(%error, revision, "cannot record the durable revision");
+        }
+    }
+
+    /// The latest committed state of `target`, from sled.
+    fn current(&self, target: &Target, next_revision: u64) -> Result<Current, StoreError> {
+        let trees = &self.inner.trees;
+        Current::read(
+            target,
+            next_revision,
+            |a| get(&trees.accounts, ACCOUNTS, &keys::account_key(a)),
+            |a, u| get(&trees.users, USERS, &keys::user_key(a, u)),
+            |id| get(&trees.tokens, TOKENS, id.as_bytes()),
+        )
+    }
+
+    /// The answer kept for `request`, if any.
+    fn kept(&self, request: RequestId<'_>) -> Result<Option<RequestRecord>, StoreError> {
+        let key = keys::request_key(request.token_id, request.id);
+        self.inner
+            .trees
+            .requests
+            .get(&key)
+            .map_err(backend)?
+            .map(|bytes| codec::decode_request(REQUESTS, &key, &bytes))
+            .transpose()
+    }
+}
+
+/// The view of what `trees` hold, as of `revision`.
+fn load_view(trees: &Trees, revision: u64) -> Result<View, StoreError> {
+    View::load(
+        revision,
+        decoded(&trees.tokens, TOKENS),
+        decoded(&trees.accounts, ACCOUNTS),
+        decoded(&trees.users, USERS),
+    )
+}
+
+/// The record at `key` of `tree`, decoded.
+fn get<T: serde::de::DeserializeOwned>(
+    tree: &Tree,
+    name: &'static str,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    tree.get(key)
+        .map_err(backend)?
+        .map(|v| codec::decode(name, key, &v))
+        .transpose()
+}
+
+/// Every record of `tree`, decoded, in key order.
+fn decoded<T: serde::de::DeserializeOwned>(
+    tree: &Tree,
+    name: &'static str,
+) -> impl Iterator<Item = Result<T, StoreError>> {
+    tree.iter().map(move |item| {
+        let (key, value) = item.map_err(backend)?;
+        codec::decode(name, &key, &value)
+    })
+}
+
+impl Backend for SledBackend {
+    fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    fn commit<'a>(
+        &'a self,
+        target: &'a Target,
+        request: Option<RequestId<'a>>,
+        write: &'a mut WriteFn<'_>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if let Some(txn) = self.commit_locked(target, request, write)? {
+                self.wait_durable(txn).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn append_refusal(&self, record: AuditRecord) -> Result<(), StoreError> {
+        self.append(record)
+    }
+
+    fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let txns = self.inner.writer.lock().txns;
+            self.wait_durable(txns).await
+        })
+    }
+
+    fn audit_from(
+        &self,
+        account: Option<&str>,
+        from: u64,
+        visit: &mut dyn FnMut(AuditRecord) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let trees = &self.inner.trees;
+        let start = from.to_be_bytes();
+        match account {
+            Some(account) => {
+                let prefix = keys::audit_account_prefix(account);
+                let mut first = prefix.clone();
+                first.extend_from_slice(&start);
+                for item in trees.audit_by_account.range(first..) {
+                    let (k, _) = item.map_err(backend)?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let seq = codec::decode_counter(
+                        AUDIT_BY_ACCOUNT,
+                        &k,
+                        &k[k.len().saturating_sub(8)..],
+                    )?;
+                    let Some(record) = self.audit_record(seq)? else {
+                        continue;
+                    };
+                    if visit(record).is_break() {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for item in trees.audit.range(start.to_vec()..) {
+                    let (k, v) = item.map_err(backend)?;
+                    codec::decode_counter(AUDIT, &k, &k)?;
+                    if visit(codec::decode_audit(AUDIT, &k, &v)?).is_break() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>, StoreError> {
+        let key = seq.to_be_bytes();
+        self.inner
+            .trees
+            .audit
+            .get(key)
+            .map_err(backend)?
+            .map(|v| codec::decode_audit(AUDIT, &key, &v))
+            .transpose()
+    }
+
+    fn last_audit_seq(&self) -> u64 {
+        self.inner.writer.lock().audit_seq
+    }
+
+    fn bootstrapped(&self) -> Result<bool, StoreError> {
+        let meta = &self.inner.trees.meta;
+        Ok(meta.get(BOOTSTRAPPED_KEY).map_err(backend)?.is_some())
+    }
+
+    fn size_bytes(&self) -> Result<u64, StoreError> {
+        self.inner.db.size_on_disk().map_err(backend)
+    }
+
+    fn snapshot(
+        &self,
+        visit: &mut dyn FnMut(Record) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        // Copied under the writer lock (sled's trees have no snapshots), so
+        // every tree is at one revision; decoded after it is let go.
+        let (counters, copy) = {
+            let writer = self.inner.writer.lock();
+            if let Some(reason) = &writer.failed {
+                return Err(StoreError::Failed(reason.clone()));
+            }
+            let t = &self.inner.trees;
+            let counters = Counters {
+                revision: writer.committed,
+                audit_seq: writer.audit_seq,
+                bootstrapped: t.meta.get(BOOTSTRAPPED_KEY).map_err(backend)?.is_some(),
+            };
+            let copy = [&t.accounts, &t.users, &t.tokens, &t.audit, &t.requests]
+                .map(|tree| tree.iter().collect::<Result<Vec<(IVec, IVec)>, _>>());
+            (counters, copy)
+        };
+        visit(Record::Counters(counters))?;
+        let [accounts, users, tokens, audit, requests] = copy;
+        for (key, value) in accounts.map_err(backend)? {
+            visit(Record::Account(codec::decode(ACCOUNTS, &key, &value)?))?;
+        }
+        for (key, value) in users.map_err(backend)? {
+            visit(Record::User(codec::decode(USERS, &key, &value)?))?;
+        }
+        for (key, value) in tokens.map_err(backend)? {
+            visit(Record::Token(codec::decode(TOKENS, &key, &value)?))?;
+        }
+        for (key, value) in audit.map_err(backend)? {
+            visit(Record::Audit(codec::decode_audit(AUDIT, &key, &value)?))?;
+        }
+        for (key, value) in requests.map_err(backend)? {
+            let (token_id, request_id) = keys::split_request_key(&key)?;
+            visit(Record::Request(KeptRequest {
+                token_id,
+                request_id,
+                record: codec::decode_request(REQUESTS, &key, &value)?,
+            }))?;
+        }
+        Ok(counters.revision)
+    }
+
+    fn sync_on_stop(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let store = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+                // Everything committed before the flush is durable after it.
+                let committed = store.inner.writer.lock().committed;
+                store.inner.db.flush().map_err(backend)?;
+                store.record_durable(committed, true);
+                Ok(())
+            })
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))?
+        })
+    }
+
+    #[cfg(feature = "bench")]
+    fn import(&self, accounts: Vec<Account>, users: Vec<User>) -> Result<u64, StoreError> {
+        self.bulk_load(accounts, users)
+    }
+}

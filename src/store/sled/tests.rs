@@ -1,0 +1,483 @@
+//! The sled backend through `Store`: backups of both formats restore to
+//! the same store, a format 1 file made by an earlier entitled restores,
+//! and a write given up while its flush runs is still published.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::Arc,
+    task::{Context, Waker},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use sha2::{Digest, Sha256};
+
+use super::{SledBackend, keys};
+use crate::{
+    domain::{
+        Account, AccountId, Actor, Outcome, RefusalKind, Role, Rpc, Tier, Token, User, UserId, Via,
+    },
+    service::DomainError,
+    store::{
+        Decided, Mutation, RequestKey, Store, Target, WriteContext, backend::RequestId, restore,
+        verify,
+    },
+};
+
+fn account_id(id: &str) -> AccountId {
+    AccountId::try_from(id.to_owned()).unwrap()
+}
+
+fn user_id(id: &str) -> UserId {
+    UserId::try_from(id.to_owned()).unwrap()
+}
+
+fn open(dir: &Path) -> (SledBackend, Store) {
+    let backend = SledBackend::open(dir).unwrap();
+    let store = Store {
+        backend: Arc::new(backend.clone()),
+    };
+    (backend, store)
+}
+
+fn ctx(rpc: Rpc, account: &str, user: &str, request: Option<&str>) -> WriteContext {
+    WriteContext {
+        actor: Actor {
+            token_id: "tok_test".to_owned(),
+            name: "test".to_owned(),
+            role: Role::Operator,
+            via: Via::Api,
+        },
+        rpc,
+        at: SystemTime::now(),
+        account_id: account.to_owned(),
+        user_id: user.to_owned(),
+        request: request.map(|id| RequestKey {
+            id: id.to_owned(),
+            fingerprint: Sha256::digest(id.as_bytes()).into(),
+        }),
+    }
+}
+
+fn account(id: &str) -> Account {
+    Account {
+        id: account_id(id),
+        display_name: id.to_uppercase(),
+        product_line: "work".to_owned(),
+        created_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        analytics_activated_at: None,
+    }
+}
+
+fn user(account: &str, id: &str, edition: Option<&str>, tier: Tier) -> User {
+    let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    User {
+        account_id: account_id(account),
+        id: user_id(id),
+        display_name: id.to_uppercase(),
+        edition: edition.map(str::to_owned),
+        tier,
+        revision: 0,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// Commits `mutations` as one write.
+async fn put(store: &Store, target: Target, ctx: WriteContext, mutations: Vec<Mutation>) -> u64 {
+    store
+        .write::<_, DomainError>(&target, ctx, move |current| {
+            Ok(Decided::new(mutations.clone(), current.next_revision))
+        })
+        .await
+        .unwrap()
+        .revision
+}
+
+/// A store with a record of every kind: accounts, users (one changed, one
+/// deleted), tokens (one revoked), the bootstrapped flag, audit records
+/// applied and refused, and kept answers of a write, a no-op and a refusal.
+async fn populate(store: &Store) {
+    let token = Token {
+        id: "tok_a".to_owned(),
+        name: "a".to_owned(),
+        role: Role::Gateway,
+        account: None,
+        user: None,
+        secret_sha256: [7; 32],
+        created_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        revoked_at: None,
+    };
+    let c = |rpc, a, u| ctx(rpc, a, u, None);
+    put(
+        store,
+        Target::None,
+        c(Rpc::CreateToken, "", ""),
+        vec![
+            Mutation::PutToken(token.clone()),
+            Mutation::MarkBootstrapped,
+        ],
+    )
+    .await;
+    for id in ["acme", "legacy"] {
+        let mutations = vec![Mutation::PutAccount(account(id))];
+        let target = Target::Account(account_id(id));
+        put(store, target, c(Rpc::CreateAccount, id, ""), mutations).await;
+    }
+    for (a, u) in [("acme", "ada"), ("acme", "bob"), ("legacy", "cy")] {
+        let target = Target::User(account_id(a), user_id(u));
+        let mutations = vec![Mutation::PutUser(user(a, u, None, Tier::None))];
+        put(store, target, c(Rpc::PutUser, a, u), mutations).await;
+    }
+    let target = Target::User(account_id("acme"), user_id("bob"));
+    let changed = user("acme", "bob", Some("X6"), Tier::Supervisor);
+    let mutations = vec![Mutation::PutUser(changed)];
+    let ctx_saved = ctx(Rpc::UpdateUserServices, "acme", "bob", Some("save-1"));
+    put(store, target.clone(), ctx_saved, mutations).await;
+    let target_cy = Target::User(account_id("legacy"), user_id("cy"));
+    let deleted = vec![Mutation::DeleteUser(account_id("legacy"), user_id("cy"))];
+    put(
+        store,
+        target_cy,
+        c(Rpc::DeleteUser, "legacy", "cy"),
+        deleted,
+    )
+    .await;
+    let revoked = Token {
+        revoked_at: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_100)),
+        ..token
+    };
+    let target_token = Target::Token("tok_a".to_owned());
+    let mutations = vec![Mutation::PutToken(revoked)];
+    put(store, target_token, c(Rpc::RevokeToken, "", ""), mutations).await;
+    // A no-op and a refusal, each kept for its request id.
+    put(
+        store,
+        target.clone(),
+        ctx(Rpc::PutUser, "acme", "bob", Some("same")),
+        vec![],
+    )
+    .await;
+    let refused = store
+        .write::<(), DomainError>(
+            &target,
+            ctx(Rpc::UpdateUserServices, "acme", "bob", Some("no")),
+            |_| Err(DomainError::NothingToChange),
+        )
+        .await;
+    assert!(matches!(refused, Err(DomainError::NothingToChange)));
+    store
+        .record_refusal(c(Rpc::PutUser, "acme/x", ""), "INVALID_ARGUMENT", "bad id")
+        .unwrap();
+}
+
+/// A tree's entries: keys and values.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Every tree's entries, but the store's own id.
+fn trees(backend: &SledBackend) -> BTreeMap<&'static str, Entries> {
+    let t = &backend.inner.trees;
+    [
+        (keys::ACCOUNTS, &t.accounts),
+        (keys::USERS, &t.users),
+        (keys::META, &t.meta),
+        (keys::TOKENS, &t.tokens),
+        (keys::AUDIT, &t.audit),
+        (keys::AUDIT_BY_ACCOUNT, &t.audit_by_account),
+        (keys::REQUESTS, &t.requests),
+    ]
+    .into_iter()
+    .map(|(name, tree)| {
+        let entries = tree
+            .iter()
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .filter(|(k, _)| k.as_slice() != keys::STORE_ID_KEY)
+            .collect();
+        (name, entries)
+    })
+    .collect()
+}
+
+/// The format 1 writer as entitled had it before backups became logical:
+/// each tree, byte for byte, under the writer lock.
+fn backup_v1(backend: &SledBackend, taken_at: SystemTime) -> Vec<u8> {
+    const TREES: [&str; 7] = [
+        "accounts",
+        "users",
+        "meta",
+        "tokens",
+        "audit",
+        "audit_by_account",
+        "requests",
+    ];
+    let writer = backend.inner.writer.lock();
+    let mut out = Vec::new();
+    out.extend_from_slice(b"entitled-backup\n");
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.extend_from_slice(&writer.committed.to_be_bytes());
+    let millis = taken_at.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    out.extend_from_slice(&millis.to_be_bytes());
+    out.extend_from_slice(&(TREES.len() as u32).to_be_bytes());
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    for name in TREES {
+        let tree = backend.inner.db.open_tree(name).unwrap();
+        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(tree.len() as u64).to_be_bytes());
+        for item in tree.iter() {
+            let (key, value) = item.unwrap();
+            field(&mut out, &key);
+            field(&mut out, &value);
+        }
+    }
+    let checksum = Sha256::digest(&out);
+    out.extend_from_slice(&checksum);
+    out
+}
+
+#[tokio::test]
+async fn backups_of_either_format_restore_to_the_store_they_were_taken_of() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let (backend, store) = open(&dir.path().join("data"));
+    populate(&store).await;
+    let original = trees(&backend);
+    let revision = store.read(|v| v.revision());
+    let old = backup_v1(&backend, SystemTime::now());
+    let new = store.backup(SystemTime::now()).await.unwrap();
+    assert_eq!(new.revision, revision);
+    assert_eq!(verify(old.as_slice()).unwrap().revision, revision);
+    assert_eq!(verify(new.bytes.as_slice()).unwrap().revision, revision);
+    assert_eq!(
+        &new.bytes[16..20],
+        &2u32.to_be_bytes(),
+        "format 2 is written"
+    );
+    drop((backend, store));
+
+    for (format, bytes) in [(1, old), (2, new.bytes)] {
+        let file = dir.path().join(format!("backup-{format}"));
+        std::fs::write(&file, &bytes).unwrap();
+        let restored_dir = dir.path().join(format!("restored-{format}"));
+        let summary = restore(&file, &restored_dir).unwrap();
+        assert_eq!(summary.revision, revision, "format {format}");
+        let (backend, store) = open(&restored_dir);
+        assert_eq!(trees(&backend), original, "format {format}");
+        assert_eq!(store.read(|v| v.revision()), revision);
+        assert_eq!(store.read(|v| v.user_count()), 2);
+    }
+}
+
+/// `tests/fixtures/backup-v1.bin`: made by `entitled backup` of the last
+/// version that wrote format 1 (commit c075eb1), against a server given the
+/// CLI commands below, in order; the operator token is the first start's.
+///
+/// ```text
+/// account create acme --name Acme --product-line work
+/// account create legacy --name Legacy --product-line virtual-office
+/// user put acme ada --name Ada        (and bob, cy; legacy dee)
+/// user set acme bob --edition X6 --analytics supervisor --request-id save-1
+/// user set acme bob --edition X2 --request-id save-2
+/// user set acme bob --analytics supervisor --request-id save-3   (refused)
+/// user put acme ada --name Ada --request-id same-name            (a no-op)
+/// user set acme ada --edition X8 --analytics essentials
+/// user delete acme cy
+/// token create --name gateway --role gateway
+/// token create --name old --role provisioner
+/// token revoke tok_e221e62f9ed8a174
+/// ```
+const FIXTURE_V1: &[u8] = include_bytes!("../../../tests/fixtures/backup-v1.bin");
+const OPERATOR: &str = "tok_8feda0d3755f5c1c";
+
+#[tokio::test]
+async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
+    let summary = verify(FIXTURE_V1).unwrap();
+    assert_eq!(summary.revision, 14);
+    assert_eq!(summary.entries, 42);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup");
+    std::fs::write(&file, FIXTURE_V1).unwrap();
+    let data = dir.path().join("data");
+    assert_eq!(restore(&file, &data).unwrap(), summary);
+    let (backend, store) = open(&data);
+
+    assert_eq!(store.read(|v| v.revision()), 14);
+    assert!(store.is_bootstrapped().unwrap());
+    let users = store.read(|v| v.all_users(None));
+    let shown: Vec<_> = users
+        .iter()
+        .map(|u| {
+            let id = format!("{}/{}", u.account_id, u.id);
+            (id, u.edition.clone(), u.tier, u.revision)
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "acme/ada".to_owned(),
+                Some("X8".to_owned()),
+                Tier::Essentials,
+                10
+            ),
+            (
+                "acme/bob".to_owned(),
+                Some("X2".to_owned()),
+                Tier::Essentials,
+                9
+            ),
+            ("legacy/dee".to_owned(), None, Tier::None, 7),
+        ]
+    );
+    assert!(store.read(|v| v.account("legacy").is_some()));
+    let tokens = store.read(|v| v.tokens());
+    let names: Vec<_> = tokens
+        .iter()
+        .map(|t| (t.name.as_str(), t.revoked_at.is_some()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("bootstrap operator", false),
+            ("gateway", false),
+            ("old", true)
+        ]
+    );
+
+    // The trail, with its one refusal, and each account's index rebuilt.
+    let (trail, more) = store.audit(None, 0, 0, 100).unwrap();
+    assert!(!more);
+    assert_eq!(trail.len(), 15);
+    assert_eq!(
+        trail.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=15).collect::<Vec<_>>()
+    );
+    let refused: Vec<_> = trail
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Refused { .. }))
+        .map(|r| (r.seq, r.revision, r.user_id.as_str()))
+        .collect();
+    assert_eq!(refused, [(10, 9, "bob")]);
+    let (acme, _) = store.audit(Some("acme"), 0, 0, 100).unwrap();
+    assert_eq!(acme.len(), 9);
+
+    // The kept answers: a change, a no-op, a refusal.
+    let kept = |id: &str| {
+        backend
+            .kept(RequestId {
+                token_id: OPERATOR,
+                id,
+            })
+            .unwrap()
+            .unwrap()
+    };
+    let retry = |id: &str| {
+        let record = kept(id);
+        let mut ctx = ctx(Rpc::UpdateUserServices, "acme", "bob", None);
+        ctx.actor.token_id = OPERATOR.to_owned();
+        ctx.at = record.at + Duration::from_secs(1);
+        ctx.request = Some(RequestKey {
+            id: id.to_owned(),
+            fingerprint: record.fingerprint,
+        });
+        ctx
+    };
+    let target = Target::User(account_id("acme"), user_id("bob"));
+    let replayed = store
+        .write::<crate::service::ServicesChanged, DomainError>(&target, retry("save-1"), |_| {
+            panic!("a retry is answered from its record")
+        })
+        .await
+        .unwrap();
+    assert!(replayed.replayed);
+    assert_eq!(replayed.revision, 8);
+    assert_eq!(replayed.output.user.tier, Tier::Supervisor);
+    let again = store
+        .write::<crate::service::ServicesChanged, DomainError>(&target, retry("save-3"), |_| {
+            panic!("a retry is answered from its record")
+        })
+        .await;
+    match again {
+        Err(DomainError::Refused(refusal)) => {
+            assert_eq!(refusal.kind, RefusalKind::FailedPrecondition);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(kept("same-name").answer.is_ok());
+
+    // Writes go on from there.
+    let next = put(
+        &store,
+        Target::Account(account_id("new")),
+        ctx(Rpc::CreateAccount, "new", "", None),
+        vec![Mutation::PutAccount(account("new"))],
+    )
+    .await;
+    assert_eq!(next, 15);
+    let (last, _) = store.audit(None, 15, 0, 10).unwrap();
+    assert_eq!(last.iter().map(|r| r.seq).collect::<Vec<_>>(), [16]);
+}
+
+/// A write whose caller goes away while its flush runs (a cancelled call)
+/// is durable, so it must still reach the view: the next flush publishes
+/// it. It was once dropped, with every write flushed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_given_up_during_its_flush_is_still_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = open(dir.path());
+    let acme = vec![Mutation::PutAccount(account("acme"))];
+    let target = Target::Account(account_id("acme"));
+    put(
+        &store,
+        target,
+        ctx(Rpc::CreateAccount, "acme", "", None),
+        acme,
+    )
+    .await;
+
+    // A big record, so that its flush is still running when the first
+    // poll returns; tried until one is.
+    let mut given_up = Vec::new();
+    for i in 0..20 {
+        let id = format!("u{i}");
+        let big = User {
+            display_name: "x".repeat(4 << 20),
+            ..user("acme", &id, None, Tier::None)
+        };
+        let target = Target::User(account_id("acme"), user_id(&id));
+        let ctx = ctx(Rpc::PutUser, "acme", &id, None);
+        let mut write = Box::pin(put(&store, target, ctx, vec![Mutation::PutUser(big)]));
+        // One poll commits it and starts its flush; then the caller is gone.
+        let first = write.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        drop(write);
+        given_up.push(id);
+        if first.is_pending() {
+            break;
+        }
+    }
+    assert!(
+        given_up.len() < 20,
+        "no write was still flushing after one poll"
+    );
+
+    let bob = vec![Mutation::PutUser(user("acme", "bob", None, Tier::None))];
+    let target = Target::User(account_id("acme"), user_id("bob"));
+    let revision = put(&store, target, ctx(Rpc::PutUser, "acme", "bob", None), bob).await;
+    assert_eq!(revision, given_up.len() as u64 + 2);
+    assert_eq!(store.read(|v| v.revision()), revision);
+    for id in &given_up {
+        assert!(
+            store.read(|v| v.user("acme", id)).is_some(),
+            "the given-up write of `{id}` is not in the view"
+        );
+    }
+    assert!(store.read(|v| v.user("acme", "bob")).is_some());
+}

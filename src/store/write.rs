@@ -1,0 +1,398 @@
+//! The write path's rules, whatever the backend: what a write is shown
+//! (`Current`), telling a retry's replay from a new write by its request
+//! record (replay, reuse refused, the answer of a no-op or of a refusal kept
+//! for a retry), and building a write's audit records from the state
+//! `decide` saw and the mutations it returned. `Backend::commit` runs this
+//! as the one writer and commits what it returns.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{
+    Store, StoreError,
+    backend::{Changes, RequestId, Seen, Step},
+    codec::{self, RequestRecord},
+};
+use crate::domain::{
+    Account, AccountId, Actor, AuditRecord, Outcome, Refusal, Rpc, Token, User, UserId, UserState,
+};
+
+/// How long a request id is remembered.
+pub const REQUEST_ID_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// One change to stored records.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    PutAccount(Account),
+    PutUser(User),
+    DeleteUser(AccountId, UserId),
+    PutToken(Token),
+    MarkBootstrapped,
+}
+
+/// What a write is about: what `decide` is shown.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Account(AccountId),
+    User(AccountId, UserId),
+    /// Many users at once (bulk import): `Current::many`, in this order.
+    Users(Vec<(AccountId, UserId)>),
+    Token(String),
+    None,
+}
+
+/// Who writes, for the audit trail and for replaying retries.
+#[derive(Debug, Clone)]
+pub struct WriteContext {
+    pub actor: Actor,
+    pub rpc: Rpc,
+    pub at: SystemTime,
+    /// As the caller sent them.
+    pub account_id: String,
+    pub user_id: String,
+    pub request: Option<RequestKey>,
+}
+
+/// A caller's request id and a fingerprint of the request it came with.
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub id: String,
+    pub fingerprint: [u8; 32],
+}
+
+/// What `decide` sees: the latest committed state of its target.
+#[derive(Debug)]
+pub struct Current {
+    pub account: Option<Account>,
+    pub user: Option<User>,
+    pub token: Option<Token>,
+    /// For `Target::Users`: each target's account and user, in order.
+    pub many: Vec<(Option<Account>, Option<User>)>,
+    /// The revision a write decided now would get.
+    pub next_revision: u64,
+}
+
+impl Current {
+    /// Reads `target` with a backend's point reads (each account read once).
+    pub(crate) fn read(
+        target: &Target,
+        next_revision: u64,
+        account: impl Fn(&AccountId) -> Result<Option<Account>, StoreError>,
+        user: impl Fn(&AccountId, &UserId) -> Result<Option<User>, StoreError>,
+        token: impl Fn(&str) -> Result<Option<Token>, StoreError>,
+    ) -> Result<Current, StoreError> {
+        let mut current = Current {
+            account: None,
+            user: None,
+            token: None,
+            many: Vec::new(),
+            next_revision,
+        };
+        match target {
+            Target::Account(a) => current.account = account(a)?,
+            Target::User(a, u) => {
+                current.account = account(a)?;
+                current.user = user(a, u)?;
+            }
+            Target::Users(targets) => {
+                let mut accounts: HashMap<&AccountId, Option<Account>> = HashMap::new();
+                for (a, u) in targets {
+                    let acc = match accounts.get(a) {
+                        Some(acc) => acc.clone(),
+                        None => {
+                            let acc = account(a)?;
+                            accounts.insert(a, acc.clone());
+                            acc
+                        }
+                    };
+                    current.many.push((acc, user(a, u)?));
+                }
+            }
+            Target::Token(id) => current.token = token(id)?,
+            Target::None => {}
+        }
+        Ok(current)
+    }
+}
+
+/// What `decide` returns: the mutations to commit (none for a no-op), the
+/// caller's output, and details for the audit record.
+pub struct Decided<T> {
+    pub mutations: Vec<Mutation>,
+    pub output: T,
+    pub details: Vec<String>,
+}
+
+impl<T> Decided<T> {
+    pub fn new(mutations: Vec<Mutation>, output: T) -> Self {
+        Decided {
+            mutations,
+            output,
+            details: Vec::new(),
+        }
+    }
+}
+
+/// The result of a write.
+#[derive(Debug)]
+pub struct Written<T> {
+    pub output: T,
+    /// The store revision after the write.
+    pub revision: u64,
+    /// True when this was a retry answered from the first call's record.
+    pub replayed: bool,
+}
+
+/// The error a `decide` closure fails with, as a retry with the same
+/// request id sees it: a refusal the same request would meet again is kept
+/// with the request id, and a retry gets it back instead of running again.
+pub trait Refusable: Sized {
+    /// What to keep for a retry, or `None` when a retry should run again
+    /// (a failure of the store, say).
+    fn refusal(&self) -> Option<Refusal>;
+    /// A kept refusal, as the error a retry fails with.
+    fn refused(refusal: Refusal) -> Self;
+}
+
+/// What a write answers, and whether it applied a change.
+type Answer<T, E> = Result<(Written<T>, bool), E>;
+
+impl Store {
+    /// Decides and commits one write atomically, with its audit record, and
+    /// returns once it is durable and visible to reads. A retry with a
+    /// request id already answered within 24 hours gets the first answer.
+    /// `decide` may be run more than once (see `Backend::commit`); only its
+    /// last run counts.
+    pub async fn write<T, E>(
+        &self,
+        target: &Target,
+        ctx: WriteContext,
+        mut decide: impl FnMut(Current) -> Result<Decided<T>, E> + Send,
+    ) -> Result<Written<T>, E>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: From<StoreError> + Refusable + Send,
+    {
+        let started = Instant::now();
+        let request = ctx.request.as_ref().map(|r| RequestId {
+            token_id: &ctx.actor.token_id,
+            id: &r.id,
+        });
+        let mut outcome: Option<Answer<T, E>> = None;
+        let mut write = |seen: Seen| {
+            let (step, answer) = decide_write(seen, &ctx, &mut decide)?;
+            outcome = Some(answer);
+            Ok(step)
+        };
+        // Whatever the outcome, what it wrote (a write, a no-op's or a
+        // refusal's request record) is durable before the caller hears of it.
+        self.backend.commit(target, request, &mut write).await?;
+        let outcome =
+            outcome.ok_or_else(|| StoreError::Failed("the write was never decided".to_owned()))?;
+        let (written, applied) = outcome?;
+        if applied {
+            self.publisher().durable(started.elapsed());
+        }
+        Ok(written)
+    }
+
+    /// Appends a refused write to the audit trail. It raises no revision and
+    /// is not waited for.
+    pub fn record_refusal(
+        &self,
+        ctx: WriteContext,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.backend.append_refusal(AuditRecord {
+            // Set by the backend.
+            seq: 0,
+            revision: 0,
+            at: ctx.at,
+            actor: ctx.actor,
+            rpc: ctx.rpc,
+            account_id: ctx.account_id,
+            user_id: ctx.user_id,
+            before: None,
+            after: None,
+            details: Vec::new(),
+            outcome: Outcome::Refused {
+                code: code.to_owned(),
+                reason: reason.to_owned(),
+            },
+        })
+    }
+}
+
+/// One run of a write as the one writer: replays a retry, refuses a reused
+/// request id, or runs `decide` and says what to commit. Returns the step
+/// for the backend and the answer for the caller.
+fn decide_write<T, E>(
+    seen: Seen,
+    ctx: &WriteContext,
+    decide: &mut impl FnMut(Current) -> Result<Decided<T>, E>,
+) -> Result<(Step, Answer<T, E>), StoreError>
+where
+    T: Serialize + DeserializeOwned,
+    E: From<StoreError> + Refusable,
+{
+    let Seen {
+        current,
+        revision: committed,
+        request: kept,
+    } = seen;
+    if let (Some(request), Some(record)) = (&ctx.request, kept) {
+        let fresh = record.at + REQUEST_ID_WINDOW > ctx.at;
+        if fresh && record.fingerprint == request.fingerprint {
+            // The answer may not be durable yet if its first call is still
+            // waiting for it: so does the retry.
+            let answer = match record.answer {
+                Ok(output) => {
+                    let key = format!("{}\0{}", ctx.actor.token_id, request.id);
+                    let output = codec::decode(codec::REQUESTS, key.as_bytes(), &output)?;
+                    Ok((
+                        Written {
+                            output,
+                            revision: record.revision,
+                            replayed: true,
+                        },
+                        false,
+                    ))
+                }
+                Err(refusal) => Err(E::refused(refusal)),
+            };
+            return Ok((Step::Commit(Changes::default()), answer));
+        }
+        if fresh {
+            let reused = StoreError::RequestReused(request.id.clone()).into();
+            return Ok((Step::Done, Err(reused)));
+        }
+    }
+
+    // The users as they were, for the audit trail's "before".
+    let mut befores: HashMap<(AccountId, UserId), UserState> = HashMap::new();
+    for user in current
+        .user
+        .iter()
+        .chain(current.many.iter().filter_map(|(_, u)| u.as_ref()))
+    {
+        befores.insert(
+            (user.account_id.clone(), user.id.clone()),
+            UserState::from(user),
+        );
+    }
+    let keep = |revision, answer| {
+        ctx.request.as_ref().map(|request| RequestRecord {
+            fingerprint: request.fingerprint,
+            at: ctx.at,
+            revision,
+            answer,
+        })
+    };
+    let Decided {
+        mutations,
+        output,
+        details,
+    } = match decide(current) {
+        Ok(decided) => decided,
+        Err(e) => {
+            // A refusal the same request would meet again is kept for its
+            // retry; anything else is not, and a retry runs again.
+            let step = match (e.refusal(), &ctx.request) {
+                (Some(refusal), Some(_)) => Step::Commit(Changes {
+                    keep: keep(committed, Err(refusal)),
+                    ..Changes::default()
+                }),
+                _ => Step::Done,
+            };
+            return Ok((step, Err(e)));
+        }
+    };
+    if mutations.is_empty() {
+        // The answer names the committed revision: it is durable before the
+        // answer is given, even when another writer's sync of it is still
+        // running.
+        let changes = Changes {
+            keep: match &ctx.request {
+                Some(_) => keep(committed, Ok(codec::encode(&output)?)),
+                None => None,
+            },
+            ..Changes::default()
+        };
+        let unchanged = Written {
+            output,
+            revision: committed,
+            replayed: false,
+        };
+        return Ok((Step::Commit(changes), Ok((unchanged, false))));
+    }
+
+    let revision = committed + 1;
+    let audit = audit_records(ctx, revision, &mutations, &befores, &details);
+    let changes = Changes {
+        keep: match &ctx.request {
+            Some(_) => keep(revision, Ok(codec::encode(&output)?)),
+            None => None,
+        },
+        mutations,
+        audit,
+    };
+    let written = Written {
+        output,
+        revision,
+        replayed: false,
+    };
+    Ok((Step::Commit(changes), Ok((written, true))))
+}
+
+/// A write's audit records: one per user it changed, with the user as it
+/// was and as it is after; one for the write if it changed no user. Their
+/// sequence numbers are the backend's to give.
+fn audit_records(
+    ctx: &WriteContext,
+    revision: u64,
+    mutations: &[Mutation],
+    befores: &HashMap<(AccountId, UserId), UserState>,
+    details: &[String],
+) -> Vec<AuditRecord> {
+    let record = |account_id, user_id, before, after| AuditRecord {
+        seq: 0,
+        revision,
+        at: ctx.at,
+        actor: ctx.actor.clone(),
+        rpc: ctx.rpc,
+        account_id,
+        user_id,
+        before,
+        after,
+        details: details.to_vec(),
+        outcome: Outcome::Applied,
+    };
+    let mut records: Vec<AuditRecord> = mutations
+        .iter()
+        .filter_map(|m| {
+            let (account, user, after) = match m {
+                Mutation::PutUser(u) => (&u.account_id, &u.id, Some(UserState::from(u))),
+                Mutation::DeleteUser(a, u) => (a, u, None),
+                Mutation::PutAccount(_) | Mutation::PutToken(_) | Mutation::MarkBootstrapped => {
+                    return None;
+                }
+            };
+            let before = befores.get(&(account.clone(), user.clone())).cloned();
+            Some(record(account.to_string(), user.to_string(), before, after))
+        })
+        .collect();
+    if records.is_empty() {
+        records.push(record(
+            ctx.account_id.clone(),
+            ctx.user_id.clone(),
+            None,
+            None,
+        ));
+    }
+    records
+}
