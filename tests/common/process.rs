@@ -4,9 +4,9 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex, mpsc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use entitled::service::OPERATOR_TOKEN_FILE;
@@ -71,8 +71,7 @@ impl Server {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
+        super::endpoint(format!("http://{}", self.addr))
             .connect()
             .await
             .unwrap()
@@ -97,12 +96,79 @@ impl Server {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM, then waits for the exit status.
+    /// SIGTERM, then waits for the exit status (at most
+    /// [`super::STOP_TIMEOUT`]: a server that does not stop fails the test,
+    /// and is killed).
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success());
-        self.child.wait().unwrap()
+        match wait_within(&mut self.child, super::STOP_TIMEOUT) {
+            Some(status) => status,
+            None => panic!(
+                "the server did not stop within {:?} of SIGTERM; its log:\n{}",
+                super::STOP_TIMEOUT,
+                self.log.lock().unwrap().join("\n")
+            ),
+        }
+    }
+}
+
+/// The child's exit status, or None (the child killed) if it has not
+/// exited within `limit`.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How long a command of the command line may run in a test (a backup, an
+/// import, a restore: each takes well under a second here).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `command` to its end, as `Command::output` does, but fails the test
+/// (after killing it) if it has not exited within [`COMMAND_TIMEOUT`].
+/// Blocking: call it off the runtime's threads.
+pub fn output(command: &mut Command) -> Output {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    // Drained on threads, so a command that writes a lot never blocks.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let status = wait_within(&mut child, COMMAND_TIMEOUT);
+    let stdout = stdout.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{command:?} did not exit within {COMMAND_TIMEOUT:?}; its stderr:\n{}",
+            String::from_utf8_lossy(&stderr)
+        ),
     }
 }
 
