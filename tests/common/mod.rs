@@ -82,7 +82,7 @@ pub fn count_from_env(var: &str, default: u32, least: u32) -> u32 {
         Ok(text) => match text.trim().parse::<u32>() {
             Ok(n) if n >= least => n,
             Ok(n) => panic!(
-                "{var}={n} would make this test prove nothing; set at least {least}, or unset it for the default of {default}"
+                "{var}={n} is too few for this test to prove what it says; set at least {least}, or unset it for the default of {default}"
             ),
             Err(_) => panic!(
                 "{var}=`{text}` is not a whole number; set at least {least}, or unset it for the default of {default}"
