@@ -172,6 +172,17 @@ pub fn output(command: &mut Command) -> Output {
     }
 }
 
+/// `Command::output`, bounded: see [`output`].
+pub trait OutputWithin {
+    fn output_within(&mut self) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> Output {
+        output(self)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
