@@ -449,7 +449,13 @@ async fn metric(server: &Server, sample: &str) -> f64 {
         .await
         .unwrap();
     let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
+    common::within(
+        common::CALL_TIMEOUT,
+        "the metrics answer",
+        stream.read_to_string(&mut text),
+    )
+    .await
+    .unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
         .map_or(0.0, |v| v.parse().unwrap())
