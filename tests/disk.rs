@@ -201,7 +201,13 @@ async fn populated() -> tempfile::TempDir {
     // Our connection closes first: the server's graceful stop waits for it
     // (and `terminate` blocks this thread).
     drop(c);
-    assert!(server.terminate().success());
+    let log = std::sync::Arc::clone(&server.log);
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "a graceful stop: {status:?}; the server's log:\n{}",
+        log.lock().unwrap().join("\n")
+    );
     dir
 }
 
