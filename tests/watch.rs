@@ -54,6 +54,19 @@ async fn next_change(
     }
 }
 
+/// The revision an ended watch says to resume after
+/// (`entitled-resume-after`).
+fn resume_point(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get("entitled-resume-after")
+        .unwrap_or_else(|| panic!("no resume point in {status:?}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn summary(c: &pb::EntitlementChange) -> (String, String, String, i32, bool, bool) {
     (
         c.account_id.clone(),
@@ -347,10 +360,12 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
     import_users(&app, 4000).await;
     let CutOff { received, status } = watch_until_cut_off(&app, 4000).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let resume_after = resume_point(&status);
     assert!(
         status
             .message()
-            .contains("resume from the last revision received")
+            .contains(&format!("resume with after_revision {resume_after}")),
+        "{status:?}"
     );
     assert!(received.len() < 4000, "cut off before the end");
     // What it got is the history's beginning, in order.
@@ -362,13 +377,22 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
     for user in ["v1", "v2", "v3"] {
         later.push((user, app.put_user("acme", user).await.revision));
     }
-    // Resumed from the last revision received, as the status says: the
-    // watch goes on with exactly the changes after it, in order.
-    let last = received
+    // Resumed after the revision the status names: the import was cut in
+    // the middle, so that is the one before it, and the import comes again
+    // whole; then exactly the changes after it, in order.
+    let import = received
         .last()
         .expect("some changes before the cut")
         .revision;
-    let mut resumed = watch(&app, "acme", last).await.unwrap();
+    assert_eq!(resume_after, import - 1);
+    let mut resumed = watch(&app, "acme", resume_after).await.unwrap();
+    for i in 0..4000 {
+        let change = next_change(&mut resumed).await;
+        assert_eq!(
+            (change.user_id.as_str(), change.revision),
+            (format!("u{i:04}").as_str(), import)
+        );
+    }
     for (user, revision) in later {
         let change = next_change(&mut resumed).await;
         assert_eq!(
@@ -380,12 +404,13 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
     }
 }
 
-/// A BUG this test reveals (issue #10, reported, not fixed here): a write
-/// that changes many users (an import) gives all its changes one revision,
-/// and a watch cut off in the middle of them, resumed "from the last
-/// revision received" as the status and README tell, starts after that
-/// revision, so the import's changes it had not yet received are never
-/// delivered: a gateway's cache misses them. Fails on today's code.
+/// The regression for a bug this test found: a write that changes many
+/// users (an import) gives all its changes one revision, and a watch cut
+/// off in the middle of them was told to resume "from the last revision
+/// received", which starts after that revision, so the import's changes it
+/// had not yet received were never delivered: a gateway's cache missed
+/// them. The status now names the revision to resume after (the last one
+/// sent whole), in its message and in `entitled-resume-after`.
 #[tokio::test]
 async fn a_watch_cut_off_inside_an_import_resumes_without_losing_the_rest_of_it() {
     let app = TestApp::spawn_with(Options {
@@ -401,10 +426,7 @@ async fn a_watch_cut_off_inside_an_import_resumes_without_losing_the_rest_of_it(
     import_users(&app, 4000).await;
     let CutOff { received, status } = watch_until_cut_off(&app, 4000).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    let last = received
-        .last()
-        .expect("some changes before the cut")
-        .revision;
+    let last = resume_point(&status);
     // A write after the import marks the end of what the resumed watch
     // must deliver.
     let marker = app.put_user("acme", "marker").await.revision;
@@ -497,6 +519,7 @@ async fn a_graceful_stop_ends_a_watch_in_the_middle_of_its_replay() {
     .await;
     app.create_account("acme", "work").await;
     import_users(&app, 4000).await;
+    let import = app.revision().await;
     let mut stream = small_window_watch(&app).await;
     for _ in 0..10 {
         next_change(&mut stream).await;
@@ -522,6 +545,10 @@ async fn a_graceful_stop_ends_a_watch_in_the_middle_of_its_replay() {
         received < 4000,
         "the whole replay was sent after the stop began"
     );
+    // Stopped in the middle of the import's changes, which share one
+    // revision: the watch must resume before that revision, or the rest of
+    // the import would be lost (the import is the store's latest write).
+    assert_eq!(resume_point(&status), import - 1, "{status:?}");
     drop(stream);
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
@@ -532,7 +559,7 @@ async fn a_graceful_stop_ends_a_watch_in_the_middle_of_its_replay() {
 async fn a_graceful_stop_ends_open_watches() {
     let mut app = TestApp::spawn().await;
     app.create_account("acme", "work").await;
-    app.put_user("acme", "ada").await;
+    let ada = app.put_user("acme", "ada").await.revision;
     let mut stream = watch(&app, "", 0).await.unwrap();
     assert_eq!(next_change(&mut stream).await.user_id, "ada");
     app.begin_shutdown();
@@ -547,7 +574,13 @@ async fn a_graceful_stop_ends_open_watches() {
         }
     };
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(status.message().contains("resume the watch"));
+    assert!(
+        status
+            .message()
+            .contains("resume the watch with after_revision")
+    );
+    // Everything was sent: resume after the last write.
+    assert_eq!(resume_point(&status), ada);
     drop(stream);
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
