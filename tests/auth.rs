@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Clients, ManualClock, Options, T, TestApp, assert_status};
+use common::{CALL_TIMEOUT, Clients, ManualClock, Options, T, TestApp, assert_status, within};
 use entitled::proto::v1::{self as pb, Role};
 use tonic::Code;
 
@@ -190,7 +190,10 @@ async fn call(
                 .export_users(pb::ExportUsersRequest { account_id: a })
                 .await?
                 .into_inner();
-            while stream.message().await?.is_some() {}
+            while within(CALL_TIMEOUT, "the export's next message", stream.message())
+                .await?
+                .is_some()
+            {}
             Ok(())
         }
         "CheckAnalyticsAccess" => c
@@ -276,7 +279,10 @@ async fn call(
                 .backup(pb::BackupRequest {})
                 .await?
                 .into_inner();
-            while stream.message().await?.is_some() {}
+            while within(CALL_TIMEOUT, "the backup's next message", stream.message())
+                .await?
+                .is_some()
+            {}
             Ok(())
         }
         other => panic!("no such rpc {other}"),
@@ -621,6 +627,71 @@ async fn an_admin_cannot_grant_themselves_access() {
     app.update(set("boss")).await.unwrap();
 }
 
+/// Rule 11 through ImportUsers: a row for the admin's own user is refused as
+/// UpdateUserServices on it is, dry run or not, alone or among rows the
+/// admin may import, and nothing is written.
+#[tokio::test]
+async fn an_admin_cannot_import_a_row_for_their_own_user() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    app.put_user("acme", "boss").await;
+    app.put_user("acme", "ada").await;
+    let admin = app.clients(Some(
+        &app.token("acme admin", Role::AccountAdmin, "acme", "boss")
+            .await,
+    ));
+    let row = |user: &str| pb::UserRow {
+        account_id: "acme".into(),
+        user_id: user.into(),
+        display_name: format!("User {user}"),
+        edition: "X8".into(),
+        analytics_tier: T::Supervisor as i32,
+    };
+    let before = app.revision().await;
+    for rows in [vec![row("boss")], vec![row("ada"), row("boss")]] {
+        for dry_run in [true, false] {
+            assert_status(
+                admin
+                    .provisioning
+                    .clone()
+                    .import_users(pb::ImportUsersRequest {
+                        rows: rows.clone(),
+                        dry_run,
+                        request_id: String::new(),
+                    })
+                    .await,
+                Code::PermissionDenied,
+                &["role `account-admin` may not change its own services (user `boss`)"],
+            );
+        }
+    }
+    assert_eq!(app.revision().await, before, "a refused import wrote");
+    for user in ["boss", "ada"] {
+        assert_eq!(
+            app.get_user("acme", user).await.unwrap().analytics_tier,
+            T::None as i32,
+            "{user}"
+        );
+    }
+    // The same row for another user is the admin's to import.
+    let imported = admin
+        .provisioning
+        .clone()
+        .import_users(pb::ImportUsersRequest {
+            rows: vec![row("ada")],
+            dry_run: false,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(imported.errors.is_empty(), "{imported:?}");
+    assert_eq!(
+        app.get_user("acme", "ada").await.unwrap().analytics_tier,
+        T::Supervisor as i32
+    );
+}
+
 /// Issue 15: an account admin's import whose every row is malformed names no
 /// account; it used to be refused PERMISSION_DENIED ("only for its own
 /// account") instead of getting its rows' errors.
@@ -924,6 +995,135 @@ async fn the_audit_trail_records_applied_and_refused_writes() {
             .await,
         Code::PermissionDenied,
         &["only for its own account; set account_id to `acme`"],
+    );
+}
+
+/// Every record of the trail, all accounts.
+async fn trail(app: &TestApp) -> Vec<pb::Change> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .audit
+            .clone()
+            .list_changes(pb::ListChangesRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.changes);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// An applied ImportUsers and an applied RevokeToken, retried with their
+/// `request_id` after other writes: the retry gets the first answer, byte
+/// for byte (its revision included), and changes nothing: no revision, no
+/// record, the later writes stand. (`tests/hardening.rs` covers retries of
+/// refusals and no-ops.)
+#[tokio::test]
+async fn an_applied_import_or_revocation_retried_gets_its_first_answer_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    app.put_user("acme", "ada").await;
+    let import = pb::ImportUsersRequest {
+        rows: vec![
+            pb::UserRow {
+                account_id: "acme".into(),
+                user_id: "ada".into(),
+                display_name: "Ada".into(),
+                edition: "X8".into(),
+                analytics_tier: T::Supervisor as i32,
+            },
+            pb::UserRow {
+                account_id: "acme".into(),
+                user_id: "cy".into(),
+                display_name: "Cy".into(),
+                edition: "X4".into(),
+                analytics_tier: T::Essentials as i32,
+            },
+        ],
+        dry_run: false,
+        request_id: "i-1".into(),
+    };
+    let first = app
+        .provisioning
+        .clone()
+        .import_users(import.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (first.created, first.updated, first.errors.len()),
+        (1, 1, 0),
+        "{first:?}"
+    );
+    assert_eq!(first.revision, app.revision().await);
+    // Someone else lowers ada; the retry must not set her back.
+    app.set("acme", "ada", None, Some(T::Essentials))
+        .await
+        .unwrap();
+    let (revision, records) = (app.revision().await, trail(&app).await.len());
+    let retry = app
+        .provisioning
+        .clone()
+        .import_users(import)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry, first);
+    assert_eq!(app.revision().await, revision);
+    assert_eq!(trail(&app).await.len(), records);
+    assert_eq!(
+        app.get_user("acme", "ada").await.unwrap().analytics_tier,
+        T::Essentials as i32
+    );
+
+    let secret = app.token("old gateway", Role::Gateway, "", "").await;
+    let revoke = pb::RevokeTokenRequest {
+        token_id: secret.split_once('.').unwrap().0.into(),
+        request_id: "rv-1".into(),
+    };
+    let first = app
+        .tokens
+        .clone()
+        .revoke_token(revoke.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.revision, app.revision().await);
+    assert!(
+        first.token.as_ref().unwrap().revoked_at.is_some(),
+        "{first:?}"
+    );
+    // A later write: a revocation done again would answer the store's
+    // revision after it; the kept answer has the first one.
+    app.put_user("acme", "later").await;
+    let (revision, records) = (app.revision().await, trail(&app).await.len());
+    let retry = app
+        .tokens
+        .clone()
+        .revoke_token(revoke)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry, first);
+    assert_eq!(app.revision().await, revision);
+    assert_eq!(trail(&app).await.len(), records);
+    assert_status(
+        app.clients(Some(&secret))
+            .catalogue
+            .clone()
+            .get_catalogue(pb::GetCatalogueRequest {})
+            .await,
+        Code::Unauthenticated,
+        &[],
     );
 }
 

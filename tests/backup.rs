@@ -11,9 +11,17 @@
 
 mod common;
 
-use std::{collections::BTreeSet, path::Path, process::Command};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
-use common::{Clients, Options, T, TestApp, assert_status};
+use common::{CALL_TIMEOUT, Clients, Options, T, TestApp, assert_status, within};
 use entitled::{
     proto::v1::{self as pb, Role},
     store::{self, BackupError},
@@ -23,7 +31,8 @@ use tonic::Code;
 const BIN: &str = env!("CARGO_BIN_EXE_entitled");
 
 /// Runs the binary off the runtime's thread (the server under test runs on
-/// it); returns the exit code, stdout and stderr.
+/// it), for at most `process::COMMAND_TIMEOUT`; returns the exit code,
+/// stdout and stderr.
 async fn entitled(args: Vec<String>, token: Option<String>) -> (i32, String, String) {
     tokio::task::spawn_blocking(move || {
         let mut command = Command::new(BIN);
@@ -32,7 +41,7 @@ async fn entitled(args: Vec<String>, token: Option<String>) -> (i32, String, Str
             Some(token) => command.env("ENTITLED_TOKEN", token),
             None => command.env_remove("ENTITLED_TOKEN"),
         };
-        let out = command.output().unwrap();
+        let out = common::process::output(&mut command);
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -287,15 +296,47 @@ async fn a_backup_restored_into_a_new_directory_holds_every_record() {
     assert_eq!(restored.revision().await, before.revision);
 }
 
+/// The messages of a backup stream and the revision it is of.
+async fn read_backup(stream: &mut tonic::Streaming<pb::BackupResponse>) -> (Vec<u8>, u64, usize) {
+    let mut bytes = Vec::new();
+    let mut revision = 0;
+    let mut messages = 0;
+    while let Some(message) = within(CALL_TIMEOUT, "the backup's next message", stream.message())
+        .await
+        .unwrap()
+    {
+        revision = message.revision;
+        bytes.extend_from_slice(&message.chunk);
+        messages += 1;
+    }
+    (bytes, revision, messages)
+}
+
+/// Waits (at most `CALL_TIMEOUT`) until the store's revision passes
+/// `revision`.
+async fn revision_passes(app: &TestApp, revision: u64, what: &str) {
+    within(CALL_TIMEOUT, what, async {
+        while app.revision().await <= revision {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_backup_under_concurrent_writes_is_one_point_in_time() {
     let app = TestApp::spawn().await;
     app.create_account("acme", "work").await;
+    // Writers that go on until the backup is over and the store has moved
+    // past it: the backup is taken while they write, whatever the timing.
+    let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let c = app.clients(Some(&app.operator_secret));
+            let stop = Arc::clone(&stop);
             tokio::spawn(async move {
-                for i in 0..100 {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
                     c.provisioning
                         .clone()
                         .put_user(pb::PutUserRequest {
@@ -307,14 +348,13 @@ async fn a_backup_under_concurrent_writes_is_one_point_in_time() {
                         })
                         .await
                         .unwrap();
+                    i += 1;
                 }
             })
         })
         .collect();
-    // Wait until the writers are under way, then back up while they write.
-    while app.revision().await < 120 {
-        tokio::task::yield_now().await;
-    }
+    // Once the writers are under way, back up while they write.
+    revision_passes(&app, 120, "120 writes").await;
     let mut stream = app
         .clients(Some(&app.operator_secret))
         .backup
@@ -323,27 +363,21 @@ async fn a_backup_under_concurrent_writes_is_one_point_in_time() {
         .await
         .unwrap()
         .into_inner();
-    let mut bytes = Vec::new();
-    let mut revision = 0;
-    let mut messages = 0;
-    while let Some(message) = stream.message().await.unwrap() {
-        revision = message.revision;
-        bytes.extend_from_slice(&message.chunk);
-        messages += 1;
-    }
+    let (bytes, revision, messages) = read_backup(&mut stream).await;
     assert!(
         messages > 1,
         "a backup of {} bytes in one message",
         bytes.len()
     );
+    assert!(revision > 120, "backup at {revision}");
+    // The writers go on past the backup's revision, then stop.
+    revision_passes(&app, revision, "a write after the backup's revision").await;
+    stop.store(true, Ordering::Relaxed);
     for w in writers {
-        w.await.unwrap();
+        within(CALL_TIMEOUT, "a writer's last write", w)
+            .await
+            .unwrap();
     }
-    let last = app.revision().await;
-    assert!(
-        revision >= 120 && revision < last,
-        "backup at {revision} of {last}"
-    );
 
     // Restored by the binary: sled lets go of a directory some time after
     // its last handle in a process is dropped, so this process could not
@@ -386,6 +420,17 @@ async fn a_backup_under_concurrent_writes_is_one_point_in_time() {
         .map(|c| c.user_id)
         .collect();
     assert_eq!(users, expected);
+    // Users written after the backup's revision exist, and are not in it.
+    let everyone = changes(&c, "acme")
+        .await
+        .into_iter()
+        .filter(|c| c.rpc.ends_with("PutUser"))
+        .count();
+    assert!(
+        users.len() < everyone,
+        "{} of {everyone} users restored",
+        users.len()
+    );
     let trail = changes(&restored.clients(Some(&app.operator_secret)), "").await;
     assert_eq!(trail.last().unwrap().revision, revision);
     assert_eq!(restored.revision().await, revision);
@@ -490,10 +535,7 @@ async fn a_damaged_or_cut_backup_is_refused_and_restores_nothing() {
         .await
         .unwrap()
         .into_inner();
-    let mut bytes = Vec::new();
-    while let Some(message) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&message.chunk);
-    }
+    let (bytes, _, _) = read_backup(&mut stream).await;
     let summary = store::verify(bytes.as_slice()).unwrap();
     assert_eq!(summary.bytes, bytes.len() as u64);
 

@@ -15,12 +15,12 @@ use common::process::{BIN, Server};
 use entitled::proto::v1 as pb;
 
 fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "off")
-        .env("ENTITLED_CONSOLE_LISTEN", "off")
-        .output()
-        .unwrap();
+    let out = common::process::output(
+        Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "off")
+            .env("ENTITLED_CONSOLE_LISTEN", "off"),
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -69,23 +69,85 @@ fn a_bad_catalogue_stops_start_up_naming_the_line() {
     assert!(stderr.contains("--analytics-data-delay"), "{stderr}");
 }
 
+/// `--analytics-data-delay` is what the real binary's checks use: the
+/// catalogue reports it, and a check's `data_available_at` is the account's
+/// activation (its first tier) plus that delay, not the catalogue's 48 h.
 #[tokio::test]
 async fn the_data_delay_flag_is_in_force() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--analytics-data-delay", "2s"]);
-    let mut catalogue = server.clients().await.catalogue;
-    let c = catalogue
+    let server = Server::start(dir.path(), &["--analytics-data-delay", "90m"]);
+    let c = server.clients().await;
+    let catalogue = c
+        .catalogue
+        .clone()
         .get_catalogue(pb::GetCatalogueRequest {})
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
-        c.data_delay,
+        catalogue.data_delay,
         Some(prost_types::Duration {
-            seconds: 2,
+            seconds: 90 * 60,
             nanos: 0
         })
     );
+    let mut p = c.provisioning.clone();
+    p.create_account(pb::CreateAccountRequest {
+        account_id: "acme".into(),
+        product_line: "work".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    p.put_user(pb::PutUserRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    p.update_user_services(pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        edition: Some("X8".into()),
+        analytics_tier: Some(pb::AnalyticsTier::Supervisor as i32),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let activated = p
+        .get_account(pb::GetAccountRequest {
+            account_id: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+        .analytics_activated_at
+        .expect("the first tier activates the account");
+    let check = c
+        .access
+        .clone()
+        .check_analytics_access(pb::CheckAnalyticsAccessRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            min_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(check.allowed, "{check:?}");
+    assert_eq!(
+        check.data_available_at,
+        Some(prost_types::Timestamp {
+            seconds: activated.seconds + 90 * 60,
+            nanos: activated.nanos,
+        }),
+        "activated at {activated:?}"
+    );
+    // Activated just now, available in 90 minutes.
+    assert!(!check.data_ready, "{check:?}");
 }
 
 /// Writes acknowledged before a SIGKILL are all there after a restart.
@@ -143,12 +205,17 @@ async fn acknowledged_writes_survive_sigkill() {
     }
     drop(acked_tx);
     let mut acked = Vec::new();
-    while acked.len() < 300 {
-        acked.push(acked_rx.recv().await.unwrap());
-    }
+    common::within(common::CALL_TIMEOUT, "300 acknowledged writes", async {
+        while acked.len() < 300 {
+            acked.push(acked_rx.recv().await.expect("the writers stopped"));
+        }
+    })
+    .await;
     server.kill();
     for w in writers {
-        w.await.unwrap();
+        common::within(common::CALL_TIMEOUT, "a writer ending after the kill", w)
+            .await
+            .unwrap();
     }
     while let Ok(user) = acked_rx.try_recv() {
         acked.push(user);
@@ -224,6 +291,7 @@ fn the_metrics_flag_serves_metrics() {
         .map(|a| a.trim().to_owned())
         .expect("the metrics address is logged");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(common::CALL_TIMEOUT)).unwrap();
     std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();

@@ -11,7 +11,7 @@ mod common;
 
 use std::{path::Path, process::Command};
 
-use common::{T, TestApp};
+use common::{T, TestApp, process::OutputWithin};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_entitled");
@@ -44,7 +44,7 @@ async fn run_with(app: &TestApp, env: &[(&str, &str)], args: &[&str]) -> Run {
         .env_remove("ENTITLED_TOKEN_FILE")
         .envs(env.iter().copied())
         .env_remove("RUST_LOG");
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+    let out = tokio::task::spawn_blocking(move || command.output_within())
         .await
         .unwrap();
     Run {
@@ -235,8 +235,7 @@ async fn exit_codes_tell_usage_refusal_and_unreachable_apart() {
             &format!("http://{dead}"),
         ])
         .env("ENTITLED_TOKEN", &app.operator_secret)
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(
         out.status.code(),
         Some(4),
@@ -251,13 +250,12 @@ async fn exit_codes_tell_usage_refusal_and_unreachable_apart() {
         vec!["import", "--help"],
         vec!["serve", "--help"],
     ] {
-        let out = Command::new(BIN).args(&args).output().unwrap();
+        let out = Command::new(BIN).args(&args).output_within();
         assert_eq!(out.status.code(), Some(0), "{args:?}");
     }
     let completions = Command::new(BIN)
         .args(["completions", "bash"])
-        .output()
-        .unwrap();
+        .output_within();
     assert!(String::from_utf8_lossy(&completions.stdout).contains("entitled"));
 }
 
@@ -547,7 +545,7 @@ async fn config_file_env_and_flags_in_that_order() {
             command.env(k, v);
         }
         command.env("ENTITLED_TOKEN", "tok_abc.SECRET");
-        let out = command.output().unwrap();
+        let out = command.output_within();
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -598,8 +596,7 @@ async fn config_file_env_and_flags_in_that_order() {
     assert_eq!(limits["request_message_timeout"], "750ms");
     let zero = Command::new(BIN)
         .args(["config", "show", "--max-concurrent-calls", "0"])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(zero.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&zero.stderr)
@@ -609,8 +606,7 @@ async fn config_file_env_and_flags_in_that_order() {
     );
     let zero = Command::new(BIN)
         .args(["config", "show", "--request-message-timeout", "0s"])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(zero.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&zero.stderr)
@@ -623,8 +619,7 @@ async fn config_file_env_and_flags_in_that_order() {
     let out = Command::new(BIN)
         .args(["config", "show", "--output", "json"])
         .env_remove("ENTITLED_CONFIG")
-        .output()
-        .unwrap();
+        .output_within();
     let defaults: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (defaults["listen"].as_str(), defaults["data_dir"].as_str()),
@@ -640,8 +635,7 @@ async fn config_file_env_and_flags_in_that_order() {
     );
     let out = Command::new(BIN)
         .args(["serve", "--config", &unknown])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -651,8 +645,7 @@ async fn config_file_env_and_flags_in_that_order() {
     let bad = write(dir.path(), "bad.toml", "\nlisten = \"somewhere\"\n");
     let out = Command::new(BIN)
         .args(["serve", "--config", &bad])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -15,10 +15,14 @@ mod common;
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{Clients, T, process::Server};
+use common::{Clients, T, process::Server, within};
 use entitled::proto::v1 as pb;
 use pb::watch_entitlements_response::Event;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+/// How long any one step of the load may take before the test fails
+/// rather than hangs (each takes milliseconds).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An acknowledged write: a user, the services it was given, and the
 /// user's revision after it (a no-op leaves the revision where it was).
@@ -219,9 +223,14 @@ async fn verify_audit(clients: &Clients) {
 }
 
 /// Follows the feed of the writers' account after `after` until the
-/// server goes away; returns the changes it saw. A watch the server itself
-/// refuses or ends (rather than the kill cutting it) fails the test.
-fn watcher(clients: &Clients, after: u64) -> tokio::task::JoinHandle<Vec<pb::EntitlementChange>> {
+/// server goes away; returns the changes it saw, and tells `seen` how many
+/// so far. A watch the server itself refuses or ends (rather than the kill
+/// cutting it) fails the test.
+fn watcher(
+    clients: &Clients,
+    after: u64,
+    seen_count: watch::Sender<usize>,
+) -> tokio::task::JoinHandle<Vec<pb::EntitlementChange>> {
     let mut access = clients.access.clone();
     tokio::spawn(async move {
         let mut seen = Vec::new();
@@ -237,6 +246,7 @@ fn watcher(clients: &Clients, after: u64) -> tokio::task::JoinHandle<Vec<pb::Ent
                         Ok(Some(message)) => {
                             if let Some(Event::Change(change)) = message.event {
                                 seen.push(change);
+                                seen_count.send_replace(seen.len());
                             }
                         }
                         Ok(None) => panic!("the watch ended cleanly while the server ran"),
@@ -343,10 +353,8 @@ async fn store_revision(clients: &Clients) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_repeated_sigkill() {
-    let cycles: u64 = std::env::var("ENTITLED_CRASH_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(20);
+    // At least 2: the feed must be resumed across a kill.
+    let cycles = u64::from(common::count_from_env("ENTITLED_CRASH_CYCLES", 20, 2));
     let dir = tempfile::tempdir().unwrap();
     let mut acked: HashMap<String, Ack> = HashMap::new();
     // What the last cycle acknowledged, checked at once after each restart;
@@ -368,17 +376,38 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
         // the audit trail agrees with the data.
         verify_audit(&clients).await;
         acked.extend(recent.drain());
-        let watch = watcher(&clients, feed.last().map_or(0, |c| c.revision));
+        let (seen_tx, mut seen) = watch::channel(0);
+        let watch = watcher(&clients, feed.last().map_or(0, |c| c.revision), seen_tx);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let tasks = writers(&clients, &format!("c{cycle}"), &tx);
         drop(tx);
-        // A different moment each cycle: 20 to 170 ms into the load.
-        tokio::time::sleep(Duration::from_millis(20 + (cycle * 37) % 150)).await;
+        // The kill comes at a point of the load, not of the clock: once the
+        // watcher follows the feed (it has seen a change), and then after
+        // 0 to 49 more acknowledged writes, a different number each cycle.
+        within(LOAD_TIMEOUT, "a change seen by the watcher", async {
+            seen.wait_for(|n| *n > 0)
+                .await
+                .expect("the watcher ended before it saw a change");
+        })
+        .await;
+        let more = (cycle * 37) % 50;
+        within(LOAD_TIMEOUT, "acknowledged writes before the kill", async {
+            for _ in 0..more {
+                let ack = rx.recv().await.expect("the writers stopped");
+                total += 1;
+                recent.insert(ack.user.clone(), ack);
+            }
+        })
+        .await;
         server.kill();
         for t in tasks {
-            t.await.unwrap();
+            within(LOAD_TIMEOUT, "a writer ending after the kill", t)
+                .await
+                .unwrap();
         }
-        let followed = watch.await.unwrap();
+        let followed = within(LOAD_TIMEOUT, "the watch ending after the kill", watch)
+            .await
+            .unwrap();
         cycles_followed += u64::from(!followed.is_empty());
         extend_feed(&mut feed, followed);
         while let Some(ack) = rx.recv().await {
@@ -393,10 +422,9 @@ async fn acknowledged_writes_survive_repeated_sigkill() {
     verify_audit(&clients).await;
     verify_feed(&clients, &feed, &acked).await;
     assert!(total > 0, "no write was acknowledged");
-    // Not every cycle: a kill 20 ms into the load can come before the
-    // watch is answered. Most must.
-    assert!(
-        cycles_followed * 2 >= cycles,
+    // Every cycle: the kill waits for the watcher's first change.
+    assert_eq!(
+        cycles_followed, cycles,
         "the watchers saw changes in only {cycles_followed} of {cycles} cycles"
     );
     println!(
@@ -414,19 +442,28 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_loses_nothing() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let tasks = writers(&clients, "term", &tx);
     drop(tx);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Under load: the stop comes once 50 writes are acknowledged, while the
+    // writers go on.
+    let mut acked = HashMap::new();
+    within(LOAD_TIMEOUT, "50 acknowledged writes", async {
+        for _ in 0..50 {
+            let ack = rx.recv().await.expect("the writers stopped");
+            acked.insert(ack.user.clone(), ack);
+        }
+    })
+    .await;
     let status = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .unwrap();
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
     for t in tasks {
-        t.await.unwrap();
+        within(LOAD_TIMEOUT, "a writer ending after the stop", t)
+            .await
+            .unwrap();
     }
-    let mut acked = HashMap::new();
     while let Some(ack) = rx.recv().await {
         acked.insert(ack.user.clone(), ack);
     }
-    assert!(!acked.is_empty());
     let server = Server::start(dir.path(), &[]);
     let clients = server.clients().await;
     verify(&clients, &acked).await;

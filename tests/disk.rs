@@ -2,6 +2,14 @@
 //! cannot be written, and a full disk. Each gives a clear start-up error and
 //! exit code, or a failing write with a clear status while reads go on;
 //! never a panic. The server is the real binary.
+//!
+//! The read-only and full-disk tests mount a tmpfs, which needs root. Where
+//! `mount` is not permitted they cannot run, which is known only at run
+//! time, so this file has its own harness (libtest-mimic, `harness = false`
+//! in Cargo.toml) that reports such a test *ignored*, with the reason, in
+//! the run's `test result:` line, rather than letting it pass having done
+//! nothing. With `ENTITLED_REQUIRE_MOUNT=1` (set by `.ci/run`, which runs as
+//! root) a test that cannot mount fails instead.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,11 +19,123 @@
 
 mod common;
 
-use std::{path::Path, process::Command};
+use std::{
+    future::Future,
+    path::Path,
+    process::Command,
+    sync::{OnceLock, mpsc},
+    time::Duration,
+};
 
-use common::{process::BIN, process::Server};
+use common::process::{BIN, Server, child::wait_within};
 use entitled::proto::v1 as pb;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use tonic::Code;
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let _ = VERBOSE.set(args.nocapture);
+    let tests = vec![
+        test(
+            "a_damaged_record_stops_start_up_naming_it",
+            a_damaged_record_stops_start_up_naming_it,
+        ),
+        test(
+            "a_damaged_revision_counter_stops_start_up_naming_it",
+            a_damaged_revision_counter_stops_start_up_naming_it,
+        ),
+        test(
+            "garbage_over_or_truncation_of_each_sled_file_gives_an_error_or_the_data",
+            garbage_over_or_truncation_of_each_sled_file_gives_an_error_or_the_data,
+        ),
+        test(
+            "lost_replaced_or_older_sled_data_is_refused_not_served",
+            lost_replaced_or_older_sled_data_is_refused_not_served,
+        ),
+        test(
+            "a_damaged_watermark_is_refused_and_a_missing_one_made_again",
+            a_damaged_watermark_is_refused_and_a_missing_one_made_again,
+        ),
+        test(
+            "a_data_directory_that_is_a_file_is_refused_clearly",
+            a_data_directory_that_is_a_file_is_refused_clearly,
+        ),
+        needs_mount(
+            "a_read_only_data_directory_is_refused_clearly",
+            "size=1m,ro",
+            a_read_only_data_directory_is_refused_clearly,
+        ),
+        needs_mount(
+            "a_full_disk_fails_writes_with_unavailable_and_reads_go_on",
+            "size=4m",
+            a_full_disk_fails_writes_with_unavailable_and_reads_go_on,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit_code()
+}
+
+/// Set to 1 to make a test that cannot mount fail instead of being
+/// reported ignored.
+const REQUIRE_MOUNT: &str = "ENTITLED_REQUIRE_MOUNT";
+
+/// Whether `--nocapture` was given: this harness cannot capture output, so
+/// the tests print their progress only then.
+static VERBOSE: OnceLock<bool> = OnceLock::new();
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if VERBOSE.get().copied().unwrap_or(false) {
+            println!($($arg)*);
+        }
+    };
+}
+
+/// Runs `body` on a runtime of its own, as `#[tokio::test]` would (with
+/// two worker threads); a panic fails the test.
+fn block_on(body: impl Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body);
+}
+
+fn test<F: Future<Output = ()> + 'static>(name: &str, body: fn() -> F) -> Trial {
+    Trial::test(name, move || {
+        block_on(body());
+        Ok(())
+    })
+}
+
+/// A test on a tmpfs mounted with `options`. Where it cannot be mounted the
+/// test is reported ignored with the reason (which the summary counts), or
+/// fails if `ENTITLED_REQUIRE_MOUNT=1`.
+fn needs_mount<F: Future<Output = ()> + 'static>(
+    name: &str,
+    options: &'static str,
+    body: fn(Mount) -> F,
+) -> Trial {
+    Trial::ignorable_test(name, move || match Mount::tmpfs(options) {
+        Ok(mount) => {
+            block_on(body(mount));
+            Ok(Completion::Completed)
+        }
+        Err(reason) if mount_required() => Err(Failed::from(format!(
+            "{reason}, and {REQUIRE_MOUNT}=1 requires this test to run"
+        ))),
+        Err(reason) => Ok(Completion::ignored_with(format!(
+            "{reason}; it needs root, and with {REQUIRE_MOUNT}=1 this is a failure"
+        ))),
+    })
+}
+
+fn mount_required() -> bool {
+    std::env::var(REQUIRE_MOUNT).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// How long the binary may take to serve or to refuse.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `entitled serve` on `dir`: Ok if it started (it is then killed),
 /// or its exit code and log if it refused.
@@ -82,11 +202,16 @@ async fn populated() -> tempfile::TempDir {
     // Our connection closes first: the server's graceful stop waits for it
     // (and `terminate` blocks this thread).
     drop(c);
-    assert!(server.terminate().success());
+    let log = std::sync::Arc::clone(&server.log);
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "a graceful stop: {status:?}; the server's log:\n{}",
+        log.lock().unwrap().join("\n")
+    );
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_record_stops_start_up_naming_it() {
     let dir = populated().await;
     {
@@ -102,7 +227,6 @@ async fn a_damaged_record_stops_start_up_naming_it() {
     assert_refused(&out, &["damaged record", "`users`"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_revision_counter_stops_start_up_naming_it() {
     let dir = populated().await;
     {
@@ -126,7 +250,6 @@ async fn a_damaged_revision_counter_stops_start_up_naming_it() {
 /// Every file of sled's, overwritten or cut short in turn: the server
 /// refuses to start, clearly, or it starts with every record. Before the
 /// watermark, an emptied or cut `db/db` started an empty store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_over_or_truncation_of_each_sled_file_gives_an_error_or_the_data() {
     let dir = populated().await;
     let db_dir = dir.path().join("db");
@@ -149,13 +272,13 @@ async fn garbage_over_or_truncation_of_each_sled_file_gives_an_error_or_the_data
             match serve(copy.path()) {
                 Ok(()) => {
                     assert_has_the_data(copy.path(), &name).await;
-                    println!("{name}: started, with the data");
+                    say!("{name}: started, with the data");
                 }
                 Err((code, stderr)) => {
                     assert!(!stderr.contains("panicked"), "{name}: a panic:\n{stderr}");
                     assert_eq!(code, Some(1), "{name}:\n{stderr}");
                     assert!(stderr.contains("data directory"), "{name}:\n{stderr}");
-                    println!("{name}: refused: {}", stderr.lines().last().unwrap_or(""));
+                    say!("{name}: refused: {}", stderr.lines().last().unwrap_or(""));
                     refused += 1;
                 }
             }
@@ -188,7 +311,6 @@ async fn assert_has_the_data(dir: &Path, name: &str) {
 /// The regression for the bug the test above found: sled's files emptied,
 /// removed, or put back from an earlier copy, open cleanly with older data
 /// or none. The watermark tells, and the server refuses to serve it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_replaced_or_older_sled_data_is_refused_not_served() {
     let dir = populated().await;
     let db = dir.path().join("db");
@@ -259,7 +381,6 @@ async fn lost_replaced_or_older_sled_data_is_refused_not_served() {
 
 /// A damaged watermark stops start-up naming it; a removed one is made
 /// again from sled's data, as for a directory made before watermarks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_watermark_is_refused_and_a_missing_one_made_again() {
     let dir = populated().await;
     let watermark = dir.path().join("entitled.watermark");
@@ -299,20 +420,37 @@ async fn a_damaged_watermark_is_refused_and_a_missing_one_made_again() {
     );
 }
 
-/// Waits until the server logs that it serves, or exits.
+/// Waits until the server logs that it serves, or exits (at most
+/// `START_TIMEOUT`: one that does neither fails the test, and is killed).
 fn started_or_exited(child: &mut std::process::Child) -> Result<(), (Option<i32>, String)> {
     use std::io::{BufRead, BufReader};
     let stderr = child.stderr.take().unwrap();
-    let mut all = String::new();
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        if line.contains("serving addr=") {
-            return Ok(());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("serving addr=") {
+                let _ = tx.send(None);
+                return;
+            }
+            all.push_str(&line);
+            all.push('\n');
         }
-        all.push_str(&line);
-        all.push('\n');
+        let _ = tx.send(Some(all));
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(None) => Ok(()),
+        Ok(Some(all)) => {
+            let status = wait_within(child, START_TIMEOUT)
+                .unwrap_or_else(|| panic!("the server closed its log but did not exit:\n{all}"));
+            Err((status.code(), all))
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server neither served nor exited within {START_TIMEOUT:?}");
+        }
     }
-    let status = child.wait().unwrap();
-    Err((status.code(), all))
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -341,7 +479,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_that_is_a_file_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
@@ -354,26 +491,22 @@ async fn a_data_directory_that_is_a_file_is_refused_clearly() {
 struct Mount(tempfile::TempDir);
 
 impl Mount {
-    /// None (with the reason printed) where mounting is not permitted.
-    fn tmpfs(options: &str) -> Option<Mount> {
+    /// Mounted, or why not (mount not permitted, or not there).
+    fn tmpfs(options: &str) -> Result<Mount, String> {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .output();
         match out {
-            Ok(out) if out.status.success() => Some(Mount(dir)),
-            Ok(out) => {
-                println!(
-                    "skipped: cannot mount a tmpfs: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                println!("skipped: cannot run mount: {e}");
-                None
-            }
+            Ok(out) if out.status.success() => Ok(Mount(dir)),
+            Ok(out) => Err(format!(
+                "cannot mount a tmpfs: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .trim_end_matches('.')
+            )),
+            Err(e) => Err(format!("cannot run mount: {e}")),
         }
     }
 
@@ -388,22 +521,14 @@ impl Drop for Mount {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_only_data_directory_is_refused_clearly() {
-    let Some(mount) = Mount::tmpfs("size=1m,ro") else {
-        return;
-    };
+async fn a_read_only_data_directory_is_refused_clearly(mount: Mount) {
     let out = serve_fails(&mount.path().join("data"));
     assert_refused(&out, &["data directory", "Read-only file system"]);
     let out = serve_fails(mount.path());
     assert_refused(&out, &["data directory", "Read-only file system"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on() {
-    let Some(mount) = Mount::tmpfs("size=4m") else {
-        return;
-    };
+async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on(mount: Mount) {
     let server = Server::start(mount.path(), &[]);
     let c = server.clients().await;
     let mut p = c.provisioning.clone();
@@ -433,7 +558,7 @@ async fn a_full_disk_fails_writes_with_unavailable_and_reads_go_on() {
             Err(status) => break status,
         }
     };
-    println!("disk full after {written} users: {refused:?}");
+    say!("disk full after {written} users: {refused:?}");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     // Later writes are refused the same way; reads answer from memory.
     let again = p

@@ -69,7 +69,13 @@ async fn metrics_text(app: &TestApp) -> String {
         .await
         .unwrap();
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    common::within(
+        common::CALL_TIMEOUT,
+        "the metrics answer",
+        stream.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap();
     answer
 }
 

@@ -4,8 +4,10 @@
 //! binary; after every case it must still answer, and its log must never show
 //! a panic.
 //!
-//! Each test runs `ENTITLED_FUZZ_CASES` cases (default 64; RELIABILITY.md
-//! gives the longer command).
+//! Each proptest runs `ENTITLED_FUZZ_CASES` cases when that is set (at
+//! least 1: 0 would pass having tried nothing, so it fails instead), or its
+//! own default (256, 64, 2000 and 24; RELIABILITY.md gives the longer
+//! command), and checks at its end that it ran them.
 
 #![allow(
     clippy::unwrap_used,
@@ -28,10 +30,17 @@ use tokio::{io::AsyncWriteExt, net::TcpStream, runtime::Runtime};
 use tonic::Code;
 
 fn cases(default: u32) -> u32 {
-    std::env::var("ENTITLED_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    common::count_from_env("ENTITLED_FUZZ_CASES", default, 1)
+}
+
+/// Fails unless the runner tried at least the cases it was set to.
+#[track_caller]
+fn assert_ran(executions: u64, default: u32) {
+    let want = cases(default);
+    assert!(
+        executions >= u64::from(want),
+        "ran {executions} cases of {want}"
+    );
 }
 
 fn runner(default: u32) -> TestRunner {
@@ -279,6 +288,7 @@ fn random_and_mutated_bytes_as_every_request_never_hurt_the_server() {
         .unwrap();
     rt.block_on(still_serving(&server));
     println!("{} random or mutated requests, no panic", executions.get());
+    assert_ran(executions.get(), 256);
 }
 
 #[test]
@@ -393,6 +403,7 @@ fn random_strings_in_well_formed_requests_are_judged_never_internal() {
         "{} requests with random strings, each judged",
         executions.get()
     );
+    assert_ran(executions.get(), 64);
 }
 
 #[test]
@@ -433,6 +444,7 @@ fn mutated_catalogues_parse_or_fail_with_a_line() {
         "{} mutated catalogues, each parsed or refused with a line",
         executions.get()
     );
+    assert_ran(executions.get(), 2000);
 }
 
 #[test]
@@ -462,13 +474,13 @@ fn random_import_files_are_refused_row_by_row_never_a_panic() {
             f.write_all(&tail).unwrap();
             drop(f);
             executions.set(executions.get() + 1);
-            let out = std::process::Command::new(common::process::BIN)
-                .args(["import", "--dry-run", "--server"])
-                .arg(format!("http://{}", server.addr))
-                .arg(&path)
-                .env("ENTITLED_TOKEN", &server.secret)
-                .output()
-                .unwrap();
+            let out = common::process::output(
+                std::process::Command::new(common::process::BIN)
+                    .args(["import", "--dry-run", "--server"])
+                    .arg(format!("http://{}", server.addr))
+                    .arg(&path)
+                    .env("ENTITLED_TOKEN", &server.secret),
+            );
             let stderr = String::from_utf8_lossy(&out.stderr);
             prop_assert!(!stderr.contains("panicked"), "{stderr}");
             // 0 all good, 1 unreadable file, 3 rows refused.
@@ -482,6 +494,7 @@ fn random_import_files_are_refused_row_by_row_never_a_panic() {
         .unwrap();
     rt.block_on(still_serving(&server));
     println!("{} random import files, none panicked", executions.get());
+    assert_ran(executions.get(), 24);
 }
 
 /// Writes `bytes` on a fresh connection, then reads until the server closes
@@ -587,7 +600,8 @@ async fn malformed_http2_and_grpc_frames_never_crash_the_server() {
         still_serving(&server).await;
     }
     // A declared 4 GiB message whose body keeps coming: refused from the
-    // prefix, not buffered.
+    // prefix, not buffered, with OUT_OF_RANGE (a reset stream or a closed
+    // connection would not tell the caller why).
     let mut streaming = raw::frame(u32::MAX, &[]);
     streaming.extend(std::iter::repeat_n(0u8, 1 << 20));
     let answer = raw::call(
@@ -596,10 +610,14 @@ async fn malformed_http2_and_grpc_frames_never_crash_the_server() {
         &[("authorization", &authorization)],
         streaming,
     )
-    .await;
-    if let Ok(a) = &answer {
-        assert_eq!(a.grpc_status, Some(Code::OutOfRange as i32), "{a:?}");
-    }
+    .await
+    .unwrap_or_else(|e| panic!("1 MiB following a declared 4 GiB: transport error {e}"));
+    println!("a declared size of 4 GiB, 1 MiB following: {answer:?}");
+    assert_eq!(
+        answer.grpc_status,
+        Some(Code::OutOfRange as i32),
+        "{answer:?}"
+    );
     still_serving(&server).await;
     // Odd headers.
     let long = "x".repeat(64 * 1024);

@@ -34,7 +34,13 @@ async fn scrape(addr: SocketAddr) -> Scrape {
         .await
         .unwrap();
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    common::within(
+        common::CALL_TIMEOUT,
+        "the metrics answer",
+        stream.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),

@@ -515,3 +515,57 @@ async fn list_users_errors() {
         "an exactly full last page has no next token"
     );
 }
+
+/// ImportUsers takes 1 to 5000 rows a call: none, or 5001, is
+/// INVALID_ARGUMENT and writes nothing, dry run or not; 5000 are imported.
+#[tokio::test]
+async fn an_import_holds_1_to_5000_rows() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    let rows = |n: usize| -> Vec<pb::UserRow> {
+        (0..n)
+            .map(|i| pb::UserRow {
+                account_id: "acme".into(),
+                user_id: format!("u{i}"),
+                display_name: format!("User {i}"),
+                edition: "X4".into(),
+                analytics_tier: pb::AnalyticsTier::Essentials as i32,
+            })
+            .collect()
+    };
+    let import = |rows: Vec<pb::UserRow>, dry_run: bool| {
+        let mut provisioning = app.provisioning.clone();
+        async move {
+            provisioning
+                .import_users(pb::ImportUsersRequest {
+                    rows,
+                    dry_run,
+                    request_id: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let before = app.revision().await;
+    for dry_run in [true, false] {
+        assert_status(
+            import(rows(0), dry_run).await,
+            Code::InvalidArgument,
+            &["rows holds 0 rows; send 1 to 5000 a call"],
+        );
+        assert_status(
+            import(rows(5001), dry_run).await,
+            Code::InvalidArgument,
+            &["rows holds 5001 rows; send 1 to 5000 a call"],
+        );
+    }
+    assert_eq!(app.revision().await, before, "a refused import wrote");
+    assert_status(app.get_user("acme", "u0").await, Code::NotFound, &["`u0`"]);
+    let imported = import(rows(5000), false).await.unwrap();
+    assert_eq!((imported.created, imported.errors.len()), (5000, 0));
+    assert_eq!(imported.revision, before + 1, "one write");
+    assert_eq!(
+        app.check("acme", "u4999").await.tier,
+        common::T::Essentials as i32
+    );
+}

@@ -9,9 +9,21 @@
 
 mod common;
 
-use common::{T, TestApp};
+use common::{CALL_TIMEOUT, T, TestApp, within};
 use entitled::proto::v1 as pb;
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
+
+/// The next message of a stream, within `CALL_TIMEOUT`: `what` did not
+/// come, or the stream ended or failed, fails the test.
+async fn next<T, S>(stream: &mut S, what: &str) -> T
+where
+    S: Stream<Item = Result<T, tonic::Status>> + Unpin,
+{
+    within(CALL_TIMEOUT, what, stream.next())
+        .await
+        .unwrap_or_else(|| panic!("the stream ended before {what}"))
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+}
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -51,12 +63,14 @@ async fn health_serves_each_service_and_turns_not_serving_on_shutdown() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        watch.next().await.unwrap().unwrap().status,
+        next(&mut watch, "health's first status").await.status,
         ServingStatus::Serving as i32
     );
     app.begin_shutdown();
     assert_eq!(
-        watch.next().await.unwrap().unwrap().status,
+        next(&mut watch, "health's status after the shutdown signal")
+            .await
+            .status,
         ServingStatus::NotServing as i32
     );
     drop(watch);
@@ -87,7 +101,9 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
         .unwrap()
         .into_inner();
     let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        stream.next().await.unwrap().unwrap().message_response
+        next(&mut stream, "a reflection answer")
+            .await
+            .message_response
     else {
         panic!("not a service list")
     };
@@ -113,7 +129,9 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
         .unwrap()
         .into_inner();
     let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
-        stream.next().await.unwrap().unwrap().message_response
+        next(&mut stream, "a reflection answer")
+            .await
+            .message_response
     else {
         panic!("not a file descriptor response")
     };
@@ -133,7 +151,9 @@ async fn reflection_v1_and_v1alpha_list_the_services() {
         .unwrap()
         .into_inner();
     let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        stream.next().await.unwrap().unwrap().message_response
+        next(&mut stream, "a reflection answer")
+            .await
+            .message_response
     else {
         panic!("not a service list")
     };

@@ -11,6 +11,8 @@ mod common;
 
 use std::path::Path;
 
+use common::process::OutputWithin;
+
 use entitled::{
     catalogue::Catalogue,
     proto::v1 as pb,
@@ -178,8 +180,7 @@ async fn backup_over_tls_trusts_the_given_ca() {
                 .args(args)
                 .env("RUST_LOG", "off")
                 .env("ENTITLED_TOKEN", secret)
-                .output()
-                .unwrap()
+                .output_within()
         })
     };
     let without = run(vec![]).await.unwrap();

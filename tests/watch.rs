@@ -54,6 +54,19 @@ async fn next_change(
     }
 }
 
+/// The revision an ended watch says to resume after
+/// (`entitled-resume-after`).
+fn resume_point(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get("entitled-resume-after")
+        .unwrap_or_else(|| panic!("no resume point in {status:?}"))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn summary(c: &pb::EntitlementChange) -> (String, String, String, i32, bool, bool) {
     (
         c.account_id.clone(),
@@ -279,6 +292,58 @@ async fn import_users(app: &TestApp, count: usize) {
     assert!(imported.errors.is_empty());
 }
 
+/// How a watch that was cut off as too slow ended: the changes it got
+/// before the cut, in order, and the status.
+struct CutOff {
+    received: Vec<pb::EntitlementChange>,
+    status: tonic::Status,
+}
+
+/// Opens a small-window watch of `acme` from the start (whose history is
+/// far longer than the buffer and the windows), reads nothing for a while,
+/// then reads to the end. The server cuts the client off once its buffer
+/// has stayed full for `stall`; how soon after the watch opens that happens
+/// depends on the machine, so a client that was served whole (it began
+/// reading before the server gave up) tries again, pausing twice as long,
+/// up to 16 s: the outcome, not a clock, decides.
+async fn watch_until_cut_off(app: &TestApp, history: usize) -> CutOff {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let mut stream = small_window_watch(app).await;
+        // On purpose, the client reads nothing for a while.
+        tokio::time::sleep(pause).await;
+        let mut received = Vec::new();
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("stalled")
+            {
+                Ok(Some(pb::WatchEntitlementsResponse {
+                    event: Some(Event::Change(c)),
+                })) => {
+                    received.push(c);
+                    if received.len() == history {
+                        break None;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => panic!(
+                    "the stream ended without an error after {} changes",
+                    received.len()
+                ),
+                Err(status) => break Some(status),
+            }
+        };
+        match ended {
+            Some(status) => return CutOff { received, status },
+            None if pause < Duration::from_secs(16) => pause *= 2,
+            None => {
+                panic!("read every change without being cut off, after pauses of up to {pause:?}")
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_and_can_resume() {
     let app = TestApp::spawn_with(Options {
@@ -291,43 +356,101 @@ async fn a_slow_consumer_is_cut_off_and_can_resume() {
     })
     .await;
     app.create_account("acme", "work").await;
-    let mut stream = small_window_watch(&app).await;
-    // Far more changes than the buffer and the transport's windows hold,
-    // while the client reads nothing.
+    // Far more changes than the buffer and the transport's windows hold.
     import_users(&app, 4000).await;
-    // Not synchronisation: time for the server to fill the small buffer,
-    // and find it still full after `stall`, while this client, on purpose,
-    // reads nothing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut received = 0;
-    let mut last = 0;
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("stalled")
-        {
-            Ok(Some(pb::WatchEntitlementsResponse {
-                event: Some(Event::Change(c)),
-            })) => {
-                received += 1;
-                last = c.revision;
-                assert!(received < 4000, "read every change without being cut off");
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the stream ended without an error after {received} changes"),
-            Err(status) => break status,
-        }
-    };
+    let CutOff { received, status } = watch_until_cut_off(&app, 4000).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let resume_after = resume_point(&status);
     assert!(
         status
             .message()
-            .contains("resume from the last revision received")
+            .contains(&format!("resume with after_revision {resume_after}")),
+        "{status:?}"
     );
-    assert!(received < 4000, "cut off before the end ({received})");
-    // Resuming from the last revision seen works (here the import is one
-    // revision, so the resumed watch starts after it).
-    assert!(watch(&app, "acme", last).await.is_ok());
+    assert!(received.len() < 4000, "cut off before the end");
+    // What it got is the history's beginning, in order.
+    for (i, change) in received.iter().enumerate() {
+        assert_eq!(change.user_id, format!("u{i:04}"));
+    }
+    // Changes made after the cut-off.
+    let mut later = Vec::new();
+    for user in ["v1", "v2", "v3"] {
+        later.push((user, app.put_user("acme", user).await.revision));
+    }
+    // Resumed after the revision the status names: the import was cut in
+    // the middle, so that is the one before it, and the import comes again
+    // whole; then exactly the changes after it, in order.
+    let import = received
+        .last()
+        .expect("some changes before the cut")
+        .revision;
+    assert_eq!(resume_after, import - 1);
+    let mut resumed = watch(&app, "acme", resume_after).await.unwrap();
+    for i in 0..4000 {
+        let change = next_change(&mut resumed).await;
+        assert_eq!(
+            (change.user_id.as_str(), change.revision),
+            (format!("u{i:04}").as_str(), import)
+        );
+    }
+    for (user, revision) in later {
+        let change = next_change(&mut resumed).await;
+        assert_eq!(
+            (change.user_id.as_str(), change.revision),
+            (user, revision),
+            "{change:?}"
+        );
+        assert!(change.created, "{change:?}");
+    }
+}
+
+/// The regression for a bug this test found: a write that changes many
+/// users (an import) gives all its changes one revision, and a watch cut
+/// off in the middle of them was told to resume "from the last revision
+/// received", which starts after that revision, so the import's changes it
+/// had not yet received were never delivered: a gateway's cache missed
+/// them. The status now names the revision to resume after (the last one
+/// sent whole), in its message and in `entitled-resume-after`.
+#[tokio::test]
+async fn a_watch_cut_off_inside_an_import_resumes_without_losing_the_rest_of_it() {
+    let app = TestApp::spawn_with(Options {
+        watch: Some(WatchOptions {
+            buffer: 8,
+            stall: Duration::from_millis(100),
+            ..WatchOptions::default()
+        }),
+        ..Options::default()
+    })
+    .await;
+    app.create_account("acme", "work").await;
+    import_users(&app, 4000).await;
+    let CutOff { received, status } = watch_until_cut_off(&app, 4000).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let last = resume_point(&status);
+    // A write after the import marks the end of what the resumed watch
+    // must deliver.
+    let marker = app.put_user("acme", "marker").await.revision;
+    let mut resumed = watch(&app, "acme", last).await.unwrap();
+    let mut users: std::collections::BTreeSet<String> =
+        received.iter().map(|c| c.user_id.clone()).collect();
+    loop {
+        let change = next_change(&mut resumed).await;
+        if change.revision == marker {
+            break;
+        }
+        users.insert(change.user_id);
+    }
+    let missing: Vec<String> = (0..4000)
+        .map(|i| format!("u{i:04}"))
+        .filter(|u| !users.contains(u))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "cut off after {} of the import's 4000 changes (revision {last}) and resumed from that revision: {} never delivered (first: {:?})",
+        received.len(),
+        missing.len(),
+        missing.first()
+    );
 }
 
 /// The regression for a bug the long crash run found: a watch replaying a
@@ -396,6 +519,7 @@ async fn a_graceful_stop_ends_a_watch_in_the_middle_of_its_replay() {
     .await;
     app.create_account("acme", "work").await;
     import_users(&app, 4000).await;
+    let import = app.revision().await;
     let mut stream = small_window_watch(&app).await;
     for _ in 0..10 {
         next_change(&mut stream).await;
@@ -421,6 +545,10 @@ async fn a_graceful_stop_ends_a_watch_in_the_middle_of_its_replay() {
         received < 4000,
         "the whole replay was sent after the stop began"
     );
+    // Stopped in the middle of the import's changes, which share one
+    // revision: the watch must resume before that revision, or the rest of
+    // the import would be lost (the import is the store's latest write).
+    assert_eq!(resume_point(&status), import - 1, "{status:?}");
     drop(stream);
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
@@ -431,7 +559,7 @@ async fn a_graceful_stop_ends_a_watch_in_the_middle_of_its_replay() {
 async fn a_graceful_stop_ends_open_watches() {
     let mut app = TestApp::spawn().await;
     app.create_account("acme", "work").await;
-    app.put_user("acme", "ada").await;
+    let ada = app.put_user("acme", "ada").await.revision;
     let mut stream = watch(&app, "", 0).await.unwrap();
     assert_eq!(next_change(&mut stream).await.user_id, "ada");
     app.begin_shutdown();
@@ -446,7 +574,13 @@ async fn a_graceful_stop_ends_open_watches() {
         }
     };
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(status.message().contains("resume the watch"));
+    assert!(
+        status
+            .message()
+            .contains("resume the watch with after_revision")
+    );
+    // Everything was sent: resume after the last write.
+    assert_eq!(resume_point(&status), ada);
     drop(stream);
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await

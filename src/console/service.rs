@@ -312,7 +312,7 @@ pub fn code_name(error: &DomainError) -> &'static str {
         DomainError::Unauthenticated(_) => "UNAUTHENTICATED",
         DomainError::Bootstrap(_) => "INTERNAL",
         DomainError::RevisionNotReached { .. }
-        | DomainError::ShuttingDown
+        | DomainError::ShuttingDown { .. }
         | DomainError::NoRandomness(_) => "UNAVAILABLE",
         DomainError::HistoryGone { .. } => "OUT_OF_RANGE",
         DomainError::SlowConsumer { .. } => "RESOURCE_EXHAUSTED",

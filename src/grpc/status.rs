@@ -50,8 +50,12 @@ impl From<DomainError> for Status {
             DomainError::NoRandomness(_) => Status::unavailable(message),
             DomainError::RevisionNotReached { .. } => Status::unavailable(message),
             DomainError::HistoryGone { .. } => Status::out_of_range(message),
-            DomainError::SlowConsumer { .. } => Status::resource_exhausted(message),
-            DomainError::ShuttingDown => Status::unavailable(message),
+            DomainError::SlowConsumer { resume_after, .. } => {
+                resume_at(Status::resource_exhausted(message), resume_after)
+            }
+            DomainError::ShuttingDown { resume_after } => {
+                resume_at(Status::unavailable(message), resume_after)
+            }
             DomainError::Refused(refusal) => Status::new(refusal_code(refusal.kind), message),
             DomainError::Store(e) => e.into(),
         }
@@ -77,6 +81,17 @@ impl From<StoreError> for Status {
             }
         }
     }
+}
+
+/// The metadata key by which an ended watch names the revision to resume
+/// after (also in its message), for clients that read it rather than text.
+pub const RESUME_AFTER_KEY: &str = "entitled-resume-after";
+
+fn resume_at(mut status: Status, revision: u64) -> Status {
+    status
+        .metadata_mut()
+        .insert(RESUME_AFTER_KEY, revision.into());
+    status
 }
 
 /// The code of a refusal kept for a retry: the code its first answer had.
@@ -187,7 +202,7 @@ mod tests {
                 current: 1,
                 within: Duration::from_secs(1),
             },
-            DomainError::ShuttingDown,
+            DomainError::ShuttingDown { resume_after: 1 },
             DomainError::NoRandomness(getrandom::Error::UNSUPPORTED),
             DomainError::Store(StoreError::Failed("disk".into())),
         ];

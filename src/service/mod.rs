@@ -144,11 +144,21 @@ pub enum DomainError {
         history: Duration,
     },
     #[error(
-        "the watch left {buffer} events unread for {}s and was ended; resume from the last revision received and read faster", stall.as_secs_f64()
+        "the watch left {buffer} events unread for {}s and was ended; resume with after_revision {resume_after} (every change up to it was sent; a change of a later revision may come again) and read faster", stall.as_secs_f64()
     )]
-    SlowConsumer { buffer: usize, stall: Duration },
-    #[error("the server is stopping; resume the watch from the last revision received")]
-    ShuttingDown,
+    SlowConsumer {
+        buffer: usize,
+        stall: Duration,
+        /// The last revision all of whose changes were sent.
+        resume_after: u64,
+    },
+    #[error(
+        "the server is stopping; resume the watch with after_revision {resume_after} (every change up to it was sent; a change of a later revision may come again)"
+    )]
+    ShuttingDown {
+        /// The last revision all of whose changes were sent.
+        resume_after: u64,
+    },
     /// A refusal kept with a request id, given again to its retry.
     #[error("{}", .0.message)]
     Refused(Refusal),
@@ -185,7 +195,7 @@ impl Refusable for DomainError {
             | DomainError::RevisionNotReached { .. }
             | DomainError::HistoryGone { .. }
             | DomainError::SlowConsumer { .. }
-            | DomainError::ShuttingDown
+            | DomainError::ShuttingDown { .. }
             | DomainError::Store(_) => return None,
         };
         Some(Refusal {

@@ -89,6 +89,11 @@ impl Entitlements {
         tokio::spawn(async move {
             let mut published = store.subscribe();
             let mut reached = after_revision;
+            // The last revision all of whose changes (for this watch) were
+            // handed to the client: where a watch ended now must resume. A
+            // write that changes many users (an import) gives them one
+            // revision, and a watch can be ended in the middle of them.
+            let mut complete = after_revision;
             // Heartbeats count silence as the client sees it: writes to
             // accounts it does not watch do not reset the clock.
             let mut last_sent = Instant::now();
@@ -111,10 +116,14 @@ impl Entitlements {
                         if record.revision <= after_revision {
                             continue;
                         }
+                        // Records come in revision order: every change of an
+                        // earlier revision has been handed over.
+                        complete = complete.max(record.revision.saturating_sub(1));
                         let Some(change) = change_of(record, account.as_deref()) else {
                             continue;
                         };
-                        if !offer(&tx, WatchEvent::Change(change), &options, &mut stopping).await {
+                        let event = WatchEvent::Change(change);
+                        if !offer(&tx, event, &options, &mut stopping, complete).await {
                             return;
                         }
                         last_sent = Instant::now();
@@ -124,9 +133,10 @@ impl Entitlements {
                     }
                 }
                 reached = reached.max(durable);
+                complete = reached;
                 let silent = last_sent.elapsed();
                 if *stopping.borrow_and_update() {
-                    say_stopping(&tx).await;
+                    say_stopping(&tx, complete).await;
                     return;
                 }
                 let heartbeat_due = match options.heartbeat.checked_sub(silent) {
@@ -139,13 +149,14 @@ impl Entitlements {
                             Err(_) => true,
                         },
                         _ = stopping.changed() => {
-                            say_stopping(&tx).await;
+                            say_stopping(&tx, complete).await;
                             return;
                         }
                     },
                 };
                 if heartbeat_due {
-                    if !offer(&tx, WatchEvent::Heartbeat(reached), &options, &mut stopping).await {
+                    let event = WatchEvent::Heartbeat(reached);
+                    if !offer(&tx, event, &options, &mut stopping, complete).await {
                         return;
                     }
                     last_sent = Instant::now();
@@ -177,13 +188,15 @@ fn change_of(record: AuditRecord, account: Option<&str>) -> Option<Change> {
 /// slowly: it is told so (once it has read what is buffered, or not at all
 /// if it never does) and the watch ends. Memory stays bounded by the buffer
 /// either way, since the events come from the audit trail on disk. A stop
-/// ends the watch at once, even in the middle of a replay. False when the
-/// watch should end.
+/// ends the watch at once, even in the middle of a replay. Either way the
+/// client is told to resume after `complete`. False when the watch should
+/// end.
 async fn offer(
     tx: &mpsc::Sender<Result<WatchEvent, DomainError>>,
     event: WatchEvent,
     options: &WatchOptions,
     stopping: &mut tokio::sync::watch::Receiver<bool>,
+    complete: u64,
 ) -> bool {
     let reserved = tokio::select! {
         biased;
@@ -191,7 +204,7 @@ async fn offer(
         reserved = tokio::time::timeout(options.stall, tx.reserve()) => Some(reserved),
     };
     let Some(reserved) = reserved else {
-        say_stopping(tx).await;
+        say_stopping(tx, complete).await;
         return false;
     };
     match reserved {
@@ -206,6 +219,7 @@ async fn offer(
                 tx.send(Err(DomainError::SlowConsumer {
                     buffer: options.buffer,
                     stall: options.stall,
+                    resume_after: complete,
                 })),
             )
             .await;
@@ -216,10 +230,12 @@ async fn offer(
 
 /// Tells the client the server is stopping, if its buffer has room within a
 /// second: a stop must not wait on a client that does not read.
-async fn say_stopping(tx: &mpsc::Sender<Result<WatchEvent, DomainError>>) {
+async fn say_stopping(tx: &mpsc::Sender<Result<WatchEvent, DomainError>>, complete: u64) {
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
-        tx.send(Err(DomainError::ShuttingDown)),
+        tx.send(Err(DomainError::ShuttingDown {
+            resume_after: complete,
+        })),
     )
     .await;
 }

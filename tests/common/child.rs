@@ -121,6 +121,40 @@ impl ServerChild {
         }
         self.child.wait()
     }
+
+    /// SIGTERM, then waits at most `limit` for the exit status; `None` (and
+    /// the child killed) if it has not exited by then.
+    pub fn terminate_within(mut self, limit: Duration) -> io::Result<Option<ExitStatus>> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.id().to_string()])
+            .status()?;
+        if !sent.success() {
+            return Err(io::Error::other(format!(
+                "`kill -TERM {}` failed ({sent})",
+                self.id()
+            )));
+        }
+        Ok(wait_within(&mut self.child, limit))
+    }
+}
+
+/// The child's exit status, or None (the child killed) if it has not exited
+/// within `limit`.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 impl Drop for ServerChild {

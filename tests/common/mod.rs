@@ -39,6 +39,58 @@ pub fn clients(channel: &Channel, secret: Option<&str>) -> Clients {
     Clients::new(channel, Bearer::new(secret).unwrap())
 }
 
+/// The longest any one call of a test may take before it fails instead of
+/// hanging: far beyond what any call of the suite needs, even on a busy
+/// machine (the slowest, a 1 s freshness wait, is 60 times shorter).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An endpoint at `url` whose connection and every call (up to its response
+/// headers) fail after [`CALL_TIMEOUT`] rather than hang.
+pub fn endpoint(url: String) -> tonic::transport::Endpoint {
+    Channel::from_shared(url)
+        .unwrap()
+        .connect_timeout(CALL_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+}
+
+/// `future`'s output, or a failure saying `what` did not happen within
+/// `limit`. For every wait on something the server should do (an event on
+/// a stream, a stop), so that a test that would hang fails instead.
+#[track_caller]
+pub fn within<F: std::future::Future>(
+    limit: Duration,
+    what: &str,
+    future: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let caller = std::panic::Location::caller();
+    let what = what.to_owned();
+    async move {
+        tokio::time::timeout(limit, future)
+            .await
+            .unwrap_or_else(|_| panic!("{caller}: {what} did not happen within {limit:?}"))
+    }
+}
+
+/// A count a test reads from the environment (`ENTITLED_FUZZ_CASES`,
+/// `ENTITLED_CRASH_CYCLES`), or `default` when unset. A value that is not a
+/// number, or is below `least`, fails the test: a setting that turned the
+/// test into a no-op would pass while proving nothing.
+pub fn count_from_env(var: &str, default: u32, least: u32) -> u32 {
+    match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => default,
+        Err(e) => panic!("{var}: {e}"),
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(n) if n >= least => n,
+            Ok(n) => panic!(
+                "{var}={n} is too few for this test to prove what it says; set at least {least}, or unset it for the default of {default}"
+            ),
+            Err(_) => panic!(
+                "{var}=`{text}` is not a whole number; set at least {least}, or unset it for the default of {default}"
+            ),
+        },
+    }
+}
+
 /// A clock the test moves by hand.
 #[derive(Clone)]
 pub struct ManualClock(Arc<Mutex<SystemTime>>);
@@ -74,6 +126,10 @@ impl Default for Options {
         }
     }
 }
+
+/// How long a graceful stop may take before the test fails (a stop waits
+/// for open calls, and tells watches within a second).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One running server and clients connected to it.
 pub struct TestApp {
@@ -165,11 +221,7 @@ impl TestApp {
         let server = tokio::spawn(app.run(async {
             let _ = rx.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = endpoint(format!("http://{addr}")).connect().await.unwrap();
         let operator_secret = secret();
         let clients = clients(&channel, Some(&operator_secret));
         TestApp {
@@ -208,7 +260,10 @@ impl TestApp {
     async fn shutdown_and_wait(&mut self) {
         self.begin_shutdown();
         if let Some(server) = self.server.take() {
-            server.await.unwrap().unwrap();
+            within(STOP_TIMEOUT, "the server's graceful stop", server)
+                .await
+                .unwrap()
+                .unwrap();
         }
     }
 

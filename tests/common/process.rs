@@ -8,7 +8,7 @@ pub mod child;
 use std::{
     net::SocketAddr,
     path::Path,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -56,8 +56,7 @@ impl Server {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
+        super::endpoint(format!("http://{}", self.addr))
             .connect()
             .await
             .unwrap()
@@ -77,8 +76,70 @@ impl Server {
         self.child.kill().unwrap();
     }
 
-    /// SIGTERM, then waits for the exit status.
+    /// SIGTERM, then waits for the exit status (at most
+    /// [`super::STOP_TIMEOUT`]: a server that does not stop fails the test,
+    /// and is killed).
     pub fn terminate(self) -> std::process::ExitStatus {
-        self.child.terminate().unwrap()
+        let log = Arc::clone(&self.log);
+        match self.child.terminate_within(super::STOP_TIMEOUT).unwrap() {
+            Some(status) => status,
+            None => panic!(
+                "the server did not stop within {:?} of SIGTERM; its log:\n{}",
+                super::STOP_TIMEOUT,
+                log.lock().unwrap().join("\n")
+            ),
+        }
+    }
+}
+
+/// How long a command of the command line may run in a test (a backup, an
+/// import, a restore: each takes well under a second here).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `command` to its end, as `Command::output` does, but fails the test
+/// (after killing it) if it has not exited within [`COMMAND_TIMEOUT`].
+/// Blocking: call it off the runtime's threads.
+pub fn output(command: &mut Command) -> Output {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    // Drained on threads, so a command that writes a lot never blocks.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let status = child::wait_within(&mut child, COMMAND_TIMEOUT);
+    let stdout = stdout.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{command:?} did not exit within {COMMAND_TIMEOUT:?}; its stderr:\n{}",
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// `Command::output`, bounded: see [`output`].
+pub trait OutputWithin {
+    fn output_within(&mut self) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> Output {
+        output(self)
     }
 }

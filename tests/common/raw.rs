@@ -25,13 +25,26 @@ pub fn frame(declared_len: u32, payload: &[u8]) -> Vec<u8> {
 
 /// One call to `path` with `headers` (besides the gRPC ones) and `body` as
 /// the whole request body. An error is a transport failure (the server reset
-/// the stream or closed the connection), not a gRPC status.
+/// the stream or closed the connection), not a gRPC status. A call not
+/// answered within [`super::CALL_TIMEOUT`] fails the test.
 pub async fn call(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<Answer, h2::Error> {
+    let what = format!("an answer to {path}");
+    super::within(super::CALL_TIMEOUT, &what, async {
+        let mut client = connect(addr).await?;
+        let (response, mut send) = client.send_request(request(addr, path, headers), false)?;
+        send.send_data(Bytes::from(body), true)?;
+        answer(response).await
+    })
+    .await
+}
+
+/// A new HTTP/2 connection to `addr`, ready for a request.
+async fn connect(addr: SocketAddr) -> Result<h2::client::SendRequest<Bytes>, h2::Error> {
     let tcp = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
@@ -39,10 +52,7 @@ pub async fn call(
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let mut client = client.ready().await?;
-    let (response, mut send) = client.send_request(request(addr, path, headers), false)?;
-    send.send_data(Bytes::from(body), true)?;
-    answer(response).await
+    client.ready().await
 }
 
 fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> http::Request<()> {
@@ -125,4 +135,61 @@ pub async fn stalled_calls(
         });
     }
     rx
+}
+
+/// A call that has sent its headers and holds its request message back
+/// until the test releases it. On the server it has begun (it holds a slot
+/// of the concurrency limit, and its deadline runs) and waits for its
+/// message: a call that lasts exactly as long as the test wants, so a test
+/// can assert on the order of events instead of on how long they took.
+/// (The server ends it after `--request-message-timeout`: raise that.)
+pub struct Held {
+    _client: h2::client::SendRequest<Bytes>,
+    send: h2::SendStream<Bytes>,
+    message: Vec<u8>,
+    answer: tokio::task::JoinHandle<Result<Answer, h2::Error>>,
+}
+
+impl Held {
+    /// Opens the call on a new connection; `message` is the body it sends
+    /// when released.
+    pub async fn open(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        message: Vec<u8>,
+    ) -> Held {
+        let mut client = connect(addr).await.unwrap();
+        let (response, send) = client
+            .send_request(request(addr, path, headers), false)
+            .unwrap();
+        Held {
+            _client: client,
+            send,
+            message,
+            answer: tokio::spawn(answer(response)),
+        }
+    }
+
+    /// Whether the server has answered the call (without its message).
+    pub fn answered(&self) -> bool {
+        self.answer.is_finished()
+    }
+
+    /// Sends the message, ends the request, and returns the answer.
+    pub async fn release(mut self) -> Result<Answer, h2::Error> {
+        let message = std::mem::take(&mut self.message);
+        self.send.send_data(Bytes::from(message), true)?;
+        self.answer_without_message().await
+    }
+
+    /// The answer, without sending the message (only the server's deadline
+    /// or its message bound can end the call then).
+    pub async fn answer_without_message(self) -> Result<Answer, h2::Error> {
+        // Held until the answer: dropping it could end the stream.
+        let _send = self.send;
+        super::within(super::CALL_TIMEOUT, "an answer to a held call", self.answer)
+            .await
+            .unwrap()
+    }
 }
