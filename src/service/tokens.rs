@@ -227,6 +227,7 @@ impl Entitlements {
             account_id: String::new(),
             user_id: String::new(),
             request: None,
+            keep_refusal: false,
         };
         self.store
             .write::<_, DomainError>(&Target::NoRecord, ctx, move |_| {

@@ -56,6 +56,11 @@ pub struct WriteContext {
     pub account_id: String,
     pub user_id: String,
     pub request: Option<RequestKey>,
+    /// Whether a refusal of this write may be kept for a retry with its
+    /// request id. The service says no for a token that refuses more than
+    /// its rate: a kept refusal is stored, and a hostile caller's refusals
+    /// must not grow the store without bound (its retry then runs again).
+    pub keep_refusal: bool,
 }
 
 /// A caller's request id and a fingerprint of the request it came with.
@@ -304,7 +309,7 @@ where
             // A refusal the same request would meet again is kept for its
             // retry; anything else is not, and a retry runs again.
             let step = match (e.refusal(), &ctx.request) {
-                (Some(refusal), Some(_)) => Step::Commit(Changes {
+                (Some(refusal), Some(_)) if ctx.keep_refusal => Step::Commit(Changes {
                     keep: keep(committed, Err(refusal)),
                     ..Changes::default()
                 }),

@@ -97,6 +97,7 @@ fn ctx(rpc: Rpc, account: &str, user: &str, request: Option<&str>) -> WriteConte
             id: id.to_owned(),
             fingerprint: Sha256::digest(id.as_bytes()).into(),
         }),
+        keep_refusal: true,
     }
 }
 
