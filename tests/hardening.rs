@@ -592,3 +592,44 @@ async fn a_kept_no_op_answer_survives_a_restart() {
     assert_eq!(retry, first);
     assert_eq!(app.get_user("acme", "ada").await.unwrap().edition, "X2");
 }
+
+#[tokio::test]
+async fn a_token_over_its_refusal_rate_has_its_refusals_answered_but_not_kept() {
+    let app = TestApp::spawn().await;
+    app.create_account("acme", "work").await;
+    let attacker = app.token("prov", pb::Role::Provisioner, "", "").await;
+    let mut provisioning = app.clients(Some(&attacker)).provisioning;
+    let missing = |request_id: String| pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ghost".into(),
+        edition: Some("X8".into()),
+        request_id,
+        ..Default::default()
+    };
+    // Refusals that reach the store, each with a new request id: within the
+    // token's rate each is kept (stored) for its retry, beyond it none is.
+    for i in 0..REFUSAL_BURST * 2 {
+        let refused = provisioning
+            .update_user_services(missing(format!("r{i}")))
+            .await;
+        assert_status(refused, Code::NotFound, &["ghost"]);
+    }
+    // Over the rate now: this refusal is answered but not kept...
+    let late = provisioning
+        .update_user_services(missing("late".into()))
+        .await;
+    assert_status(late, Code::NotFound, &["ghost"]);
+    // ...so once the user exists its retry runs again (and applies), while
+    // an early one, kept, still gets its first answer.
+    app.put_user("acme", "ghost").await;
+    let early = provisioning
+        .update_user_services(missing("r0".into()))
+        .await;
+    assert_status(early, Code::NotFound, &["ghost"]);
+    let retried = provisioning
+        .update_user_services(missing("late".into()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.user.unwrap().edition, "X8");
+}

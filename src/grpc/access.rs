@@ -16,7 +16,7 @@ impl CatalogueService for Api {
         request: Request<pb::GetCatalogueRequest>,
     ) -> Reply<pb::GetCatalogueResponse> {
         let caller = reader(&request)?;
-        Ok(Response::new(self.svc.catalogue(&caller)?.into()))
+        Ok(Response::new(self.entitlements.catalogue(&caller)?.into()))
     }
 }
 
@@ -34,7 +34,7 @@ impl AccessService for Api {
         let account = convert::account_id_ref("account_id", &r.account_id)?;
         let user = convert::user_id_ref("user_id", &r.user_id)?;
         let decision = self
-            .svc
+            .entitlements
             .check(&caller, account, user, r.min_revision)
             .await?;
         self.metrics.check(&decision);
@@ -57,7 +57,10 @@ impl AccessService for Api {
             let user = convert::user_id_ref("user_id", &i.user_id)?;
             Ok::<_, Status>((account, user))
         });
-        let (results, revision) = self.svc.check_many(&caller, items, r.min_revision).await?;
+        let (results, revision) = self
+            .entitlements
+            .check_many(&caller, items, r.min_revision)
+            .await?;
         let results = results
             .into_iter()
             .map(|result| pb::CheckResult {
@@ -87,7 +90,9 @@ impl AccessService for Api {
         let caller = reader(&request)?;
         let r = request.into_inner();
         let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
-        let events = self.svc.watch(&caller, account, r.after_revision)?;
+        let events = self
+            .entitlements
+            .watch(&caller, account, r.after_revision)?;
         let stream = ReceiverStream::new(events).map(|event| {
             event
                 .map(|e| pb::WatchEntitlementsResponse::from(&e))

@@ -42,7 +42,7 @@ impl TokenService for Api {
                     )?,
                     user: convert::optional_id("user_id", &r.user_id, convert::user_id)?,
                 };
-                let made = self.svc.create_token(&caller, spec).await?;
+                let made = self.entitlements.create_token(&caller, spec).await?;
                 Ok(Response::new(pb::CreateTokenResponse {
                     token: Some((&made.token).into()),
                     secret: made.secret,
@@ -59,7 +59,7 @@ impl TokenService for Api {
         request: Request<pb::ListTokensRequest>,
     ) -> Reply<pb::ListTokensResponse> {
         let caller = reader(&request)?;
-        let tokens = self.svc.list_tokens(&caller)?;
+        let tokens = self.entitlements.list_tokens(&caller)?;
         Ok(Response::new(pb::ListTokensResponse {
             tokens: tokens.iter().map(Into::into).collect(),
         }))
@@ -75,7 +75,10 @@ impl TokenService for Api {
         self.audited(&principal, Rpc::RevokeToken, "", "", async {
             let caller = convert::writer(&principal, Rpc::RevokeToken, &r)?;
             convert::id("token_id", &r.token_id)?;
-            let written = self.svc.revoke_token(&caller, r.token_id.clone()).await?;
+            let written = self
+                .entitlements
+                .revoke_token(&caller, r.token_id.clone())
+                .await?;
             Ok(Response::new(pb::RevokeTokenResponse {
                 token: Some((&written.output).into()),
                 revision: written.revision,
@@ -97,9 +100,13 @@ impl AuditService for Api {
         let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
         let size = convert::page_size(r.page_size)?;
         let after_seq = convert::audit_cursor(&r.page_token)?;
-        let (changes, more) =
-            self.svc
-                .list_changes(&caller, account.as_ref(), after_seq, r.after_revision, size)?;
+        let (changes, more) = self.entitlements.list_changes(
+            &caller,
+            account.as_ref(),
+            after_seq,
+            r.after_revision,
+            size,
+        )?;
         // Bounded in bytes as well as in records: a page never exceeds what
         // a default client accepts, whatever the records hold.
         let mut page: Vec<pb::Change> = Vec::with_capacity(changes.len());
@@ -142,7 +149,7 @@ impl BackupService for Api {
     #[tracing::instrument(skip_all)]
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Reply<Self::BackupStream> {
         let caller = reader(&request)?;
-        let backup = self.svc.backup(&caller).await?;
+        let backup = self.entitlements.backup(&caller).await?;
         tracing::info!(
             revision = backup.revision,
             bytes = backup.bytes.len(),

@@ -34,14 +34,17 @@ use crate::{
 /// Serves every entitled service.
 #[derive(Clone)]
 pub struct Api {
-    svc: Entitlements,
+    entitlements: Entitlements,
     /// Checks are counted here, by decision and reason.
     metrics: Metrics,
 }
 
 impl Api {
-    pub fn new(svc: Entitlements, metrics: Metrics) -> Self {
-        Api { svc, metrics }
+    pub fn new(entitlements: Entitlements, metrics: Metrics) -> Self {
+        Api {
+            entitlements,
+            metrics,
+        }
     }
 
     /// Runs a write handler's body; if it fails, records the refusal in the
@@ -85,7 +88,7 @@ impl Api {
                 request: None,
                 via: Via::Api,
             };
-            let recorded = self.svc.record_refusal(
+            let recorded = self.entitlements.record_refusal(
                 &caller,
                 rpc,
                 account,
@@ -132,12 +135,12 @@ fn reader<T>(request: &Request<T>) -> Result<Caller, Status> {
 /// Resolves `authorization: Bearer <token>` from memory, for every call.
 #[derive(Clone)]
 pub struct Authenticate {
-    svc: Entitlements,
+    entitlements: Entitlements,
 }
 
 impl Authenticate {
-    pub fn new(svc: Entitlements) -> Self {
-        Authenticate { svc }
+    pub fn new(entitlements: Entitlements) -> Self {
+        Authenticate { entitlements }
     }
 }
 
@@ -147,7 +150,7 @@ impl Interceptor for Authenticate {
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes());
-        let principal = self.svc.authenticate(header)?;
+        let principal = self.entitlements.authenticate(header)?;
         request.extensions_mut().insert(principal);
         Ok(request)
     }

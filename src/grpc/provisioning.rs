@@ -27,7 +27,10 @@ impl ProvisioningService for Api {
             let id = convert::account_id("account_id", r.account_id.clone())?;
             let name = convert::display_name("display_name", r.display_name.clone())?;
             let line = convert::catalogue_name("product_line", r.product_line.clone())?;
-            let written = self.svc.create_account(&caller, id, name, line).await?;
+            let written = self
+                .entitlements
+                .create_account(&caller, id, name, line)
+                .await?;
             Ok(Response::new(pb::CreateAccountResponse {
                 account: Some((&written.output).into()),
                 revision: written.revision,
@@ -43,7 +46,7 @@ impl ProvisioningService for Api {
     ) -> Reply<pb::GetAccountResponse> {
         let caller = reader(&request)?;
         let id = convert::account_id("account_id", request.into_inner().account_id)?;
-        let account = self.svc.get_account(&caller, &id)?;
+        let account = self.entitlements.get_account(&caller, &id)?;
         Ok(Response::new(pb::GetAccountResponse {
             account: Some((&account).into()),
         }))
@@ -58,7 +61,10 @@ impl ProvisioningService for Api {
             let account = convert::account_id("account_id", r.account_id.clone())?;
             let user = convert::user_id("user_id", r.user_id.clone())?;
             let name = convert::display_name("display_name", r.display_name.clone())?;
-            let written = self.svc.put_user(&caller, account, user, name).await?;
+            let written = self
+                .entitlements
+                .put_user(&caller, account, user, name)
+                .await?;
             Ok(Response::new(pb::PutUserResponse {
                 user: Some((&written.output).into()),
                 revision: written.revision,
@@ -73,7 +79,7 @@ impl ProvisioningService for Api {
         let r = request.into_inner();
         let account = convert::account_id("account_id", r.account_id)?;
         let user = convert::user_id("user_id", r.user_id)?;
-        let user = self.svc.get_user(&caller, &account, &user)?;
+        let user = self.entitlements.get_user(&caller, &account, &user)?;
         Ok(Response::new(pb::GetUserResponse {
             user: Some((&user).into()),
         }))
@@ -89,9 +95,9 @@ impl ProvisioningService for Api {
         let account = convert::account_id("account_id", r.account_id)?;
         let size = convert::page_size(r.page_size)?;
         let after = convert::page_cursor(&account, &r.page_token)?;
-        let (users, more) = self
-            .svc
-            .list_users(&caller, &account, after.as_ref(), size)?;
+        let (users, more) =
+            self.entitlements
+                .list_users(&caller, &account, after.as_ref(), size)?;
         let next_page_token = match users.last() {
             Some(last) if more => convert::page_token(&account, &last.id),
             _ => String::new(),
@@ -118,7 +124,10 @@ impl ProvisioningService for Api {
                 let caller = convert::writer(&principal, Rpc::DeleteUser, &r)?;
                 let account = convert::account_id("account_id", r.account_id.clone())?;
                 let user = convert::user_id("user_id", r.user_id.clone())?;
-                let written = self.svc.delete_user(&caller, account, user).await?;
+                let written = self
+                    .entitlements
+                    .delete_user(&caller, account, user)
+                    .await?;
                 Ok(Response::new(pb::DeleteUserResponse {
                     revision: written.revision,
                 }))
@@ -157,7 +166,7 @@ impl ProvisioningService for Api {
                     expected_revision: r.expected_revision,
                 };
                 let written = self
-                    .svc
+                    .entitlements
                     .update_user_services(&caller, account, user, change)
                     .await?;
                 Ok(Response::new(pb::UpdateUserServicesResponse {
@@ -181,7 +190,10 @@ impl ProvisioningService for Api {
         let body = async {
             let caller = convert::writer(&principal, Rpc::ImportUsers, &r)?;
             let rows = r.rows.iter().map(convert::import_row).collect();
-            let imported = self.svc.import_users(&caller, rows, r.dry_run).await?;
+            let imported = self
+                .entitlements
+                .import_users(&caller, rows, r.dry_run)
+                .await?;
             let errors: Vec<pb::RowError> = imported
                 .errors
                 .into_iter()
@@ -232,7 +244,7 @@ impl ProvisioningService for Api {
         let caller = reader(&request)?;
         let r = request.into_inner();
         let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
-        let (users, revision) = self.svc.export_users(&caller, account.as_ref())?;
+        let (users, revision) = self.entitlements.export_users(&caller, account.as_ref())?;
         let messages: Vec<Result<pb::ExportUsersResponse, Status>> = users
             .chunks(EXPORT_CHUNK)
             .map(|chunk| {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use super::{Caller, DomainError, Entitlements, ServicesChange, authorize, rules::plan_services};
 use crate::{
     domain::{AccountId, DisplayName, FieldError, Refusal, Rpc, Tier, User, UserId},
-    store::{Decided, Mutation, Refusable, Target, Written},
+    store::{Mutation, Refusable, Target, WritePlan, Written},
 };
 
 /// The most rows one import call takes (each call is one atomic write).
@@ -186,7 +186,7 @@ impl Entitlements {
                 if !apply || !store_errors.is_empty() {
                     mutations.clear();
                 }
-                Ok(Decided::new(mutations, (counts, store_errors)))
+                Ok(WritePlan::new(mutations, (counts, store_errors)))
             })
             .await?;
         let (counts, store_errors) = written.output;

@@ -300,6 +300,7 @@ impl Entitlements {
             account_id: account.to_owned(),
             user_id: user.to_owned(),
             request: caller.request.clone(),
+            keep_refusal: self.refusals.may_keep(&caller.principal.token_id),
         }
     }
 }

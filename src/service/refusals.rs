@@ -70,6 +70,19 @@ impl RefusalLimiter {
     }
 }
 
+impl RefusalLimiter {
+    /// Whether `token_id` may leave one more refusal now, without using
+    /// it: a refusal kept for a retry is stored too, so it is kept only
+    /// while the token is within its rate (the audit record that follows
+    /// uses the budget).
+    pub(super) fn may_keep(&self, token_id: &str) -> bool {
+        let buckets = self.buckets.lock();
+        buckets
+            .get(token_id)
+            .is_none_or(|bucket| refill(bucket, Instant::now()) >= 1000)
+    }
+}
+
 /// The bucket's level at `now`.
 fn refill(bucket: &Bucket, now: Instant) -> u64 {
     const FULL: u64 = REFUSAL_BURST as u64 * 1000;
@@ -175,6 +188,19 @@ mod tests {
             ));
         }
         assert!(matches!(limiter.admit("t1", later), Admit::LeaveOut));
+    }
+
+    #[test]
+    fn a_refusal_is_kept_only_while_its_token_is_within_its_rate() {
+        let limiter = RefusalLimiter::default();
+        assert!(limiter.may_keep("t1"), "a token never seen");
+        let now = Instant::now();
+        for _ in 0..REFUSAL_BURST {
+            assert!(limiter.may_keep("t1"));
+            let _ = limiter.admit("t1", now);
+        }
+        assert!(!limiter.may_keep("t1"));
+        assert!(limiter.may_keep("t2"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use super::{Caller, DomainError, Entitlements, authorize};
 use crate::{
     domain::{AccountId, Actor, DisplayName, Principal, Role, Rpc, Token, UserId, Via},
-    store::{Decided, Mutation, Target, WriteContext},
+    store::{Mutation, Target, WriteContext, WritePlan},
 };
 
 /// The file, in the data directory, that receives the first operator token.
@@ -122,7 +122,10 @@ impl Entitlements {
             spec.account.as_ref().map_or("", AccountId::as_str),
             spec.user.as_ref().map_or("", UserId::as_str),
         );
-        let target = spec.account.clone().map_or(Target::None, Target::Account);
+        let target = spec
+            .account
+            .clone()
+            .map_or(Target::NoRecord, Target::Account);
         let request_id = caller.request.as_ref().map(|r| r.id.clone());
         let written = self
             .store
@@ -132,13 +135,13 @@ impl Entitlements {
                 {
                     return Err(DomainError::AccountNotFound(account.clone()));
                 }
-                let mut decided =
-                    Decided::new(vec![Mutation::PutToken(token.clone())], token.clone());
-                decided.details.push(format!(
+                let mut planned =
+                    WritePlan::new(vec![Mutation::PutToken(token.clone())], token.clone());
+                planned.details.push(format!(
                     "created token `{}` `{}` with role `{}`",
-                    decided.output.id, decided.output.name, decided.output.role
+                    planned.output.id, planned.output.name, planned.output.role
                 ));
-                Ok(decided)
+                Ok(planned)
             })
             .await?;
         if written.replayed {
@@ -175,18 +178,19 @@ impl Entitlements {
                     .token
                     .ok_or_else(|| DomainError::TokenNotFound(id.clone()))?;
                 if token.revoked_at.is_some() {
-                    return Ok(Decided::new(vec![], token));
+                    return Ok(WritePlan::new(vec![], token));
                 }
                 let revoked = Token {
                     revoked_at: Some(now),
                     ..token
                 };
-                let mut decided = Decided::new(vec![Mutation::PutToken(revoked.clone())], revoked);
-                decided.details.push(format!(
+                let mut planned =
+                    WritePlan::new(vec![Mutation::PutToken(revoked.clone())], revoked);
+                planned.details.push(format!(
                     "revoked token `{}` `{}`",
-                    decided.output.id, decided.output.name
+                    planned.output.id, planned.output.name
                 ));
-                Ok(decided)
+                Ok(planned)
             })
             .await
     }
@@ -224,14 +228,15 @@ impl Entitlements {
             account_id: String::new(),
             user_id: String::new(),
             request: None,
+            keep_refusal: false,
         };
         self.store
-            .write::<_, DomainError>(&Target::None, ctx, move |_| {
+            .write::<_, DomainError>(&Target::NoRecord, ctx, move |_| {
                 let details = vec![format!(
                     "created token `{}` `{}` with role `operator`",
                     token.id, token.name
                 )];
-                Ok(Decided {
+                Ok(WritePlan {
                     mutations: vec![
                         Mutation::PutToken(token.clone()),
                         Mutation::MarkBootstrapped,

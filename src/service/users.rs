@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Caller, DomainError, Entitlements, authorize, rules::plan_services};
 use crate::{
     domain::{Account, AccountId, DisplayName, Notice, Rpc, Tier, User, UserId},
-    store::{Current, Decided, Mutation, Target, Written},
+    store::{Mutation, Target, TargetState, WritePlan, Written},
 };
 
 /// A request to change a user's services; `None` keeps a field as it is.
@@ -59,13 +59,13 @@ impl Entitlements {
                     created_at: now,
                     analytics_activated_at: None,
                 };
-                let mut decided =
-                    Decided::new(vec![Mutation::PutAccount(account.clone())], account);
-                decided.details.push(format!(
+                let mut planned =
+                    WritePlan::new(vec![Mutation::PutAccount(account.clone())], account);
+                planned.details.push(format!(
                     "created account `{}` on product line `{}`",
-                    decided.output.id, decided.output.product_line
+                    planned.output.id, planned.output.product_line
                 ));
-                Ok(decided)
+                Ok(planned)
             })
             .await
     }
@@ -125,7 +125,7 @@ impl Entitlements {
                     require_account(&current, &account)?;
                     let next = match current.user {
                         Some(existing) if existing.display_name == display_name => {
-                            return Ok(Decided::new(vec![], existing));
+                            return Ok(WritePlan::new(vec![], existing));
                         }
                         Some(existing) => User {
                             display_name: display_name.clone(),
@@ -141,7 +141,7 @@ impl Entitlements {
                             now,
                         ),
                     };
-                    Ok(Decided::new(vec![Mutation::PutUser(next.clone())], next))
+                    Ok(WritePlan::new(vec![Mutation::PutUser(next.clone())], next))
                 },
             )
             .await
@@ -198,7 +198,7 @@ impl Entitlements {
                 move |current| {
                     require_user(&current, &account, &user)?;
                     let deleted = Mutation::DeleteUser(account.clone(), user.clone());
-                    Ok(Decided::new(vec![deleted], ()))
+                    Ok(WritePlan::new(vec![deleted], ()))
                 },
             )
             .await
@@ -247,7 +247,7 @@ impl Entitlements {
                             user: existing.clone(),
                             notices: planned.notices,
                         };
-                        return Ok(Decided::new(vec![], output));
+                        return Ok(WritePlan::new(vec![], output));
                     }
                     let mut mutations = Vec::with_capacity(2);
                     if let Some(started) = account.starting_analytics(planned.tier, now) {
@@ -262,7 +262,7 @@ impl Entitlements {
                     };
                     mutations.push(Mutation::PutUser(updated.clone()));
                     let details = planned.notices.iter().map(|n| n.message.clone()).collect();
-                    Ok(Decided {
+                    Ok(WritePlan {
                         mutations,
                         output: ServicesChanged {
                             user: updated,
@@ -276,7 +276,10 @@ impl Entitlements {
     }
 }
 
-fn require_account<'a>(current: &'a Current, id: &AccountId) -> Result<&'a Account, DomainError> {
+fn require_account<'a>(
+    current: &'a TargetState,
+    id: &AccountId,
+) -> Result<&'a Account, DomainError> {
     current
         .account
         .as_ref()
@@ -284,7 +287,7 @@ fn require_account<'a>(current: &'a Current, id: &AccountId) -> Result<&'a Accou
 }
 
 fn require_user<'a>(
-    current: &'a Current,
+    current: &'a TargetState,
     account: &AccountId,
     user: &UserId,
 ) -> Result<&'a User, DomainError> {

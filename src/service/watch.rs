@@ -170,7 +170,13 @@ impl Entitlements {
 /// A user's change from an applied audit record, if it is one and is in
 /// the account watched.
 fn change_of(record: AuditRecord, account: Option<&str>) -> Option<Change> {
-    if record.user_id.is_empty() || account.is_some_and(|a| a != record.account_id) {
+    // A write that changed no user (an account, a token, even one that
+    // names a user) has neither a before nor an after.
+    let no_user_changed = record.before.is_none() && record.after.is_none();
+    if record.user_id.is_empty()
+        || no_user_changed
+        || account.is_some_and(|a| a != record.account_id)
+    {
         return None;
     }
     Some(Change {

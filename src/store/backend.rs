@@ -13,7 +13,7 @@ use std::{future::Future, ops::ControlFlow, pin::Pin};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Current, Mutation, StoreError, Target, codec::RequestRecord, publish::Publisher};
+use super::{Mutation, StoreError, Target, TargetState, codec::RequestRecord, publish::Publisher};
 use crate::domain::{Account, AuditRecord, Token, User};
 
 /// A boxed future: `Backend` is used as a trait object.
@@ -32,7 +32,7 @@ pub(crate) struct RequestId<'a> {
 #[derive(Debug)]
 pub(crate) struct Seen {
     /// The latest committed state of the write's target.
-    pub current: Current,
+    pub current: TargetState,
     /// The latest committed revision.
     pub revision: u64,
     /// The answer kept for the write's request id, if any.

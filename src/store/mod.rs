@@ -12,7 +12,7 @@
 //! serialises writers, makes writes durable and publishes them in revision
 //! order. sled is the one backend (`sled/`).
 //!
-//! A write: `decide` sees the latest committed state and returns the
+//! A write: `plan` sees the latest committed state and returns the
 //! mutations, which are committed together with the store revision (raised
 //! by exactly one), the write's audit records, and (for a write with a
 //! request id) the answer kept for retries; the write returns once durable
@@ -42,8 +42,8 @@ pub use self::sled::restore;
 pub use backup::{Backup, BackupError, BackupSummary, FORMAT_VERSION, verify};
 pub use view::{UserServices, View};
 pub use write::{
-    Current, Decided, Mutation, REQUEST_ID_WINDOW, Refusable, RequestKey, Target, WriteContext,
-    Written,
+    Mutation, REQUEST_ID_WINDOW, Refusable, RequestKey, Target, TargetState, WriteContext,
+    WritePlan, Written,
 };
 
 /// Why a storage operation failed.
@@ -200,7 +200,7 @@ impl Store {
     /// Bulk import, for the load generator (`entitled-bench`) and seeding
     /// only: writes `accounts` and then `users` as given, as one write (one
     /// revision, which each user's `revision` is set to), makes it durable,
-    /// and publishes it to the view. It bypasses `decide` and writes no
+    /// and publishes it to the view. It bypasses `plan` and writes no
     /// audit record, so the catalogue's rules are NOT applied: the caller
     /// vouches that every record is valid and that each user's account is
     /// among `accounts` or already stored. Writes committed before it are

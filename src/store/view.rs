@@ -42,7 +42,7 @@ impl From<Token> for TokenEntry {
 #[derive(Debug)]
 struct AccountEntry {
     account: Account,
-    users: BTreeMap<UserId, Stored>,
+    users: BTreeMap<UserId, UserEntry>,
 }
 
 /// A user as the view keeps it: without the ids its map keys already hold
@@ -50,7 +50,7 @@ struct AccountEntry {
 /// the server's memory, and this is under half of a `User` (measured 457
 /// bytes per user before, with 300k users).
 #[derive(Debug)]
-struct Stored {
+struct UserEntry {
     display_name: Box<str>,
     edition: Option<Arc<str>>,
     tier: Tier,
@@ -59,7 +59,7 @@ struct Stored {
     updated_at: SystemTime,
 }
 
-impl Stored {
+impl UserEntry {
     fn user(&self, account: &AccountId, id: &UserId) -> User {
         User {
             account_id: account.clone(),
@@ -134,7 +134,7 @@ impl View {
         if let Some(entry) = self.accounts.get_mut(user.account_id.as_str()) {
             entry.users.insert(
                 user.id,
-                Stored {
+                UserEntry {
                     display_name: user.display_name.into_boxed_str(),
                     edition,
                     tier: user.tier,

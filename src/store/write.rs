@@ -1,8 +1,8 @@
 //! The write path's rules, whatever the backend: what a write is shown
-//! (`Current`), telling a retry's replay from a new write by its request
+//! (`TargetState`), telling a retry's replay from a new write by its request
 //! record (replay, reuse refused, the answer of a no-op or of a refusal kept
 //! for a retry), and building a write's audit records from the state
-//! `decide` saw and the mutations it returned. `Backend::commit` runs this
+//! `plan` saw and the mutations it returned. `Backend::commit` runs this
 //! as the one writer and commits what it returns.
 
 use std::{
@@ -34,15 +34,16 @@ pub enum Mutation {
     MarkBootstrapped,
 }
 
-/// What a write is about: what `decide` is shown.
+/// What a write is about: what `plan` is shown.
 #[derive(Debug, Clone)]
 pub enum Target {
     Account(AccountId),
     User(AccountId, UserId),
-    /// Many users at once (bulk import): `Current::many`, in this order.
+    /// Many users at once (bulk import): `TargetState::many`, in this order.
     Users(Vec<(AccountId, UserId)>),
     Token(String),
-    None,
+    /// No stored record: a token made for no account.
+    NoRecord,
 }
 
 /// Who writes, for the audit trail and for replaying retries.
@@ -55,6 +56,11 @@ pub struct WriteContext {
     pub account_id: String,
     pub user_id: String,
     pub request: Option<RequestKey>,
+    /// Whether a refusal of this write may be kept for a retry with its
+    /// request id. The service says no for a token that refuses more than
+    /// its rate: a kept refusal is stored, and a hostile caller's refusals
+    /// must not grow the store without bound (its retry then runs again).
+    pub keep_refusal: bool,
 }
 
 /// A caller's request id and a fingerprint of the request it came with.
@@ -64,19 +70,19 @@ pub struct RequestKey {
     pub fingerprint: [u8; 32],
 }
 
-/// What `decide` sees: the latest committed state of its target.
+/// What `plan` sees: the latest committed state of its target.
 #[derive(Debug)]
-pub struct Current {
+pub struct TargetState {
     pub account: Option<Account>,
     pub user: Option<User>,
     pub token: Option<Token>,
     /// For `Target::Users`: each target's account and user, in order.
     pub many: Vec<(Option<Account>, Option<User>)>,
-    /// The revision a write decided now would get.
+    /// The revision a write planned now would get.
     pub next_revision: u64,
 }
 
-impl Current {
+impl TargetState {
     /// Reads `target` with a backend's point reads (each account read once).
     pub(crate) fn read(
         target: &Target,
@@ -84,8 +90,8 @@ impl Current {
         account: impl Fn(&AccountId) -> Result<Option<Account>, StoreError>,
         user: impl Fn(&AccountId, &UserId) -> Result<Option<User>, StoreError>,
         token: impl Fn(&str) -> Result<Option<Token>, StoreError>,
-    ) -> Result<Current, StoreError> {
-        let mut current = Current {
+    ) -> Result<TargetState, StoreError> {
+        let mut current = TargetState {
             account: None,
             user: None,
             token: None,
@@ -113,23 +119,23 @@ impl Current {
                 }
             }
             Target::Token(id) => current.token = token(id)?,
-            Target::None => {}
+            Target::NoRecord => {}
         }
         Ok(current)
     }
 }
 
-/// What `decide` returns: the mutations to commit (none for a no-op), the
+/// What `plan` returns: the mutations to commit (none for a no-op), the
 /// caller's output, and details for the audit record.
-pub struct Decided<T> {
+pub struct WritePlan<T> {
     pub mutations: Vec<Mutation>,
     pub output: T,
     pub details: Vec<String>,
 }
 
-impl<T> Decided<T> {
+impl<T> WritePlan<T> {
     pub fn new(mutations: Vec<Mutation>, output: T) -> Self {
-        Decided {
+        WritePlan {
             mutations,
             output,
             details: Vec::new(),
@@ -147,7 +153,7 @@ pub struct Written<T> {
     pub replayed: bool,
 }
 
-/// The error a `decide` closure fails with, as a retry with the same
+/// The error a `plan` closure fails with, as a retry with the same
 /// request id sees it: a refusal the same request would meet again is kept
 /// with the request id, and a retry gets it back instead of running again.
 pub trait Refusable: Sized {
@@ -165,13 +171,13 @@ impl Store {
     /// Decides and commits one write atomically, with its audit record, and
     /// returns once it is durable and visible to reads. A retry with a
     /// request id already answered within 24 hours gets the first answer.
-    /// `decide` may be run more than once (see `Backend::commit`); only its
+    /// `plan` may be run more than once (see `Backend::commit`); only its
     /// last run counts.
     pub async fn write<T, E>(
         &self,
         target: &Target,
         ctx: WriteContext,
-        mut decide: impl FnMut(Current) -> Result<Decided<T>, E> + Send,
+        mut plan: impl FnMut(TargetState) -> Result<WritePlan<T>, E> + Send,
     ) -> Result<Written<T>, E>
     where
         T: Serialize + DeserializeOwned + Send,
@@ -184,7 +190,7 @@ impl Store {
         });
         let mut outcome: Option<Answer<T, E>> = None;
         let mut write = |seen: Seen| {
-            let (step, answer) = decide_write(seen, &ctx, &mut decide)?;
+            let (step, answer) = plan_write(seen, &ctx, &mut plan)?;
             outcome = Some(answer);
             Ok(step)
         };
@@ -192,7 +198,7 @@ impl Store {
         // refusal's request record) is durable before the caller hears of it.
         self.backend.commit(target, request, &mut write).await?;
         let outcome =
-            outcome.ok_or_else(|| StoreError::Failed("the write was never decided".to_owned()))?;
+            outcome.ok_or_else(|| StoreError::Failed("the write was never planned".to_owned()))?;
         let (written, applied) = outcome?;
         if applied {
             self.publisher().durable(started.elapsed());
@@ -229,12 +235,12 @@ impl Store {
 }
 
 /// One run of a write as the one writer: replays a retry, refuses a reused
-/// request id, or runs `decide` and says what to commit. Returns the step
+/// request id, or runs `plan` and says what to commit. Returns the step
 /// for the backend and the answer for the caller.
-fn decide_write<T, E>(
+fn plan_write<T, E>(
     seen: Seen,
     ctx: &WriteContext,
-    decide: &mut impl FnMut(Current) -> Result<Decided<T>, E>,
+    plan: &mut impl FnMut(TargetState) -> Result<WritePlan<T>, E>,
 ) -> Result<(Step, Answer<T, E>), StoreError>
 where
     T: Serialize + DeserializeOwned,
@@ -293,17 +299,17 @@ where
             answer,
         })
     };
-    let Decided {
+    let WritePlan {
         mutations,
         output,
         details,
-    } = match decide(current) {
-        Ok(decided) => decided,
+    } = match plan(current) {
+        Ok(planned) => planned,
         Err(e) => {
             // A refusal the same request would meet again is kept for its
             // retry; anything else is not, and a retry runs again.
             let step = match (e.refusal(), &ctx.request) {
-                (Some(refusal), Some(_)) => Step::Commit(Changes {
+                (Some(refusal), Some(_)) if ctx.keep_refusal => Step::Commit(Changes {
                     keep: keep(committed, Err(refusal)),
                     ..Changes::default()
                 }),

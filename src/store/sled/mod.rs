@@ -32,7 +32,7 @@ use self::{
     watermark::{Mark, StoreId, Watermark},
 };
 use super::{
-    Current, Mutation, StoreError, Target, View,
+    Mutation, StoreError, Target, TargetState, View,
     backend::{Backend, BoxFuture, Counters, KeptRequest, Record, RequestId, WriteFn},
     codec::{self, RequestRecord},
     publish::Publisher,
@@ -109,9 +109,9 @@ impl SledBackend {
     }
 
     /// The latest committed state of `target`, from sled.
-    fn current(&self, target: &Target, next_revision: u64) -> Result<Current, StoreError> {
+    fn current(&self, target: &Target, next_revision: u64) -> Result<TargetState, StoreError> {
         let trees = &self.inner.trees;
-        Current::read(
+        TargetState::read(
             target,
             next_revision,
             |a| get(&trees.accounts, ACCOUNTS, &keys::account_key(a)),

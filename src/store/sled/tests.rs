@@ -17,14 +17,54 @@ use sha2::{Digest, Sha256};
 use super::{SledBackend, keys};
 use crate::{
     domain::{
-        Account, AccountId, Actor, Outcome, RefusalKind, Role, Rpc, Tier, Token, User, UserId, Via,
+        Account, AccountId, Actor, Notice, Outcome, Refusal, RefusalKind, Role, Rpc, Tier, Token,
+        User, UserId, Via,
     },
-    service::DomainError,
     store::{
-        Decided, Mutation, RequestKey, Store, Target, WriteContext, backend::RequestId, restore,
-        verify,
+        Mutation, Refusable, RequestKey, Store, StoreError, Target, WriteContext, WritePlan,
+        backend::RequestId, restore, verify,
     },
 };
+
+/// A `plan` closure's error, as the store sees any: the service's own
+/// (`DomainError`) is a floor up, so these tests bring their own.
+#[derive(Debug)]
+enum DomainError {
+    NothingToChange,
+    Refused(Refusal),
+    Store(#[expect(dead_code, reason = "shown by Debug when a test fails")] StoreError),
+}
+
+impl From<StoreError> for DomainError {
+    fn from(e: StoreError) -> Self {
+        DomainError::Store(e)
+    }
+}
+
+impl Refusable for DomainError {
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            DomainError::NothingToChange => Some(Refusal {
+                kind: RefusalKind::InvalidArgument,
+                message: "nothing to change: set edition, analytics_tier or both".to_owned(),
+            }),
+            DomainError::Refused(refusal) => Some(refusal.clone()),
+            DomainError::Store(_) => None,
+        }
+    }
+
+    fn refused(refusal: Refusal) -> Self {
+        DomainError::Refused(refusal)
+    }
+}
+
+/// The output of `UpdateUserServices` as the service keeps it for a retry
+/// (the same fields in the same order: the encoding is postcard).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ServicesChanged {
+    user: User,
+    notices: Vec<Notice>,
+}
 
 fn account_id(id: &str) -> AccountId {
     AccountId::try_from(id.to_owned()).unwrap()
@@ -58,6 +98,7 @@ fn ctx(rpc: Rpc, account: &str, user: &str, request: Option<&str>) -> WriteConte
             id: id.to_owned(),
             fingerprint: Sha256::digest(id.as_bytes()).into(),
         }),
+        keep_refusal: true,
     }
 }
 
@@ -89,7 +130,7 @@ fn user(account: &str, id: &str, edition: Option<&str>, tier: Tier) -> User {
 async fn put(store: &Store, target: Target, ctx: WriteContext, mutations: Vec<Mutation>) -> u64 {
     store
         .write::<_, DomainError>(&target, ctx, move |current| {
-            Ok(Decided::new(mutations.clone(), current.next_revision))
+            Ok(WritePlan::new(mutations.clone(), current.next_revision))
         })
         .await
         .unwrap()
@@ -113,7 +154,7 @@ async fn populate(store: &Store) {
     let c = |rpc, a, u| ctx(rpc, a, u, None);
     put(
         store,
-        Target::None,
+        Target::NoRecord,
         c(Rpc::CreateToken, "", ""),
         vec![
             Mutation::PutToken(token.clone()),
@@ -392,7 +433,7 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
     };
     let target = Target::User(account_id("acme"), user_id("bob"));
     let replayed = store
-        .write::<crate::service::ServicesChanged, DomainError>(&target, retry("save-1"), |_| {
+        .write::<ServicesChanged, DomainError>(&target, retry("save-1"), |_| {
             panic!("a retry is answered from its record")
         })
         .await
@@ -401,7 +442,7 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
     assert_eq!(replayed.revision, 8);
     assert_eq!(replayed.output.user.tier, Tier::Supervisor);
     let again = store
-        .write::<crate::service::ServicesChanged, DomainError>(&target, retry("save-3"), |_| {
+        .write::<ServicesChanged, DomainError>(&target, retry("save-3"), |_| {
             panic!("a retry is answered from its record")
         })
         .await;
