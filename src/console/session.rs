@@ -23,6 +23,10 @@ pub const IDLE_EXPIRY: Duration = Duration::from_secs(30 * 60);
 pub const ABSOLUTE_EXPIRY: Duration = Duration::from_secs(12 * 60 * 60);
 /// Sessions held at once; the least recently used goes first when full.
 pub const MAX_SESSIONS: usize = 10_000;
+/// Sessions one token may hold at once; its least recently used goes first.
+/// Without it, one token signing in again and again would push every other
+/// admin's session out of the full map.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 8;
 
 /// A token's secret, kept for one session. Its `Debug` hides it.
 #[derive(Clone)]
@@ -34,6 +38,10 @@ impl Secret {
     }
     pub fn expose(&self) -> &str {
         &self.0
+    }
+    /// The token's id (the part before the `.`), which is no secret.
+    fn token_id(&self) -> &str {
+        self.0.split_once('.').map_or("", |(id, _)| id)
     }
 }
 
@@ -88,6 +96,20 @@ impl Sessions {
         let csrf = random_token()?;
         let now = (self.clock)();
         let mut map = self.map.lock();
+        let token = secret.token_id();
+        let mine = map
+            .values()
+            .filter(|s| s.secret.token_id() == token)
+            .count();
+        if mine >= MAX_SESSIONS_PER_TOKEN
+            && let Some(oldest) = map
+                .iter()
+                .filter(|(_, s)| s.secret.token_id() == token)
+                .min_by_key(|(_, s)| s.seen)
+                .map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
         if map.len() >= self.max {
             map.retain(|_, s| !expired(s, now));
         }
@@ -212,6 +234,32 @@ mod tests {
         assert!(matches!(sessions.touch(&ids[1]), Lookup::Missing));
         assert!(matches!(sessions.touch(&ids[0]), Lookup::Live { .. }));
         assert!(matches!(sessions.touch(&fourth), Lookup::Live { .. }));
+    }
+
+    #[test]
+    fn one_token_signing_in_again_and_again_pushes_out_only_its_own_sessions() {
+        let (now, clock) = manual();
+        let sessions = Sessions::with_capacity(clock, 20);
+        let others: Vec<String> = (0..10)
+            .map(|i| {
+                *now.lock().unwrap() += Duration::from_secs(1);
+                sessions.start(Secret::new(format!("tok_{i}.s"))).unwrap()
+            })
+            .collect();
+        let mut attacker = Vec::new();
+        for _ in 0..1000 {
+            *now.lock().unwrap() += Duration::from_secs(1);
+            attacker.push(sessions.start(Secret::new("tok_x.s".into())).unwrap());
+        }
+        assert_eq!(sessions.len(), 10 + MAX_SESSIONS_PER_TOKEN);
+        for id in &others {
+            assert!(matches!(sessions.touch(id), Lookup::Live { .. }));
+        }
+        assert!(matches!(sessions.touch(&attacker[0]), Lookup::Missing));
+        assert!(matches!(
+            sessions.touch(attacker.last().unwrap()),
+            Lookup::Live { .. }
+        ));
     }
 
     #[test]
