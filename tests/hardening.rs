@@ -60,6 +60,15 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
+/// A retry's refusal is its first call's, code and message.
+#[track_caller]
+fn same_refusal(first: &tonic::Status, retry: &tonic::Status) {
+    assert_eq!(
+        (retry.code(), retry.message()),
+        (first.code(), first.message())
+    );
+}
+
 async fn metrics_text(app: &TestApp) -> String {
     let mut stream = tokio::net::TcpStream::connect(app.metrics_addr)
         .await
@@ -428,10 +437,7 @@ async fn a_retry_after_a_refusal_gets_the_refusal_even_once_the_state_allows_it(
         .unwrap_err();
     assert_eq!(first.code(), Code::Aborted);
     let retry = provisioning.update_user_services(stale).await.unwrap_err();
-    assert_eq!(
-        (retry.code(), retry.message()),
-        (first.code(), first.message())
-    );
+    same_refusal(&first, &retry);
 }
 
 #[tokio::test]
@@ -482,10 +488,7 @@ async fn every_rpc_with_a_request_id_replays_a_no_op_or_a_refusal() {
     assert_eq!(first.code(), Code::NotFound);
     app.put_user("acme", "bob").await;
     let retry = provisioning.delete_user(delete).await.unwrap_err();
-    assert_eq!(
-        (retry.code(), retry.message()),
-        (first.code(), first.message())
-    );
+    same_refusal(&first, &retry);
     app.get_user("acme", "bob").await.unwrap();
 
     // CreateAccount: ALREADY_EXISTS stays so.
@@ -501,10 +504,7 @@ async fn every_rpc_with_a_request_id_replays_a_no_op_or_a_refusal() {
         .unwrap_err();
     assert_eq!(first.code(), Code::AlreadyExists);
     let retry = provisioning.create_account(create).await.unwrap_err();
-    assert_eq!(
-        (retry.code(), retry.message()),
-        (first.code(), first.message())
-    );
+    same_refusal(&first, &retry);
 
     // ImportUsers: rows refused for an account that did not exist are
     // refused again after it is made, and nothing is applied.
@@ -552,10 +552,7 @@ async fn every_rpc_with_a_request_id_replays_a_no_op_or_a_refusal() {
     assert_eq!(first.code(), Code::NotFound);
     app.create_account("omega", "work").await;
     let retry = tokens.create_token(token).await.unwrap_err();
-    assert_eq!(
-        (retry.code(), retry.message()),
-        (first.code(), first.message())
-    );
+    same_refusal(&first, &retry);
 
     // RevokeToken: an unknown token stays NOT_FOUND with the same answer.
     let revoke = pb::RevokeTokenRequest {
@@ -564,10 +561,7 @@ async fn every_rpc_with_a_request_id_replays_a_no_op_or_a_refusal() {
     };
     let first = tokens.revoke_token(revoke.clone()).await.unwrap_err();
     let retry = tokens.revoke_token(revoke).await.unwrap_err();
-    assert_eq!(
-        (retry.code(), retry.message()),
-        (first.code(), first.message())
-    );
+    same_refusal(&first, &retry);
 }
 
 #[tokio::test]

@@ -110,21 +110,18 @@ impl ServerChild {
 
     /// SIGTERM (a graceful stop), then waits for the exit status.
     pub fn terminate(mut self) -> io::Result<ExitStatus> {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.id().to_string()])
-            .status()?;
-        if !sent.success() {
-            return Err(io::Error::other(format!(
-                "`kill -TERM {}` failed ({sent})",
-                self.id()
-            )));
-        }
+        self.send_term()?;
         self.child.wait()
     }
 
     /// SIGTERM, then waits at most `limit` for the exit status; `None` (and
     /// the child killed) if it has not exited by then.
     pub fn terminate_within(mut self, limit: Duration) -> io::Result<Option<ExitStatus>> {
+        self.send_term()?;
+        Ok(wait_within(&mut self.child, limit))
+    }
+
+    fn send_term(&self) -> io::Result<()> {
         let sent = Command::new("kill")
             .args(["-TERM", &self.id().to_string()])
             .status()?;
@@ -134,7 +131,7 @@ impl ServerChild {
                 self.id()
             )));
         }
-        Ok(wait_within(&mut self.child, limit))
+        Ok(())
     }
 }
 
