@@ -69,7 +69,7 @@ struct SignIns {
 
 impl Console {
     pub fn new(
-        svc: Entitlements,
+        entitlements: Entitlements,
         metrics: &Metrics,
         clock: Clock,
         secure: bool,
@@ -90,7 +90,7 @@ impl Console {
         };
         Ok(Console {
             inner: Arc::new(Inner {
-                service: service::Service::new(svc, metrics.clone()),
+                service: service::Service::new(entitlements, metrics.clone()),
                 sessions: session::Sessions::new(clock),
                 limiter: limit::SignInLimiter::default(),
                 secure,

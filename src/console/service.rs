@@ -28,7 +28,7 @@ const SEARCH_STEP: usize = 1000;
 /// The domain service, as the console uses it.
 #[derive(Clone)]
 pub struct Service {
-    svc: Entitlements,
+    entitlements: Entitlements,
     metrics: Metrics,
 }
 
@@ -39,15 +39,18 @@ pub struct Saved {
 }
 
 impl Service {
-    pub fn new(svc: Entitlements, metrics: Metrics) -> Self {
-        Service { svc, metrics }
+    pub fn new(entitlements: Entitlements, metrics: Metrics) -> Self {
+        Service {
+            entitlements,
+            metrics,
+        }
     }
 
     /// Who holds `secret`, checked as every gRPC call is (from memory; a
     /// revoked token is refused at once).
     pub fn authenticate(&self, secret: &str) -> Result<Arc<Principal>, DomainError> {
         let header = format!("Bearer {secret}");
-        self.svc.authenticate(Some(header.as_bytes()))
+        self.entitlements.authenticate(Some(header.as_bytes()))
     }
 
     /// The caller of one console request.
@@ -73,11 +76,11 @@ impl Service {
     }
 
     pub fn catalogue(&self, caller: &Caller) -> Result<&Catalogue, DomainError> {
-        self.svc.catalogue(caller)
+        self.entitlements.catalogue(caller)
     }
 
     pub fn account(&self, caller: &Caller, id: &AccountId) -> Result<Account, DomainError> {
-        self.svc.get_account(caller, id)
+        self.entitlements.get_account(caller, id)
     }
 
     /// Accounts in id order after `after` whose id or name contains `query`.
@@ -88,7 +91,7 @@ impl Service {
         after: Option<&AccountId>,
         limit: usize,
     ) -> Result<(Vec<Account>, bool), DomainError> {
-        self.svc.list_accounts(caller, query, after, limit)
+        self.entitlements.list_accounts(caller, query, after, limit)
     }
 
     pub fn user(
@@ -97,7 +100,7 @@ impl Service {
         account: &AccountId,
         user: &UserId,
     ) -> Result<User, DomainError> {
-        self.svc.get_user(caller, account, user)
+        self.entitlements.get_user(caller, account, user)
     }
 
     /// One page of users in id order after `after`; with a `query`, only
@@ -115,13 +118,13 @@ impl Service {
     ) -> Result<(Vec<User>, bool), DomainError> {
         let query = query.trim().to_lowercase();
         if query.is_empty() {
-            return self.svc.list_users(caller, account, after, limit);
+            return self.entitlements.list_users(caller, account, after, limit);
         }
         let mut found = Vec::with_capacity(limit);
         let mut cursor = after.cloned();
         loop {
             let (step, more) =
-                self.svc
+                self.entitlements
                     .list_users(caller, account, cursor.as_ref(), SEARCH_STEP)?;
             cursor = step.last().map(|u| u.id.clone());
             for user in step {
@@ -147,14 +150,14 @@ impl Service {
         account: &AccountId,
         user: &UserId,
     ) -> Result<Decision, DomainError> {
-        self.svc
+        self.entitlements
             .check(caller, account.borrowed(), user.borrowed(), 0)
             .await
     }
 
     /// How long after activation historical data becomes available.
     pub fn data_delay(&self, caller: &Caller) -> Result<std::time::Duration, DomainError> {
-        Ok(self.svc.catalogue(caller)?.data_delay())
+        Ok(self.entitlements.catalogue(caller)?.data_delay())
     }
 
     /// Up to `limit` audit records of `account` after sequence `after`.
@@ -165,7 +168,7 @@ impl Service {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<AuditRecord>, bool), DomainError> {
-        self.svc
+        self.entitlements
             .list_changes(caller, Some(account), after, 0, limit)
     }
 
@@ -187,7 +190,7 @@ impl Service {
             expected_revision: Some(expected_revision),
         };
         let result = self
-            .svc
+            .entitlements
             .update_user_services(caller, account.clone(), user.clone(), change)
             .await;
         let written = self.audited(
@@ -212,7 +215,7 @@ impl Service {
         display_name: DisplayName,
     ) -> Result<User, DomainError> {
         let result = self
-            .svc
+            .entitlements
             .put_user(caller, account.clone(), user.clone(), display_name)
             .await;
         Ok(self
@@ -227,7 +230,7 @@ impl Service {
         user: &UserId,
     ) -> Result<(), DomainError> {
         let result = self
-            .svc
+            .entitlements
             .delete_user(caller, account.clone(), user.clone())
             .await;
         self.audited(caller, Rpc::DeleteUser, account, user.as_str(), result)?;
@@ -242,7 +245,7 @@ impl Service {
         product_line: String,
     ) -> Result<Account, DomainError> {
         let result = self
-            .svc
+            .entitlements
             .create_account(caller, account.clone(), display_name, product_line)
             .await;
         Ok(self
@@ -260,7 +263,7 @@ impl Service {
         user: &str,
         error: &DomainError,
     ) {
-        let recorded = self.svc.record_refusal(
+        let recorded = self.entitlements.record_refusal(
             caller,
             rpc,
             account,

@@ -46,13 +46,13 @@ fn render(
     form: accounts::CreateForm,
     status: StatusCode,
 ) -> Response {
-    let svc = console.service();
+    let service = console.service();
     let after = account_id(&query.after).ok();
-    let (found, more) = match svc.accounts(&signed.caller, &query.q, after.as_ref(), PAGE) {
+    let (found, more) = match service.accounts(&signed.caller, &query.q, after.as_ref(), PAGE) {
         Ok(found) => found,
         Err(e) => return failure(signed, None, &e),
     };
-    let lines = match svc.catalogue(&signed.caller) {
+    let lines = match service.catalogue(&signed.caller) {
         Ok(c) => c.product_lines().to_vec(),
         Err(e) => return failure(signed, None, &e),
     };

@@ -30,10 +30,13 @@ pub async fn list(
         Ok(a) => a,
         Err(response) => return response,
     };
-    let svc = console.service();
-    let found = svc
-        .account(&signed.caller, &account)
-        .and_then(|a| Ok((a, svc.changes(&signed.caller, &account, query.after, PAGE)?)));
+    let service = console.service();
+    let found = service.account(&signed.caller, &account).and_then(|a| {
+        Ok((
+            a,
+            service.changes(&signed.caller, &account, query.after, PAGE)?,
+        ))
+    });
     let (record, (changes, more)) = match found {
         Ok(found) => found,
         Err(e) => return failure(&signed, Some(&account), &e),

@@ -85,7 +85,7 @@ pub async fn save(
         Ok(ids) => ids,
         Err(response) => return response,
     };
-    let svc = console.service();
+    let service = console.service();
     let (Ok(revision), Ok(shown_tier)) = (form.revision.parse::<u64>(), form.shown_tier.parse())
     else {
         return page(
@@ -102,7 +102,7 @@ pub async fn save(
     let auto: Option<Tier> = form.tier_auto.parse().ok();
     // Sent only when the person chose it (see the module's comment).
     let tier = chosen.filter(|t| *t != shown_tier && Some(*t) != auto);
-    let result = svc
+    let result = service
         .save_services(
             &signed.caller,
             &account,
@@ -125,7 +125,7 @@ pub async fn save(
             (saved.user, form)
         }
         Err(error) => {
-            let stored = match svc.user(&signed.caller, &account, &user) {
+            let stored = match service.user(&signed.caller, &account, &user) {
                 Ok(u) => u,
                 Err(e) => return failure(&signed, Some(&account), &e),
             };
@@ -215,15 +215,15 @@ async fn respond(
     form: Shown,
     outcome: Outcome,
 ) -> Response {
-    let svc = console.service();
+    let service = console.service();
     let caller = &signed.caller;
-    let account = match svc.account(caller, account_id) {
+    let account = match service.account(caller, account_id) {
         Ok(a) => a,
         Err(e) => return failure(signed, Some(account_id), &e),
     };
     let (catalogue, decision) = match (
-        svc.catalogue(caller),
-        svc.check(caller, account_id, &stored.id).await,
+        service.catalogue(caller),
+        service.check(caller, account_id, &stored.id).await,
     ) {
         (Ok(c), Ok(d)) => (c, d),
         (Err(e), _) | (_, Err(e)) => return failure(signed, Some(account_id), &e),

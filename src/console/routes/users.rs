@@ -40,10 +40,11 @@ pub async fn list(
         Ok(a) => a,
         Err(response) => return response,
     };
-    let svc = console.service();
+    let service = console.service();
     let after = user_id(&query.after).ok();
-    let found = svc.account(&signed.caller, &account).and_then(|a| {
-        svc.users(&signed.caller, &account, &query.q, after.as_ref(), PAGE)
+    let found = service.account(&signed.caller, &account).and_then(|a| {
+        service
+            .users(&signed.caller, &account, &query.q, after.as_ref(), PAGE)
             .map(|page| (a, page))
     });
     let (record, (users, more)) = match found {
@@ -79,10 +80,10 @@ pub async fn edit(
         Ok(ids) => ids,
         Err(response) => return response,
     };
-    let svc = console.service();
-    let found = svc
+    let service = console.service();
+    let found = service
         .account(&signed.caller, &account)
-        .and_then(|a| Ok((a, svc.user(&signed.caller, &account, &user)?)));
+        .and_then(|a| Ok((a, service.user(&signed.caller, &account, &user)?)));
     let (record, stored) = match found {
         Ok(found) => found,
         Err(e) => return failure(&signed, Some(&account), &e),
@@ -132,13 +133,16 @@ pub async fn rename(
         Ok(ids) => ids,
         Err(response) => return response,
     };
-    let svc = console.service();
+    let service = console.service();
     let name = form.display_name.trim().to_owned();
     let result = match display_name(&name) {
         Err(e) => Err(sentence(&format!("display name {e}"))),
-        Ok(typed) => match svc.user(&signed.caller, &account, &user) {
+        Ok(typed) => match service.user(&signed.caller, &account, &user) {
             Err(e) => return failure(&signed, Some(&account), &e),
-            Ok(_) => match svc.put_user(&signed.caller, &account, &user, typed).await {
+            Ok(_) => match service
+                .put_user(&signed.caller, &account, &user, typed)
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(e) => return failure(&signed, Some(&account), &e),
             },
@@ -149,9 +153,9 @@ pub async fn rename(
             Redirect::to(&format!("{}?done=renamed", href::user(&account, &user))).into_response()
         }
         Err(message) => {
-            let found = svc
+            let found = service
                 .account(&signed.caller, &account)
-                .and_then(|a| Ok((a, svc.user(&signed.caller, &account, &user)?)));
+                .and_then(|a| Ok((a, service.user(&signed.caller, &account, &user)?)));
             let (record, stored) = match found {
                 Ok(found) => found,
                 Err(e) => return failure(&signed, Some(&account), &e),
@@ -207,8 +211,8 @@ pub async fn add(
         Ok(a) => a,
         Err(response) => return response,
     };
-    let svc = console.service();
-    let record = match svc.account(&signed.caller, &account) {
+    let service = console.service();
+    let record = match service.account(&signed.caller, &account) {
         Ok(a) => a,
         Err(e) => return failure(&signed, Some(&account), &e),
     };
@@ -237,13 +241,16 @@ pub async fn add(
         }
     };
     if let (Some(user), Some(typed)) = (&user, typed) {
-        let exists = svc.user(&signed.caller, &account, user).is_ok();
+        let exists = service.user(&signed.caller, &account, user).is_ok();
         if exists {
             id_error = Some(format!(
                 "A user with ID {user} already exists in this account"
             ));
         } else {
-            match svc.put_user(&signed.caller, &account, user, typed).await {
+            match service
+                .put_user(&signed.caller, &account, user, typed)
+                .await
+            {
                 Ok(_) => {
                     return Redirect::to(&format!("{}?done=added", href::user(&account, user)))
                         .into_response();
