@@ -19,7 +19,6 @@ use entitled::{
     proto::v1 as pb,
     service::{REFUSAL_BURST, REFUSALS_PER_SECOND},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 /// Every audit record of `account` (or all, for ""), paged with the
@@ -70,22 +69,7 @@ fn same_refusal(first: &tonic::Status, retry: &tonic::Status) {
 }
 
 async fn metrics_text(app: &TestApp) -> String {
-    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    common::within(
-        common::CALL_TIMEOUT,
-        "the metrics answer",
-        stream.read_to_string(&mut answer),
-    )
-    .await
-    .unwrap();
-    answer
+    common::metrics_answer(&app.metrics_addr.to_string()).await
 }
 
 // ---- A ----

@@ -19,7 +19,6 @@ use entitled::{
     server::{Application, Config},
 };
 use prometheus_parse::{Sample, Scrape, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Request};
 
 const CHECK: &str = "entitled.v1.AccessService/CheckAnalyticsAccess";
@@ -28,19 +27,7 @@ const UPDATE: &str = "entitled.v1.ProvisioningService/UpdateUserServices";
 /// `GET /metrics` over plain HTTP/1.0 (the connection closes after the
 /// answer), parsed.
 async fn scrape(addr: SocketAddr) -> Scrape {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    common::within(
-        common::CALL_TIMEOUT,
-        "the metrics answer",
-        stream.read_to_string(&mut answer),
-    )
-    .await
-    .unwrap();
+    let answer = common::metrics_answer(&addr.to_string()).await;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     assert!(
         head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),

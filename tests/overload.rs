@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{clients, process::Server, raw};
 use entitled::proto::v1 as pb;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 use tonic::{Code, Streaming, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
@@ -443,19 +440,7 @@ async fn metric(server: &Server, sample: &str) -> f64 {
         .find_map(|l| l.split("serving metrics on /metrics addr=").nth(1))
         .map(|a| a.trim().to_owned())
         .expect("the server logs its metrics address");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    common::within(
-        common::CALL_TIMEOUT,
-        "the metrics answer",
-        stream.read_to_string(&mut text),
-    )
-    .await
-    .unwrap();
+    let text = common::metrics_answer(&addr).await;
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
         .map_or(0.0, |v| v.parse().unwrap())

@@ -444,3 +444,23 @@ pub fn catalogue_with(edit: impl FnOnce(String) -> String) -> Catalogue {
     let text = edit(entitled::catalogue::DEFAULT_TOML.to_owned());
     Catalogue::from_toml(&text, "test").unwrap()
 }
+
+/// `GET /metrics` from `addr` (`host:port`) over plain HTTP/1.0, which
+/// closes the connection after the answer: the whole answer, head included.
+pub async fn metrics_answer(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: metrics\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    within(
+        CALL_TIMEOUT,
+        "the metrics answer",
+        stream.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap();
+    answer
+}
