@@ -300,7 +300,10 @@ impl Entitlements {
             account_id: account.to_owned(),
             user_id: user.to_owned(),
             request: caller.request.clone(),
-            keep_refusal: self.refusals.may_keep(&caller.principal.token_id),
+            // Only a write with a request id keeps anything: the others
+            // need not take the limiter's lock.
+            keep_refusal: caller.request.is_some()
+                && self.refusals.may_keep(&caller.principal.token_id),
         }
     }
 }
