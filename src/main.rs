@@ -81,8 +81,18 @@ enum Command {
     Config(ConfigCommand),
     /// Take an online, consistent backup of a running server (operator token).
     Backup(cli::backup::Args),
-    /// Restore a backup into an empty or new data directory (server stopped).
+    /// Restore a backup into an empty or new data directory, or a database
+    /// that holds no store (servers stopped).
     Restore(cli::restore::Args),
+    /// Apply the database's schema migrations (`serve` also does, at start).
+    Migrate {
+        /// `postgres://USER@HOST:PORT/DB`.
+        #[arg(long, env = "ENTITLED_STORE", value_name = "URL")]
+        store: String,
+    },
+    /// Work on a whole store offline.
+    #[command(subcommand)]
+    Store(cli::store::StoreCommand),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -126,6 +136,14 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Restore(args) => cli::restore::run(args),
+        Command::Migrate { store } => {
+            init_logging(LogFormat::Text, "warn");
+            cli::store::migrate(&store)
+        }
+        Command::Store(command) => {
+            init_logging(LogFormat::Text, "warn");
+            cli::store::run(command)
+        }
         command => client(&cli.client, command),
     };
     match result {
@@ -182,7 +200,9 @@ fn client(args: &ClientArgs, command: Command) -> Result<(), CliError> {
             Command::Serve(_)
             | Command::Config(_)
             | Command::Completions { .. }
-            | Command::Restore(_) => Ok(()),
+            | Command::Restore(_)
+            | Command::Migrate { .. }
+            | Command::Store(_) => Ok(()),
         }
     })
 }

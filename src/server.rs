@@ -36,8 +36,8 @@ use crate::{
             token_service_server::TokenServiceServer,
         },
     },
-    service::{Clock, DomainError, Entitlements, WatchOptions, system_clock},
-    store::{Store, StoreError},
+    service::{Clock, DomainError, Entitlements, OPERATOR_TOKEN_FILE, WatchOptions, system_clock},
+    store::{Location, Store, StoreError},
 };
 
 /// The services health reports on, besides the whole server ("").
@@ -97,7 +97,15 @@ impl CatalogueSource {
 #[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The sled store's directory, unless `store` names another.
     pub data_dir: PathBuf,
+    /// Where the store is, when not sled in `data_dir`: a PostgreSQL
+    /// database that many replicas may share.
+    pub store: Option<Location>,
+    /// Where the first start writes the operator token's secret (mode
+    /// 0600): by default `operator.token` in `data_dir`, or, with
+    /// PostgreSQL, in the working directory.
+    pub operator_token_file: Option<PathBuf>,
     pub catalogue: CatalogueSource,
     /// Overrides the catalogue's `data_delay` when set.
     pub analytics_data_delay: Option<Duration>,
@@ -157,6 +165,8 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            store: None,
+            operator_token_file: None,
             catalogue: CatalogueSource::Builtin,
             analytics_data_delay: None,
             clock: system_clock(),
@@ -255,12 +265,19 @@ impl Application {
             Some(delay) => catalogue.with_data_delay(delay),
             None => catalogue,
         };
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
-        // The store first: a directory in use fails before the port is taken.
-        let store = Store::open(&config.data_dir)?;
+        let location = config
+            .store
+            .clone()
+            .unwrap_or_else(|| Location::Sled(config.data_dir.clone()));
+        if let Location::Sled(dir) = &location {
+            std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        // The store first: a directory in use, or a database that cannot
+        // be reached, fails before the port is taken.
+        let store = Store::open_at(&location).await?;
         let (listener, local_addr) = bind(config.listen).await?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(bind(addr).await?),
@@ -277,11 +294,15 @@ impl Application {
         let metrics = Metrics::new()?;
         store.observe(Arc::new(metrics.clone()));
         let revision = store.read(|v| v.revision());
-        tracing::info!(%local_addr, data_dir = %config.data_dir.display(), revision, "store opened");
+        tracing::info!(%local_addr, store = %location, revision, "store opened");
         let clock = config.clock.clone();
         let entitlements =
             Entitlements::new(store, catalogue, config.clock).with_watch_options(config.watch);
-        if let Some(path) = entitlements.bootstrap(&config.data_dir).await? {
+        let token_file = config.operator_token_file.clone().unwrap_or_else(|| match &location {
+            Location::Sled(dir) => dir.join(OPERATOR_TOKEN_FILE),
+            Location::Postgres(_) => PathBuf::from(OPERATOR_TOKEN_FILE),
+        });
+        if let Some(path) = entitlements.bootstrap(&token_file).await? {
             // The file, never the secret.
             tracing::info!(file = %path.display(), "first start: an operator token was written to this file (mode 0600)");
         }

@@ -15,7 +15,10 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use super::CliError;
-use entitled::server::{CatalogueSource, Config, TlsFiles};
+use entitled::{
+    server::{CatalogueSource, Config, TlsFiles},
+    store::Location,
+};
 
 /// `--console-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,15 @@ pub struct ServeArgs {
     pub listen: Option<SocketAddr>,
     #[arg(long, env = "ENTITLED_DATA_DIR", help = with_default("Directory of the sled database, created if absent", Config::default().data_dir.display()))]
     pub data_dir: Option<PathBuf>,
+    /// The store, when not sled in --data-dir: `postgres://USER@HOST:PORT/DB`
+    /// (many replicas may share one database), or a sled directory.
+    #[arg(long, env = "ENTITLED_STORE", value_name = "URL|DIR")]
+    pub store: Option<String>,
+    /// Where the first start writes the operator token's secret (mode 0600)
+    /// [default: operator.token in --data-dir, or in the working directory
+    /// with PostgreSQL].
+    #[arg(long, env = "ENTITLED_OPERATOR_TOKEN_FILE", value_name = "PATH")]
+    pub operator_token_file: Option<PathBuf>,
     /// Catalogue file (TOML) to use instead of the built-in one.
     #[arg(long, env = "ENTITLED_CATALOGUE")]
     pub catalogue: Option<PathBuf>,
@@ -108,6 +120,8 @@ pub struct Effective {
 struct FileConfig {
     listen: Option<Spanned<String>>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    operator_token_file: Option<PathBuf>,
     catalogue: Option<PathBuf>,
     analytics_data_delay: Option<Spanned<String>>,
     tls_cert: Option<PathBuf>,
@@ -221,6 +235,13 @@ impl ServeArgs {
         if let Some(data_dir) = self.data_dir.clone().or(file.data_dir) {
             server.data_dir = data_dir;
         }
+        if let Some(store) = self.store.clone().or(file.store) {
+            server.store = Some(Location::parse(&store));
+        }
+        server.operator_token_file = self
+            .operator_token_file
+            .clone()
+            .or(file.operator_token_file);
         if let Some(path) = self.catalogue.clone().or(file.catalogue) {
             server.catalogue = CatalogueSource::File(path);
         }
@@ -299,6 +320,8 @@ impl Effective {
         json!({
             "listen": server.listen.to_string(),
             "data_dir": server.data_dir.display().to_string(),
+            "store": server.store.as_ref().map(|s| s.to_string()),
+            "operator_token_file": path(server.operator_token_file.as_ref()),
             "catalogue": match &server.catalogue {
                 CatalogueSource::Builtin => "(built-in)".to_owned(),
                 CatalogueSource::File(path) => path.display().to_string(),

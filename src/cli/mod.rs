@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod output;
 pub mod restore;
+pub mod store;
 
 use std::{fmt, path::PathBuf};
 
@@ -102,6 +103,15 @@ impl From<Status> for CliError {
             _ => CliError::Refused(message),
         }
     }
+}
+
+/// A runtime for the commands that work on a store directly.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Local(format!("cannot start the runtime: {e}")))
 }
 
 impl ClientArgs {

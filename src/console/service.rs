@@ -161,7 +161,7 @@ impl Service {
     }
 
     /// Up to `limit` audit records of `account` after sequence `after`.
-    pub fn changes(
+    pub async fn changes(
         &self,
         caller: &Caller,
         account: &AccountId,
@@ -170,6 +170,7 @@ impl Service {
     ) -> Result<(Vec<AuditRecord>, bool), DomainError> {
         self.entitlements
             .list_changes(caller, Some(account), after, 0, limit)
+            .await
     }
 
     /// Services and permissions → Save: one write, at `expected_revision`.

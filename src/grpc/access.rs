@@ -92,7 +92,8 @@ impl AccessService for Api {
         let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
         let events = self
             .entitlements
-            .watch(&caller, account, r.after_revision)?;
+            .watch(&caller, account, r.after_revision)
+            .await?;
         let stream = ReceiverStream::new(events).map(|event| {
             event
                 .map(|e| pb::WatchEntitlementsResponse::from(&e))

@@ -100,13 +100,10 @@ impl AuditService for Api {
         let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
         let size = convert::page_size(r.page_size)?;
         let after_seq = convert::audit_cursor(&r.page_token)?;
-        let (changes, more) = self.entitlements.list_changes(
-            &caller,
-            account.as_ref(),
-            after_seq,
-            r.after_revision,
-            size,
-        )?;
+        let (changes, more) = self
+            .entitlements
+            .list_changes(&caller, account.as_ref(), after_seq, r.after_revision, size)
+            .await?;
         // Bounded in bytes as well as in records: a page never exceeds what
         // a default client accepts, whatever the records hold.
         let mut page: Vec<pb::Change> = Vec::with_capacity(changes.len());

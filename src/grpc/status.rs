@@ -66,7 +66,7 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         match e {
-            StoreError::Failed(_) => Status::unavailable(message),
+            StoreError::Failed(_) | StoreError::Unavailable { .. } => Status::unavailable(message),
             StoreError::RequestReused(_) => Status::failed_precondition(message),
             StoreError::Locked { .. }
             | StoreError::Open { .. }
@@ -74,6 +74,9 @@ impl From<StoreError> for Status {
             | StoreError::DataLost { .. }
             | StoreError::ForeignData { .. }
             | StoreError::Watermark { .. }
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::Occupied { .. }
+            | StoreError::NotAUrl { .. }
             | StoreError::Encode(_)
             | StoreError::Backend(_) => {
                 tracing::error!(error = %message, "storage failure");

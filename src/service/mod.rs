@@ -264,7 +264,7 @@ impl Entitlements {
     }
 
     /// The audit trail, of one account or (operators and provisioners) all.
-    pub fn list_changes(
+    pub async fn list_changes(
         &self,
         caller: &Caller,
         account: Option<&AccountId>,
@@ -273,12 +273,10 @@ impl Entitlements {
         limit: usize,
     ) -> Result<(Vec<AuditRecord>, bool), DomainError> {
         authorize(caller, Rpc::ListChanges, account, None)?;
-        Ok(self.store.audit(
-            account.map(AccountId::as_str),
-            after_seq,
-            after_revision,
-            limit,
-        )?)
+        Ok(self
+            .store
+            .audit(account.map(AccountId::as_str), after_seq, after_revision, limit)
+            .await?)
     }
 
     /// An online, consistent backup of the whole store (operators only).

@@ -195,11 +195,13 @@ impl Entitlements {
             .await
     }
 
-    /// On the first start on a directory, makes an operator token and writes
-    /// it to `<data_dir>/operator.token` (mode 0600). Returns the file's path
-    /// when it made one; later starts make none.
-    pub async fn bootstrap(&self, data_dir: &Path) -> Result<Option<PathBuf>, DomainError> {
-        if self.store.is_bootstrapped()? {
+    /// On the first start on a store, makes an operator token and writes its
+    /// secret to `file` (mode 0600). Returns the file's path when it made
+    /// one; later starts make none. Replicas starting together on one
+    /// database make exactly one: the write makes the token only if none
+    /// was made, as the one writer sees it.
+    pub async fn bootstrap(&self, file: &Path) -> Result<Option<PathBuf>, DomainError> {
+        if self.store.is_bootstrapped().await? {
             return Ok(None);
         }
         let now = (self.clock)();
@@ -210,11 +212,13 @@ impl Entitlements {
             None,
             now,
         )?;
-        let path = data_dir.join(OPERATOR_TOKEN_FILE);
-        // The file first: a crash before the commit below only means the
-        // next start makes (and writes) another.
-        write_secret_file(&path, &secret).map_err(|e| {
-            DomainError::Bootstrap(format!("cannot write `{}`: {e}", path.display()))
+        // The secret first, under a name of its own: a crash before the
+        // commit below leaves only that file (the next start makes
+        // another); one after it leaves the secret there, named for its
+        // token. Moved into place only once this start made the token.
+        let pending = pending_secret_file(file, &token.id);
+        write_secret_file(&pending, &secret).map_err(|e| {
+            DomainError::Bootstrap(format!("cannot write `{}`: {e}", pending.display()))
         })?;
         let ctx = WriteContext {
             actor: Actor {
@@ -230,8 +234,13 @@ impl Entitlements {
             request: None,
             keep_refusal: false,
         };
-        self.store
-            .write::<_, DomainError>(&Target::NoRecord, ctx, move |_| {
+        let made = self
+            .store
+            .write::<_, DomainError>(&Target::NoRecord, ctx, move |current| {
+                if current.bootstrapped {
+                    // Another replica made it first.
+                    return Ok(WritePlan::new(Vec::new(), false));
+                }
                 let details = vec![format!(
                     "created token `{}` `{}` with role `operator`",
                     token.id, token.name
@@ -241,13 +250,35 @@ impl Entitlements {
                         Mutation::PutToken(token.clone()),
                         Mutation::MarkBootstrapped,
                     ],
-                    output: (),
+                    output: true,
                     details,
                 })
             })
-            .await?;
-        Ok(Some(path))
+            .await;
+        match made {
+            Ok(written) if written.output => {
+                std::fs::rename(&pending, file).map_err(|e| {
+                    DomainError::Bootstrap(format!(
+                        "the operator token was made, but its secret could not be moved from `{}` to `{}`: {e}",
+                        pending.display(),
+                        file.display()
+                    ))
+                })?;
+                Ok(Some(file.to_path_buf()))
+            }
+            other => {
+                let _ = std::fs::remove_file(&pending);
+                other.map(|_| None)
+            }
+        }
     }
+}
+
+/// Where a first start's secret waits until its token is committed.
+fn pending_secret_file(file: &Path, token_id: &str) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".pending-{token_id}"));
+    file.with_file_name(name)
 }
 
 fn sha256(secret: &str) -> [u8; 32] {
@@ -287,7 +318,9 @@ fn generate(
 /// Writes `secret` to `path` with mode 0600, atomically (temp file, fsync,
 /// rename).
 fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]

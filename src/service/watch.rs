@@ -64,7 +64,7 @@ pub enum WatchEvent {
 impl Entitlements {
     /// Starts a watch; the events (or the error that ends them) arrive on
     /// the receiver. Dropping the receiver stops the watch.
-    pub fn watch(
+    pub async fn watch(
         &self,
         caller: &Caller,
         account: Option<AccountId>,
@@ -72,7 +72,7 @@ impl Entitlements {
     ) -> Result<mpsc::Receiver<Result<WatchEvent, DomainError>>, DomainError> {
         authorize(caller, Rpc::WatchEntitlements, account.as_ref(), None)?;
         let options = self.watch_options;
-        let (mut cursor, first_at) = self.store.audit_position_after(after_revision)?;
+        let (mut cursor, first_at) = self.store.audit_position_after(after_revision).await?;
         let now = (self.clock)();
         if let Some(at) = first_at
             && now.duration_since(at).unwrap_or_default() > options.history
@@ -102,7 +102,7 @@ impl Entitlements {
                 // Everything durable after the cursor, in order.
                 loop {
                     let (records, next) =
-                        match store.audit_records_from(cursor, durable, READ_BATCH) {
+                        match store.audit_records_from(cursor, durable, READ_BATCH).await {
                             Ok(read) => read,
                             Err(e) => {
                                 let _ = tx.send(Err(e.into())).await;

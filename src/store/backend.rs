@@ -37,6 +37,8 @@ pub(crate) struct Seen {
     pub revision: u64,
     /// The answer kept for the write's request id, if any.
     pub request: Option<RequestRecord>,
+    /// Whether the first start's operator token was made.
+    pub bootstrapped: bool,
 }
 
 /// What a write commits.
@@ -75,6 +77,9 @@ pub(crate) enum Step {
 /// lost a conflict runs it on what it reads then), so it is `FnMut` and its
 /// last run is the one that counts.
 pub(crate) type WriteFn<'a> = dyn FnMut(Seen) -> Result<Step, StoreError> + Send + 'a;
+
+/// The visitor of `Backend::audit_from`.
+pub(crate) type Visit<'a> = dyn FnMut(AuditRecord) -> ControlFlow<()> + Send + 'a;
 
 /// The store's counters, as a backup holds them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,23 +150,24 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// account (as `AuditRecord::account_id`) or all, in sequence order,
     /// until it breaks or they end. Records not yet durable may be among
     /// them; the caller filters by revision.
-    fn audit_from(
-        &self,
-        account: Option<&str>,
+    fn audit_from<'a>(
+        &'a self,
+        account: Option<&'a str>,
         from: u64,
-        visit: &mut dyn FnMut(AuditRecord) -> ControlFlow<()>,
-    ) -> Result<(), StoreError>;
+        visit: &'a mut Visit<'_>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The audit record with sequence number `seq`.
-    fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>, StoreError>;
+    fn audit_record(&self, seq: u64) -> BoxFuture<'_, Result<Option<AuditRecord>, StoreError>>;
 
     /// The last audit sequence number given (0 for none).
-    fn last_audit_seq(&self) -> u64;
+    fn last_audit_seq(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Whether the first start's operator token was made.
-    fn bootstrapped(&self) -> Result<bool, StoreError>;
+    fn bootstrapped(&self) -> BoxFuture<'_, Result<bool, StoreError>>;
 
-    /// What the store takes in storage, in bytes.
+    /// What the store takes in storage, in bytes (as last measured: a
+    /// backend may measure it in the background).
     fn size_bytes(&self) -> Result<u64, StoreError>;
 
     /// Hands `visit` every record of the store as of one revision, which it

@@ -100,7 +100,7 @@ pub fn decode_audit(
 }
 
 /// The first answer to a request id: the encoded output, or the refusal.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RequestRecord {
     pub fingerprint: [u8; 32],
     pub at: SystemTime,

@@ -13,7 +13,7 @@ impl Store {
     /// is above `after_revision`, of one account or all, in order; and
     /// whether more may follow. Applied records not yet durable are not
     /// shown (the listing stops before them).
-    pub fn audit(
+    pub async fn audit(
         &self,
         account: Option<&str>,
         after_seq: u64,
@@ -42,7 +42,8 @@ impl Store {
                 }
                 out.push(record);
                 ControlFlow::Continue(())
-            })?;
+            })
+            .await?;
         Ok((out, more))
     }
 
@@ -51,21 +52,21 @@ impl Store {
     /// with that record's time; or, if there is none yet, the sequence
     /// number the next record will get. Revisions never decrease along the
     /// trail, so this is a binary search.
-    pub fn audit_position_after(
+    pub async fn audit_position_after(
         &self,
         revision: u64,
     ) -> Result<(u64, Option<SystemTime>), StoreError> {
-        let last = self.backend.last_audit_seq();
+        let last = self.backend.last_audit_seq().await?;
         let (mut lo, mut hi) = (1, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.backend.audit_record(mid)? {
+            match self.backend.audit_record(mid).await? {
                 Some(r) if r.revision > revision => hi = mid,
                 _ => lo = mid + 1,
             }
         }
         let at = if lo <= last {
-            self.backend.audit_record(lo)?.map(|r| r.at)
+            self.backend.audit_record(lo).await?.map(|r| r.at)
         } else {
             None
         };
@@ -75,7 +76,7 @@ impl Store {
     /// Up to `limit` applied audit records from sequence `from` on whose
     /// revision is at most `through`, and the sequence to continue from.
     /// Stops at the first applied record above `through` (not yet durable).
-    pub fn audit_records_from(
+    pub async fn audit_records_from(
         &self,
         from: u64,
         through: u64,
@@ -83,17 +84,19 @@ impl Store {
     ) -> Result<(Vec<AuditRecord>, u64), StoreError> {
         let mut out = Vec::new();
         let mut next = from;
-        self.backend.audit_from(None, from, &mut |record| {
-            let seq = record.seq;
-            if record.outcome == Outcome::Applied {
-                if record.revision > through || out.len() == limit {
-                    return ControlFlow::Break(());
+        self.backend
+            .audit_from(None, from, &mut |record| {
+                let seq = record.seq;
+                if record.outcome == Outcome::Applied {
+                    if record.revision > through || out.len() == limit {
+                        return ControlFlow::Break(());
+                    }
+                    out.push(record);
                 }
-                out.push(record);
-            }
-            next = seq + 1;
-            ControlFlow::Continue(())
-        })?;
+                next = seq + 1;
+                ControlFlow::Continue(())
+            })
+            .await?;
         Ok((out, next))
     }
 }

@@ -23,6 +23,8 @@ mod backend;
 mod backup;
 mod codec;
 mod feed;
+mod location;
+mod postgres;
 mod publish;
 mod sled;
 mod view;
@@ -40,6 +42,7 @@ use crate::domain::{Account, User};
 
 pub use self::sled::restore;
 pub use backup::{Backup, BackupError, BackupSummary, FORMAT_VERSION, verify};
+pub use location::{CopySummary, Location, copy, restore_into_database};
 pub use view::{UserServices, View};
 pub use write::{
     Mutation, REQUEST_ID_WINDOW, Refusable, RequestKey, Target, TargetState, WriteContext,
@@ -79,6 +82,24 @@ pub enum StoreError {
         path: String,
         source: WatermarkError,
     },
+    #[error(
+        "`{store}` is not empty (it holds {holds}); copy or restore only into a new or empty one"
+    )]
+    Occupied { store: String, holds: String },
+    #[error("`{given}` is not a PostgreSQL URL ({reason}); write it like postgres://USER@HOST:PORT/DB")]
+    NotAUrl { given: String, reason: String },
+    #[error(
+        "the database `{database}` cannot be reached or refused the statement ({reason}); reads go on from memory, writes are refused until it is back"
+    )]
+    Unavailable { database: String, reason: String },
+    #[error(
+        "the database `{database}` has schema version {found}, newer than this entitled knows ({known}); run a newer entitled"
+    )]
+    SchemaTooNew {
+        database: String,
+        found: i32,
+        known: i32,
+    },
     #[error("cannot encode a record: {0}")]
     Encode(String),
     /// The storage failed a read or write; its own message.
@@ -106,6 +127,10 @@ pub trait StoreObserver: Send + Sync {
     /// One sync to durable storage (shared by every write committed before
     /// it) took `took`, successful or not.
     fn synced(&self, took: Duration);
+    /// Whether a shared database can be reached: while it cannot, reads
+    /// are served as of the last revision seen. Only a backend with a
+    /// database elsewhere (PostgreSQL) says.
+    fn reachable(&self, _reachable: bool) {}
 }
 
 /// Size and contents, for metrics.
@@ -163,8 +188,8 @@ impl Store {
     }
 
     /// Whether the first start's operator token was made.
-    pub fn is_bootstrapped(&self) -> Result<bool, StoreError> {
-        self.backend.bootstrapped()
+    pub async fn is_bootstrapped(&self) -> Result<bool, StoreError> {
+        self.backend.bootstrapped().await
     }
 
     /// A consistent copy of every record as one backup file (in memory), as

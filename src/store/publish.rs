@@ -69,6 +69,13 @@ impl Publisher {
         }
     }
 
+    /// Whether the shared database can be reached.
+    pub(crate) fn reachable(&self, reachable: bool) {
+        if let Some(observer) = self.inner.observer.get() {
+            observer.reachable(reachable);
+        }
+    }
+
     /// A write became durable and visible, `waited` after it began.
     pub(super) fn durable(&self, waited: Duration) {
         if let Some(observer) = self.inner.observer.get() {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{
     Store, StoreError,
@@ -25,7 +25,7 @@ use crate::domain::{
 pub const REQUEST_ID_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// One change to stored records.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Mutation {
     PutAccount(Account),
     PutUser(User),
@@ -80,6 +80,9 @@ pub struct TargetState {
     pub many: Vec<(Option<Account>, Option<User>)>,
     /// The revision a write planned now would get.
     pub next_revision: u64,
+    /// Whether the first start's operator token was made (so that replicas
+    /// starting together on one database make exactly one).
+    pub bootstrapped: bool,
 }
 
 impl TargetState {
@@ -97,6 +100,7 @@ impl TargetState {
             token: None,
             many: Vec::new(),
             next_revision,
+            bootstrapped: false,
         };
         match target {
             Target::Account(a) => current.account = account(a)?,
@@ -247,10 +251,12 @@ where
     E: From<StoreError> + Refusable,
 {
     let Seen {
-        current,
+        mut current,
         revision: committed,
         request: kept,
+        bootstrapped,
     } = seen;
+    current.bootstrapped = bootstrapped;
     if let (Some(request), Some(record)) = (&ctx.request, kept) {
         let fresh = record.at + REQUEST_ID_WINDOW > ctx.at;
         if fresh && record.fingerprint == request.fingerprint {

@@ -31,12 +31,13 @@ pub async fn list(
         Err(response) => return response,
     };
     let service = console.service();
-    let found = service.account(&signed.caller, &account).and_then(|a| {
-        Ok((
-            a,
-            service.changes(&signed.caller, &account, query.after, PAGE)?,
-        ))
-    });
+    let found = match service.account(&signed.caller, &account) {
+        Ok(a) => service
+            .changes(&signed.caller, &account, query.after, PAGE)
+            .await
+            .map(|changes| (a, changes)),
+        Err(e) => Err(e),
+    };
     let (record, (changes, more)) = match found {
         Ok(found) => found,
         Err(e) => return failure(&signed, Some(&account), &e),

@@ -133,14 +133,7 @@ impl Writer {
     }
 
     pub(super) fn record(&mut self, record: &Record) -> Result<(), StoreError> {
-        let (section, bytes) = match record {
-            Record::Counters(c) => (COUNTERS, codec::encode(c)?),
-            Record::Account(a) => (ACCOUNTS, codec::encode(a)?),
-            Record::User(u) => (USERS, codec::encode(u)?),
-            Record::Token(t) => (TOKENS, codec::encode(t)?),
-            Record::Audit(r) => (AUDIT, codec::encode_audit(r)?),
-            Record::Request(r) => (REQUESTS, codec::encode(r)?),
-        };
+        let (section, bytes) = encoded(record)?;
         if self.sections.last() != Some(&section) {
             if self.sections.contains(&section) {
                 return Err(StoreError::Encode(format!(
@@ -283,6 +276,18 @@ pub(crate) fn read<R: Read>(
         taken_at,
         entries,
         bytes,
+    })
+}
+
+/// A record as a backup holds it: its section and its bytes.
+pub(crate) fn encoded(record: &Record) -> Result<(&'static str, Vec<u8>), StoreError> {
+    Ok(match record {
+        Record::Counters(c) => (COUNTERS, codec::encode(c)?),
+        Record::Account(a) => (ACCOUNTS, codec::encode(a)?),
+        Record::User(u) => (USERS, codec::encode(u)?),
+        Record::Token(t) => (TOKENS, codec::encode(t)?),
+        Record::Audit(r) => (AUDIT, codec::encode_audit(r)?),
+        Record::Request(r) => (REQUESTS, codec::encode(r)?),
     })
 }
 

@@ -35,6 +35,7 @@ impl SledBackend {
             current: self.current(target, writer.committed + 1)?,
             revision: writer.committed,
             request: request.map(|r| self.kept(r)).transpose()?.flatten(),
+            bootstrapped: self.bootstrapped_sync()?,
         };
         let changes = match write(seen)? {
             Step::Done => return Ok(None),

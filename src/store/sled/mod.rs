@@ -22,7 +22,7 @@ mod restore;
 mod tests;
 mod watermark;
 
-use std::{ops::ControlFlow, sync::Arc};
+use std::sync::Arc;
 
 use ::sled::{IVec, Tree};
 use parking_lot::Mutex;
@@ -33,7 +33,7 @@ use self::{
 };
 use super::{
     Mutation, StoreError, Target, TargetState, View,
-    backend::{Backend, BoxFuture, Counters, KeptRequest, Record, RequestId, WriteFn},
+    backend::{Backend, BoxFuture, Counters, KeptRequest, Record, RequestId, Visit, WriteFn},
     codec::{self, RequestRecord},
     publish::Publisher,
 };
@@ -42,6 +42,7 @@ use crate::domain::AuditRecord;
 use crate::domain::{Account, User};
 
 pub use restore::restore;
+pub(super) use restore::create;
 pub use watermark::WatermarkError;
 
 /// The sled-backed store. Cheap to clone.
@@ -133,6 +134,69 @@ impl SledBackend {
     }
 }
 
+impl SledBackend {
+    fn audit_from_sync(
+        &self,
+        account: Option<&str>,
+        from: u64,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        let trees = &self.inner.trees;
+        let start = from.to_be_bytes();
+        match account {
+            Some(account) => {
+                let prefix = keys::audit_account_prefix(account);
+                let mut first = prefix.clone();
+                first.extend_from_slice(&start);
+                for item in trees.audit_by_account.range(first..) {
+                    let (k, _) = item.map_err(backend)?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let seq = codec::decode_counter(
+                        AUDIT_BY_ACCOUNT,
+                        &k,
+                        &k[k.len().saturating_sub(8)..],
+                    )?;
+                    let Some(record) = self.audit_record_sync(seq)? else {
+                        continue;
+                    };
+                    if visit(record).is_break() {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for item in trees.audit.range(start.to_vec()..) {
+                    let (k, v) = item.map_err(backend)?;
+                    codec::decode_counter(AUDIT, &k, &k)?;
+                    if visit(codec::decode_audit(AUDIT, &k, &v)?).is_break() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn audit_record_sync(&self, seq: u64) -> Result<Option<AuditRecord>, StoreError> {
+        let key = seq.to_be_bytes();
+        self.inner
+            .trees
+            .audit
+            .get(key)
+            .map_err(backend)?
+            .map(|v| codec::decode_audit(AUDIT, &key, &v))
+            .transpose()
+    }
+
+    fn bootstrapped_sync(&self) -> Result<bool, StoreError> {
+        let meta = &self.inner.trees.meta;
+        Ok(meta.get(BOOTSTRAPPED_KEY).map_err(backend)?.is_some())
+    }
+
+}
+
 /// The view of what `trees` hold, as of `revision`.
 fn load_view(trees: &Trees, revision: u64) -> Result<View, StoreError> {
     View::load(
@@ -196,68 +260,25 @@ impl Backend for SledBackend {
         })
     }
 
-    fn audit_from(
-        &self,
-        account: Option<&str>,
+    fn audit_from<'a>(
+        &'a self,
+        account: Option<&'a str>,
         from: u64,
-        visit: &mut dyn FnMut(AuditRecord) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        let trees = &self.inner.trees;
-        let start = from.to_be_bytes();
-        match account {
-            Some(account) => {
-                let prefix = keys::audit_account_prefix(account);
-                let mut first = prefix.clone();
-                first.extend_from_slice(&start);
-                for item in trees.audit_by_account.range(first..) {
-                    let (k, _) = item.map_err(backend)?;
-                    if !k.starts_with(&prefix) {
-                        break;
-                    }
-                    let seq = codec::decode_counter(
-                        AUDIT_BY_ACCOUNT,
-                        &k,
-                        &k[k.len().saturating_sub(8)..],
-                    )?;
-                    let Some(record) = self.audit_record(seq)? else {
-                        continue;
-                    };
-                    if visit(record).is_break() {
-                        break;
-                    }
-                }
-            }
-            None => {
-                for item in trees.audit.range(start.to_vec()..) {
-                    let (k, v) = item.map_err(backend)?;
-                    codec::decode_counter(AUDIT, &k, &k)?;
-                    if visit(codec::decode_audit(AUDIT, &k, &v)?).is_break() {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        visit: &'a mut Visit<'_>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.audit_from_sync(account, from, visit) })
     }
 
-    fn audit_record(&self, seq: u64) -> Result<Option<AuditRecord>, StoreError> {
-        let key = seq.to_be_bytes();
-        self.inner
-            .trees
-            .audit
-            .get(key)
-            .map_err(backend)?
-            .map(|v| codec::decode_audit(AUDIT, &key, &v))
-            .transpose()
+    fn audit_record(&self, seq: u64) -> BoxFuture<'_, Result<Option<AuditRecord>, StoreError>> {
+        Box::pin(async move { self.audit_record_sync(seq) })
     }
 
-    fn last_audit_seq(&self) -> u64 {
-        self.inner.writer.lock().audit_seq
+    fn last_audit_seq(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move { Ok(self.inner.writer.lock().audit_seq) })
     }
 
-    fn bootstrapped(&self) -> Result<bool, StoreError> {
-        let meta = &self.inner.trees.meta;
-        Ok(meta.get(BOOTSTRAPPED_KEY).map_err(backend)?.is_some())
+    fn bootstrapped(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move { self.bootstrapped_sync() })
     }
 
     fn size_bytes(&self) -> Result<u64, StoreError> {

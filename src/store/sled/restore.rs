@@ -111,6 +111,46 @@ fn restore_into<R: io::Read>(source: R, dir: &Path) -> Result<BackupSummary, Bac
     Ok(summary)
 }
 
+/// Puts `records` into a new store in `dir`, which must be empty or not
+/// exist: `entitled store copy` into a directory. Built beside `dir` and
+/// moved into place once flushed, as a restore is.
+pub(in super::super) fn create(dir: &Path, records: Vec<Record>) -> Result<(), StoreError> {
+    let not_empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(_) => false,
+    };
+    if not_empty {
+        return Err(StoreError::Occupied {
+            store: dir.display().to_string(),
+            holds: "files".to_owned(),
+        });
+    }
+    let as_store = |e: BackupError| match e {
+        BackupError::Store(e) => e,
+        other => StoreError::Failed(other.to_string()),
+    };
+    let staging = staging_dir(dir).map_err(as_store)?;
+    let built = (|| {
+        let revision = records.iter().find_map(|r| match r {
+            Record::Counters(c) => Some(c.revision),
+            _ => None,
+        });
+        let store = SledBackend::open(&staging)?;
+        store.put(records)?;
+        store.inner.db.flush().map_err(backend)?;
+        store.record_durable(revision.unwrap_or(0), true);
+        drop(store);
+        if dir.exists() {
+            std::fs::remove_dir(dir).map_err(|e| StoreError::Failed(e.to_string()))?;
+        }
+        std::fs::rename(&staging, dir).map_err(|e| StoreError::Failed(e.to_string()))
+    })();
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    built
+}
+
 impl SledBackend {
     /// Writes records as they are, outside any transaction: for a restore
     /// into a new store, which nothing else uses yet.

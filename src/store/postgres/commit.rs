@@ -1,0 +1,612 @@
+//! Writes into PostgreSQL, with group commit.
+//!
+//! A replica keeps at most one open batch: a transaction that holds the
+//! write lock (`pg_advisory_xact_lock`), so no other replica writes while
+//! it is open. The first writer to find none opens one: it takes the lock,
+//! reads the counters and catches its view up to them (`follow.rs`), so the
+//! view is then exactly what is committed. Each writer then plans on the
+//! view with the batch's own writes laid over it (no round trip, but for a
+//! request id not seen in this batch), and adds its rows to the batch in
+//! memory. It then waits for the batch to commit; the first waiter to get
+//! the writer lock commits it for everyone who joined meanwhile (their rows
+//! in one statement per table, then COMMIT: one WAL flush for all), and
+//! publishes its writes to the view in revision order. Writers that arrive
+//! during a COMMIT queue for the next batch.
+//!
+//! A batch that fails (the database gone, a statement refused) commits
+//! nothing and each of its writers gets `UNAVAILABLE`; a COMMIT whose
+//! outcome is unknown (the connection lost during it) is never
+//! acknowledged, and its writes, if they did commit, reach the view through
+//! the change feed. Its connection is closed, never returned to the pool,
+//! so PostgreSQL ends the transaction and releases the lock.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::atomic::Ordering,
+    time::Instant,
+};
+
+use deadpool_postgres::Object;
+
+use super::super::{
+    Mutation, StoreError, Target, TargetState,
+    backend::{Changes, RequestId, Seen, Step, WriteFn},
+    codec::{self, RequestRecord},
+};
+use super::{Inner, follow, unavailable};
+use crate::domain::{Account, AccountId, AuditRecord, Token, User, UserId, validate_id};
+
+/// The write lock, held by the open batch's transaction.
+pub(super) const WRITE_LOCK: i64 = 0x656e_7469_746c_6565;
+
+/// How many failed batches' reasons are remembered for their waiters.
+const FAILURES_KEPT: usize = 1024;
+
+/// The writer's state, under `Inner::writer`.
+#[derive(Default)]
+pub(super) struct Writer {
+    open: Option<Batch>,
+    /// The id the next batch gets (ids start at 1).
+    next_id: u64,
+    /// The highest batch id finished, committed or failed.
+    finished: u64,
+    /// Why recent batches failed, by id.
+    failures: BTreeMap<u64, String>,
+}
+
+/// An open transaction that holds the write lock, and what it will commit.
+struct Batch {
+    id: u64,
+    client: Object,
+    /// The revision the batch started on.
+    base: u64,
+    /// The latest revision, the batch's writes included.
+    revision: u64,
+    audit_seq: u64,
+    bootstrapped: bool,
+    accounts: HashMap<AccountId, Account>,
+    /// `None`: deleted.
+    users: HashMap<(AccountId, UserId), Option<User>>,
+    tokens: HashMap<String, Token>,
+    requests: HashMap<(String, String), RequestRecord>,
+    audit: Vec<AuditRecord>,
+    /// Each revision's mutations: the change feed's rows, and what is
+    /// published once committed.
+    changes: Vec<(u64, Vec<Mutation>)>,
+    started: Instant,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.requests.is_empty() && self.audit.is_empty()
+    }
+
+    /// The latest state of `target`: this batch's writes over the view.
+    fn current(&self, inner: &Inner, target: &Target) -> Result<TargetState, StoreError> {
+        inner.publisher.read(|view| {
+            TargetState::read(
+                target,
+                self.revision + 1,
+                |a| {
+                    Ok(match self.accounts.get(a) {
+                        Some(account) => Some(account.clone()),
+                        None => view.account(a.as_str()).cloned(),
+                    })
+                },
+                |a, u| {
+                    Ok(match self.users.get(&(a.clone(), u.clone())) {
+                        Some(user) => user.clone(),
+                        None => view.user(a.as_str(), u.as_str()),
+                    })
+                },
+                |id| {
+                    Ok(match self.tokens.get(id) {
+                        Some(token) => Some(token.clone()),
+                        None => view.token(id).map(|entry| entry.token.clone()),
+                    })
+                },
+            )
+        })
+    }
+
+    /// Lays `mutations` over the batch's state.
+    fn apply(&mut self, mutations: &[Mutation]) {
+        for m in mutations {
+            match m {
+                Mutation::PutAccount(a) => {
+                    self.accounts.insert(a.id.clone(), a.clone());
+                }
+                Mutation::PutUser(u) => {
+                    self.users
+                        .insert((u.account_id.clone(), u.id.clone()), Some(u.clone()));
+                }
+                Mutation::DeleteUser(a, u) => {
+                    self.users.insert((a.clone(), u.clone()), None);
+                }
+                Mutation::PutToken(t) => {
+                    self.tokens.insert(t.id.clone(), t.clone());
+                }
+                Mutation::MarkBootstrapped => self.bootstrapped = true,
+            }
+        }
+    }
+}
+
+/// Opens a batch: takes the write lock in a new transaction, reads the
+/// counters and catches the view up to them.
+async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
+    let client = inner.connection().await?;
+    let fail = inner.fail();
+    let begun = async {
+        client.batch_execute("BEGIN").await?;
+        let lock = client
+            .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+            .await?;
+        client.execute(&lock, &[&WRITE_LOCK]).await?;
+        let state = client
+            .prepare_cached("SELECT revision, audit_seq, bootstrapped FROM entitled_state")
+            .await?;
+        client.query_one(&state, &[]).await
+    }
+    .await;
+    let row = match begun {
+        Ok(row) => row,
+        Err(e) => {
+            drop(Object::take(client));
+            return Err(fail(e));
+        }
+    };
+    let revision = counter(row.get(0));
+    let audit_seq = counter(row.get(1));
+    let bootstrapped: bool = row.get(2);
+    if let Err(e) = follow::catch_up(inner, &client, Some(revision)).await {
+        drop(Object::take(client));
+        return Err(e);
+    }
+    inner.bootstrapped.fetch_or(bootstrapped, Ordering::AcqRel);
+    Ok(Batch {
+        id,
+        client,
+        base: revision,
+        revision,
+        audit_seq,
+        bootstrapped,
+        accounts: HashMap::new(),
+        users: HashMap::new(),
+        tokens: HashMap::new(),
+        requests: HashMap::new(),
+        audit: Vec::new(),
+        changes: Vec::new(),
+        started: Instant::now(),
+    })
+}
+
+fn counter(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Runs `write` on the latest state and adds what it commits to the open
+/// batch (opening one if needed). Returns the batch to wait for, or `None`
+/// when there is nothing to wait for.
+pub(super) async fn add(
+    inner: &Inner,
+    target: &Target,
+    request: Option<RequestId<'_>>,
+    write: &mut WriteFn<'_>,
+) -> Result<Option<u64>, StoreError> {
+    let mut writer = inner.writer.lock().await;
+    if writer.open.is_none() {
+        writer.next_id += 1;
+        let id = writer.next_id;
+        match open(inner, id).await {
+            Ok(batch) => writer.open = Some(batch),
+            Err(e) => {
+                // Nobody joined it: it is finished, failed.
+                writer.finished = id;
+                return Err(e);
+            }
+        }
+    }
+    let Some(batch) = writer.open.as_mut() else {
+        return Err(StoreError::Failed("no open batch".to_owned()));
+    };
+    let kept = match request {
+        None => None,
+        Some(r) => match batch
+            .requests
+            .get(&(r.token_id.to_owned(), r.id.to_owned()))
+        {
+            Some(record) => Some(record.clone()),
+            None => {
+                let statement = batch
+                    .client
+                    .prepare_cached(
+                        "SELECT record FROM entitled_requests WHERE token_id = $1 AND request_id = $2",
+                    )
+                    .await
+                    .map_err(inner.fail())?;
+                let row = batch
+                    .client
+                    .query_opt(&statement, &[&r.token_id, &r.id])
+                    .await
+                    .map_err(inner.fail())?;
+                row.map(|row| {
+                    codec::decode_request(codec::REQUESTS, r.id.as_bytes(), row.get(0))
+                })
+                .transpose()?
+            }
+        },
+    };
+    let seen = Seen {
+        current: batch.current(inner, target)?,
+        revision: batch.revision,
+        request: kept,
+        bootstrapped: batch.bootstrapped,
+    };
+    let changes = match write(seen)? {
+        Step::Done => return Ok(None),
+        Step::Commit(changes) => changes,
+    };
+    let Changes {
+        mutations,
+        mut audit,
+        keep,
+    } = changes;
+    if !mutations.is_empty() {
+        batch.revision += 1;
+        batch.apply(&mutations);
+        for record in &mut audit {
+            batch.audit_seq += 1;
+            record.seq = batch.audit_seq;
+            record.revision = batch.revision;
+        }
+        batch.audit.append(&mut audit);
+        batch.changes.push((batch.revision, mutations));
+    }
+    if let (Some(r), Some(record)) = (request, keep) {
+        batch
+            .requests
+            .insert((r.token_id.to_owned(), r.id.to_owned()), record);
+    }
+    // A no-op or a replay waits too: what it answers from may be in this
+    // batch, not yet committed.
+    Ok(Some(batch.id))
+}
+
+/// Waits until batch `id` is finished, committing it if nobody has.
+pub(super) async fn finish(inner: &Inner, id: u64) -> Result<(), StoreError> {
+    let mut writer = inner.writer.lock().await;
+    if writer.finished < id {
+        match writer.open.take() {
+            Some(batch) if batch.id == id => {
+                let result = commit(inner, batch).await;
+                writer.finished = id;
+                if let Err(e) = &result {
+                    writer.failures.insert(id, e.to_string());
+                    while writer.failures.len() > FAILURES_KEPT {
+                        writer.failures.pop_first();
+                    }
+                }
+                return result;
+            }
+            other => {
+                writer.open = other;
+                return Err(StoreError::Failed(format!(
+                    "batch {id} is neither open nor finished"
+                )));
+            }
+        }
+    }
+    match writer.failures.get(&id) {
+        Some(reason) => Err(StoreError::Unavailable {
+            database: inner.database.clone(),
+            reason: reason.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Commits the refusals waiting, in a batch of their own.
+pub(super) async fn flush_refusals(inner: &Inner) -> Result<(), StoreError> {
+    let id = {
+        let mut writer = inner.writer.lock().await;
+        match &writer.open {
+            Some(batch) => batch.id,
+            None => {
+                writer.next_id += 1;
+                let id = writer.next_id;
+                match open(inner, id).await {
+                    Ok(batch) => writer.open = Some(batch),
+                    Err(e) => {
+                        writer.finished = id;
+                        return Err(e);
+                    }
+                }
+                id
+            }
+        }
+    };
+    finish(inner, id).await
+}
+
+/// Commits `batch` and publishes its writes.
+async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
+    // Refusals go in last, at the batch's final revision, so revisions
+    // never decrease along the trail.
+    let refusals = std::mem::take(&mut *inner.refusals.lock());
+    for mut record in refusals {
+        batch.audit_seq += 1;
+        record.seq = batch.audit_seq;
+        record.revision = batch.revision;
+        batch.audit.push(record);
+    }
+    if batch.is_empty() {
+        let ended = batch.client.batch_execute("ROLLBACK").await;
+        if ended.is_err() {
+            drop(Object::take(batch.client));
+        }
+        return Ok(());
+    }
+    let rows = match Rows::of(&batch) {
+        Ok(rows) => rows,
+        Err(e) => {
+            drop(Object::take(batch.client));
+            return Err(e);
+        }
+    };
+    let started = Instant::now();
+    let written = write_rows(&batch, &rows).await;
+    let result = match written {
+        Ok(()) => batch.client.batch_execute("COMMIT").await.map_err(|e| {
+            StoreError::Unavailable {
+                database: inner.database.clone(),
+                reason: format!(
+                    "the commit's outcome is unknown ({e}); a retry with the same request_id is safe"
+                ),
+            }
+        }),
+        Err(e) => Err(unavailable(&inner.database, &e)),
+    };
+    inner.publisher.synced(started.elapsed());
+    if let Err(e) = result {
+        tracing::warn!(database = %inner.database, error = %e, writes = batch.changes.len(), "a batch of writes failed");
+        drop(Object::take(batch.client));
+        return Err(e);
+    }
+    for _ in &batch.changes {
+        inner.publisher.committed();
+    }
+    if batch.bootstrapped {
+        inner.bootstrapped.store(true, Ordering::Release);
+    }
+    tracing::trace!(
+        writes = batch.changes.len(),
+        from = batch.base,
+        to = batch.revision,
+        took = ?batch.started.elapsed(),
+        "batch committed"
+    );
+    follow::publish(inner, std::mem::take(&mut batch.changes));
+    Ok(())
+}
+
+/// Sends the batch's rows: one statement per table, then the counters.
+async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Error> {
+    let client = &batch.client;
+    if !rows.account_ids.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_accounts (id, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .await?;
+        client
+            .execute(&s, &[&rows.account_ids, &rows.account_records])
+            .await?;
+    }
+    if !rows.user_accounts.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_users (account_id, user_id, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (account_id, user_id) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .await?;
+        client
+            .execute(
+                &s,
+                &[&rows.user_accounts, &rows.user_ids, &rows.user_records],
+            )
+            .await?;
+    }
+    if !rows.deleted_accounts.is_empty() {
+        let s = client
+            .prepare_cached(
+                "DELETE FROM entitled_users WHERE (account_id, user_id) IN \
+                 (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+            )
+            .await?;
+        client
+            .execute(&s, &[&rows.deleted_accounts, &rows.deleted_users])
+            .await?;
+    }
+    if !rows.token_ids.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_tokens (id, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .await?;
+        client
+            .execute(&s, &[&rows.token_ids, &rows.token_records])
+            .await?;
+    }
+    if !rows.change_revisions.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_changes (revision, mutations) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
+            )
+            .await?;
+        client
+            .execute(&s, &[&rows.change_revisions, &rows.change_records])
+            .await?;
+    }
+    if !rows.audit_seqs.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_audit (seq, revision, account_id, record) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
+            )
+            .await?;
+        client
+            .execute(
+                &s,
+                &[
+                    &rows.audit_seqs,
+                    &rows.audit_revisions,
+                    &rows.audit_accounts,
+                    &rows.audit_records,
+                ],
+            )
+            .await?;
+    }
+    if !rows.request_tokens.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_requests (token_id, request_id, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (token_id, request_id) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .await?;
+        client
+            .execute(
+                &s,
+                &[&rows.request_tokens, &rows.request_ids, &rows.request_records],
+            )
+            .await?;
+    }
+    let s = client
+        .prepare_cached(
+            "UPDATE entitled_state SET revision = $1, audit_seq = $2, bootstrapped = $3",
+        )
+        .await?;
+    client
+        .execute(
+            &s,
+            &[&int(batch.revision), &int(batch.audit_seq), &batch.bootstrapped],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A batch's rows, column by column (for `UNNEST`).
+#[derive(Default)]
+struct Rows {
+    account_ids: Vec<String>,
+    account_records: Vec<Vec<u8>>,
+    user_accounts: Vec<String>,
+    user_ids: Vec<String>,
+    user_records: Vec<Vec<u8>>,
+    deleted_accounts: Vec<String>,
+    deleted_users: Vec<String>,
+    token_ids: Vec<String>,
+    token_records: Vec<Vec<u8>>,
+    change_revisions: Vec<i64>,
+    change_records: Vec<Vec<u8>>,
+    audit_seqs: Vec<i64>,
+    audit_revisions: Vec<i64>,
+    audit_accounts: Vec<Option<String>>,
+    audit_records: Vec<Vec<u8>>,
+    request_tokens: Vec<String>,
+    request_ids: Vec<String>,
+    request_records: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn of(batch: &Batch) -> Result<Rows, StoreError> {
+        let mut rows = Rows::default();
+        for (id, account) in &batch.accounts {
+            rows.account_ids.push(id.as_str().to_owned());
+            rows.account_records.push(codec::encode(account)?);
+        }
+        for ((a, u), user) in &batch.users {
+            match user {
+                Some(user) => {
+                    rows.user_accounts.push(a.as_str().to_owned());
+                    rows.user_ids.push(u.as_str().to_owned());
+                    rows.user_records.push(codec::encode(user)?);
+                }
+                None => {
+                    rows.deleted_accounts.push(a.as_str().to_owned());
+                    rows.deleted_users.push(u.as_str().to_owned());
+                }
+            }
+        }
+        for (id, token) in &batch.tokens {
+            rows.token_ids.push(id.clone());
+            rows.token_records.push(codec::encode(token)?);
+        }
+        for (revision, mutations) in &batch.changes {
+            rows.change_revisions.push(int(*revision));
+            rows.change_records.push(codec::encode(mutations)?);
+        }
+        for record in &batch.audit {
+            rows.audit_seqs.push(int(record.seq));
+            rows.audit_revisions.push(int(record.revision));
+            rows.audit_accounts.push(audit_account(record));
+            rows.audit_records.push(codec::encode_audit(record)?);
+        }
+        for ((token, id), record) in &batch.requests {
+            rows.request_tokens.push(token.clone());
+            rows.request_ids.push(id.clone());
+            rows.request_records.push(codec::encode_request(record)?);
+        }
+        Ok(rows)
+    }
+}
+
+/// The account an audit record is listed under: only a well-formed id, so
+/// that one account's listing never matches a refused call's malformed id.
+pub(super) fn audit_account(record: &AuditRecord) -> Option<String> {
+    validate_id(&record.account_id)
+        .is_ok()
+        .then(|| record.account_id.clone())
+}
+
+/// The bench's bulk load: `Store::import`, as one revision.
+#[cfg(feature = "bench")]
+pub(super) async fn import(
+    inner: &Inner,
+    accounts: Vec<Account>,
+    users: Vec<User>,
+) -> Result<u64, StoreError> {
+    let mut writer = inner.writer.lock().await;
+    if let Some(batch) = writer.open.take() {
+        let id = batch.id;
+        let result = commit(inner, batch).await;
+        writer.finished = id;
+        result?;
+    }
+    writer.next_id += 1;
+    let id = writer.next_id;
+    writer.finished = id;
+    let mut batch = open(inner, id).await?;
+    let mut mutations: Vec<Mutation> = accounts.into_iter().map(Mutation::PutAccount).collect();
+    batch.revision += 1;
+    let revision = batch.revision;
+    mutations.extend(users.into_iter().map(|mut u| {
+        u.revision = revision;
+        Mutation::PutUser(u)
+    }));
+    batch.apply(&mutations);
+    batch.changes.push((revision, mutations));
+    commit(inner, batch).await?;
+    Ok(revision)
+}

@@ -1,0 +1,189 @@
+//! Following the change feed: every replica polls `entitled_changes` for
+//! revisions after its view's and publishes them in order. Polling alone is
+//! correct (CockroachDB, which speaks PostgreSQL's protocol, has no
+//! LISTEN/NOTIFY): a revision's row commits with the revision, and
+//! revisions commit in order under the write lock, so a poll never sees a
+//! revision without every one before it.
+//!
+//! The follower also commits refusals that no write has taken along, and
+//! measures the database's size; when the database cannot be reached it
+//! says so once (a log line and `StoreObserver::reachable`), and again when
+//! it is back.
+
+use std::{
+    sync::{Arc, Weak, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use deadpool_postgres::Object;
+
+use super::super::{Mutation, StoreError, codec};
+use super::{Inner, commit};
+
+/// How often a replica looks for other replicas' writes: the bound on its
+/// replication lag when idle, and 100 small queries a second.
+const POLL: Duration = Duration::from_millis(10);
+/// Revisions read per query.
+const PAGE: i64 = 1000;
+/// How often refusals waiting for a write are committed without one.
+const REFUSALS_EVERY: Duration = Duration::from_millis(200);
+/// How often the database's size is measured.
+const SIZE_EVERY: Duration = Duration::from_secs(10);
+
+/// Follows until the store is dropped.
+pub(super) async fn run(inner: Weak<Inner>) {
+    let mut stop = match inner.upgrade() {
+        Some(inner) => inner.stop.subscribe(),
+        None => return,
+    };
+    let mut refusals_at = Instant::now();
+    let mut size_at: Option<Instant> = None;
+    let mut client: Option<Object> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let polled = poll(&inner, &mut client).await;
+        reachable(&inner, polled.is_ok());
+        if let Err(e) = polled {
+            client = None;
+            tracing::debug!(error = %e, "change feed poll failed");
+            continue;
+        }
+        if refusals_at.elapsed() >= REFUSALS_EVERY {
+            refusals_at = Instant::now();
+            if !inner.refusals.lock().is_empty()
+                && let Err(e) = commit::flush_refusals(&inner).await
+            {
+                tracing::warn!(error = %e, "refusals not yet recorded");
+            }
+        }
+        if size_at.is_none_or(|at| at.elapsed() >= SIZE_EVERY) {
+            size_at = Some(Instant::now());
+            if let Some(c) = &client
+                && let Ok(row) = c
+                    .query_one("SELECT pg_database_size(current_database())", &[])
+                    .await
+            {
+                let size: i64 = row.get(0);
+                inner
+                    .size
+                    .store(u64::try_from(size).unwrap_or(0), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One poll, on the follower's own connection (kept between polls).
+async fn poll(inner: &Arc<Inner>, client: &mut Option<Object>) -> Result<(), StoreError> {
+    if client.is_none() {
+        *client = Some(inner.connection().await?);
+    }
+    let Some(c) = client.as_ref() else {
+        return Ok(());
+    };
+    catch_up(inner, c, None).await
+}
+
+/// Records whether the database answered, and says so when that changes.
+fn reachable(inner: &Inner, up: bool) {
+    let was_unreachable = inner.unreachable.swap(!up, Ordering::AcqRel);
+    if was_unreachable == !up {
+        return;
+    }
+    if up {
+        tracing::info!(database = %inner.database, revision = inner.publisher.read(|v| v.revision()), "database reachable again; reads are current");
+    } else {
+        tracing::warn!(database = %inner.database, revision = inner.publisher.read(|v| v.revision()), "database unreachable; reads are served as of this revision, writes are refused");
+    }
+    inner.publisher.reachable(up);
+}
+
+/// Publishes every revision after the view's that `client` sees committed
+/// (up to `upto`, when given, which must then be reached: a writer holding
+/// the write lock knows the latest revision).
+pub(super) async fn catch_up(
+    inner: &Inner,
+    client: &Object,
+    upto: Option<u64>,
+) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT revision, mutations FROM entitled_changes \
+             WHERE revision > $1 ORDER BY revision LIMIT $2",
+        )
+        .await
+        .map_err(inner.fail())?;
+    loop {
+        let from = inner.publisher.read(|v| v.revision());
+        if upto.is_some_and(|upto| from >= upto) {
+            return Ok(());
+        }
+        let rows = client
+            .query(
+                &statement,
+                &[&i64::try_from(from).unwrap_or(i64::MAX), &PAGE],
+            )
+            .await
+            .map_err(inner.fail())?;
+        let full = rows.len() == PAGE as usize;
+        let mut batch = Vec::with_capacity(rows.len());
+        let mut expected = from + 1;
+        for row in rows {
+            let revision = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            if revision != expected {
+                return Err(StoreError::Corrupt {
+                    kind: "changes",
+                    key: expected.to_string(),
+                    reason: format!("the change feed goes from revision {from} to {revision}"),
+                });
+            }
+            expected += 1;
+            let key = revision.to_be_bytes();
+            let mutations: Vec<Mutation> = codec::decode("changes", &key, row.get(1))?;
+            if mutations
+                .iter()
+                .any(|m| matches!(m, Mutation::MarkBootstrapped))
+            {
+                inner.bootstrapped.store(true, Ordering::Release);
+            }
+            batch.push((revision, mutations));
+        }
+        let read = batch.len();
+        publish(inner, batch);
+        if let Some(upto) = upto {
+            if inner.publisher.read(|v| v.revision()) >= upto {
+                return Ok(());
+            }
+            if read == 0 {
+                return Err(StoreError::Corrupt {
+                    kind: "changes",
+                    key: (from + 1).to_string(),
+                    reason: format!(
+                        "the counters say revision {upto}, but the change feed ends at {from}"
+                    ),
+                });
+            }
+        } else if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Publishes committed revisions to the view, skipping any already there
+/// (the follower and a writer may both bring the same ones).
+pub(super) fn publish(inner: &Inner, batch: Vec<(u64, Vec<Mutation>)>) {
+    if batch.is_empty() {
+        return;
+    }
+    let _order = inner.publishing.lock();
+    let at = inner.publisher.read(|v| v.revision());
+    let fresh: Vec<_> = batch.into_iter().filter(|(r, _)| *r > at).collect();
+    if !fresh.is_empty() {
+        inner.publisher.publish(fresh);
+    }
+}
