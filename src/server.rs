@@ -298,10 +298,13 @@ impl Application {
         let clock = config.clock.clone();
         let entitlements =
             Entitlements::new(store, catalogue, config.clock).with_watch_options(config.watch);
-        let token_file = config.operator_token_file.clone().unwrap_or_else(|| match &location {
-            Location::Sled(dir) => dir.join(OPERATOR_TOKEN_FILE),
-            Location::Postgres(_) => PathBuf::from(OPERATOR_TOKEN_FILE),
-        });
+        let token_file = config
+            .operator_token_file
+            .clone()
+            .unwrap_or_else(|| match &location {
+                Location::Sled(dir) => dir.join(OPERATOR_TOKEN_FILE),
+                Location::Postgres(_) => PathBuf::from(OPERATOR_TOKEN_FILE),
+            });
         if let Some(path) = entitlements.bootstrap(&token_file).await? {
             // The file, never the secret.
             tracing::info!(file = %path.display(), "first start: an operator token was written to this file (mode 0600)");

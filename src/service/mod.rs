@@ -275,7 +275,12 @@ impl Entitlements {
         authorize(caller, Rpc::ListChanges, account, None)?;
         Ok(self
             .store
-            .audit(account.map(AccountId::as_str), after_seq, after_revision, limit)
+            .audit(
+                account.map(AccountId::as_str),
+                after_seq,
+                after_revision,
+                limit,
+            )
             .await?)
     }
 

@@ -86,7 +86,9 @@ pub enum StoreError {
         "`{store}` is not empty (it holds {holds}); copy or restore only into a new or empty one"
     )]
     Occupied { store: String, holds: String },
-    #[error("`{given}` is not a PostgreSQL URL ({reason}); write it like postgres://USER@HOST:PORT/DB")]
+    #[error(
+        "`{given}` is not a PostgreSQL URL ({reason}); write it like postgres://USER@HOST:PORT/DB"
+    )]
     NotAUrl { given: String, reason: String },
     #[error(
         "the database `{database}` cannot be reached or refused the statement ({reason}); reads go on from memory, writes are refused until it is back"

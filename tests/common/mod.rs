@@ -1,12 +1,14 @@
 //! Test harness: the real server (the library's own `Application`) on
-//! 127.0.0.1:0 with a temporary sled directory, called through the generated
-//! tonic clients. Set `TEST_LOG=1` to see the server's logs.
+//! 127.0.0.1:0 with a temporary sled directory or a fresh PostgreSQL
+//! database (`postgres.rs`), called through the generated tonic clients.
+//! Set `TEST_LOG=1` to see the server's logs.
 
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod postgres;
 pub mod process;
 pub mod raw;
 
@@ -26,6 +28,7 @@ use entitled::{
     },
     server::{Application, Config, ServerError},
     service::{Clock, OPERATOR_TOKEN_FILE},
+    store::Location,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
@@ -115,6 +118,12 @@ pub struct Options {
     pub catalogue: Catalogue,
     pub clock: Option<Clock>,
     pub watch: Option<entitled::service::WatchOptions>,
+    /// The store: sled in the test's directory unless this names a
+    /// database (the directory then holds only the operator token file).
+    pub store: Option<Location>,
+    /// With `Backend::Postgres` and no `store`, `spawn_with` makes a fresh
+    /// database, which the `TestApp` keeps (and drops) with its directory.
+    pub backend: Backend,
 }
 
 impl Default for Options {
@@ -123,8 +132,42 @@ impl Default for Options {
             catalogue: Catalogue::builtin().unwrap(),
             clock: None,
             watch: None,
+            store: None,
+            backend: Backend::Sled,
         }
     }
+}
+
+/// Which storage backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+/// `$name` as two tests, `$name::sled` and `$name::postgres`, each running
+/// `$body` with `$backend` set; the PostgreSQL one is skipped (said once)
+/// where no server answers, unless `ENTITLED_REQUIRE_POSTGRES=1`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[$meta])*
+            async fn run($backend: $crate::common::Backend) $body
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() {
+                run($crate::common::Backend::Sled).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if $crate::common::postgres::available().await {
+                    run($crate::common::Backend::Postgres).await
+                }
+            }
+        }
+    };
 }
 
 /// How long a graceful stop may take before the test fails (a stop waits
@@ -147,9 +190,13 @@ pub struct TestApp {
     pub tokens: TokenServiceClient<Authed>,
     pub audit: AuditServiceClient<Authed>,
     pub data_dir: PathBuf,
+    /// The database, when not sled in `data_dir`.
+    pub store: Option<Location>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), ServerError>>>,
     _tempdir: Option<tempfile::TempDir>,
+    /// The test's own database, made by `spawn_with`.
+    pub database: Option<std::sync::Arc<postgres::TestDatabase>>,
 }
 
 fn init_tracing() {
@@ -170,12 +217,30 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
-    pub async fn spawn_with(options: Options) -> Self {
+    pub async fn spawn_with(mut options: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
+        let database = match (options.backend, &options.store) {
+            (Backend::Postgres, None) => {
+                let db = std::sync::Arc::new(postgres::TestDatabase::create().await);
+                options.store = Some(Location::Postgres(db.url.clone()));
+                Some(db)
+            }
+            _ => None,
+        };
         let mut app = Self::start(&path, options).await;
         app._tempdir = Some(dir);
+        app.database = database;
         app
+    }
+
+    /// A server with the built-in catalogue on `backend`.
+    pub async fn spawn_on(backend: Backend) -> Self {
+        Self::spawn_with(Options {
+            backend,
+            ..Options::default()
+        })
+        .await
     }
 
     /// A server on an existing directory (the caller keeps it alive), with
@@ -204,6 +269,11 @@ impl TestApp {
             data_dir.to_path_buf(),
             options.catalogue,
         );
+        let store = options.store.clone();
+        if store.is_some() {
+            config.store = store.clone();
+            config.operator_token_file = Some(data_dir.join(OPERATOR_TOKEN_FILE));
+        }
         if let Some(clock) = options.clock {
             config.clock = clock;
         }
@@ -236,9 +306,11 @@ impl TestApp {
             operator_secret,
             channel,
             data_dir: data_dir.to_path_buf(),
+            store,
             shutdown: Some(tx),
             server: Some(server),
             _tempdir: None,
+            database: None,
         }
     }
 
@@ -267,12 +339,16 @@ impl TestApp {
         }
     }
 
-    /// A server restarted on the same directory with `options`.
-    pub async fn restart_with(self, options: Options) -> Self {
+    /// A server restarted on the same directory (and database) with
+    /// `options`.
+    pub async fn restart_with(self, mut options: Options) -> Self {
         let data_dir = self.data_dir.clone();
+        options.store = options.store.or_else(|| self.store.clone());
+        let database = self.database.clone();
         let keep = self.stop().await;
         let mut app = Self::start(&data_dir, options).await;
         app._tempdir = keep;
+        app.database = database;
         app
     }
 

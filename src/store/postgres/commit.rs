@@ -234,10 +234,8 @@ pub(super) async fn add(
                     .query_opt(&statement, &[&r.token_id, &r.id])
                     .await
                     .map_err(inner.fail())?;
-                row.map(|row| {
-                    codec::decode_request(codec::REQUESTS, r.id.as_bytes(), row.get(0))
-                })
-                .transpose()?
+                row.map(|row| codec::decode_request(codec::REQUESTS, r.id.as_bytes(), row.get(0)))
+                    .transpose()?
             }
         },
     };
@@ -488,7 +486,11 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
         client
             .execute(
                 &s,
-                &[&rows.request_tokens, &rows.request_ids, &rows.request_records],
+                &[
+                    &rows.request_tokens,
+                    &rows.request_ids,
+                    &rows.request_records,
+                ],
             )
             .await?;
     }
@@ -500,7 +502,11 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
     client
         .execute(
             &s,
-            &[&int(batch.revision), &int(batch.audit_seq), &batch.bootstrapped],
+            &[
+                &int(batch.revision),
+                &int(batch.audit_seq),
+                &batch.bootstrapped,
+            ],
         )
         .await?;
     Ok(())

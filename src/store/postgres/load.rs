@@ -49,16 +49,34 @@ pub(super) async fn view(client: &Client, database: &str) -> Result<(View, bool)
     client.batch_execute(SNAPSHOT).await.map_err(fail)?;
     let counters = counters_of(&client.query_one(COUNTERS, &[]).await.map_err(fail)?);
     let mut tokens: Vec<Token> = Vec::new();
-    each_row(client, database, "SELECT id, record FROM entitled_tokens", |row| {
-        tokens.push(codec::decode(TOKENS, row.get::<_, &str>(0).as_bytes(), row.get(1))?);
-        Ok(())
-    })
+    each_row(
+        client,
+        database,
+        "SELECT id, record FROM entitled_tokens",
+        |row| {
+            tokens.push(codec::decode(
+                TOKENS,
+                row.get::<_, &str>(0).as_bytes(),
+                row.get(1),
+            )?);
+            Ok(())
+        },
+    )
     .await?;
     let mut accounts: Vec<Account> = Vec::new();
-    each_row(client, database, "SELECT id, record FROM entitled_accounts", |row| {
-        accounts.push(codec::decode(ACCOUNTS, row.get::<_, &str>(0).as_bytes(), row.get(1))?);
-        Ok(())
-    })
+    each_row(
+        client,
+        database,
+        "SELECT id, record FROM entitled_accounts",
+        |row| {
+            accounts.push(codec::decode(
+                ACCOUNTS,
+                row.get::<_, &str>(0).as_bytes(),
+                row.get(1),
+            )?);
+            Ok(())
+        },
+    )
     .await?;
     let mut users: Vec<User> = Vec::new();
     each_row(
@@ -66,7 +84,11 @@ pub(super) async fn view(client: &Client, database: &str) -> Result<(View, bool)
         database,
         "SELECT account_id, user_id, record FROM entitled_users",
         |row| {
-            users.push(codec::decode(USERS, row.get::<_, &str>(1).as_bytes(), row.get(2))?);
+            users.push(codec::decode(
+                USERS,
+                row.get::<_, &str>(1).as_bytes(),
+                row.get(2),
+            )?);
             Ok(())
         },
     )
@@ -92,13 +114,18 @@ pub(super) async fn snapshot(
     client.batch_execute(SNAPSHOT).await.map_err(fail)?;
     let counters = counters_of(&client.query_one(COUNTERS, &[]).await.map_err(fail)?);
     visit(Record::Counters(counters))?;
-    each_row(&client, database, "SELECT id, record FROM entitled_accounts ORDER BY id", |row| {
-        visit(Record::Account(codec::decode(
-            ACCOUNTS,
-            row.get::<_, &str>(0).as_bytes(),
-            row.get(1),
-        )?))
-    })
+    each_row(
+        &client,
+        database,
+        "SELECT id, record FROM entitled_accounts ORDER BY id",
+        |row| {
+            visit(Record::Account(codec::decode(
+                ACCOUNTS,
+                row.get::<_, &str>(0).as_bytes(),
+                row.get(1),
+            )?))
+        },
+    )
     .await?;
     each_row(
         &client,
@@ -113,22 +140,32 @@ pub(super) async fn snapshot(
         },
     )
     .await?;
-    each_row(&client, database, "SELECT id, record FROM entitled_tokens ORDER BY id", |row| {
-        visit(Record::Token(codec::decode(
-            TOKENS,
-            row.get::<_, &str>(0).as_bytes(),
-            row.get(1),
-        )?))
-    })
+    each_row(
+        &client,
+        database,
+        "SELECT id, record FROM entitled_tokens ORDER BY id",
+        |row| {
+            visit(Record::Token(codec::decode(
+                TOKENS,
+                row.get::<_, &str>(0).as_bytes(),
+                row.get(1),
+            )?))
+        },
+    )
     .await?;
-    each_row(&client, database, "SELECT seq, record FROM entitled_audit ORDER BY seq", |row| {
-        let seq: i64 = row.get(0);
-        visit(Record::Audit(codec::decode_audit(
-            AUDIT,
-            &seq.to_be_bytes(),
-            row.get(1),
-        )?))
-    })
+    each_row(
+        &client,
+        database,
+        "SELECT seq, record FROM entitled_audit ORDER BY seq",
+        |row| {
+            let seq: i64 = row.get(0);
+            visit(Record::Audit(codec::decode_audit(
+                AUDIT,
+                &seq.to_be_bytes(),
+                row.get(1),
+            )?))
+        },
+    )
     .await?;
     each_row(
         &client,
@@ -153,16 +190,16 @@ pub(super) async fn snapshot(
 /// either all of it is there or none.
 pub(in super::super) async fn create(url: &str, records: Vec<Record>) -> Result<(), StoreError> {
     let (pool, database) = pool(url)?;
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| unavailable(&database, &e))?;
+    let mut client = pool.get().await.map_err(|e| unavailable(&database, &e))?;
     schema::migrate(&mut client, &database).await?;
     let fail = |e: tokio_postgres::Error| unavailable(&database, &e);
     let tx = client.transaction().await.map_err(fail)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&super::commit::WRITE_LOCK])
-        .await
-        .map_err(fail)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&super::commit::WRITE_LOCK],
+    )
+    .await
+    .map_err(fail)?;
     let state = counters_of(&tx.query_one(COUNTERS, &[]).await.map_err(fail)?);
     let accounts: i64 = tx
         .query_one("SELECT count(*) FROM entitled_accounts", &[])
@@ -196,7 +233,8 @@ pub(in super::super) async fn create(url: &str, records: Vec<Record>) -> Result<
                 }
                 Record::Audit(r) => {
                     rows.au_seqs.push(i64::try_from(r.seq).unwrap_or(i64::MAX));
-                    rows.au_revisions.push(i64::try_from(r.revision).unwrap_or(i64::MAX));
+                    rows.au_revisions
+                        .push(i64::try_from(r.revision).unwrap_or(i64::MAX));
                     rows.au_accounts.push(audit_account(r));
                     rows.au_records.push(codec::encode_audit(r)?);
                 }

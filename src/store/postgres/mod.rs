@@ -118,10 +118,7 @@ impl PgBackend {
     /// loads the view and starts following the change feed.
     pub(super) async fn open(url: &str) -> Result<Self, StoreError> {
         let (pool, database) = pool(url)?;
-        let mut client = pool
-            .get()
-            .await
-            .map_err(|e| unavailable(&database, &e))?;
+        let mut client = pool.get().await.map_err(|e| unavailable(&database, &e))?;
         schema::migrate(&mut client, &database).await?;
         let (view, bootstrapped) = load::view(&client, &database).await?;
         drop(client);
@@ -148,10 +145,7 @@ impl PgBackend {
     /// versions applied and the schema's version now.
     pub(super) async fn migrate(url: &str) -> Result<(Vec<i32>, i32), StoreError> {
         let (pool, database) = pool(url)?;
-        let mut client = pool
-            .get()
-            .await
-            .map_err(|e| unavailable(&database, &e))?;
+        let mut client = pool.get().await.map_err(|e| unavailable(&database, &e))?;
         let applied = schema::migrate(&mut client, &database).await?;
         Ok((applied, schema::LATEST))
     }

@@ -48,10 +48,7 @@ async fn migrate_locked(client: &mut Client, database: &str) -> Result<Vec<i32>,
         .await
         .map_err(fail)?;
     let found: i32 = client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM entitled_schema",
-            &[],
-        )
+        .query_one("SELECT coalesce(max(version), 0) FROM entitled_schema", &[])
         .await
         .map_err(fail)?
         .get(0);

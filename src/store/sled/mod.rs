@@ -41,8 +41,8 @@ use crate::domain::AuditRecord;
 #[cfg(feature = "bench")]
 use crate::domain::{Account, User};
 
-pub use restore::restore;
 pub(super) use restore::create;
+pub use restore::restore;
 pub use watermark::WatermarkError;
 
 /// The sled-backed store. Cheap to clone.
@@ -194,7 +194,6 @@ impl SledBackend {
         let meta = &self.inner.trees.meta;
         Ok(meta.get(BOOTSTRAPPED_KEY).map_err(backend)?.is_some())
     }
-
 }
 
 /// The view of what `trees` hold, as of `revision`.

@@ -351,7 +351,7 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
     let (backend, store) = open(&data);
 
     assert_eq!(store.read(|v| v.revision()), 14);
-    assert!(store.is_bootstrapped().unwrap());
+    assert!(store.is_bootstrapped().await.unwrap());
     let users = store.read(|v| v.all_users(None));
     let shown: Vec<_> = users
         .iter()
@@ -394,7 +394,7 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
     );
 
     // The trail, with its one refusal, and each account's index rebuilt.
-    let (trail, more) = store.audit(None, 0, 0, 100).unwrap();
+    let (trail, more) = store.audit(None, 0, 0, 100).await.unwrap();
     assert!(!more);
     assert_eq!(trail.len(), 15);
     assert_eq!(
@@ -407,7 +407,7 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
         .map(|r| (r.seq, r.revision, r.user_id.as_str()))
         .collect();
     assert_eq!(refused, [(10, 9, "bob")]);
-    let (acme, _) = store.audit(Some("acme"), 0, 0, 100).unwrap();
+    let (acme, _) = store.audit(Some("acme"), 0, 0, 100).await.unwrap();
     assert_eq!(acme.len(), 9);
 
     // The kept answers: a change, a no-op, a refusal.
@@ -463,7 +463,7 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
     )
     .await;
     assert_eq!(next, 15);
-    let (last, _) = store.audit(None, 15, 0, 10).unwrap();
+    let (last, _) = store.audit(None, 15, 0, 10).await.unwrap();
     assert_eq!(last.iter().map(|r| r.seq).collect::<Vec<_>>(), [16]);
 }
 
