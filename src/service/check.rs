@@ -25,7 +25,7 @@ impl Entitlements {
         caller
             .principal
             .authorize(Rpc::CheckAnalyticsAccess, Some(account.as_str()), None)?;
-        self.await_revision(min_revision).await?;
+        self.await_revision(caller, min_revision).await?;
         let now = (self.clock)();
         Ok(self
             .store
@@ -44,7 +44,7 @@ impl Entitlements {
     ) -> Result<(Vec<Result<Decision, E>>, u64), DomainError> {
         let principal = &caller.principal;
         principal.may_call(Rpc::BatchCheckAnalyticsAccess)?;
-        self.await_revision(min_revision).await?;
+        self.await_revision(caller, min_revision).await?;
         let now = (self.clock)();
         Ok(self.store.read(|view| {
             let results = items
@@ -62,8 +62,10 @@ impl Entitlements {
     }
 
     /// Waits (at most `FRESHNESS_WAIT`) until reads reflect `min_revision`;
-    /// 0 asks for nothing.
-    async fn await_revision(&self, min_revision: u64) -> Result<(), DomainError> {
+    /// 0 asks for nothing. The caller's token was checked against the view
+    /// as it was before the wait: a revocation at or below `min_revision`
+    /// (made on another replica, say) refuses the call now.
+    async fn await_revision(&self, caller: &Caller, min_revision: u64) -> Result<(), DomainError> {
         if min_revision == 0 {
             return Ok(());
         }
@@ -74,7 +76,8 @@ impl Entitlements {
                 wanted: min_revision,
                 current,
                 within: FRESHNESS_WAIT,
-            })
+            })?;
+        self.still_valid(&caller.principal)
     }
 
     /// The check's rules against one view.

@@ -92,6 +92,19 @@ impl Entitlements {
         })
     }
 
+    /// Whether `principal`'s token is still valid in the view now: for a
+    /// call that waited for a later revision after it was authenticated.
+    pub(super) fn still_valid(&self, principal: &Principal) -> Result<(), DomainError> {
+        self.store
+            .read(|view| match view.token(&principal.token_id) {
+                Some(entry) if entry.token.revoked_at.is_none() => Ok(()),
+                _ => Err(DomainError::Unauthenticated(format!(
+                    "token `{}` has been revoked; ask an operator for a new one",
+                    principal.token_id
+                ))),
+            })
+    }
+
     pub async fn create_token(
         &self,
         caller: &Caller,

@@ -1,0 +1,485 @@
+//! Three replicas on one PostgreSQL database: what a write acknowledged by
+//! one is to every other (issue 11, "Guarantees across replicas"). Each
+//! test gets a fresh database; without a PostgreSQL server they are skipped
+//! (one line), or fail under `ENTITLED_REQUIRE_POSTGRES=1`.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{Options, T, TestApp, assert_status, postgres, within};
+use entitled::proto::v1 as pb;
+use entitled::store::Location;
+use tonic::Code;
+
+/// `n` replicas on one fresh database; the first makes the operator
+/// token. Also returns what keeps their directories and the database.
+async fn replicas(
+    n: usize,
+) -> Option<(Vec<TestApp>, Vec<tempfile::TempDir>, postgres::TestDatabase)> {
+    if !postgres::available().await {
+        return None;
+    }
+    let db = postgres::TestDatabase::create().await;
+    let options = || Options {
+        store: Some(Location::Postgres(db.url.clone())),
+        ..Options::default()
+    };
+    let mut dirs = Vec::new();
+    let mut apps = Vec::new();
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = TestApp::start(first_dir.path(), options()).await;
+    let secret = first.operator_secret.clone();
+    dirs.push(first_dir);
+    apps.push(first);
+    for _ in 1..n {
+        let dir = tempfile::tempdir().unwrap();
+        apps.push(TestApp::start_with_secret(dir.path(), options(), secret.clone()).await);
+        dirs.push(dir);
+    }
+    Some((apps, dirs, db))
+}
+
+fn check_at(account: &str, user: &str, min_revision: u64) -> pb::CheckAnalyticsAccessRequest {
+    pb::CheckAnalyticsAccessRequest {
+        account_id: account.into(),
+        user_id: user.into(),
+        min_revision,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_is_seen_on_the_others_at_its_revision() {
+    let Some((apps, _dirs, _db)) = replicas(3).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    apps[1].put_user("acme", "ada").await;
+    let written = apps[2]
+        .set("acme", "ada", Some("X8"), Some(T::Supervisor))
+        .await
+        .unwrap();
+    for app in &apps {
+        let answer = app
+            .access
+            .clone()
+            .check_analytics_access(check_at("acme", "ada", written.revision))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.allowed, "{answer:?}");
+        assert_eq!(answer.tier, T::Supervisor as i32);
+        assert!(answer.revision >= written.revision);
+    }
+    // Without min_revision a replica catches up on its own, by polling.
+    within(Duration::from_secs(5), "replica 0 catching up", async {
+        loop {
+            if apps[0].check("acme", "ada").await.allowed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // A revision nobody has made: UNAVAILABLE after the 1 s wait.
+    let status = apps[1]
+        .access
+        .clone()
+        .check_analytics_access(check_at("acme", "ada", written.revision + 1000))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_make_exactly_one_operator_token() {
+    if !postgres::available().await {
+        return;
+    }
+    let db = postgres::TestDatabase::create().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let starts = dirs.iter().map(|dir| {
+        let mut config = entitled::server::Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().to_path_buf(),
+            entitled::catalogue::Catalogue::builtin().unwrap(),
+        );
+        config.store = Some(Location::Postgres(db.url.clone()));
+        config.operator_token_file = Some(dir.path().join("operator.token"));
+        entitled::server::Application::build(config)
+    });
+    let built = futures_util::future::join_all(starts).await;
+    let apps: Vec<_> = built.into_iter().map(Result::unwrap).collect();
+    let files: Vec<_> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.path().join("operator.token")).ok())
+        .collect();
+    assert_eq!(files.len(), 1, "token files written: {files:?}");
+    // No secret left behind under a pending name either.
+    for dir in &dirs {
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.contains("pending")),
+            "left behind: {names:?}"
+        );
+    }
+    drop(apps);
+    // The one token works on a replica started after.
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::start_with_secret(
+        dir.path(),
+        Options {
+            store: Some(Location::Postgres(db.url.clone())),
+            ..Options::default()
+        },
+        files[0].trim().to_owned(),
+    )
+    .await;
+    let tokens = app
+        .tokens
+        .clone()
+        .list_tokens(pb::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert!(
+        !dir.path().join("operator.token").exists(),
+        "a later start made another token file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_revision_conflicts_are_caught_across_replicas() {
+    let Some((apps, _dirs, _db)) = replicas(2).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    let user = apps[0].put_user("acme", "ada").await;
+    let stale = user.revision;
+    let update = |edition: &str| pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        edition: Some(edition.into()),
+        expected_revision: Some(stale),
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(apps[0].update(update("X8")), apps[1].update(update("X6")));
+    let wins = [a.is_ok(), b.is_ok()];
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{a:?} {b:?}");
+    let lost = if a.is_ok() { b } else { a };
+    assert_status(lost, Code::Aborted, &["revision"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_replays_the_first_answer_on_any_replica() {
+    let Some((apps, _dirs, _db)) = replicas(3).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    apps[0].put_user("acme", "ada").await;
+    let request = pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        edition: Some("X8".into()),
+        analytics_tier: Some(T::Supervisor as i32),
+        request_id: "R1".into(),
+        ..Default::default()
+    };
+    let first = apps[0].update(request.clone()).await.unwrap();
+    // Meanwhile another write changes the user.
+    apps[1].set("acme", "ada", Some("X2"), None).await.unwrap();
+    for app in &apps[1..] {
+        let again = app.update(request.clone()).await.unwrap();
+        assert_eq!(again.revision, first.revision);
+        assert_eq!(again.user, first.user);
+    }
+    let now = apps[2].get_user("acme", "ada").await.unwrap();
+    assert_eq!(now.edition, "X2", "a retry applied its change again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_by_every_replica() {
+    let Some((apps, _dirs, _db)) = replicas(3).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    let made = apps[0]
+        .tokens
+        .clone()
+        .create_token(pb::CreateTokenRequest {
+            name: "gateway".into(),
+            role: pb::Role::Gateway as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = made.secret;
+    let id = made.token.unwrap().token_id;
+    // Known on every replica within a second.
+    for app in &apps {
+        let client = app.clients(Some(&secret));
+        within(
+            Duration::from_secs(1),
+            "the new token reaching a replica",
+            async {
+                while client
+                    .access
+                    .clone()
+                    .check_analytics_access(check_at("acme", "nobody", 0))
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            },
+        )
+        .await;
+    }
+    let gateway = apps[2].clients(Some(&secret));
+    let revoked = apps[1]
+        .tokens
+        .clone()
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: id,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // At once, for a call that carries the revocation's revision.
+    let status = gateway
+        .access
+        .clone()
+        .check_analytics_access(check_at("acme", "nobody", revoked.revision))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Within a second on every replica, for any call.
+    for app in &apps {
+        let client = app.clients(Some(&secret));
+        within(
+            Duration::from_secs(1),
+            "the revocation reaching a replica",
+            async {
+                loop {
+                    let answer = client
+                        .access
+                        .clone()
+                        .check_analytics_access(check_at("acme", "nobody", 0))
+                        .await;
+                    if answer.is_err_and(|s| s.code() == Code::Unauthenticated) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// Reads `count` changes from a watch on `app` after `after`.
+async fn watched(app: &TestApp, after: u64, count: usize) -> Vec<pb::EntitlementChange> {
+    use pb::watch_entitlements_response::Event;
+    let mut stream = app
+        .access
+        .clone()
+        .watch_entitlements(pb::WatchEntitlementsRequest {
+            account_id: String::new(),
+            after_revision: after,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut changes = Vec::new();
+    within(Duration::from_secs(10), "the watched changes", async {
+        while changes.len() < count {
+            match stream.message().await.unwrap().unwrap().event {
+                Some(Event::Change(change)) => changes.push(change),
+                Some(Event::Heartbeat(_)) | None => {}
+            }
+        }
+    })
+    .await;
+    changes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_gives_one_feed_and_resumes_on_another_replica() {
+    let Some((apps, _dirs, _db)) = replicas(3).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    let start = apps[0].revision().await;
+    // Twelve changes, written through all three replicas.
+    for i in 0..12 {
+        apps[i % 3].put_user("acme", &format!("u{i:02}")).await;
+    }
+    let whole = watched(&apps[1], start, 12).await;
+    let revisions: Vec<u64> = whole.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, (start + 1..=start + 12).collect::<Vec<_>>());
+    // The same feed from every replica.
+    for app in [&apps[0], &apps[2]] {
+        assert_eq!(watched(app, start, 12).await, whole);
+    }
+    // Resumed elsewhere after the fifth: no gap, no duplicate.
+    let resumed = watched(&apps[2], whole[4].revision, 7).await;
+    assert_eq!(resumed, whole[5..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_on_three_replicas_end_as_the_audit_trail_replayed() {
+    let Some((apps, _dirs, _db)) = replicas(3).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    let users: Vec<String> = (0..8).map(|i| format!("u{i}")).collect();
+    for user in &users {
+        apps[0].put_user("acme", user).await;
+    }
+    let editions = ["", "X1", "X2", "X4", "X6", "X8", "X8e"];
+    let tiers = [T::None, T::Essentials, T::Supervisor];
+    // Six writers, two per replica, 40 writes each; some are refused by
+    // the catalogue's rules, some conflict; none may be lost.
+    let writers = (0..6).map(|w| {
+        let app = &apps[w % 3];
+        let users = &users;
+        async move {
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ (w as u64);
+            let mut next = move |n: usize| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % n as u64) as usize
+            };
+            let mut acknowledged = Vec::new();
+            for _ in 0..40 {
+                let user = &users[next(users.len())];
+                let edition = editions[next(editions.len())];
+                let tier = tiers[next(tiers.len())];
+                if let Ok(answer) = app.set("acme", user, Some(edition), Some(tier)).await {
+                    acknowledged.push(answer.revision);
+                }
+            }
+            acknowledged
+        }
+    });
+    let acknowledged: Vec<u64> = futures_util::future::join_all(writers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(!acknowledged.is_empty());
+    let last = apps[0]
+        .revision()
+        .await
+        .max(*acknowledged.iter().max().unwrap());
+    // Replay the trail, in revision order, from any replica (once it has
+    // reached the last revision: a listing stops at what it serves).
+    apps[1]
+        .access
+        .clone()
+        .check_analytics_access(check_at("acme", "u0", last))
+        .await
+        .unwrap();
+    let mut replayed: BTreeMap<String, (String, i32)> = BTreeMap::new();
+    let mut page_token = String::new();
+    let mut revisions = Vec::new();
+    loop {
+        let page = apps[1]
+            .audit
+            .clone()
+            .list_changes(pb::ListChangesRequest {
+                account_id: "acme".into(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+                after_revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for change in page.changes {
+            if change.refused {
+                continue;
+            }
+            revisions.push(change.revision);
+            if let Some(after) = change.after {
+                replayed.insert(
+                    change.user_id.clone(),
+                    (after.edition, after.analytics_tier),
+                );
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    // Gap-free, in order, and every acknowledged write is in it.
+    let mut sorted = revisions.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(revisions, sorted, "the trail is not in revision order");
+    assert_eq!(sorted, (2..=last).collect::<Vec<_>>(), "the trail has gaps");
+    for r in &acknowledged {
+        assert!(
+            sorted.contains(r),
+            "acknowledged revision {r} is not in the trail"
+        );
+    }
+    for app in &apps {
+        for user in &users {
+            let answer = app
+                .access
+                .clone()
+                .check_analytics_access(check_at("acme", user, last))
+                .await
+                .unwrap()
+                .into_inner();
+            let stored = app.get_user("acme", user).await.unwrap();
+            assert_eq!(
+                (stored.edition.clone(), stored.analytics_tier),
+                replayed[user],
+                "replica state differs from the replayed trail for {user}"
+            );
+            assert_eq!(answer.edition, stored.edition);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_a_schema_newer_than_it_knows() {
+    let Some((apps, dirs, db)) = replicas(1).await else {
+        return;
+    };
+    drop(apps);
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute("INSERT INTO entitled_schema (version) VALUES (99)", &[])
+        .await
+        .unwrap();
+    let mut config = entitled::server::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dirs[0].path().to_path_buf(),
+        entitled::catalogue::Catalogue::builtin().unwrap(),
+    );
+    config.store = Some(Location::Postgres(db.url.clone()));
+    let refused = entitled::server::Application::build(config)
+        .await
+        .err()
+        .expect("a start on a newer schema");
+    let message = refused.to_string();
+    assert!(
+        message.contains("schema version 99") && message.contains("newer"),
+        "{message}"
+    );
+}
