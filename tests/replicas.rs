@@ -3,6 +3,12 @@
 //! test gets a fresh database; without a PostgreSQL server they are skipped
 //! (one line), or fail under `ENTITLED_REQUIRE_POSTGRES=1`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
 mod common;
 
 use std::{collections::BTreeMap, time::Duration};

@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// Do not pin (no `taskset`).
     #[arg(long)]
     pub no_pin: bool,
+    /// Instead of the figures above, measure PostgreSQL-backed replicas
+    /// against sled (issue 11's table) on this server, whose user may
+    /// create databases (one is made for the run and dropped after).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +78,9 @@ pub enum Role {
     Load {
         #[arg(long)]
         dir: PathBuf,
+        /// A database to load instead of the sled store in DIR.
+        #[arg(long)]
+        store: Option<String>,
         #[arg(long)]
         users: usize,
         #[arg(long)]
@@ -84,9 +92,13 @@ pub enum Role {
     Serve {
         #[arg(long, value_enum)]
         kind: Kind,
-        /// entitled: the data directory; baseline: unused.
+        /// entitled: the data directory (with a database, where the
+        /// operator token is written); baseline: unused.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// entitled: a database to serve instead of the sled store in DIR.
+        #[arg(long)]
+        store: Option<String>,
         /// baseline: the users its map holds.
         #[arg(long, default_value_t = 0)]
         users: usize,

@@ -9,7 +9,7 @@ use std::{
 
 use entitled::{
     domain::{Account, AccountId, Tier, User, UserId},
-    store::Store,
+    store::{Location, Store},
 };
 
 use crate::BoxError;
@@ -42,9 +42,21 @@ pub fn x8_users(users: usize) -> Vec<usize> {
 /// The `load` child: writes `users` users into a store at `dir` with the
 /// store's bulk import, which bypasses the RPCs and the catalogue's rules
 /// (the records are valid by construction).
-pub fn load(dir: &Path, users: usize, per_account: usize) -> Result<(), BoxError> {
+pub fn load(
+    dir: &Path,
+    database: Option<&str>,
+    users: usize,
+    per_account: usize,
+) -> Result<(), BoxError> {
     std::fs::create_dir_all(dir)?;
-    let store = Store::open(dir)?;
+    // A runtime for a database's connections; the import itself blocks, so
+    // it runs on a blocking thread of it.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let location = match database {
+        Some(url) => Location::Postgres(url.to_owned()),
+        None => Location::Sled(dir.to_path_buf()),
+    };
+    let store = runtime.block_on(Store::open_at(&location))?;
     let now = SystemTime::now();
     // Activated long ago, so historical reports are available.
     let activated = now - Duration::from_secs(30 * 24 * 3600);
@@ -75,17 +87,35 @@ pub fn load(dir: &Path, users: usize, per_account: usize) -> Result<(), BoxError
             })
         })
         .collect::<Result<Vec<_>, BoxError>>()?;
-    store.import(accounts, records)?;
+    runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || store.import(accounts, records))
+            .await
+            .map_err(BoxError::from)?
+            .map_err(BoxError::from)
+    })?;
     Ok(())
 }
 
 /// Runs the `load` child for `users` users into `dir`; how long it took.
 pub fn load_store(dir: &Path, users: usize, per_account: usize) -> Result<Duration, BoxError> {
+    load_into(dir, None, users, per_account)
+}
+
+/// Runs the `load` child for `users` users into `database`, or the sled
+/// store in `dir`; how long it took.
+pub fn load_into(
+    dir: &Path,
+    database: Option<&str>,
+    users: usize,
+    per_account: usize,
+) -> Result<Duration, BoxError> {
     let started = Instant::now();
-    let status = Command::new(std::env::current_exe()?)
-        .arg("load")
-        .arg("--dir")
-        .arg(dir)
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("load").arg("--dir").arg(dir);
+    if let Some(url) = database {
+        command.args(["--store", url]);
+    }
+    let status = command
         .args(["--users", &users.to_string()])
         .args(["--users-per-account", &per_account.to_string()])
         .status()?;

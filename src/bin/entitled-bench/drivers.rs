@@ -221,7 +221,22 @@ pub async fn entitled_batches(args: &RunArgs, server: &ServerProcess) -> Result<
 /// Durable UpdateUserServices from `write_clients` clients, each on its own
 /// X8 users, alternating Essentials and Supervisor so every call writes.
 pub async fn entitled_writes(args: &RunArgs, server: &ServerProcess) -> Result<Stats, BoxError> {
+    entitled_writes_part(args, server, 0, 1).await
+}
+
+/// Part `part` of `parts` of `entitled_writes`' clients (and their users)
+/// against `server`: several replicas, each sent its share, write to
+/// disjoint users as one run would.
+pub async fn entitled_writes_part(
+    args: &RunArgs,
+    server: &ServerProcess,
+    part: usize,
+    parts: usize,
+) -> Result<Stats, BoxError> {
     let clients = args.write_clients.max(1);
+    let parts = parts.clamp(1, clients);
+    let share = clients / parts;
+    let first = part * share;
     let per = args.users_per_account;
     // Dealt out to the clients.
     let x8 = Arc::new(x8_users(args.users));
@@ -229,13 +244,13 @@ pub async fn entitled_writes(args: &RunArgs, server: &ServerProcess) -> Result<S
     if x8.len() < clients {
         return Err("too few users for the write clients; raise --users".into());
     }
-    drive(args, server, clients, move |ch, task, k| {
+    drive(args, server, share, move |ch, task, k| {
         let x8 = Arc::clone(&x8);
         let bearer = bearer.clone();
         async move {
             let mine = x8.len() / clients;
             let slot = (k as usize) % mine;
-            let i = x8[task + slot * clients];
+            let i = x8[first + task + slot * clients];
             ProvisioningServiceClient::with_interceptor(ch, bearer)
                 .update_user_services(flip(i, per, k as usize / mine))
                 .await
@@ -253,9 +268,32 @@ pub async fn watch_latency(
     server: &ServerProcess,
     rate: u64,
 ) -> Result<WatchRun, BoxError> {
-    let channel = connect(server.addr).await?;
-    let bearer = server.bearer.clone();
-    let mut access = AccessServiceClient::with_interceptor(channel.clone(), bearer.clone());
+    change_latency(args, server, server, rate, Since::Sent).await
+}
+
+/// Where `change_latency` measures each write's latency from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Sending it: its own commit is included.
+    Sent,
+    /// Its acknowledgement: what another replica adds.
+    Acknowledged,
+}
+
+/// `rate` writes a second through `writer` for `--duration`, watched on
+/// `watcher`; for each write, the time from `since` to its change arriving
+/// on the watch.
+pub async fn change_latency(
+    args: &RunArgs,
+    writer: &ServerProcess,
+    watcher: &ServerProcess,
+    rate: u64,
+    since: Since,
+) -> Result<WatchRun, BoxError> {
+    let channel = connect(writer.addr).await?;
+    let bearer = writer.bearer.clone();
+    let mut access =
+        AccessServiceClient::with_interceptor(connect(watcher.addr).await?, bearer.clone());
     let start = access
         .check_analytics_access(pb::CheckAnalyticsAccessRequest {
             account_id: account_name(0),
@@ -299,7 +337,11 @@ pub async fn watch_latency(
         writers.push(tokio::spawn(async move {
             let sent = Instant::now();
             if let Ok(reply) = client.update_user_services(request).await {
-                let _ = sent_tx.send((reply.into_inner().revision, sent));
+                let at = match since {
+                    Since::Sent => sent,
+                    Since::Acknowledged => Instant::now(),
+                };
+                let _ = sent_tx.send((reply.into_inner().revision, at));
             }
         }));
     }

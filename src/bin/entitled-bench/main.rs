@@ -24,6 +24,7 @@ mod child;
 mod cli;
 mod data;
 mod drivers;
+mod postgres;
 mod proto;
 mod report;
 mod run;
@@ -43,15 +44,17 @@ fn main() -> ExitCode {
     let result = match cli.role {
         Some(Role::Load {
             dir,
+            store,
             users,
             users_per_account,
-        }) => data::load(&dir, users, users_per_account),
+        }) => data::load(&dir, store.as_deref(), users, users_per_account),
         Some(Role::Serve {
             kind,
             dir,
+            store,
             users,
             users_per_account,
-        }) => servers::serve(kind, dir, users, users_per_account),
+        }) => servers::serve(kind, dir, store, users, users_per_account),
         None => run::orchestrate(cli.run),
     };
     match result {

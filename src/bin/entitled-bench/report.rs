@@ -170,3 +170,73 @@ pub fn print(load_before: &str, rows: &[Row], detail: &[String]) {
         println!("{line}");
     }
 }
+
+/// Issue 11: checks on a PostgreSQL-backed replica against sled's.
+pub fn postgres_checks(c: usize, pg: &Stats, sled: &Stats) -> Row {
+    let ratio = pg.rps() / sled.rps();
+    Row {
+        figure: format!("check throughput, PostgreSQL replica vs sled, concurrency {c}"),
+        target: "≥ 0.95",
+        measured: format!("{ratio:.2} ({:.0} vs {:.0} calls/s)", pg.rps(), sled.rps()),
+        met: Some(ratio >= 0.95),
+    }
+}
+
+/// Issue 11: durable writes on one PostgreSQL replica against sled's.
+pub fn postgres_writes(clients: usize, pg: &Stats, sled: &Stats) -> Row {
+    let ratio = pg.rps() / sled.rps();
+    Row {
+        figure: format!("durable writes/s, {clients} clients, PostgreSQL 1 replica vs sled"),
+        target: "≥ 1.0",
+        measured: format!(
+            "{ratio:.2} ({:.0} vs {:.0} per second)",
+            pg.rps(),
+            sled.rps()
+        ),
+        met: Some(ratio >= 1.0),
+    }
+}
+
+/// Issue 11: durable writes spread over several replicas.
+pub fn replicas_writes(clients: usize, replicas: usize, total: f64, one: &Stats) -> Row {
+    Row {
+        figure: format!("durable writes/s, {clients} clients spread over {replicas} replicas"),
+        target: "≥ the 1-replica figure",
+        measured: format!("{total:.0} per second (1 replica: {:.0})", one.rps()),
+        met: Some(total >= one.rps()),
+    }
+}
+
+/// Issue 11: a write acknowledged on one replica, to its change on
+/// another's Watch.
+pub fn replication_lag(lag: &WatchRun) -> Row {
+    let p99 = Duration::from_nanos(percentile(&lag.latencies, 0.99));
+    Row {
+        figure: "replication lag, acknowledged on A to visible on B, p99, at 1,000 writes/s"
+            .to_owned(),
+        target: "≤ 50 ms",
+        measured: format!(
+            "{:.1} ms (p50 {:.1} ms; {} of {} writes seen, {:.0} writes/s)",
+            p99.as_secs_f64() * 1e3,
+            Duration::from_nanos(percentile(&lag.latencies, 0.5)).as_secs_f64() * 1e3,
+            lag.latencies.len(),
+            lag.writes,
+            lag.writes as f64 / lag.elapsed.as_secs_f64(),
+        ),
+        met: Some(p99 <= Duration::from_millis(50) && lag.latencies.len() as u64 == lag.writes),
+    }
+}
+
+/// Issue 11: a replica's start on a large database.
+pub fn replica_start(users: usize, to_serving: Duration, rss: Option<f64>) -> Row {
+    Row {
+        figure: format!("replica start to SERVING with {users} users in PostgreSQL"),
+        target: "≤ 10 s",
+        measured: format!(
+            "{:.2} s (RSS {})",
+            to_serving.as_secs_f64(),
+            rss.map_or_else(|| "unknown".to_owned(), |r| format!("{r:.0} MiB"))
+        ),
+        met: Some(to_serving <= Duration::from_secs(10)),
+    }
+}

@@ -21,7 +21,10 @@ pub fn orchestrate(args: RunArgs) -> Result<(), BoxError> {
     let server_pin = pin.then_some(args.server_core);
     // Built after pinning, so its workers inherit the client core.
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(run(args, server_pin))
+    match args.postgres.clone() {
+        Some(url) => runtime.block_on(crate::postgres::run(&args, server_pin, &url)),
+        None => runtime.block_on(run(args, server_pin)),
+    }
 }
 
 fn pin_self(core: usize) -> Result<(), BoxError> {

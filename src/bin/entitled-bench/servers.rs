@@ -16,6 +16,8 @@ use entitled::{
     catalogue::Catalogue,
     client::Bearer,
     server::{Application, Config},
+    service::OPERATOR_TOKEN_FILE,
+    store::Location,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::{
@@ -67,6 +69,7 @@ impl BaselineService for Baseline {
 pub fn serve(
     kind: Kind,
     dir: Option<PathBuf>,
+    store: Option<String>,
     users: usize,
     per_account: usize,
 ) -> Result<(), BoxError> {
@@ -76,7 +79,12 @@ pub fn serve(
         match kind {
             Kind::Entitled => {
                 let dir = dir.ok_or("serve --kind entitled needs --dir")?;
-                let config = Config::new("127.0.0.1:0".parse()?, dir, Catalogue::builtin()?);
+                let mut config =
+                    Config::new("127.0.0.1:0".parse()?, dir.clone(), Catalogue::builtin()?);
+                if let Some(url) = store {
+                    config.store = Some(Location::Postgres(url));
+                    config.operator_token_file = Some(dir.join(OPERATOR_TOKEN_FILE));
+                }
                 let app = Application::build(config).await?;
                 announce(app.local_addr());
                 app.run(stop).await?;
@@ -173,13 +181,28 @@ impl ServerProcess {
 
     /// `entitled` on the store at `dir`.
     pub async fn entitled(pin: Option<usize>, dir: &Path) -> Result<Self, BoxError> {
-        let args = [
+        Self::replica(pin, dir, None, dir).await
+    }
+
+    /// `entitled` on `database` (or the sled store in `dir`), writing its
+    /// first start's operator token into `dir`; the calls send the token
+    /// found in `token_dir` (another replica's, when it made it).
+    pub async fn replica(
+        pin: Option<usize>,
+        dir: &Path,
+        database: Option<&str>,
+        token_dir: &Path,
+    ) -> Result<Self, BoxError> {
+        let mut args = vec![
             "--kind".to_owned(),
             "entitled".to_owned(),
             "--dir".to_owned(),
             dir.display().to_string(),
         ];
-        Self::start(pin, &args, Some(dir)).await
+        if let Some(url) = database {
+            args.extend(["--store".to_owned(), url.to_owned()]);
+        }
+        Self::start(pin, &args, Some(token_dir)).await
     }
 
     /// Starts `serve ARGS` (under `taskset -c CORE` when pinned) and waits

@@ -91,8 +91,8 @@ async fn poll(inner: &Arc<Inner>, client: &mut Option<Object>) -> Result<(), Sto
 
 /// Records whether the database answered, and says so when that changes.
 fn reachable(inner: &Inner, up: bool) {
-    let was_unreachable = inner.unreachable.swap(!up, Ordering::AcqRel);
-    if was_unreachable == !up {
+    let was_up = !inner.unreachable.swap(!up, Ordering::AcqRel);
+    if was_up == up {
         return;
     }
     if up {
@@ -132,8 +132,7 @@ pub(super) async fn catch_up(
             .map_err(inner.fail())?;
         let full = rows.len() == PAGE as usize;
         let mut batch = Vec::with_capacity(rows.len());
-        let mut expected = from + 1;
-        for row in rows {
+        for (expected, row) in (from + 1..).zip(rows) {
             let revision = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
             if revision != expected {
                 return Err(StoreError::Corrupt {
@@ -142,7 +141,6 @@ pub(super) async fn catch_up(
                     reason: format!("the change feed goes from revision {from} to {revision}"),
                 });
             }
-            expected += 1;
             let key = revision.to_be_bytes();
             let mutations: Vec<Mutation> = codec::decode("changes", &key, row.get(1))?;
             if mutations
