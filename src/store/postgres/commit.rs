@@ -190,64 +190,63 @@ fn int(n: u64) -> i64 {
 }
 
 /// Runs `write` on the latest state and adds what it commits to the open
-/// batch (opening one if needed). Returns the batch to wait for, or `None`
-/// when there is nothing to wait for.
+/// batch (opening one if needed). Returns the batch, which the caller must
+/// then `finish` whatever this write did (a batch left open would hold the
+/// write lock), and this write's own outcome. Fails only if no batch could
+/// be opened.
 pub(super) async fn add(
     inner: &Inner,
     target: &Target,
     request: Option<RequestId<'_>>,
     write: &mut WriteFn<'_>,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<(u64, Result<(), StoreError>), StoreError> {
     let mut writer = inner.writer.lock().await;
-    if writer.open.is_none() {
-        writer.next_id += 1;
-        let id = writer.next_id;
-        match open(inner, id).await {
-            Ok(batch) => writer.open = Some(batch),
-            Err(e) => {
-                // Nobody joined it: it is finished, failed.
-                writer.finished = id;
-                return Err(e);
+    let batch = match writer.open.take() {
+        Some(batch) => batch,
+        None => {
+            writer.next_id += 1;
+            let id = writer.next_id;
+            match open(inner, id).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    // Nobody joined it: it is finished, failed.
+                    writer.finished = id;
+                    return Err(e);
+                }
             }
         }
-    }
-    let Some(batch) = writer.open.as_mut() else {
-        return Err(StoreError::Failed("no open batch".to_owned()));
     };
+    let id = batch.id;
+    let batch = writer.open.insert(batch);
     let kept = match request {
-        None => None,
-        Some(r) => match batch
-            .requests
-            .get(&(r.token_id.to_owned(), r.id.to_owned()))
-        {
-            Some(record) => Some(record.clone()),
-            None => {
-                let statement = batch
-                    .client
-                    .prepare_cached(
-                        "SELECT record FROM entitled_requests WHERE token_id = $1 AND request_id = $2",
-                    )
-                    .await
-                    .map_err(inner.fail())?;
-                let row = batch
-                    .client
-                    .query_opt(&statement, &[&r.token_id, &r.id])
-                    .await
-                    .map_err(inner.fail())?;
-                row.map(|row| codec::decode_request(codec::REQUESTS, r.id.as_bytes(), row.get(0)))
-                    .transpose()?
+        None => Ok(None),
+        Some(r) => kept(inner, batch, r).await,
+    };
+    let kept = match kept {
+        Ok(kept) => kept,
+        Err(e) => {
+            // The batch's connection failed: so does the batch.
+            if let Some(batch) = writer.open.take() {
+                drop(Object::take(batch.client));
             }
+            writer.finished = id;
+            writer.failures.insert(id, e.to_string());
+            return Ok((id, Err(e)));
+        }
+    };
+    let seen = match batch.current(inner, target) {
+        Ok(current) => Seen {
+            current,
+            revision: batch.revision,
+            request: kept,
+            bootstrapped: batch.bootstrapped,
         },
+        Err(e) => return Ok((id, Err(e))),
     };
-    let seen = Seen {
-        current: batch.current(inner, target)?,
-        revision: batch.revision,
-        request: kept,
-        bootstrapped: batch.bootstrapped,
-    };
-    let changes = match write(seen)? {
-        Step::Done => return Ok(None),
-        Step::Commit(changes) => changes,
+    let changes = match write(seen) {
+        Ok(Step::Commit(changes)) => changes,
+        Ok(Step::Done) => return Ok((id, Ok(()))),
+        Err(e) => return Ok((id, Err(e))),
     };
     let Changes {
         mutations,
@@ -272,7 +271,35 @@ pub(super) async fn add(
     }
     // A no-op or a replay waits too: what it answers from may be in this
     // batch, not yet committed.
-    Ok(Some(batch.id))
+    Ok((id, Ok(())))
+}
+
+/// The answer kept for `request`: this batch's, or the database's.
+async fn kept(
+    inner: &Inner,
+    batch: &Batch,
+    r: RequestId<'_>,
+) -> Result<Option<RequestRecord>, StoreError> {
+    if let Some(record) = batch
+        .requests
+        .get(&(r.token_id.to_owned(), r.id.to_owned()))
+    {
+        return Ok(Some(record.clone()));
+    }
+    let statement = batch
+        .client
+        .prepare_cached(
+            "SELECT record FROM entitled_requests WHERE token_id = $1 AND request_id = $2",
+        )
+        .await
+        .map_err(inner.fail())?;
+    let row = batch
+        .client
+        .query_opt(&statement, &[&r.token_id, &r.id])
+        .await
+        .map_err(inner.fail())?;
+    row.map(|row| codec::decode_request(codec::REQUESTS, r.id.as_bytes(), row.get(0)))
+        .transpose()
 }
 
 /// Waits until batch `id` is finished, committing it if nobody has.

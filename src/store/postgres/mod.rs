@@ -50,7 +50,7 @@ pub(super) use load::create;
 
 /// Connections per replica: the writer's, the follower's, and a few for
 /// audit listings and backups.
-const POOL_SIZE: usize = 8;
+const POOL_SIZE: usize = 16;
 /// How long a call waits for a connection, and a connection for its setup.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -219,15 +219,15 @@ impl Backend for PgBackend {
         write: &'a mut WriteFn<'_>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            if let Some(batch) = commit::add(&self.inner, target, request, write).await? {
-                // In a task of its own: a caller that goes away does not
-                // leave its batch open (and the write lock held).
-                let inner = Arc::clone(&self.inner);
-                tokio::spawn(async move { commit::finish(&inner, batch).await })
-                    .await
-                    .map_err(|e| StoreError::Failed(e.to_string()))??;
-            }
-            Ok(())
+            let (batch, added) = commit::add(&self.inner, target, request, write).await?;
+            // In a task of its own: a caller that goes away does not leave
+            // its batch open (and the write lock held).
+            let inner = Arc::clone(&self.inner);
+            let finished = tokio::spawn(async move { commit::finish(&inner, batch).await })
+                .await
+                .map_err(|e| StoreError::Failed(e.to_string()))?;
+            added?;
+            finished
         })
     }
 
