@@ -631,6 +631,13 @@ pub(super) async fn import(
     let id = writer.next_id;
     writer.finished = id;
     let mut batch = open(inner, id).await?;
+    // Encoding a million users keeps the transaction idle for longer than
+    // a replica may be (see `pool`): this one may.
+    batch
+        .client
+        .batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        .await
+        .map_err(inner.fail())?;
     let mut mutations: Vec<Mutation> = accounts.into_iter().map(Mutation::PutAccount).collect();
     batch.revision += 1;
     let revision = batch.revision;
