@@ -356,6 +356,22 @@ impl TestApp {
         self.restart_with(Options::default()).await
     }
 
+    /// A server restarted on the same directory (and database) whose token
+    /// file is gone: its clients send `secret`.
+    pub async fn restart_with_secret(self, secret: String) -> Self {
+        let data_dir = self.data_dir.clone();
+        let options = Options {
+            store: self.store.clone(),
+            ..Options::default()
+        };
+        let database = self.database.clone();
+        let keep = self.stop().await;
+        let mut app = Self::start_with_secret(&data_dir, options, secret).await;
+        app._tempdir = keep;
+        app.database = database;
+        app
+    }
+
     /// Clients that send `secret` (or no token at all).
     pub fn clients(&self, secret: Option<&str>) -> Clients {
         clients(&self.channel, secret)
