@@ -154,16 +154,18 @@ macro_rules! on_both_backends {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
+            // Named so as not to hide a helper of the test file (`run`
+            // did, in tests/cli.rs).
             $(#[$meta])*
-            async fn run($backend: $crate::common::Backend) $body
+            async fn on_both_backends_body($backend: $crate::common::Backend) $body
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sled() {
-                run($crate::common::Backend::Sled).await
+                on_both_backends_body($crate::common::Backend::Sled).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if $crate::common::postgres::available().await {
-                    run($crate::common::Backend::Postgres).await
+                    on_both_backends_body($crate::common::Backend::Postgres).await
                 }
             }
         }
