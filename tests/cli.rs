@@ -1,5 +1,6 @@
 //! The command line as a user drives it: the binary spawned as a process
-//! against a real server.
+//! against a real server, on sled and on PostgreSQL (the config test starts
+//! no server).
 
 #![allow(
     clippy::unwrap_used,
@@ -60,309 +61,312 @@ async fn ok(app: &TestApp, args: &[&str]) -> Run {
     r
 }
 
-#[tokio::test]
-async fn the_console_walk_through() {
-    let app = TestApp::spawn().await;
-    ok(
-        &app,
-        &[
-            "account",
-            "create",
-            "acme",
-            "--product-line",
-            "work",
-            "--name",
-            "Acme Corp",
-        ],
-    )
-    .await;
-    ok(
-        &app,
-        &["user", "put", "acme", "ada", "--name", "Ada Lovelace"],
-    )
-    .await;
-    ok(&app, &["user", "put", "acme", "bob"]).await;
-    let set = ok(
-        &app,
-        &[
-            "user",
-            "set",
-            "acme",
-            "ada",
-            "--edition",
-            "X8",
-            "--analytics",
-            "supervisor",
-            "--output",
-            "json",
-        ],
-    )
-    .await;
-    assert_eq!(set.json()["analytics"], "supervisor");
+on_both_backends! {
+    async fn the_console_walk_through(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        ok(
+            &app,
+            &[
+                "account",
+                "create",
+                "acme",
+                "--product-line",
+                "work",
+                "--name",
+                "Acme Corp",
+            ],
+        )
+        .await;
+        ok(
+            &app,
+            &["user", "put", "acme", "ada", "--name", "Ada Lovelace"],
+        )
+        .await;
+        ok(&app, &["user", "put", "acme", "bob"]).await;
+        let set = ok(
+            &app,
+            &[
+                "user",
+                "set",
+                "acme",
+                "ada",
+                "--edition",
+                "X8",
+                "--analytics",
+                "supervisor",
+                "--output",
+                "json",
+            ],
+        )
+        .await;
+        assert_eq!(set.json()["analytics"], "supervisor");
 
-    // The downgrade notice, on stderr and in the output.
-    let down = ok(
-        &app,
-        &[
-            "user",
-            "set",
-            "acme",
-            "ada",
-            "--edition",
-            "X2",
-            "--output",
-            "json",
-        ],
-    )
-    .await;
-    assert!(
-        down.stderr
-            .contains("notice: edition `X2` does not include supervisor analytics"),
-        "{}",
-        down.stderr
-    );
-    assert_eq!(down.json()["analytics"], "essentials");
-    assert_eq!(down.json()["notices"].as_array().unwrap().len(), 1);
-
-    let check = ok(&app, &["check", "acme", "ada", "--output", "json"])
-        .await
-        .json();
-    assert_eq!(
-        (check["allowed"].as_bool(), check["tier"].as_str()),
-        (Some(true), Some("essentials"))
-    );
-    let table = ok(&app, &["check", "acme", "bob"]).await.stdout;
-    assert!(
-        table.contains("allowed") && table.contains("false") && table.contains("no_edition"),
-        "{table}"
-    );
-
-    let list = ok(&app, &["user", "list", "acme", "--output", "json"])
-        .await
-        .json();
-    let ids: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["user_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["ada", "bob"]);
-    let table = ok(&app, &["user", "list", "acme"]).await.stdout;
-    assert!(table.starts_with("ACCOUNT_ID"), "{table}");
-
-    let catalogue = ok(&app, &["catalogue", "show", "--output", "json"])
-        .await
-        .json();
-    assert_eq!(catalogue["data_delay"], "2days");
-    let audit = ok(
-        &app,
-        &["audit", "list", "--account", "acme", "--output", "json"],
-    )
-    .await
-    .json();
-    assert!(audit.as_array().unwrap().len() >= 5);
-
-    // Tokens: made, used, listed without secrets, revoked.
-    let made = ok(
-        &app,
-        &[
-            "token", "create", "--name", "gw", "--role", "gateway", "--output", "json",
-        ],
-    )
-    .await
-    .json();
-    let secret = made["secret"].as_str().unwrap().to_owned();
-    assert_eq!(run(&app, &secret, &["check", "acme", "ada"]).await.code, 0);
-    let listed = ok(&app, &["token", "list", "--output", "json"])
-        .await
-        .stdout;
-    assert!(!listed.contains(secret.split('.').nth(1).unwrap()));
-    ok(
-        &app,
-        &["token", "revoke", made["token_id"].as_str().unwrap()],
-    )
-    .await;
-    assert_eq!(run(&app, &secret, &["check", "acme", "ada"]).await.code, 3);
-
-    ok(&app, &["user", "delete", "acme", "bob"]).await;
-    assert_eq!(
-        run(&app, &app.operator_secret, &["user", "get", "acme", "bob"])
-            .await
-            .code,
-        3
-    );
-}
-
-#[tokio::test]
-async fn exit_codes_tell_usage_refusal_and_unreachable_apart() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.put_user("acme", "ada").await;
-
-    let usage = run(&app, &app.operator_secret, &["user", "set", "acme"]).await;
-    assert_eq!(usage.code, 2, "{}", usage.stderr);
-    let usage = run(&app, &app.operator_secret, &["user", "set", "acme", "ada"]).await;
-    assert_eq!(usage.code, 2, "{}", usage.stderr);
-    assert!(usage.stderr.contains("nothing to set"));
-
-    let refused = run(
-        &app,
-        &app.operator_secret,
-        &["user", "set", "acme", "ada", "--analytics", "essentials"],
-    )
-    .await;
-    assert_eq!(refused.code, 3);
-    assert!(
-        refused
-            .stderr
-            .contains("error: user `ada` has no edition licence"),
-        "{}",
-        refused.stderr
-    );
-    let unauthenticated = run(&app, "tok_nope.nope", &["check", "acme", "ada"]).await;
-    assert_eq!(unauthenticated.code, 3, "{}", unauthenticated.stderr);
-
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
-    let out = Command::new(BIN)
-        .args([
-            "check",
-            "acme",
-            "ada",
-            "--server",
-            &format!("http://{dead}"),
-        ])
-        .env("ENTITLED_TOKEN", &app.operator_secret)
-        .output_within();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
-
-    for args in [
-        vec!["--help"],
-        vec!["user", "set", "--help"],
-        vec!["import", "--help"],
-        vec!["serve", "--help"],
-    ] {
-        let out = Command::new(BIN).args(&args).output_within();
-        assert_eq!(out.status.code(), Some(0), "{args:?}");
-    }
-    let completions = Command::new(BIN)
-        .args(["completions", "bash"])
-        .output_within();
-    assert!(String::from_utf8_lossy(&completions.stdout).contains("entitled"));
-}
-
-/// Issue 15: a token given with --token is visible to every user of the
-/// machine (`ps`); --token-file reads it from a file only its owner can read.
-#[tokio::test]
-async fn the_token_from_a_private_file_and_never_from_an_open_one() {
-    use std::os::unix::fs::PermissionsExt;
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    let dir = tempfile::tempdir().unwrap();
-    let private = write(
-        dir.path(),
-        "private.token",
-        &format!("{}\n", app.operator_secret),
-    );
-    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let get = ["account", "get", "acme", "--output", "json"];
-    let accepted = |r: &Run| {
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(r.json()["account_id"], "acme");
-    };
-
-    // The flag, the variable, and the server's own operator.token as it is.
-    let flag = [&["--token-file", private.as_str()][..], &get].concat();
-    accepted(&run_with(&app, &[], &flag).await);
-    accepted(&run_with(&app, &[("ENTITLED_TOKEN_FILE", &private)], &get).await);
-    let operator = app.data_dir.join("operator.token").display().to_string();
-    accepted(&run_with(&app, &[("ENTITLED_TOKEN_FILE", &operator)], &get).await);
-
-    // Readable by group or others: refused before any call, naming the file.
-    let open = write(
-        dir.path(),
-        "open.token",
-        &format!("{}\n", app.operator_secret),
-    );
-    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
-    for env in [&[][..], &[("ENTITLED_TOKEN_FILE", open.as_str())][..]] {
-        let args = if env.is_empty() {
-            [&["--token-file", open.as_str()][..], &get].concat()
-        } else {
-            get.to_vec()
-        };
-        let r = run_with(&app, env, &args).await;
-        assert_eq!(r.code, 2, "{}", r.stderr);
-        for piece in [
-            format!("token file `{open}` is open to group or others (mode 0644)"),
-            format!("run `chmod 600 {open}`"),
-        ] {
-            assert!(r.stderr.contains(&piece), "{piece:?} not in {}", r.stderr);
-        }
-        assert!(!r.stderr.contains(&app.operator_secret));
-    }
-
-    // Both ways at once: refused, whichever is the flag and the variable.
-    let both = [
-        (
-            vec![],
-            [
-                &["--token", "tok_x.y", "--token-file", private.as_str()][..],
-                &get,
-            ]
-            .concat(),
-        ),
-        (
-            vec![("ENTITLED_TOKEN", app.operator_secret.as_str())],
-            flag.clone(),
-        ),
-        (
-            vec![("ENTITLED_TOKEN_FILE", private.as_str())],
-            [&["--token", app.operator_secret.as_str()][..], &get].concat(),
-        ),
-    ];
-    for (env, args) in both {
-        let r = run_with(&app, &env, &args).await;
-        assert_eq!(r.code, 2, "{env:?} {args:?}: {}", r.stderr);
+        // The downgrade notice, on stderr and in the output.
+        let down = ok(
+            &app,
+            &[
+                "user",
+                "set",
+                "acme",
+                "ada",
+                "--edition",
+                "X2",
+                "--output",
+                "json",
+            ],
+        )
+        .await;
         assert!(
-            r.stderr.contains("--token (or ENTITLED_TOKEN) and --token-file (or ENTITLED_TOKEN_FILE) are both set; give only one, preferably --token-file"),
+            down.stderr
+                .contains("notice: edition `X2` does not include supervisor analytics"),
             "{}",
-            r.stderr
+            down.stderr
+        );
+        assert_eq!(down.json()["analytics"], "essentials");
+        assert_eq!(down.json()["notices"].as_array().unwrap().len(), 1);
+
+        let check = ok(&app, &["check", "acme", "ada", "--output", "json"])
+            .await
+            .json();
+        assert_eq!(
+            (check["allowed"].as_bool(), check["tier"].as_str()),
+            (Some(true), Some("essentials"))
+        );
+        let table = ok(&app, &["check", "acme", "bob"]).await.stdout;
+        assert!(
+            table.contains("allowed") && table.contains("false") && table.contains("no_edition"),
+            "{table}"
+        );
+
+        let list = ok(&app, &["user", "list", "acme", "--output", "json"])
+            .await
+            .json();
+        let ids: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["user_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["ada", "bob"]);
+        let table = ok(&app, &["user", "list", "acme"]).await.stdout;
+        assert!(table.starts_with("ACCOUNT_ID"), "{table}");
+
+        let catalogue = ok(&app, &["catalogue", "show", "--output", "json"])
+            .await
+            .json();
+        assert_eq!(catalogue["data_delay"], "2days");
+        let audit = ok(
+            &app,
+            &["audit", "list", "--account", "acme", "--output", "json"],
+        )
+        .await
+        .json();
+        assert!(audit.as_array().unwrap().len() >= 5);
+
+        // Tokens: made, used, listed without secrets, revoked.
+        let made = ok(
+            &app,
+            &[
+                "token", "create", "--name", "gw", "--role", "gateway", "--output", "json",
+            ],
+        )
+        .await
+        .json();
+        let secret = made["secret"].as_str().unwrap().to_owned();
+        assert_eq!(run(&app, &secret, &["check", "acme", "ada"]).await.code, 0);
+        let listed = ok(&app, &["token", "list", "--output", "json"])
+            .await
+            .stdout;
+        assert!(!listed.contains(secret.split('.').nth(1).unwrap()));
+        ok(
+            &app,
+            &["token", "revoke", made["token_id"].as_str().unwrap()],
+        )
+        .await;
+        assert_eq!(run(&app, &secret, &["check", "acme", "ada"]).await.code, 3);
+
+        ok(&app, &["user", "delete", "acme", "bob"]).await;
+        assert_eq!(
+            run(&app, &app.operator_secret, &["user", "get", "acme", "bob"])
+                .await
+                .code,
+            3
         );
     }
+}
 
-    // config show names the file and masks the token read from it.
-    let show = run_with(
-        &app,
-        &[],
-        &[
-            "config",
-            "show",
-            "--output",
-            "json",
-            "--token-file",
-            &private,
-        ],
-    )
-    .await;
-    assert_eq!(show.code, 0, "{}", show.stderr);
-    let token_id = app.operator_secret.split_once('.').unwrap().0;
-    assert_eq!(show.json()["token"], format!("{token_id}.****"));
-    assert_eq!(show.json()["token_file"], private.as_str());
+on_both_backends! {
+    async fn exit_codes_tell_usage_refusal_and_unreachable_apart(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
 
-    let help = run_with(&app, &[], &["--help"]).await.stdout;
-    assert!(
-        help.contains("--token-file <PATH>") && help.contains("Prefer --token-file"),
-        "{help}"
-    );
+        let usage = run(&app, &app.operator_secret, &["user", "set", "acme"]).await;
+        assert_eq!(usage.code, 2, "{}", usage.stderr);
+        let usage = run(&app, &app.operator_secret, &["user", "set", "acme", "ada"]).await;
+        assert_eq!(usage.code, 2, "{}", usage.stderr);
+        assert!(usage.stderr.contains("nothing to set"));
+
+        let refused = run(
+            &app,
+            &app.operator_secret,
+            &["user", "set", "acme", "ada", "--analytics", "essentials"],
+        )
+        .await;
+        assert_eq!(refused.code, 3);
+        assert!(
+            refused
+                .stderr
+                .contains("error: user `ada` has no edition licence"),
+            "{}",
+            refused.stderr
+        );
+        let unauthenticated = run(&app, "tok_nope.nope", &["check", "acme", "ada"]).await;
+        assert_eq!(unauthenticated.code, 3, "{}", unauthenticated.stderr);
+
+        let dead = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let out = Command::new(BIN)
+            .args([
+                "check",
+                "acme",
+                "ada",
+                "--server",
+                &format!("http://{dead}"),
+            ])
+            .env("ENTITLED_TOKEN", &app.operator_secret)
+            .output_within();
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
+
+        for args in [
+            vec!["--help"],
+            vec!["user", "set", "--help"],
+            vec!["import", "--help"],
+            vec!["serve", "--help"],
+        ] {
+            let out = Command::new(BIN).args(&args).output_within();
+            assert_eq!(out.status.code(), Some(0), "{args:?}");
+        }
+        let completions = Command::new(BIN)
+            .args(["completions", "bash"])
+            .output_within();
+        assert!(String::from_utf8_lossy(&completions.stdout).contains("entitled"));
+    }
+}
+
+on_both_backends! {
+    /// Issue 15: a token given with --token is visible to every user of the
+    /// machine (`ps`); --token-file reads it from a file only its owner can read.
+    async fn the_token_from_a_private_file_and_never_from_an_open_one(backend) {
+        use std::os::unix::fs::PermissionsExt;
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        let dir = tempfile::tempdir().unwrap();
+        let private = write(
+            dir.path(),
+            "private.token",
+            &format!("{}\n", app.operator_secret),
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let get = ["account", "get", "acme", "--output", "json"];
+        let accepted = |r: &Run| {
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            assert_eq!(r.json()["account_id"], "acme");
+        };
+
+        // The flag, the variable, and the server's own operator.token as it is.
+        let flag = [&["--token-file", private.as_str()][..], &get].concat();
+        accepted(&run_with(&app, &[], &flag).await);
+        accepted(&run_with(&app, &[("ENTITLED_TOKEN_FILE", &private)], &get).await);
+        let operator = app.data_dir.join("operator.token").display().to_string();
+        accepted(&run_with(&app, &[("ENTITLED_TOKEN_FILE", &operator)], &get).await);
+
+        // Readable by group or others: refused before any call, naming the file.
+        let open = write(
+            dir.path(),
+            "open.token",
+            &format!("{}\n", app.operator_secret),
+        );
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for env in [&[][..], &[("ENTITLED_TOKEN_FILE", open.as_str())][..]] {
+            let args = if env.is_empty() {
+                [&["--token-file", open.as_str()][..], &get].concat()
+            } else {
+                get.to_vec()
+            };
+            let r = run_with(&app, env, &args).await;
+            assert_eq!(r.code, 2, "{}", r.stderr);
+            for piece in [
+                format!("token file `{open}` is open to group or others (mode 0644)"),
+                format!("run `chmod 600 {open}`"),
+            ] {
+                assert!(r.stderr.contains(&piece), "{piece:?} not in {}", r.stderr);
+            }
+            assert!(!r.stderr.contains(&app.operator_secret));
+        }
+
+        // Both ways at once: refused, whichever is the flag and the variable.
+        let both = [
+            (
+                vec![],
+                [
+                    &["--token", "tok_x.y", "--token-file", private.as_str()][..],
+                    &get,
+                ]
+                .concat(),
+            ),
+            (
+                vec![("ENTITLED_TOKEN", app.operator_secret.as_str())],
+                flag.clone(),
+            ),
+            (
+                vec![("ENTITLED_TOKEN_FILE", private.as_str())],
+                [&["--token", app.operator_secret.as_str()][..], &get].concat(),
+            ),
+        ];
+        for (env, args) in both {
+            let r = run_with(&app, &env, &args).await;
+            assert_eq!(r.code, 2, "{env:?} {args:?}: {}", r.stderr);
+            assert!(
+                r.stderr.contains("--token (or ENTITLED_TOKEN) and --token-file (or ENTITLED_TOKEN_FILE) are both set; give only one, preferably --token-file"),
+                "{}",
+                r.stderr
+            );
+        }
+
+        // config show names the file and masks the token read from it.
+        let show = run_with(
+            &app,
+            &[],
+            &[
+                "config",
+                "show",
+                "--output",
+                "json",
+                "--token-file",
+                &private,
+            ],
+        )
+        .await;
+        assert_eq!(show.code, 0, "{}", show.stderr);
+        let token_id = app.operator_secret.split_once('.').unwrap().0;
+        assert_eq!(show.json()["token"], format!("{token_id}.****"));
+        assert_eq!(show.json()["token_file"], private.as_str());
+
+        let help = run_with(&app, &[], &["--help"]).await.stdout;
+        assert!(
+            help.contains("--token-file <PATH>") && help.contains("Prefer --token-file"),
+            "{help}"
+        );
+    }
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -371,161 +375,163 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-#[tokio::test]
-async fn import_checks_every_row_before_changing_anything() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.create_account("vo", "virtual-office").await;
-    let dir = tempfile::tempdir().unwrap();
-    let bad = write(
-        dir.path(),
-        "bad.csv",
-        "account_id,user_id,display_name,edition,analytics_tier\n\
-         acme,ada,Ada,X8,supervisor\n\
-         acme,bob,Bob,X2,supervisor\n\
-         vo,cy,Cy,X1,essentials\n\
-         acme,dan,Dan,,essentials\n\
-         nowhere,eve,Eve,X2,none\n\
-         acme,fay,Fay,X4,gold\n\
-         acme,ada,Ada again,X4,none\n\
-         acme,g/h,Bad id,X4,none\n\
-         acme,hal,Eve\u{202e}lin,X4,none\n",
-    );
-    let before = app.revision().await;
-    let r = run(&app, &app.operator_secret, &["import", &bad]).await;
-    assert_eq!(r.code, 3, "{}", r.stderr);
-    for expected in [
-        "bad.csv:3: edition `X2` does not include supervisor analytics",
-        "bad.csv:4: edition `X1` is not in product line `virtual-office`",
-        "bad.csv:5: user `dan` has no edition licence",
-        "bad.csv:6: account `nowhere` does not exist",
-        "bad.csv:7: analytics_tier `gold` is not a tier",
-        "bad.csv:8: user `ada` of account `acme` is also on line 2",
-        "bad.csv:9: user_id `g/h` contains `/`",
-        "bad.csv:10: display_name `Eve\\u{202e}lin` contains the invisible format character U+202E at position 4",
-        "8 bad rows; nothing was changed",
-    ] {
-        assert!(
-            r.stderr.contains(expected),
-            "missing {expected:?} in\n{}",
-            r.stderr
+on_both_backends! {
+    async fn import_checks_every_row_before_changing_anything(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.create_account("vo", "virtual-office").await;
+        let dir = tempfile::tempdir().unwrap();
+        let bad = write(
+            dir.path(),
+            "bad.csv",
+            "account_id,user_id,display_name,edition,analytics_tier\n\
+             acme,ada,Ada,X8,supervisor\n\
+             acme,bob,Bob,X2,supervisor\n\
+             vo,cy,Cy,X1,essentials\n\
+             acme,dan,Dan,,essentials\n\
+             nowhere,eve,Eve,X2,none\n\
+             acme,fay,Fay,X4,gold\n\
+             acme,ada,Ada again,X4,none\n\
+             acme,g/h,Bad id,X4,none\n\
+             acme,hal,Eve\u{202e}lin,X4,none\n",
         );
+        let before = app.revision().await;
+        let r = run(&app, &app.operator_secret, &["import", &bad]).await;
+        assert_eq!(r.code, 3, "{}", r.stderr);
+        for expected in [
+            "bad.csv:3: edition `X2` does not include supervisor analytics",
+            "bad.csv:4: edition `X1` is not in product line `virtual-office`",
+            "bad.csv:5: user `dan` has no edition licence",
+            "bad.csv:6: account `nowhere` does not exist",
+            "bad.csv:7: analytics_tier `gold` is not a tier",
+            "bad.csv:8: user `ada` of account `acme` is also on line 2",
+            "bad.csv:9: user_id `g/h` contains `/`",
+            "bad.csv:10: display_name `Eve\\u{202e}lin` contains the invisible format character U+202E at position 4",
+            "8 bad rows; nothing was changed",
+        ] {
+            assert!(
+                r.stderr.contains(expected),
+                "missing {expected:?} in\n{}",
+                r.stderr
+            );
+        }
+        assert!(!r.stderr.contains("bad.csv:2:"), "line 2 is good");
+        assert_eq!(app.revision().await, before, "nothing changed");
+        assert!(app.get_user("acme", "ada").await.is_err());
     }
-    assert!(!r.stderr.contains("bad.csv:2:"), "line 2 is good");
-    assert_eq!(app.revision().await, before, "nothing changed");
-    assert!(app.get_user("acme", "ada").await.is_err());
 }
 
-#[tokio::test]
-async fn import_dry_run_rerun_and_export_round_trip() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.create_account("vo", "virtual-office").await;
-    app.put_user("acme", "old").await;
-    app.set("acme", "old", Some("X8"), Some(T::Supervisor))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("account_id,user_id,display_name,edition,analytics_tier\n");
-    for i in 0..1200 {
-        let (account, edition, tier) = match i % 3 {
-            0 => ("acme", "X4", "supervisor"),
-            1 => ("acme", "X1", "essentials"),
-            _ => ("vo", "X6", "none"),
-        };
-        csv.push_str(&format!(
-            "{account},u{i:04},\"User {i}, Jr.\",{edition},{tier}\n"
-        ));
-    }
-    // An existing user lowered by the file.
-    csv.push_str("acme,old,User old,X2,essentials\n");
-    let file = write(dir.path(), "users.csv", &csv);
-
-    let before = app.revision().await;
-    let dry = ok(&app, &["import", &file, "--dry-run", "--output", "json"])
-        .await
-        .json();
-    assert_eq!(
-        (dry["would_create"].as_u64(), dry["would_update"].as_u64()),
-        (Some(1200), Some(1))
-    );
-    assert_eq!(app.revision().await, before, "a dry run changes nothing");
-
-    let done = ok(
-        &app,
-        &["import", &file, "--chunk-size", "500", "--output", "json"],
-    )
-    .await;
-    assert!(
-        done.stderr.contains("imported 1201/1201 rows"),
-        "plain progress lines: {}",
-        done.stderr
-    );
-    let done = done.json();
-    assert_eq!(
-        (done["created"].as_u64(), done["updated"].as_u64()),
-        (Some(1200), Some(1))
-    );
-    assert_eq!(app.revision().await, before + 3, "one revision per chunk");
-    let u0 = app.get_user("acme", "u0000").await.unwrap();
-    assert_eq!(
-        (
-            u0.display_name.as_str(),
-            u0.edition.as_str(),
-            u0.analytics_tier
-        ),
-        ("User 0, Jr.", "X4", T::Supervisor as i32)
-    );
-    assert_eq!(app.check("acme", "u0001").await.tier, T::Essentials as i32);
-    assert_eq!(
-        app.get_user("acme", "old").await.unwrap().analytics_tier,
-        T::Essentials as i32
-    );
-    assert!(
-        app.get_account("acme")
+on_both_backends! {
+    async fn import_dry_run_rerun_and_export_round_trip(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.create_account("vo", "virtual-office").await;
+        app.put_user("acme", "old").await;
+        app.set("acme", "old", Some("X8"), Some(T::Supervisor))
             .await
-            .unwrap()
-            .analytics_activated_at
-            .is_some()
-    );
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("account_id,user_id,display_name,edition,analytics_tier\n");
+        for i in 0..1200 {
+            let (account, edition, tier) = match i % 3 {
+                0 => ("acme", "X4", "supervisor"),
+                1 => ("acme", "X1", "essentials"),
+                _ => ("vo", "X6", "none"),
+            };
+            csv.push_str(&format!(
+                "{account},u{i:04},\"User {i}, Jr.\",{edition},{tier}\n"
+            ));
+        }
+        // An existing user lowered by the file.
+        csv.push_str("acme,old,User old,X2,essentials\n");
+        let file = write(dir.path(), "users.csv", &csv);
 
-    // Running it again changes nothing.
-    let again = ok(&app, &["import", &file, "--output", "json"])
-        .await
-        .json();
-    assert_eq!(
-        (
-            again["created"].as_u64(),
-            again["updated"].as_u64(),
-            again["unchanged"].as_u64()
-        ),
-        (Some(0), Some(0), Some(1201))
-    );
-    assert_eq!(app.revision().await, before + 3);
+        let before = app.revision().await;
+        let dry = ok(&app, &["import", &file, "--dry-run", "--output", "json"])
+            .await
+            .json();
+        assert_eq!(
+            (dry["would_create"].as_u64(), dry["would_update"].as_u64()),
+            (Some(1200), Some(1))
+        );
+        assert_eq!(app.revision().await, before, "a dry run changes nothing");
 
-    // Export → import into a fresh server gives the same users.
-    for format in ["csv", "jsonl"] {
-        let out = dir.path().join(format!("export.{format}"));
-        ok(
+        let done = ok(
             &app,
-            &["export", "--format", format, "--out", out.to_str().unwrap()],
+            &["import", &file, "--chunk-size", "500", "--output", "json"],
         )
         .await;
-        let fresh = TestApp::spawn().await;
-        fresh.create_account("acme", "work").await;
-        fresh.create_account("vo", "virtual-office").await;
-        ok(&fresh, &["import", out.to_str().unwrap()]).await;
-        let exported = ok(&app, &["export", "--format", "jsonl"]).await.stdout;
-        let reimported = ok(&fresh, &["export", "--format", "jsonl"]).await.stdout;
-        assert_eq!(exported.lines().count(), 1201);
-        assert_eq!(exported, reimported, "{format} round trip");
+        assert!(
+            done.stderr.contains("imported 1201/1201 rows"),
+            "plain progress lines: {}",
+            done.stderr
+        );
+        let done = done.json();
+        assert_eq!(
+            (done["created"].as_u64(), done["updated"].as_u64()),
+            (Some(1200), Some(1))
+        );
+        assert_eq!(app.revision().await, before + 3, "one revision per chunk");
+        let u0 = app.get_user("acme", "u0000").await.unwrap();
+        assert_eq!(
+            (
+                u0.display_name.as_str(),
+                u0.edition.as_str(),
+                u0.analytics_tier
+            ),
+            ("User 0, Jr.", "X4", T::Supervisor as i32)
+        );
+        assert_eq!(app.check("acme", "u0001").await.tier, T::Essentials as i32);
+        assert_eq!(
+            app.get_user("acme", "old").await.unwrap().analytics_tier,
+            T::Essentials as i32
+        );
+        assert!(
+            app.get_account("acme")
+                .await
+                .unwrap()
+                .analytics_activated_at
+                .is_some()
+        );
+
+        // Running it again changes nothing.
+        let again = ok(&app, &["import", &file, "--output", "json"])
+            .await
+            .json();
+        assert_eq!(
+            (
+                again["created"].as_u64(),
+                again["updated"].as_u64(),
+                again["unchanged"].as_u64()
+            ),
+            (Some(0), Some(0), Some(1201))
+        );
+        assert_eq!(app.revision().await, before + 3);
+
+        // Export → import into a fresh server gives the same users.
+        for format in ["csv", "jsonl"] {
+            let out = dir.path().join(format!("export.{format}"));
+            ok(
+                &app,
+                &["export", "--format", format, "--out", out.to_str().unwrap()],
+            )
+            .await;
+            let fresh = TestApp::spawn_on(backend).await;
+            fresh.create_account("acme", "work").await;
+            fresh.create_account("vo", "virtual-office").await;
+            ok(&fresh, &["import", out.to_str().unwrap()]).await;
+            let exported = ok(&app, &["export", "--format", "jsonl"]).await.stdout;
+            let reimported = ok(&fresh, &["export", "--format", "jsonl"]).await.stdout;
+            assert_eq!(exported.lines().count(), 1201);
+            assert_eq!(exported, reimported, "{format} round trip");
+        }
+        let one = ok(&app, &["export", "--account", "vo"]).await.stdout;
+        assert_eq!(one.lines().count(), 1 + 400);
+        assert_eq!(
+            one.lines().next(),
+            Some("account_id,user_id,display_name,edition,analytics_tier")
+        );
     }
-    let one = ok(&app, &["export", "--account", "vo"]).await.stdout;
-    assert_eq!(one.lines().count(), 1 + 400);
-    assert_eq!(
-        one.lines().next(),
-        Some("account_id,user_id,display_name,edition,analytics_tier")
-    );
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@
 //! - B: nothing about one account reaches another account's trail.
 //! - C: every answered request id (a no-op and a refusal included) gives
 //!   its retry the first answer, on every RPC that takes one.
+//!
+//! Each test runs on sled and on PostgreSQL.
 
 #![allow(
     clippy::unwrap_used,
@@ -45,6 +47,15 @@ async fn changes(app: &TestApp, secret: &str, account: &str) -> Vec<pb::Change> 
     }
 }
 
+/// What the store holds, in bytes: the data directory's on sled, the rows'
+/// (uncompressed) in the test's database on PostgreSQL.
+async fn stored_bytes(app: &TestApp) -> u64 {
+    match &app.database {
+        None => dir_bytes(&app.data_dir),
+        Some(database) => database.stored_bytes().await,
+    }
+}
+
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -74,540 +85,550 @@ async fn metrics_text(app: &TestApp) -> String {
 
 // ---- A ----
 
-#[tokio::test]
-async fn a_refused_call_with_a_huge_id_stores_it_cut_and_the_trail_still_lists() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    let gateway = app.token("gw", pb::Role::Gateway, "", "").await;
-    let admin = app
-        .token("acme admin", pb::Role::AccountAdmin, "acme", "")
-        .await;
-    app.clients(None); // the channel is up
-    let before = dir_bytes(&app.data_dir);
-    let huge = "A".repeat(4_000_000);
-    let mut provisioning = app.clients(Some(&gateway)).provisioning;
-    for _ in 0..5 {
-        let refused = provisioning
-            .put_user(pb::PutUserRequest {
-                account_id: "acme".into(),
-                user_id: huge.clone(),
-                display_name: "x".into(),
-                ..Default::default()
-            })
+on_both_backends! {
+    async fn a_refused_call_with_a_huge_id_stores_it_cut_and_the_trail_still_lists(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        let gateway = app.token("gw", pb::Role::Gateway, "", "").await;
+        let admin = app
+            .token("acme admin", pb::Role::AccountAdmin, "acme", "")
             .await;
-        assert_status(refused, Code::InvalidArgument, &["user_id", "4000000"]);
-    }
-    // Five refusals leave a few KB, not 20 MB. sled preallocates its
-    // files, so the growth allowed is well under one copy of the id.
-    let grown = dir_bytes(&app.data_dir).saturating_sub(before);
-    assert!(
-        grown < 1_000_000,
-        "the data directory grew by {grown} bytes"
-    );
-
-    // acme's admin, the operator and the CLI's default client can list.
-    for (secret, account) in [
-        (&admin, "acme"),
-        (&app.operator_secret, "acme"),
-        (&app.operator_secret, ""),
-    ] {
-        let records: Vec<_> = changes(&app, secret, account)
-            .await
-            .into_iter()
-            .filter(|c| c.refused && c.rpc.ends_with("PutUser"))
-            .collect();
-        assert_eq!(records.len(), 5, "{account:?}");
-        for r in records {
-            assert!(r.user_id.len() <= 128, "{} bytes kept", r.user_id.len());
-            assert!(r.user_id.ends_with("… (4000000 bytes)"), "{}", r.user_id);
-            assert!(r.refusal_reason.len() <= 1024);
+        app.clients(None); // the channel is up
+        let before = stored_bytes(&app).await;
+        let huge = "A".repeat(4_000_000);
+        let mut provisioning = app.clients(Some(&gateway)).provisioning;
+        for _ in 0..5 {
+            let refused = provisioning
+                .put_user(pb::PutUserRequest {
+                    account_id: "acme".into(),
+                    user_id: huge.clone(),
+                    display_name: "x".into(),
+                    ..Default::default()
+                })
+                .await;
+            assert_status(refused, Code::InvalidArgument, &["user_id", "4000000"]);
         }
+        // acme's admin, the operator and the CLI's default client can list.
+        for (secret, account) in [
+            (&admin, "acme"),
+            (&app.operator_secret, "acme"),
+            (&app.operator_secret, ""),
+        ] {
+            let records: Vec<_> = changes(&app, secret, account)
+                .await
+                .into_iter()
+                .filter(|c| c.refused && c.rpc.ends_with("PutUser"))
+                .collect();
+            assert_eq!(records.len(), 5, "{account:?}");
+            for r in records {
+                assert!(r.user_id.len() <= 128, "{} bytes kept", r.user_id.len());
+                assert!(r.user_id.ends_with("… (4000000 bytes)"), "{}", r.user_id);
+                assert!(r.refusal_reason.len() <= 1024);
+            }
+        }
+        // Measured once the refusals are listed, so stored (PostgreSQL
+        // commits refusals with the next batch). Five refusals leave a few
+        // KB, not 20 MB. sled preallocates its files, so the growth allowed
+        // is well under one copy of the id.
+        let grown = stored_bytes(&app).await.saturating_sub(before);
+        assert!(
+            grown < 1_000_000,
+            "the store grew by {grown} bytes ({backend:?})"
+        );
     }
 }
 
-#[tokio::test]
-async fn a_listing_is_bounded_in_bytes_and_pages_through_everything() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.put_user("acme", "ada").await;
-    // Names of 256 four-byte characters: each rename's record holds about
-    // 2 KB (before and after), so 700 of them exceed the 1 MiB page.
-    let names = ["😀".repeat(256), "😎".repeat(256)];
-    let mut provisioning = app.provisioning.clone();
-    for i in 0..700 {
-        provisioning
-            .put_user(pb::PutUserRequest {
+on_both_backends! {
+    async fn a_listing_is_bounded_in_bytes_and_pages_through_everything(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+        // Names of 256 four-byte characters: each rename's record holds about
+        // 2 KB (before and after), so 700 of them exceed the 1 MiB page.
+        let names = ["😀".repeat(256), "😎".repeat(256)];
+        let mut provisioning = app.provisioning.clone();
+        for i in 0..700 {
+            provisioning
+                .put_user(pb::PutUserRequest {
+                    account_id: "acme".into(),
+                    user_id: "ada".into(),
+                    display_name: names[i % 2].clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let first = app
+            .audit
+            .clone()
+            .list_changes(pb::ListChangesRequest {
                 account_id: "acme".into(),
-                user_id: "ada".into(),
-                display_name: names[i % 2].clone(),
+                page_size: 1000,
                 ..Default::default()
             })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
+        let bytes: usize = prost::Message::encoded_len(&first);
+        assert!(bytes <= 1024 * 1024 + 64 * 1024, "a page of {bytes} bytes");
+        assert!(first.changes.len() < 700, "{} records", first.changes.len());
+        assert!(!first.next_page_token.is_empty());
+        // Paging loses nothing and repeats nothing.
+        let all = changes(&app, &app.operator_secret, "acme").await;
+        let renames = all.iter().filter(|c| c.rpc.ends_with("PutUser")).count();
+        assert_eq!(renames, 701);
+        let mut seqs: Vec<u64> = all.iter().map(|c| c.sequence).collect();
+        seqs.dedup();
+        assert_eq!(seqs.len(), all.len());
     }
-    let first = app
-        .audit
-        .clone()
-        .list_changes(pb::ListChangesRequest {
-            account_id: "acme".into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let bytes: usize = prost::Message::encoded_len(&first);
-    assert!(bytes <= 1024 * 1024 + 64 * 1024, "a page of {bytes} bytes");
-    assert!(first.changes.len() < 700, "{} records", first.changes.len());
-    assert!(!first.next_page_token.is_empty());
-    // Paging loses nothing and repeats nothing.
-    let all = changes(&app, &app.operator_secret, "acme").await;
-    let renames = all.iter().filter(|c| c.rpc.ends_with("PutUser")).count();
-    assert_eq!(renames, 701);
-    let mut seqs: Vec<u64> = all.iter().map(|c| c.sequence).collect();
-    seqs.dedup();
-    assert_eq!(seqs.len(), all.len());
 }
 
-#[tokio::test]
-async fn a_tokens_refusals_are_rate_limited_and_another_tokens_are_not() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    let attacker = app.token("gw", pb::Role::Gateway, "", "").await;
-    let mut provisioning = app.clients(Some(&attacker)).provisioning;
-    let flood = REFUSAL_BURST as usize * 4;
-    for i in 0..flood {
-        let refused = provisioning
+on_both_backends! {
+    async fn a_tokens_refusals_are_rate_limited_and_another_tokens_are_not(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        let attacker = app.token("gw", pb::Role::Gateway, "", "").await;
+        let mut provisioning = app.clients(Some(&attacker)).provisioning;
+        let flood = REFUSAL_BURST as usize * 4;
+        for i in 0..flood {
+            let refused = provisioning
+                .put_user(pb::PutUserRequest {
+                    account_id: "acme".into(),
+                    user_id: format!("u{i}"),
+                    display_name: "x".into(),
+                    ..Default::default()
+                })
+                .await;
+            // Every call still gets its own answer.
+            assert_status(refused, Code::PermissionDenied, &["gateway"]);
+        }
+        let by_attacker = |all: &[pb::Change]| {
+            all.iter()
+                .filter(|c| c.refused && c.caller.as_ref().unwrap().name == "gw")
+                .count()
+        };
+        let all = changes(&app, &app.operator_secret, "").await;
+        let recorded = by_attacker(&all);
+        // The burst, and what the rate refilled while the flood ran.
+        assert!(recorded >= REFUSAL_BURST as usize, "{recorded}");
+        assert!(recorded < flood, "{recorded} of {flood} recorded");
+        let metrics = metrics_text(&app).await;
+        let left_out = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("entitled_audit_refusals_left_out_total "))
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
+        assert_eq!(recorded + left_out, flood);
+
+        // Another token's refusal is recorded at once.
+        let other = app.token("gw2", pb::Role::Gateway, "", "").await;
+        let refused = app
+            .clients(Some(&other))
+            .provisioning
             .put_user(pb::PutUserRequest {
                 account_id: "acme".into(),
-                user_id: format!("u{i}"),
+                user_id: "x".into(),
                 display_name: "x".into(),
                 ..Default::default()
             })
             .await;
-        // Every call still gets its own answer.
-        assert_status(refused, Code::PermissionDenied, &["gateway"]);
+        assert_status(refused, Code::PermissionDenied, &[]);
+        let all = changes(&app, &app.operator_secret, "").await;
+        assert!(
+            all.iter()
+                .any(|c| c.refused && c.caller.as_ref().unwrap().name == "gw2")
+        );
+
+        // Once the rate allows again, the next record says what was left out.
+        tokio::time::sleep(std::time::Duration::from_millis(
+            1500 / u64::from(REFUSALS_PER_SECOND),
+        ))
+        .await;
+        let _ = provisioning
+            .put_user(pb::PutUserRequest {
+                account_id: "acme".into(),
+                user_id: "last".into(),
+                display_name: "x".into(),
+                ..Default::default()
+            })
+            .await;
+        let all = changes(&app, &app.operator_secret, "").await;
+        let last = all
+            .iter()
+            .rfind(|c| c.refused && c.caller.as_ref().unwrap().name == "gw")
+            .unwrap();
+        assert_eq!(last.user_id, "last");
+        assert!(
+            last.refusal_reason
+                .contains("earlier refusals of this token were not recorded"),
+            "{}",
+            last.refusal_reason
+        );
     }
-    let by_attacker = |all: &[pb::Change]| {
-        all.iter()
-            .filter(|c| c.refused && c.caller.as_ref().unwrap().name == "gw")
-            .count()
-    };
-    let all = changes(&app, &app.operator_secret, "").await;
-    let recorded = by_attacker(&all);
-    // The burst, and what the rate refilled while the flood ran.
-    assert!(recorded >= REFUSAL_BURST as usize, "{recorded}");
-    assert!(recorded < flood, "{recorded} of {flood} recorded");
-    let metrics = metrics_text(&app).await;
-    let left_out = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("entitled_audit_refusals_left_out_total "))
-        .unwrap()
-        .parse::<usize>()
-        .unwrap();
-    assert_eq!(recorded + left_out, flood);
-
-    // Another token's refusal is recorded at once.
-    let other = app.token("gw2", pb::Role::Gateway, "", "").await;
-    let refused = app
-        .clients(Some(&other))
-        .provisioning
-        .put_user(pb::PutUserRequest {
-            account_id: "acme".into(),
-            user_id: "x".into(),
-            display_name: "x".into(),
-            ..Default::default()
-        })
-        .await;
-    assert_status(refused, Code::PermissionDenied, &[]);
-    let all = changes(&app, &app.operator_secret, "").await;
-    assert!(
-        all.iter()
-            .any(|c| c.refused && c.caller.as_ref().unwrap().name == "gw2")
-    );
-
-    // Once the rate allows again, the next record says what was left out.
-    tokio::time::sleep(std::time::Duration::from_millis(
-        1500 / u64::from(REFUSALS_PER_SECOND),
-    ))
-    .await;
-    let _ = provisioning
-        .put_user(pb::PutUserRequest {
-            account_id: "acme".into(),
-            user_id: "last".into(),
-            display_name: "x".into(),
-            ..Default::default()
-        })
-        .await;
-    let all = changes(&app, &app.operator_secret, "").await;
-    let last = all
-        .iter()
-        .rfind(|c| c.refused && c.caller.as_ref().unwrap().name == "gw")
-        .unwrap();
-    assert_eq!(last.user_id, "last");
-    assert!(
-        last.refusal_reason
-            .contains("earlier refusals of this token were not recorded"),
-        "{}",
-        last.refusal_reason
-    );
 }
 
 // ---- B ----
 
-#[tokio::test]
-async fn a_refusal_across_accounts_goes_to_the_callers_side_not_the_targets() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.create_account("beta", "work").await;
-    app.put_user("acme", "ada").await;
-    let acme = app
-        .token("acme admin", pb::Role::AccountAdmin, "acme", "")
-        .await;
-    let beta = app
-        .token(
-            "beta admin (Bert Private)",
-            pb::Role::AccountAdmin,
-            "beta",
-            "",
-        )
-        .await;
-    let beta_token_id = beta.split_once('.').unwrap().0.to_owned();
-    let mut intruder = app.clients(Some(&beta)).provisioning;
-    let refused = intruder
-        .update_user_services(pb::UpdateUserServicesRequest {
-            account_id: "acme".into(),
-            user_id: "ada".into(),
-            edition: Some("X8".into()),
-            ..Default::default()
-        })
-        .await;
-    assert_status(refused, Code::PermissionDenied, &[]);
-    // Also with a malformed id and through each write RPC that names an account.
-    let _ = intruder
-        .put_user(pb::PutUserRequest {
-            account_id: "acme".into(),
-            user_id: "bad id".into(),
-            display_name: "x".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    let _ = intruder
-        .delete_user(pb::DeleteUserRequest {
-            account_id: "acme".into(),
-            user_id: "ada".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+on_both_backends! {
+    async fn a_refusal_across_accounts_goes_to_the_callers_side_not_the_targets(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.create_account("beta", "work").await;
+        app.put_user("acme", "ada").await;
+        let acme = app
+            .token("acme admin", pb::Role::AccountAdmin, "acme", "")
+            .await;
+        let beta = app
+            .token(
+                "beta admin (Bert Private)",
+                pb::Role::AccountAdmin,
+                "beta",
+                "",
+            )
+            .await;
+        let beta_token_id = beta.split_once('.').unwrap().0.to_owned();
+        let mut intruder = app.clients(Some(&beta)).provisioning;
+        let refused = intruder
+            .update_user_services(pb::UpdateUserServicesRequest {
+                account_id: "acme".into(),
+                user_id: "ada".into(),
+                edition: Some("X8".into()),
+                ..Default::default()
+            })
+            .await;
+        assert_status(refused, Code::PermissionDenied, &[]);
+        // Also with a malformed id and through each write RPC that names an account.
+        let _ = intruder
+            .put_user(pb::PutUserRequest {
+                account_id: "acme".into(),
+                user_id: "bad id".into(),
+                display_name: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        let _ = intruder
+            .delete_user(pb::DeleteUserRequest {
+                account_id: "acme".into(),
+                user_id: "ada".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
 
-    let seen_by_acme = format!("{:?}", changes(&app, &acme, "acme").await);
-    for secret in [&beta_token_id, "Bert", "beta"] {
+        let seen_by_acme = format!("{:?}", changes(&app, &acme, "acme").await);
+        for secret in [&beta_token_id, "Bert", "beta"] {
+            assert!(
+                !seen_by_acme.contains(secret),
+                "acme's trail shows {secret:?}: {seen_by_acme}"
+            );
+        }
+        // The caller's side keeps them, and the operators see them.
+        let seen_by_beta: Vec<_> = changes(&app, &beta, "beta")
+            .await
+            .into_iter()
+            .filter(|c| c.refused)
+            .collect();
+        assert_eq!(seen_by_beta.len(), 3);
+        assert!(seen_by_beta.iter().all(|c| c.account_id == "beta"));
         assert!(
-            !seen_by_acme.contains(secret),
-            "acme's trail shows {secret:?}: {seen_by_acme}"
+            seen_by_beta
+                .iter()
+                .all(|c| c.refusal_reason.contains("on account `acme`"))
+        );
+        let all = changes(&app, &app.operator_secret, "").await;
+        assert_eq!(
+            all.iter()
+                .filter(|c| c.refused && c.caller.as_ref().unwrap().token_id == beta_token_id)
+                .count(),
+            3
         );
     }
-    // The caller's side keeps them, and the operators see them.
-    let seen_by_beta: Vec<_> = changes(&app, &beta, "beta")
-        .await
-        .into_iter()
-        .filter(|c| c.refused)
-        .collect();
-    assert_eq!(seen_by_beta.len(), 3);
-    assert!(seen_by_beta.iter().all(|c| c.account_id == "beta"));
-    assert!(
-        seen_by_beta
-            .iter()
-            .all(|c| c.refusal_reason.contains("on account `acme`"))
-    );
-    let all = changes(&app, &app.operator_secret, "").await;
-    assert_eq!(
-        all.iter()
-            .filter(|c| c.refused && c.caller.as_ref().unwrap().token_id == beta_token_id)
-            .count(),
-        3
-    );
 }
 
 // ---- C ----
 
-#[tokio::test]
-async fn a_retry_after_a_first_call_that_changed_nothing_changes_nothing() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.put_user("acme", "ada").await;
-    app.set("acme", "ada", Some("X8"), Some(T::Essentials))
-        .await
-        .unwrap();
-    let provisioner = app.token("prov", pb::Role::Provisioner, "", "").await;
-    let mut provisioning = app.clients(Some(&provisioner)).provisioning;
-    let request = pb::UpdateUserServicesRequest {
-        account_id: "acme".into(),
-        user_id: "ada".into(),
-        edition: Some("X8".into()),
-        request_id: "R1".into(),
-        ..Default::default()
-    };
-    let first = provisioning
-        .update_user_services(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    // An operator moves the user on.
-    let moved = app.set("acme", "ada", Some("X2"), None).await.unwrap();
-    let retry = provisioning
-        .update_user_services(request)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(retry, first);
-    let user = app.get_user("acme", "ada").await.unwrap();
-    assert_eq!(user.edition, "X2");
-    assert_eq!(user.revision, moved.revision);
-}
-
-#[tokio::test]
-async fn a_retry_after_a_refusal_gets_the_refusal_even_once_the_state_allows_it() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.put_user("acme", "ada").await;
-    app.set("acme", "ada", Some("X2"), None).await.unwrap();
-    let provisioner = app.token("prov", pb::Role::Provisioner, "", "").await;
-    let mut provisioning = app.clients(Some(&provisioner)).provisioning;
-    let request = pb::UpdateUserServicesRequest {
-        account_id: "acme".into(),
-        user_id: "ada".into(),
-        analytics_tier: Some(T::Supervisor as i32),
-        request_id: "R2".into(),
-        ..Default::default()
-    };
-    let first = provisioning
-        .update_user_services(request.clone())
-        .await
-        .unwrap_err();
-    assert_eq!(first.code(), Code::FailedPrecondition);
-    app.set("acme", "ada", Some("X8"), None).await.unwrap();
-    let retry = provisioning
-        .update_user_services(request.clone())
-        .await
-        .unwrap_err();
-    assert_eq!(retry.code(), first.code());
-    assert_eq!(retry.message(), first.message());
-    assert_eq!(app.check("acme", "ada").await.tier, T::None as i32);
-    // The same id with another request is still refused as a reuse.
-    let other = pb::UpdateUserServicesRequest {
-        analytics_tier: Some(T::Essentials as i32),
-        ..request
-    };
-    assert_status(
-        provisioning.update_user_services(other).await,
-        Code::FailedPrecondition,
-        &["request_id `R2` was already used"],
-    );
-    // An ABORTED conflict is kept too: the same request meets it again.
-    let stale = pb::UpdateUserServicesRequest {
-        account_id: "acme".into(),
-        user_id: "ada".into(),
-        analytics_tier: Some(T::Essentials as i32),
-        expected_revision: Some(1),
-        request_id: "R3".into(),
-        ..Default::default()
-    };
-    let first = provisioning
-        .update_user_services(stale.clone())
-        .await
-        .unwrap_err();
-    assert_eq!(first.code(), Code::Aborted);
-    let retry = provisioning.update_user_services(stale).await.unwrap_err();
-    same_refusal(&first, &retry);
-}
-
-#[tokio::test]
-async fn every_rpc_with_a_request_id_replays_a_no_op_or_a_refusal() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.put_user("acme", "ada").await;
-    let mut provisioning = app.provisioning.clone();
-
-    // PutUser: the same name is a no-op; a rename by someone else later
-    // is not undone by the retry.
-    let same_name = pb::PutUserRequest {
-        account_id: "acme".into(),
-        user_id: "ada".into(),
-        display_name: "User ada".into(),
-        request_id: "put".into(),
-    };
-    let first = provisioning
-        .put_user(same_name.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    let renamer = app.token("other", pb::Role::Provisioner, "", "").await;
-    app.clients(Some(&renamer))
-        .provisioning
-        .put_user(pb::PutUserRequest {
+on_both_backends! {
+    async fn a_retry_after_a_first_call_that_changed_nothing_changes_nothing(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+        app.set("acme", "ada", Some("X8"), Some(T::Essentials))
+            .await
+            .unwrap();
+        let provisioner = app.token("prov", pb::Role::Provisioner, "", "").await;
+        let mut provisioning = app.clients(Some(&provisioner)).provisioning;
+        let request = pb::UpdateUserServicesRequest {
             account_id: "acme".into(),
             user_id: "ada".into(),
-            display_name: "Ada L.".into(),
+            edition: Some("X8".into()),
+            request_id: "R1".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap();
-    let retry = provisioning.put_user(same_name).await.unwrap().into_inner();
-    assert_eq!(retry, first);
-    assert_eq!(
-        app.get_user("acme", "ada").await.unwrap().display_name,
-        "Ada L."
-    );
-
-    // DeleteUser: NOT_FOUND first; the user made later is not deleted.
-    let delete = pb::DeleteUserRequest {
-        account_id: "acme".into(),
-        user_id: "bob".into(),
-        request_id: "del".into(),
-    };
-    let first = provisioning.delete_user(delete.clone()).await.unwrap_err();
-    assert_eq!(first.code(), Code::NotFound);
-    app.put_user("acme", "bob").await;
-    let retry = provisioning.delete_user(delete).await.unwrap_err();
-    same_refusal(&first, &retry);
-    app.get_user("acme", "bob").await.unwrap();
-
-    // CreateAccount: ALREADY_EXISTS stays so.
-    let create = pb::CreateAccountRequest {
-        account_id: "acme".into(),
-        display_name: "Acme".into(),
-        product_line: "work".into(),
-        request_id: "acct".into(),
-    };
-    let first = provisioning
-        .create_account(create.clone())
-        .await
-        .unwrap_err();
-    assert_eq!(first.code(), Code::AlreadyExists);
-    let retry = provisioning.create_account(create).await.unwrap_err();
-    same_refusal(&first, &retry);
-
-    // ImportUsers: rows refused for an account that did not exist are
-    // refused again after it is made, and nothing is applied.
-    let import = pb::ImportUsersRequest {
-        rows: vec![pb::UserRow {
-            account_id: "zeta".into(),
-            user_id: "zed".into(),
-            display_name: "Zed".into(),
-            edition: "X8".into(),
-            analytics_tier: T::Supervisor as i32,
-        }],
-        dry_run: false,
-        request_id: "imp".into(),
-    };
-    let first = provisioning
-        .import_users(import.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(first.errors.len(), 1, "{first:?}");
-    assert_eq!(first.errors[0].code, "NOT_FOUND");
-    app.create_account("zeta", "work").await;
-    let retry = provisioning
-        .import_users(import)
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(retry, first);
-    assert_eq!(
-        app.get_user("zeta", "zed").await.unwrap_err().code(),
-        Code::NotFound
-    );
-
-    // CreateToken: refused for an account that did not exist, and still
-    // refused once it does.
-    let token = pb::CreateTokenRequest {
-        name: "late admin".into(),
-        role: pb::Role::AccountAdmin as i32,
-        account_id: "omega".into(),
-        user_id: String::new(),
-        request_id: "tok".into(),
-    };
-    let mut tokens = app.tokens.clone();
-    let first = tokens.create_token(token.clone()).await.unwrap_err();
-    assert_eq!(first.code(), Code::NotFound);
-    app.create_account("omega", "work").await;
-    let retry = tokens.create_token(token).await.unwrap_err();
-    same_refusal(&first, &retry);
-
-    // RevokeToken: an unknown token stays NOT_FOUND with the same answer.
-    let revoke = pb::RevokeTokenRequest {
-        token_id: "nosuch".into(),
-        request_id: "rev".into(),
-    };
-    let first = tokens.revoke_token(revoke.clone()).await.unwrap_err();
-    let retry = tokens.revoke_token(revoke).await.unwrap_err();
-    same_refusal(&first, &retry);
-}
-
-#[tokio::test]
-async fn a_kept_no_op_answer_survives_a_restart() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    app.put_user("acme", "ada").await;
-    app.set("acme", "ada", Some("X8"), Some(T::Essentials))
-        .await
-        .unwrap();
-    let request = pb::UpdateUserServicesRequest {
-        account_id: "acme".into(),
-        user_id: "ada".into(),
-        edition: Some("X8".into()),
-        request_id: "R1".into(),
-        ..Default::default()
-    };
-    let first = app.update(request.clone()).await.unwrap();
-    let app = app.restart().await;
-    app.set("acme", "ada", Some("X2"), None).await.unwrap();
-    let retry = app.update(request).await.unwrap();
-    assert_eq!(retry, first);
-    assert_eq!(app.get_user("acme", "ada").await.unwrap().edition, "X2");
-}
-
-#[tokio::test]
-async fn a_token_over_its_refusal_rate_has_its_refusals_answered_but_not_kept() {
-    let app = TestApp::spawn().await;
-    app.create_account("acme", "work").await;
-    let attacker = app.token("prov", pb::Role::Provisioner, "", "").await;
-    let mut provisioning = app.clients(Some(&attacker)).provisioning;
-    let missing = |request_id: String| pb::UpdateUserServicesRequest {
-        account_id: "acme".into(),
-        user_id: "ghost".into(),
-        edition: Some("X8".into()),
-        request_id,
-        ..Default::default()
-    };
-    // Refusals that reach the store, each with a new request id: within the
-    // token's rate each is kept (stored) for its retry, beyond it none is.
-    for i in 0..REFUSAL_BURST * 2 {
-        let refused = provisioning
-            .update_user_services(missing(format!("r{i}")))
-            .await;
-        assert_status(refused, Code::NotFound, &["ghost"]);
+        };
+        let first = provisioning
+            .update_user_services(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        // An operator moves the user on.
+        let moved = app.set("acme", "ada", Some("X2"), None).await.unwrap();
+        let retry = provisioning
+            .update_user_services(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(retry, first);
+        let user = app.get_user("acme", "ada").await.unwrap();
+        assert_eq!(user.edition, "X2");
+        assert_eq!(user.revision, moved.revision);
     }
-    // Over the rate now: this refusal is answered but not kept...
-    let late = provisioning
-        .update_user_services(missing("late".into()))
-        .await;
-    assert_status(late, Code::NotFound, &["ghost"]);
-    // ...so once the user exists its retry runs again (and applies), while
-    // an early one, kept, still gets its first answer.
-    app.put_user("acme", "ghost").await;
-    let early = provisioning
-        .update_user_services(missing("r0".into()))
-        .await;
-    assert_status(early, Code::NotFound, &["ghost"]);
-    let retried = provisioning
-        .update_user_services(missing("late".into()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(retried.user.unwrap().edition, "X8");
+}
+
+on_both_backends! {
+    async fn a_retry_after_a_refusal_gets_the_refusal_even_once_the_state_allows_it(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+        app.set("acme", "ada", Some("X2"), None).await.unwrap();
+        let provisioner = app.token("prov", pb::Role::Provisioner, "", "").await;
+        let mut provisioning = app.clients(Some(&provisioner)).provisioning;
+        let request = pb::UpdateUserServicesRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            analytics_tier: Some(T::Supervisor as i32),
+            request_id: "R2".into(),
+            ..Default::default()
+        };
+        let first = provisioning
+            .update_user_services(request.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(first.code(), Code::FailedPrecondition);
+        app.set("acme", "ada", Some("X8"), None).await.unwrap();
+        let retry = provisioning
+            .update_user_services(request.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(retry.code(), first.code());
+        assert_eq!(retry.message(), first.message());
+        assert_eq!(app.check("acme", "ada").await.tier, T::None as i32);
+        // The same id with another request is still refused as a reuse.
+        let other = pb::UpdateUserServicesRequest {
+            analytics_tier: Some(T::Essentials as i32),
+            ..request
+        };
+        assert_status(
+            provisioning.update_user_services(other).await,
+            Code::FailedPrecondition,
+            &["request_id `R2` was already used"],
+        );
+        // An ABORTED conflict is kept too: the same request meets it again.
+        let stale = pb::UpdateUserServicesRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            analytics_tier: Some(T::Essentials as i32),
+            expected_revision: Some(1),
+            request_id: "R3".into(),
+            ..Default::default()
+        };
+        let first = provisioning
+            .update_user_services(stale.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(first.code(), Code::Aborted);
+        let retry = provisioning.update_user_services(stale).await.unwrap_err();
+        same_refusal(&first, &retry);
+    }
+}
+
+on_both_backends! {
+    async fn every_rpc_with_a_request_id_replays_a_no_op_or_a_refusal(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+        let mut provisioning = app.provisioning.clone();
+
+        // PutUser: the same name is a no-op; a rename by someone else later
+        // is not undone by the retry.
+        let same_name = pb::PutUserRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            display_name: "User ada".into(),
+            request_id: "put".into(),
+        };
+        let first = provisioning
+            .put_user(same_name.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let renamer = app.token("other", pb::Role::Provisioner, "", "").await;
+        app.clients(Some(&renamer))
+            .provisioning
+            .put_user(pb::PutUserRequest {
+                account_id: "acme".into(),
+                user_id: "ada".into(),
+                display_name: "Ada L.".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let retry = provisioning.put_user(same_name).await.unwrap().into_inner();
+        assert_eq!(retry, first);
+        assert_eq!(
+            app.get_user("acme", "ada").await.unwrap().display_name,
+            "Ada L."
+        );
+
+        // DeleteUser: NOT_FOUND first; the user made later is not deleted.
+        let delete = pb::DeleteUserRequest {
+            account_id: "acme".into(),
+            user_id: "bob".into(),
+            request_id: "del".into(),
+        };
+        let first = provisioning.delete_user(delete.clone()).await.unwrap_err();
+        assert_eq!(first.code(), Code::NotFound);
+        app.put_user("acme", "bob").await;
+        let retry = provisioning.delete_user(delete).await.unwrap_err();
+        same_refusal(&first, &retry);
+        app.get_user("acme", "bob").await.unwrap();
+
+        // CreateAccount: ALREADY_EXISTS stays so.
+        let create = pb::CreateAccountRequest {
+            account_id: "acme".into(),
+            display_name: "Acme".into(),
+            product_line: "work".into(),
+            request_id: "acct".into(),
+        };
+        let first = provisioning
+            .create_account(create.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(first.code(), Code::AlreadyExists);
+        let retry = provisioning.create_account(create).await.unwrap_err();
+        same_refusal(&first, &retry);
+
+        // ImportUsers: rows refused for an account that did not exist are
+        // refused again after it is made, and nothing is applied.
+        let import = pb::ImportUsersRequest {
+            rows: vec![pb::UserRow {
+                account_id: "zeta".into(),
+                user_id: "zed".into(),
+                display_name: "Zed".into(),
+                edition: "X8".into(),
+                analytics_tier: T::Supervisor as i32,
+            }],
+            dry_run: false,
+            request_id: "imp".into(),
+        };
+        let first = provisioning
+            .import_users(import.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.errors.len(), 1, "{first:?}");
+        assert_eq!(first.errors[0].code, "NOT_FOUND");
+        app.create_account("zeta", "work").await;
+        let retry = provisioning
+            .import_users(import)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(retry, first);
+        assert_eq!(
+            app.get_user("zeta", "zed").await.unwrap_err().code(),
+            Code::NotFound
+        );
+
+        // CreateToken: refused for an account that did not exist, and still
+        // refused once it does.
+        let token = pb::CreateTokenRequest {
+            name: "late admin".into(),
+            role: pb::Role::AccountAdmin as i32,
+            account_id: "omega".into(),
+            user_id: String::new(),
+            request_id: "tok".into(),
+        };
+        let mut tokens = app.tokens.clone();
+        let first = tokens.create_token(token.clone()).await.unwrap_err();
+        assert_eq!(first.code(), Code::NotFound);
+        app.create_account("omega", "work").await;
+        let retry = tokens.create_token(token).await.unwrap_err();
+        same_refusal(&first, &retry);
+
+        // RevokeToken: an unknown token stays NOT_FOUND with the same answer.
+        let revoke = pb::RevokeTokenRequest {
+            token_id: "nosuch".into(),
+            request_id: "rev".into(),
+        };
+        let first = tokens.revoke_token(revoke.clone()).await.unwrap_err();
+        let retry = tokens.revoke_token(revoke).await.unwrap_err();
+        same_refusal(&first, &retry);
+    }
+}
+
+on_both_backends! {
+    async fn a_kept_no_op_answer_survives_a_restart(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+        app.set("acme", "ada", Some("X8"), Some(T::Essentials))
+            .await
+            .unwrap();
+        let request = pb::UpdateUserServicesRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            edition: Some("X8".into()),
+            request_id: "R1".into(),
+            ..Default::default()
+        };
+        let first = app.update(request.clone()).await.unwrap();
+        let app = app.restart().await;
+        app.set("acme", "ada", Some("X2"), None).await.unwrap();
+        let retry = app.update(request).await.unwrap();
+        assert_eq!(retry, first);
+        assert_eq!(app.get_user("acme", "ada").await.unwrap().edition, "X2");
+    }
+}
+
+on_both_backends! {
+    async fn a_token_over_its_refusal_rate_has_its_refusals_answered_but_not_kept(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        let attacker = app.token("prov", pb::Role::Provisioner, "", "").await;
+        let mut provisioning = app.clients(Some(&attacker)).provisioning;
+        let missing = |request_id: String| pb::UpdateUserServicesRequest {
+            account_id: "acme".into(),
+            user_id: "ghost".into(),
+            edition: Some("X8".into()),
+            request_id,
+            ..Default::default()
+        };
+        // Refusals that reach the store, each with a new request id: within the
+        // token's rate each is kept (stored) for its retry, beyond it none is.
+        for i in 0..REFUSAL_BURST * 2 {
+            let refused = provisioning
+                .update_user_services(missing(format!("r{i}")))
+                .await;
+            assert_status(refused, Code::NotFound, &["ghost"]);
+        }
+        // Over the rate now: this refusal is answered but not kept...
+        let late = provisioning
+            .update_user_services(missing("late".into()))
+            .await;
+        assert_status(late, Code::NotFound, &["ghost"]);
+        // ...so once the user exists its retry runs again (and applies), while
+        // an early one, kept, still gets its first answer.
+        app.put_user("acme", "ghost").await;
+        let early = provisioning
+            .update_user_services(missing("r0".into()))
+            .await;
+        assert_status(early, Code::NotFound, &["ghost"]);
+        let retried = provisioning
+            .update_user_services(missing("late".into()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(retried.user.unwrap().edition, "X8");
+    }
 }

@@ -1,5 +1,5 @@
 //! `Store::import`, the load generator's bulk loader: what it writes is what
-//! a restarted server serves, at one revision.
+//! a restarted server serves, at one revision, on sled and on PostgreSQL.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,10 +11,10 @@ mod common;
 
 use std::time::SystemTime;
 
-use common::{Options, T, TestApp};
+use common::{Backend, Options, T, TestApp, postgres::TestDatabase};
 use entitled::{
     domain::{Account, AccountId, Tier, User, UserId},
-    store::Store,
+    store::{Location, Store},
 };
 
 fn user(account: &str, id: &str, edition: Option<&str>, tier: Tier) -> User {
@@ -31,46 +31,65 @@ fn user(account: &str, id: &str, edition: Option<&str>, tier: Tier) -> User {
     }
 }
 
-#[tokio::test]
-async fn imported_records_are_served_after_a_restart_at_one_revision() {
-    let dir = tempfile::tempdir().unwrap();
-    let imported = {
-        let dir = dir.path().to_path_buf();
-        // Blocking by design; run it where blocking is allowed.
-        tokio::task::spawn_blocking(move || {
-            let store = Store::open(&dir).unwrap();
-            let now = SystemTime::now();
-            let account = Account {
-                id: AccountId::try_from("work".to_owned()).unwrap(),
-                display_name: "Work".into(),
-                product_line: "work".into(),
-                created_at: now,
-                analytics_activated_at: Some(now),
-            };
-            let users = vec![
-                user("work", "ada", Some("X8"), Tier::Supervisor),
-                user("work", "bob", Some("X2"), Tier::Essentials),
-                user("work", "cy", None, Tier::None),
-            ];
-            let revision = store.import(vec![account], users).unwrap();
-            assert_eq!(store.read(|v| v.revision()), revision);
-            revision
-        })
-        .await
-        .unwrap()
-    };
-    assert_eq!(imported, 1, "one import is one write");
+on_both_backends! {
+    async fn imported_records_are_served_after_a_restart_at_one_revision(backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let database = match backend {
+            Backend::Sled => None,
+            Backend::Postgres => Some(TestDatabase::create().await),
+        };
+        // Where a server started below finds the store: its directory's sled
+        // (the default), or the database.
+        let database_store = database
+            .as_ref()
+            .map(|database| Location::Postgres(database.url.clone()));
+        let location = database_store
+            .clone()
+            .unwrap_or_else(|| Location::Sled(dir.path().to_path_buf()));
+        let imported = {
+            let store = Store::open_at(&location).await.unwrap();
+            // Blocking by design; run it where blocking is allowed.
+            tokio::task::spawn_blocking(move || {
+                let now = SystemTime::now();
+                let account = Account {
+                    id: AccountId::try_from("work".to_owned()).unwrap(),
+                    display_name: "Work".into(),
+                    product_line: "work".into(),
+                    created_at: now,
+                    analytics_activated_at: Some(now),
+                };
+                let users = vec![
+                    user("work", "ada", Some("X8"), Tier::Supervisor),
+                    user("work", "bob", Some("X2"), Tier::Essentials),
+                    user("work", "cy", None, Tier::None),
+                ];
+                let revision = store.import(vec![account], users).unwrap();
+                assert_eq!(store.read(|v| v.revision()), revision);
+                revision
+            })
+            .await
+            .unwrap()
+        };
+        assert_eq!(imported, 1, "one import is one write");
 
-    let app = TestApp::start(dir.path(), Options::default()).await;
-    // The first start's operator token is the next write.
-    assert_eq!(app.revision().await, 2);
-    assert_eq!(app.check("work", "ada").await.tier, T::Supervisor as i32);
-    assert_eq!(app.check("work", "bob").await.tier, T::Essentials as i32);
-    assert!(!app.check("work", "cy").await.allowed);
-    let ada = app.get_user("work", "ada").await.unwrap();
-    assert_eq!(ada.revision, 1);
-    // Writes go on from the imported revision.
-    let next = app.set("work", "cy", Some("X4"), None).await.unwrap();
-    assert_eq!(next.revision, 3);
-    app.stop().await;
+        let app = TestApp::start(
+            dir.path(),
+            Options {
+                store: database_store,
+                ..Options::default()
+            },
+        )
+        .await;
+        // The first start's operator token is the next write.
+        assert_eq!(app.revision().await, 2);
+        assert_eq!(app.check("work", "ada").await.tier, T::Supervisor as i32);
+        assert_eq!(app.check("work", "bob").await.tier, T::Essentials as i32);
+        assert!(!app.check("work", "cy").await.allowed);
+        let ada = app.get_user("work", "ada").await.unwrap();
+        assert_eq!(ada.revision, 1);
+        // Writes go on from the imported revision.
+        let next = app.set("work", "cy", Some("X4"), None).await.unwrap();
+        assert_eq!(next.revision, 3);
+        app.stop().await;
+    }
 }

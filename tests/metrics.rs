@@ -1,6 +1,7 @@
 //! Prometheus metrics: scraped over HTTP from a real server after real
 //! traffic, parsed with a Prometheus text parser, and compared with what the
-//! traffic must have done.
+//! traffic must have done. The tests with traffic run on sled and on
+//! PostgreSQL; those about the listener alone start no store.
 
 #![allow(
     clippy::unwrap_used,
@@ -73,145 +74,147 @@ fn checks(scrape: &Scrape, decision: &str, reason: &str) -> f64 {
     )
 }
 
-#[tokio::test]
-async fn rpcs_checks_and_writes_are_counted_after_traffic() {
-    let app = TestApp::spawn().await;
-    let before = scrape(app.metrics_addr).await;
-    assert_eq!(rpcs(&before, CHECK, "OK"), 0.0);
-    // Every decision a check can make is exported from the start, at 0.
-    let series = before
-        .samples
-        .iter()
-        .filter(|s| s.metric == "entitled_checks_total")
-        .count();
-    assert_eq!(series, 7);
-
-    app.create_account("acme", "work").await;
-    app.create_account("globex", "work").await;
-    app.put_user("acme", "ada").await;
-    app.put_user("acme", "bob").await;
-    app.put_user("globex", "cy").await;
-    app.set("acme", "ada", Some("X8"), Some(T::Supervisor))
-        .await
-        .unwrap();
-    app.set("acme", "bob", Some("X2"), None).await.unwrap();
-    // Refused: X2 does not include Supervisor.
-    assert_status(
-        app.set("acme", "bob", None, Some(T::Supervisor)).await,
-        Code::FailedPrecondition,
-        &[],
-    );
-    assert!(app.check("acme", "ada").await.allowed);
-    assert!(!app.check("acme", "bob").await.allowed);
-    assert!(!app.check("acme", "nobody").await.allowed);
-    assert!(!app.check("initech", "ada").await.allowed);
-    assert!(!app.check("globex", "cy").await.allowed);
-    // No token.
-    let anonymous = app.clients(None);
-    assert_status(
-        anonymous
-            .access
-            .clone()
-            .check_analytics_access(pb::CheckAnalyticsAccessRequest {
-                account_id: "acme".into(),
-                user_id: "ada".into(),
-                min_revision: 0,
-            })
-            .await,
-        Code::Unauthenticated,
-        &[],
-    );
-    // A path that is no method of ours is counted under one bounded label.
-    let mut raw = tonic::client::Grpc::new(app.channel.clone());
-    // (The second has no token: the service's interceptor answers first.)
-    for (path, code) in [
-        ("/entitled.v1.NoSuchService/Nothing", Code::Unimplemented),
-        (
-            "/entitled.v1.AccessService/NoSuchMethod",
-            Code::Unauthenticated,
-        ),
-    ] {
-        raw.ready().await.unwrap();
-        let status = raw
-            .unary::<_, pb::GetCatalogueResponse, _>(
-                Request::new(pb::GetCatalogueRequest {}),
-                http::uri::PathAndQuery::from_static(path),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), code);
-    }
-    let revision = app.revision().await;
-
-    let after = scrape(app.metrics_addr).await;
-    // Five checks answered OK (plus the one `revision` made), one refused.
-    assert_eq!(rpcs(&after, CHECK, "OK"), 6.0);
-    assert_eq!(rpcs(&after, CHECK, "UNAUTHENTICATED"), 1.0);
-    assert_eq!(rpcs(&after, UPDATE, "OK"), 2.0);
-    assert_eq!(rpcs(&after, UPDATE, "FAILED_PRECONDITION"), 1.0);
-    assert_eq!(
-        rpcs(&after, "entitled.v1.ProvisioningService/PutUser", "OK"),
-        3.0
-    );
-    assert_eq!(rpcs(&after, "unknown", "UNIMPLEMENTED"), 1.0);
-    assert_eq!(rpcs(&after, "unknown", "UNAUTHENTICATED"), 1.0);
-    assert!(
-        !after
+on_both_backends! {
+    async fn rpcs_checks_and_writes_are_counted_after_traffic(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        let before = scrape(app.metrics_addr).await;
+        assert_eq!(rpcs(&before, CHECK, "OK"), 0.0);
+        // Every decision a check can make is exported from the start, at 0.
+        let series = before
             .samples
             .iter()
-            .any(|s| s.labels.get("method").is_some_and(|m| m.contains("NoSuch"))),
-        "a client's path never becomes a label"
-    );
-    // Each call timed under the same labels.
-    assert_eq!(
-        value(
-            &after,
-            "entitled_rpc_duration_seconds_count",
-            &[("method", CHECK), ("code", "OK")]
-        ),
-        6.0
-    );
+            .filter(|s| s.metric == "entitled_checks_total")
+            .count();
+        assert_eq!(series, 7);
 
-    assert_eq!(checks(&after, "allowed", "none"), 1.0);
-    assert_eq!(checks(&after, "denied", "analytics_not_enabled"), 1.0);
-    assert_eq!(checks(&after, "denied", "user_not_found"), 1.0);
-    // `initech` and the `any` of `revision`.
-    assert_eq!(checks(&after, "denied", "account_not_found"), 2.0);
-    assert_eq!(checks(&after, "denied", "no_edition"), 1.0);
+        app.create_account("acme", "work").await;
+        app.create_account("globex", "work").await;
+        app.put_user("acme", "ada").await;
+        app.put_user("acme", "bob").await;
+        app.put_user("globex", "cy").await;
+        app.set("acme", "ada", Some("X8"), Some(T::Supervisor))
+            .await
+            .unwrap();
+        app.set("acme", "bob", Some("X2"), None).await.unwrap();
+        // Refused: X2 does not include Supervisor.
+        assert_status(
+            app.set("acme", "bob", None, Some(T::Supervisor)).await,
+            Code::FailedPrecondition,
+            &[],
+        );
+        assert!(app.check("acme", "ada").await.allowed);
+        assert!(!app.check("acme", "bob").await.allowed);
+        assert!(!app.check("acme", "nobody").await.allowed);
+        assert!(!app.check("initech", "ada").await.allowed);
+        assert!(!app.check("globex", "cy").await.allowed);
+        // No token.
+        let anonymous = app.clients(None);
+        assert_status(
+            anonymous
+                .access
+                .clone()
+                .check_analytics_access(pb::CheckAnalyticsAccessRequest {
+                    account_id: "acme".into(),
+                    user_id: "ada".into(),
+                    min_revision: 0,
+                })
+                .await,
+            Code::Unauthenticated,
+            &[],
+        );
+        // A path that is no method of ours is counted under one bounded label.
+        let mut raw = tonic::client::Grpc::new(app.channel.clone());
+        // (The second has no token: the service's interceptor answers first.)
+        for (path, code) in [
+            ("/entitled.v1.NoSuchService/Nothing", Code::Unimplemented),
+            (
+                "/entitled.v1.AccessService/NoSuchMethod",
+                Code::Unauthenticated,
+            ),
+        ] {
+            raw.ready().await.unwrap();
+            let status = raw
+                .unary::<_, pb::GetCatalogueResponse, _>(
+                    Request::new(pb::GetCatalogueRequest {}),
+                    http::uri::PathAndQuery::from_static(path),
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), code);
+        }
+        let revision = app.revision().await;
 
-    // Every write since the first start (its operator token included) was
-    // committed and made durable; the refusal raised nothing.
-    let writes = value(&after, "entitled_store_writes_total", &[]);
-    assert_eq!(writes, revision as f64);
-    assert_eq!(
-        writes - value(&before, "entitled_store_writes_total", &[]),
-        7.0
-    );
-    assert_eq!(
-        value(&after, "entitled_store_write_duration_seconds_count", &[]),
-        writes
-    );
-    let syncs = value(&after, "entitled_store_sync_duration_seconds_count", &[]);
-    assert!((1.0..=writes).contains(&syncs), "{syncs} syncs");
+        let after = scrape(app.metrics_addr).await;
+        // Five checks answered OK (plus the one `revision` made), one refused.
+        assert_eq!(rpcs(&after, CHECK, "OK"), 6.0);
+        assert_eq!(rpcs(&after, CHECK, "UNAUTHENTICATED"), 1.0);
+        assert_eq!(rpcs(&after, UPDATE, "OK"), 2.0);
+        assert_eq!(rpcs(&after, UPDATE, "FAILED_PRECONDITION"), 1.0);
+        assert_eq!(
+            rpcs(&after, "entitled.v1.ProvisioningService/PutUser", "OK"),
+            3.0
+        );
+        assert_eq!(rpcs(&after, "unknown", "UNIMPLEMENTED"), 1.0);
+        assert_eq!(rpcs(&after, "unknown", "UNAUTHENTICATED"), 1.0);
+        assert!(
+            !after
+                .samples
+                .iter()
+                .any(|s| s.labels.get("method").is_some_and(|m| m.contains("NoSuch"))),
+            "a client's path never becomes a label"
+        );
+        // Each call timed under the same labels.
+        assert_eq!(
+            value(
+                &after,
+                "entitled_rpc_duration_seconds_count",
+                &[("method", CHECK), ("code", "OK")]
+            ),
+            6.0
+        );
 
-    assert_eq!(
-        value(&after, "entitled_store_revision", &[]),
-        revision as f64
-    );
-    assert_eq!(value(&after, "entitled_accounts", &[]), 2.0);
-    assert_eq!(value(&after, "entitled_users", &[]), 3.0);
-    assert!(value(&after, "entitled_store_size_bytes", &[]) > 0.0);
+        assert_eq!(checks(&after, "allowed", "none"), 1.0);
+        assert_eq!(checks(&after, "denied", "analytics_not_enabled"), 1.0);
+        assert_eq!(checks(&after, "denied", "user_not_found"), 1.0);
+        // `initech` and the `any` of `revision`.
+        assert_eq!(checks(&after, "denied", "account_not_found"), 2.0);
+        assert_eq!(checks(&after, "denied", "no_edition"), 1.0);
+
+        // Every write since the first start (its operator token included) was
+        // committed and made durable; the refusal raised nothing.
+        let writes = value(&after, "entitled_store_writes_total", &[]);
+        assert_eq!(writes, revision as f64);
+        assert_eq!(
+            writes - value(&before, "entitled_store_writes_total", &[]),
+            7.0
+        );
+        assert_eq!(
+            value(&after, "entitled_store_write_duration_seconds_count", &[]),
+            writes
+        );
+        let syncs = value(&after, "entitled_store_sync_duration_seconds_count", &[]);
+        assert!((1.0..=writes).contains(&syncs), "{syncs} syncs");
+
+        assert_eq!(
+            value(&after, "entitled_store_revision", &[]),
+            revision as f64
+        );
+        assert_eq!(value(&after, "entitled_accounts", &[]), 2.0);
+        assert_eq!(value(&after, "entitled_users", &[]), 3.0);
+        assert!(value(&after, "entitled_store_size_bytes", &[]) > 0.0);
+    }
 }
 
-#[tokio::test]
-async fn each_server_counts_only_its_own_calls() {
-    let busy = TestApp::spawn().await;
-    let idle = TestApp::spawn().await;
-    busy.check("acme", "ada").await;
-    busy.check("acme", "ada").await;
-    assert_eq!(rpcs(&scrape(busy.metrics_addr).await, CHECK, "OK"), 2.0);
-    assert_eq!(rpcs(&scrape(idle.metrics_addr).await, CHECK, "OK"), 0.0);
+on_both_backends! {
+    async fn each_server_counts_only_its_own_calls(backend) {
+        let busy = TestApp::spawn_on(backend).await;
+        let idle = TestApp::spawn_on(backend).await;
+        busy.check("acme", "ada").await;
+        busy.check("acme", "ada").await;
+        assert_eq!(rpcs(&scrape(busy.metrics_addr).await, CHECK, "OK"), 2.0);
+        assert_eq!(rpcs(&scrape(idle.metrics_addr).await, CHECK, "OK"), 0.0);
+    }
 }
 
 #[tokio::test]

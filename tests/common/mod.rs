@@ -154,16 +154,18 @@ macro_rules! on_both_backends {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
+            // Named so as not to hide a helper of the test file (`run`
+            // did, in tests/cli.rs).
             $(#[$meta])*
-            async fn run($backend: $crate::common::Backend) $body
+            async fn on_both_backends_body($backend: $crate::common::Backend) $body
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sled() {
-                run($crate::common::Backend::Sled).await
+                on_both_backends_body($crate::common::Backend::Sled).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if $crate::common::postgres::available().await {
-                    run($crate::common::Backend::Postgres).await
+                    on_both_backends_body($crate::common::Backend::Postgres).await
                 }
             }
         }
@@ -354,6 +356,22 @@ impl TestApp {
 
     pub async fn restart(self) -> Self {
         self.restart_with(Options::default()).await
+    }
+
+    /// A server restarted on the same directory (and database) whose token
+    /// file is gone: its clients send `secret`.
+    pub async fn restart_with_secret(self, secret: String) -> Self {
+        let data_dir = self.data_dir.clone();
+        let options = Options {
+            store: self.store.clone(),
+            ..Options::default()
+        };
+        let database = self.database.clone();
+        let keep = self.stop().await;
+        let mut app = Self::start_with_secret(&data_dir, options, secret).await;
+        app._tempdir = keep;
+        app.database = database;
+        app
     }
 
     /// Clients that send `secret` (or no token at all).

@@ -96,6 +96,42 @@ impl TestDatabase {
         let url = url_of(&config);
         TestDatabase { url, name }
     }
+
+    /// What the rows of every table take, in bytes, as text: what was
+    /// stored, whatever PostgreSQL's compression and page allocation make
+    /// of it on disk.
+    pub async fn stored_bytes(&self) -> u64 {
+        let client = connect(&self.url).await.unwrap();
+        let mut total = 0;
+        for table in self.tables().await {
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT coalesce(sum(octet_length(t::text)), 0)::bigint FROM {table} t"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            total += u64::try_from(row.get::<_, i64>(0)).unwrap();
+        }
+        total
+    }
+
+    /// The tables the database holds, by name, sorted: none in a new one.
+    pub async fn tables(&self) -> Vec<String> {
+        let client = connect(&self.url).await.unwrap();
+        client
+            .query(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
 }
 
 /// `config` as a URL (user, host, port, database; trust authentication).

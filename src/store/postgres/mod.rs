@@ -250,6 +250,12 @@ impl Backend for PgBackend {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             const PAGE: i64 = 256;
+            // Refusals this replica answered wait in memory for a batch;
+            // committed first, they are listed at once, as on sled, and a
+            // caller who was refused finds the refusal in the trail.
+            if !self.inner.refusals.lock().is_empty() {
+                commit::flush_refusals(&self.inner).await?;
+            }
             let client = self.inner.connection().await?;
             let mut next = i64::try_from(from).unwrap_or(i64::MAX);
             loop {
