@@ -336,17 +336,30 @@ pub async fn change_latency(
         let sent_tx = sent_tx.clone();
         writers.push(tokio::spawn(async move {
             let sent = Instant::now();
-            if let Ok(reply) = client.update_user_services(request).await {
-                let at = match since {
-                    Since::Sent => sent,
-                    Since::Acknowledged => Instant::now(),
-                };
-                let _ = sent_tx.send((reply.into_inner().revision, at));
+            match client.update_user_services(request).await {
+                Ok(reply) => {
+                    let at = match since {
+                        Since::Sent => sent,
+                        Since::Acknowledged => Instant::now(),
+                    };
+                    let _ = sent_tx.send((reply.into_inner().revision, at));
+                    None
+                }
+                Err(status) => Some(status),
             }
         }));
     }
+    let mut failed = 0;
     for w in writers {
-        w.await?;
+        if let Some(status) = w.await? {
+            if failed == 0 {
+                eprintln!("  a write failed: {status:?}");
+            }
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        eprintln!("  warning: {failed} of {total} writes failed");
     }
     let elapsed = began.elapsed();
     drop(sent_tx);

@@ -138,14 +138,19 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
     let client = inner.connection().await?;
     let fail = inner.fail();
     let begun = async {
-        client.batch_execute("BEGIN").await?;
         let lock = client
             .prepare_cached("SELECT pg_advisory_xact_lock($1)")
             .await?;
-        client.execute(&lock, &[&WRITE_LOCK]).await?;
         let state = client
             .prepare_cached("SELECT revision, audit_seq, bootstrapped FROM entitled_state")
             .await?;
+        // Sent together (pipelined): BEGIN, then the lock. The counters are
+        // read after the lock is held, in a statement of their own, so they
+        // are what the last holder committed.
+        tokio::try_join!(
+            client.batch_execute("BEGIN"),
+            client.execute(&lock, &[&WRITE_LOCK])
+        )?;
         client.query_one(&state, &[]).await
     }
     .await;
@@ -419,9 +424,15 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Sends the batch's rows: one statement per table, then the counters.
+/// Sends the batch's rows: one statement per table, then the counters, all
+/// at once (tokio-postgres pipelines statements issued together, so this is
+/// one round trip, not one per table).
 async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Error> {
+    type Sent<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
+    >;
     let client = &batch.client;
+    let mut sent: Vec<Sent<'_>> = Vec::new();
     if !rows.account_ids.is_empty() {
         let s = client
             .prepare_cached(
@@ -430,9 +441,11 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
                  ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
             )
             .await?;
-        client
-            .execute(&s, &[&rows.account_ids, &rows.account_records])
-            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(&s, &[&rows.account_ids, &rows.account_records])
+                .await
+        }));
     }
     if !rows.user_accounts.is_empty() {
         let s = client
@@ -442,12 +455,14 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
                  ON CONFLICT (account_id, user_id) DO UPDATE SET record = EXCLUDED.record",
             )
             .await?;
-        client
-            .execute(
-                &s,
-                &[&rows.user_accounts, &rows.user_ids, &rows.user_records],
-            )
-            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(
+                    &s,
+                    &[&rows.user_accounts, &rows.user_ids, &rows.user_records],
+                )
+                .await
+        }));
     }
     if !rows.deleted_accounts.is_empty() {
         let s = client
@@ -456,9 +471,11 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
                  (SELECT * FROM UNNEST($1::text[], $2::text[]))",
             )
             .await?;
-        client
-            .execute(&s, &[&rows.deleted_accounts, &rows.deleted_users])
-            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(&s, &[&rows.deleted_accounts, &rows.deleted_users])
+                .await
+        }));
     }
     if !rows.token_ids.is_empty() {
         let s = client
@@ -468,9 +485,11 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
                  ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
             )
             .await?;
-        client
-            .execute(&s, &[&rows.token_ids, &rows.token_records])
-            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(&s, &[&rows.token_ids, &rows.token_records])
+                .await
+        }));
     }
     if !rows.change_revisions.is_empty() {
         let s = client
@@ -479,9 +498,11 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
                  SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
             )
             .await?;
-        client
-            .execute(&s, &[&rows.change_revisions, &rows.change_records])
-            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(&s, &[&rows.change_revisions, &rows.change_records])
+                .await
+        }));
     }
     if !rows.audit_seqs.is_empty() {
         let s = client
@@ -490,17 +511,19 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
             )
             .await?;
-        client
-            .execute(
-                &s,
-                &[
-                    &rows.audit_seqs,
-                    &rows.audit_revisions,
-                    &rows.audit_accounts,
-                    &rows.audit_records,
-                ],
-            )
-            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(
+                    &s,
+                    &[
+                        &rows.audit_seqs,
+                        &rows.audit_revisions,
+                        &rows.audit_accounts,
+                        &rows.audit_records,
+                    ],
+                )
+                .await
+        }));
     }
     if !rows.request_tokens.is_empty() {
         let s = client
@@ -510,32 +533,27 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
                  ON CONFLICT (token_id, request_id) DO UPDATE SET record = EXCLUDED.record",
             )
             .await?;
-        client
-            .execute(
-                &s,
-                &[
-                    &rows.request_tokens,
-                    &rows.request_ids,
-                    &rows.request_records,
-                ],
-            )
-            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(
+                    &s,
+                    &[&rows.request_tokens, &rows.request_ids, &rows.request_records],
+                )
+                .await
+        }));
     }
     let s = client
         .prepare_cached(
             "UPDATE entitled_state SET revision = $1, audit_seq = $2, bootstrapped = $3",
         )
         .await?;
-    client
-        .execute(
-            &s,
-            &[
-                &int(batch.revision),
-                &int(batch.audit_seq),
-                &batch.bootstrapped,
-            ],
-        )
-        .await?;
+    let counters = (int(batch.revision), int(batch.audit_seq), batch.bootstrapped);
+    sent.push(Box::pin(async move {
+        client
+            .execute(&s, &[&counters.0, &counters.1, &counters.2])
+            .await
+    }));
+    futures_util::future::try_join_all(sent).await?;
     Ok(())
 }
 
