@@ -887,3 +887,63 @@ async fn a_commit_lost_on_its_way_is_not_acknowledged_and_its_retry_applies_it_o
     let revision = assert_whole(&db.url).await;
     assert_one_change_per_revision(&near, revision).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_while_a_write_looks_up_its_request_id_leaves_no_broken_batch() {
+    if !postgres::available().await {
+        return;
+    }
+    let db = TestDatabase::create().await;
+    let proxy = Proxy::to(&db.url).await;
+    let (far, near, _dirs) = trap_setup(&db, &proxy).await;
+    let before = database_revision(&db.url).await;
+    // `far` has made no write yet, so its lookup of a request id is
+    // prepared, with its text, on the connection it writes on.
+    let sprung = proxy.arm(Trap::CutAt("SELECT record FROM entitled_requests"));
+    let status = far.set("ada", T::Supervisor, "R1").await.unwrap_err();
+    assert_eq!(
+        within(STEP, "the trap", sprung).await.unwrap(),
+        Sprung::NotSent
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains(database_name(&db.url)),
+        "{status:?}"
+    );
+    assert_eq!(database_revision(&db.url).await, before);
+    // The database is there: the retry, at once, on the same replica, is
+    // applied (a batch left open on the lost connection would refuse it).
+    let written = far.set("ada", T::Supervisor, "R1").await.unwrap();
+    assert_eq!(written.revision, before + 1);
+    let again = near.set("ada", T::Supervisor, "R1").await.unwrap();
+    assert_eq!(again.revision, written.revision);
+    // The refusal of the first try is in the audit trail, once.
+    let refusals = within(NOTICE, "the refusal in the audit trail", async {
+        loop {
+            let page = near
+                .clients
+                .audit
+                .clone()
+                .list_changes(pb::ListChangesRequest {
+                    account_id: ACCOUNT.into(),
+                    page_size: 1000,
+                    page_token: String::new(),
+                    after_revision: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let refusals: Vec<pb::Change> =
+                page.changes.into_iter().filter(|c| c.refused).collect();
+            if !refusals.is_empty() {
+                return refusals;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0].refusal_code, "UNAVAILABLE");
+    let revision = assert_whole(&db.url).await;
+    assert_one_change_per_revision(&near, revision).await;
+}

@@ -2,7 +2,8 @@
 //! faults without touching the server that other tests share: `cut` closes
 //! every connection and refuses new ones (the database stopped), `restore`
 //! lets them through again (it is back), and `arm` loses the connection
-//! during the next COMMIT (its outcome unknown to the replica).
+//! during the next COMMIT (its outcome unknown to the replica), or at a
+//! statement of the test's choice.
 //!
 //! It reads the client's side as PostgreSQL's frontend protocol (a length
 //! first, then messages of a type byte and a length) and the server's as
@@ -34,6 +35,9 @@ pub enum Trap {
     /// Closes both sides instead of passing it on: PostgreSQL rolls the
     /// transaction back, and the replica cannot know that either.
     LoseTheCommit,
+    /// Not about a COMMIT: closes both sides instead of passing on the
+    /// next query, or statement to prepare, whose text holds this.
+    CutAt(&'static str),
 }
 
 /// What became of a sprung trap.
@@ -44,7 +48,8 @@ pub enum Sprung {
     Answered(String),
     /// PostgreSQL answered with an error; lost too.
     Failed,
-    /// The COMMIT never reached PostgreSQL.
+    /// The COMMIT (or the statement `Trap::CutAt` waited for) never
+    /// reached PostgreSQL.
     NotSent,
 }
 
@@ -122,8 +127,8 @@ impl Proxy {
         self.shared.open.send_replace(true);
     }
 
-    /// Springs `trap` on the next COMMIT any connection sends; the answer
-    /// says what became of it.
+    /// Springs `trap` on the next COMMIT (or statement) any connection
+    /// sends; the answer says what became of it.
     pub fn arm(&self, trap: Trap) -> oneshot::Receiver<Sprung> {
         let (tx, rx) = oneshot::channel();
         *self.shared.armed.lock().unwrap() = Some(Armed { trap, sprung: tx });
@@ -177,21 +182,22 @@ async fn relay(client: TcpStream, server: TcpStream, shared: &Shared) {
             let Ok((kind, body)) = message(&mut from_client).await else {
                 return;
             };
-            if kind == b'Q' && command(&body).eq_ignore_ascii_case("COMMIT") {
-                let armed = shared.armed.lock().unwrap().take();
-                match armed {
-                    Some(Armed {
-                        trap: Trap::LoseTheCommit,
-                        sprung,
-                    }) => {
-                        let _ = sprung.send(Sprung::NotSent);
-                        return;
-                    }
-                    Some(Armed {
-                        trap: Trap::LoseTheAnswer,
-                        sprung,
-                    }) => *catching.lock().unwrap() = Some(sprung),
-                    None => {}
+            let commit = kind == b'Q' && command(&body).eq_ignore_ascii_case("COMMIT");
+            let springing = {
+                let mut armed = shared.armed.lock().unwrap();
+                let springs = match armed.as_ref().map(|a| a.trap) {
+                    Some(Trap::LoseTheAnswer | Trap::LoseTheCommit) => commit,
+                    Some(Trap::CutAt(text)) => matches!(kind, b'Q' | b'P') && contains(&body, text),
+                    None => false,
+                };
+                if springs { armed.take() } else { None }
+            };
+            if let Some(Armed { trap, sprung }) = springing {
+                if trap == Trap::LoseTheAnswer {
+                    *catching.lock().unwrap() = Some(sprung);
+                } else {
+                    let _ = sprung.send(Sprung::NotSent);
+                    return;
                 }
             }
             if send(&mut to_server, kind, &body).await.is_err() {
@@ -230,6 +236,10 @@ async fn relay(client: TcpStream, server: TcpStream, shared: &Shared) {
         _ = frontend => {}
         _ = backend => {}
     }
+}
+
+fn contains(body: &[u8], text: &str) -> bool {
+    body.windows(text.len()).any(|w| w == text.as_bytes())
 }
 
 /// A query's or a command tag's text: up to its NUL, trimmed.
