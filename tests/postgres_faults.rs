@@ -947,3 +947,43 @@ async fn a_connection_lost_while_a_write_looks_up_its_request_id_leaves_no_broke
     let revision = assert_whole(&db.url).await;
     assert_one_change_per_revision(&near, revision).await;
 }
+
+/// Write locks held in the test's database (the one a batch of writes
+/// holds while it is open is an advisory lock).
+async fn advisory_locks_held(url: &str) -> i64 {
+    sql(url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_leaves_no_write_lock_held_against_the_other_replicas() {
+    if !postgres::available().await {
+        return;
+    }
+    let db = TestDatabase::create().await;
+    let (replicas, _dirs, _) = replicas(2, &db.url).await;
+    seed(&replicas[0]).await;
+    let before = database_revision(&db.url).await;
+    // Refused by the rules (no such user), with no request id to keep its
+    // answer for: nothing to commit.
+    let status = replicas[0]
+        .set("nobody", T::Supervisor, "")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(
+        advisory_locks_held(&db.url).await,
+        0,
+        "the refused write left the write lock held"
+    );
+    let written = replicas[1].put("bob", "").await.unwrap();
+    assert_eq!(written.revision, before + 1);
+}
