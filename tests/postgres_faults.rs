@@ -920,23 +920,9 @@ async fn a_connection_lost_while_a_write_looks_up_its_request_id_leaves_no_broke
     // The refusal of the first try is in the audit trail, once.
     let refusals = within(NOTICE, "the refusal in the audit trail", async {
         loop {
-            let page = near
-                .clients
-                .audit
-                .clone()
-                .list_changes(pb::ListChangesRequest {
-                    account_id: ACCOUNT.into(),
-                    page_size: 1000,
-                    page_token: String::new(),
-                    after_revision: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let refusals: Vec<pb::Change> =
-                page.changes.into_iter().filter(|c| c.refused).collect();
-            if !refusals.is_empty() {
-                return refusals;
+            let recorded = refusals(&near).await;
+            if !recorded.is_empty() {
+                return recorded;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -986,4 +972,62 @@ async fn a_refused_write_leaves_no_write_lock_held_against_the_other_replicas() 
     );
     let written = replicas[1].put("bob", "").await.unwrap();
     assert_eq!(written.revision, before + 1);
+}
+
+/// The refusals in the audit trail, as `replica` lists them.
+async fn refusals(replica: &Replica) -> Vec<pb::Change> {
+    let page = replica
+        .clients
+        .audit
+        .clone()
+        .list_changes(pb::ListChangesRequest {
+            account_id: ACCOUNT.into(),
+            page_size: 1000,
+            page_token: String::new(),
+            after_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    page.changes.into_iter().filter(|c| c.refused).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_whose_batch_failed_before_its_commit_is_recorded_by_a_later_one() {
+    if !postgres::available().await {
+        return;
+    }
+    let db = TestDatabase::create().await;
+    let proxy = Proxy::to(&db.url).await;
+    let (far, near, _dirs) = trap_setup(&db, &proxy).await;
+    // `far` has written nothing yet, so the batch that records its
+    // refusals prepares its statements, with their text, on its
+    // connection: the connection is lost as the audit records are sent.
+    let sprung = proxy.arm(Trap::CutAt("INSERT INTO entitled_audit"));
+    let status = far.set("nobody", T::Supervisor, "").await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(
+        within(STEP, "the trap", sprung).await.unwrap(),
+        Sprung::NotSent
+    );
+    // Recorded all the same, once, by a later batch.
+    let recorded = within(NOTICE, "the refusal in the audit trail", async {
+        loop {
+            let recorded = refusals(&near).await;
+            if !recorded.is_empty() {
+                return recorded;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        (
+            recorded[0].user_id.as_str(),
+            recorded[0].refusal_code.as_str()
+        ),
+        ("nobody", "NOT_FOUND")
+    );
+    assert_whole(&db.url).await;
 }
