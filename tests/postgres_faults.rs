@@ -545,6 +545,13 @@ async fn while_the_database_is_down_checks_are_answered_and_writes_refused_and_r
             assert_eq!(replica.user(&outcome.user).await.user_id, outcome.user);
         }
     }
+    // And every refused call is in the audit trail, as refused.
+    let unavailable = refusals(&replicas[1])
+        .await
+        .iter()
+        .filter(|c| c.refusal_code == "UNAVAILABLE")
+        .count();
+    assert_eq!(unavailable, refused.len() + replicas.len());
     let committed_anyway = refused
         .iter()
         .filter(|o| made[o.user.as_str()][0] < back_from)
