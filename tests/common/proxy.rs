@@ -141,14 +141,15 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
+        // Subscribed before the look at `open`: a cut between the two
+        // still ends this connection.
+        let mut cuts = shared.cuts.subscribe();
         if !*shared.open.borrow() {
             drop(client);
             continue;
         }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let mut cuts = shared.cuts.subscribe();
-            cuts.mark_unchanged();
             let Ok(server) = TcpStream::connect(shared.upstream).await else {
                 return;
             };
