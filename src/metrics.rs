@@ -117,6 +117,7 @@ struct Inner {
     users: IntGauge,
     shed: ShedCounters,
     overloaded: IntGauge,
+    store_reachable: IntGauge,
 }
 
 /// Calls the shedding layer ended before they ran, by reason; resolved once,
@@ -205,7 +206,14 @@ impl Metrics {
         registry.register(Box::new(accounts.clone()))?;
         registry.register(Box::new(users.clone()))?;
         registry.register(Box::new(shed.clone()))?;
+        let store_reachable = IntGauge::new(
+            "entitled_store_reachable",
+            "1 while the store's database answers; 0 while it cannot be reached, and reads are served as of the last revision seen (always 1 with sled)",
+        )?;
+        // Reachable until the store says otherwise: sled never does.
+        store_reachable.set(1);
         registry.register(Box::new(overloaded.clone()))?;
+        registry.register(Box::new(store_reachable.clone()))?;
         Ok(Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -227,6 +235,7 @@ impl Metrics {
                     message_timeout: shed.with_label_values(&["message_timeout"]),
                 },
                 overloaded,
+                store_reachable,
             }),
         })
     }
@@ -315,6 +324,10 @@ impl StoreObserver for Metrics {
 
     fn synced(&self, took: Duration) {
         self.inner.sync_seconds.observe(took.as_secs_f64());
+    }
+
+    fn reachable(&self, reachable: bool) {
+        self.inner.store_reachable.set(i64::from(reachable));
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 
 use std::{

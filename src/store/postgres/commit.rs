@@ -368,6 +368,7 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     // Refusals go in last, at the batch's final revision, so revisions
     // never decrease along the trail.
     let refusals = std::mem::take(&mut *inner.refusals.lock());
+    let taken = refusals.len();
     for mut record in refusals {
         batch.audit_seq += 1;
         record.seq = batch.audit_seq;
@@ -399,7 +400,23 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
                 ),
             }
         }),
-        Err(e) => Err(unavailable(&inner.database, &e)),
+        Err(e) => {
+            // Surely not committed. If the connection failed (rather than
+            // PostgreSQL refusing a statement, which a record of the batch
+            // might make it do again), the refusals it took along wait for
+            // the next batch again, ahead of newer ones. (After a COMMIT
+            // whose outcome is unknown they may be in, and are not put
+            // back: a refusal recorded twice would be a second refused
+            // call that nobody made.)
+            if e.as_db_error().is_none() {
+                let at = batch.audit.len() - taken;
+                let again: Vec<AuditRecord> = batch.audit.drain(at..).collect();
+                let mut waiting = inner.refusals.lock();
+                let newer = std::mem::replace(&mut *waiting, again);
+                waiting.extend(newer);
+            }
+            Err(unavailable(&inner.database, &e))
+        }
     };
     inner.publisher.synced(started.elapsed());
     if let Err(e) = result {
