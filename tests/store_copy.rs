@@ -17,12 +17,11 @@ use entitled::{proto::v1 as pb, store::Location};
 const BIN: &str = env!("CARGO_BIN_EXE_entitled");
 
 fn run(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(BIN)
+    std::process::Command::new(BIN)
         .args(args)
         .env_remove("ENTITLED_STORE")
         .output()
-        .unwrap();
-    out
+        .unwrap()
 }
 
 /// What a server shows of its store: the revision, every user, and the
