@@ -103,6 +103,12 @@ async fn small_store_figures(
     eprintln!("PostgreSQL: {} users loaded in {took:?}", args.users);
     let sled = ServerProcess::entitled(pin, &sled_dir).await?;
     let a = ServerProcess::replica(pin, &dirs[0], Some(&db.url), &dirs[0]).await?;
+    let b = ServerProcess::replica(pin, &dirs[1], Some(&db.url), &dirs[0]).await?;
+
+    // First, while every write it makes is a change (the write runs below
+    // flip the same users back and forth).
+    eprintln!("replication lag at 1,000 writes/s: written on replica 1, watched on replica 2");
+    let lag = change_latency(args, &a, &b, 1000, Since::Acknowledged).await?;
 
     let c = args.concurrency.iter().copied().max().unwrap_or(64);
     let (mut s_runs, mut p_runs) = (Vec::new(), Vec::new());
@@ -133,7 +139,6 @@ async fn small_store_figures(
     rows.push(report::postgres_writes(clients, &one, &s));
     sled.stop()?;
 
-    let b = ServerProcess::replica(pin, &dirs[1], Some(&db.url), &dirs[0]).await?;
     let c3 = ServerProcess::replica(pin, &dirs[2], Some(&db.url), &dirs[0]).await?;
     eprintln!("{clients} write clients over 3 replicas");
     let (ra, rb, rc) = tokio::join!(
@@ -151,10 +156,8 @@ async fn small_store_figures(
     }
     let total: f64 = parts.iter().map(|p| p.rps()).sum();
     rows.push(report::replicas_writes(clients, 3, total, &one));
-
-    eprintln!("replication lag at 1,000 writes/s: written on replica 1, watched on replica 2");
-    let lag = change_latency(args, &a, &b, 1000, Since::Acknowledged).await?;
     rows.push(report::replication_lag(&lag));
+
     for server in [a, b, c3] {
         server.stop()?;
     }
