@@ -198,12 +198,19 @@ async fn a_retry_replays_the_first_answer_on_any_replica() {
     };
     let first = apps[0].update(request.clone()).await.unwrap();
     // Meanwhile another write changes the user.
-    apps[1].set("acme", "ada", Some("X2"), None).await.unwrap();
+    let lowered = apps[1].set("acme", "ada", Some("X2"), None).await.unwrap();
     for app in &apps[1..] {
         let again = app.update(request.clone()).await.unwrap();
         assert_eq!(again.revision, first.revision);
         assert_eq!(again.user, first.user);
     }
+    // Read where the retries were answered, once it has the lowering.
+    apps[2]
+        .access
+        .clone()
+        .check_analytics_access(check_at("acme", "ada", lowered.revision))
+        .await
+        .unwrap();
     let now = apps[2].get_user("acme", "ada").await.unwrap();
     assert_eq!(now.edition, "X2", "a retry applied its change again");
 }

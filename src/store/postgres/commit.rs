@@ -73,6 +73,10 @@ struct Batch {
     /// Each revision's mutations: the change feed's rows, and what is
     /// published once committed.
     changes: Vec<(u64, Vec<Mutation>)>,
+    /// What other replicas committed before the lock was ours and the view
+    /// did not show yet: laid over the view for this batch's writes, and
+    /// published with them once durable (it may not be yet: see `commit`).
+    caught: Vec<(u64, Vec<Mutation>)>,
     started: Instant,
 }
 
@@ -81,7 +85,8 @@ impl Batch {
         self.changes.is_empty() && self.requests.is_empty() && self.audit.is_empty()
     }
 
-    /// The latest state of `target`: this batch's writes over the view.
+    /// The latest state of `target`: this batch's writes, and what it
+    /// caught up on, over the view.
     fn current(&self, inner: &Inner, target: &Target) -> Result<TargetState, StoreError> {
         inner.publisher.read(|view| {
             TargetState::read(
@@ -147,8 +152,10 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
         // Sent together (pipelined): BEGIN, then the lock. The counters are
         // read after the lock is held, in a statement of their own, so they
         // are what the last holder committed.
+        // The COMMIT does not wait for the WAL flush, so the lock is let go
+        // before it (see `commit`).
         tokio::try_join!(
-            client.batch_execute("BEGIN"),
+            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
             client.execute(&lock, &[&WRITE_LOCK])
         )?;
         client.query_one(&state, &[]).await
@@ -164,12 +171,15 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
     let revision = counter(row.get(0));
     let audit_seq = counter(row.get(1));
     let bootstrapped: bool = row.get(2);
-    if let Err(e) = follow::catch_up(inner, &client, Some(revision)).await {
-        drop(Object::take(client));
-        return Err(e);
-    }
-    inner.bootstrapped.fetch_or(bootstrapped, Ordering::AcqRel);
-    Ok(Batch {
+    let from = inner.publisher.read(|v| v.revision());
+    let caught = match follow::read_changes(inner, &client, from, Some(revision)).await {
+        Ok(caught) => caught,
+        Err(e) => {
+            drop(Object::take(client));
+            return Err(e);
+        }
+    };
+    let mut batch = Batch {
         id,
         client,
         base: revision,
@@ -182,8 +192,15 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
         requests: HashMap::new(),
         audit: Vec::new(),
         changes: Vec::new(),
+        caught: Vec::new(),
         started: Instant::now(),
-    })
+    };
+    for (_, mutations) in &caught {
+        batch.apply(mutations);
+    }
+    batch.bootstrapped = bootstrapped;
+    batch.caught = caught;
+    Ok(batch)
 }
 
 fn counter(n: i64) -> u64 {
@@ -376,6 +393,7 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
         batch.audit.push(record);
     }
     if batch.is_empty() {
+        // What it caught up on is the follower's to publish, once durable.
         let ended = batch.client.batch_execute("ROLLBACK").await;
         if ended.is_err() {
             drop(Object::take(batch.client));
@@ -392,14 +410,21 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     let started = Instant::now();
     let written = write_rows(&batch, &rows).await;
     let result = match written {
-        Ok(()) => batch.client.batch_execute("COMMIT").await.map_err(|e| {
-            StoreError::Unavailable {
-                database: inner.database.clone(),
-                reason: format!(
-                    "the commit's outcome is unknown ({e}); a retry with the same request_id is safe"
-                ),
-            }
-        }),
+        // COMMIT without waiting for the WAL flush lets the write lock go at
+        // once, so other replicas' batches go on while this one's flush is
+        // waited for: their flushes are shared, as PostgreSQL's own group
+        // commit shares them. Then a transaction of our own that does wait
+        // (it takes a transaction id, so its commit is flushed, and with it
+        // all WAL before it, ours included). Nothing is acknowledged or
+        // published before that.
+        Ok(()) => match batch.client.batch_execute("COMMIT").await {
+            Ok(()) => batch
+                .client
+                .batch_execute("SELECT txid_current()")
+                .await
+                .map_err(|e| unknown(inner, &e)),
+            Err(e) => Err(unknown(inner, &e)),
+        },
         Err(e) => {
             // Surely not committed. If the connection failed (rather than
             // PostgreSQL refusing a statement, which a record of the batch
@@ -437,8 +462,20 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
         took = ?batch.started.elapsed(),
         "batch committed"
     );
-    follow::publish(inner, std::mem::take(&mut batch.changes));
+    let mut durable = std::mem::take(&mut batch.caught);
+    durable.append(&mut batch.changes);
+    follow::publish(inner, durable);
     Ok(())
+}
+
+/// A commit whose outcome is not known.
+fn unknown(inner: &Inner, e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable {
+        database: inner.database.clone(),
+        reason: format!(
+            "the commit's outcome is unknown ({e}); a retry with the same request_id is safe"
+        ),
+    }
 }
 
 /// Sends the batch's rows: one statement per table, then the counters, all
@@ -554,7 +591,11 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
             client
                 .execute(
                     &s,
-                    &[&rows.request_tokens, &rows.request_ids, &rows.request_records],
+                    &[
+                        &rows.request_tokens,
+                        &rows.request_ids,
+                        &rows.request_records,
+                    ],
                 )
                 .await
         }));
@@ -564,7 +605,11 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
             "UPDATE entitled_state SET revision = $1, audit_seq = $2, bootstrapped = $3",
         )
         .await?;
-    let counters = (int(batch.revision), int(batch.audit_seq), batch.bootstrapped);
+    let counters = (
+        int(batch.revision),
+        int(batch.audit_seq),
+        batch.bootstrapped,
+    );
     sent.push(Box::pin(async move {
         client
             .execute(&s, &[&counters.0, &counters.1, &counters.2])
@@ -599,12 +644,36 @@ struct Rows {
 
 impl Rows {
     fn of(batch: &Batch) -> Result<Rows, StoreError> {
+        // The records this batch's own writes leave, each key once (the
+        // overlay also holds what it caught up on, which is stored).
+        let mut accounts: HashMap<&AccountId, &Account> = HashMap::new();
+        let mut users: HashMap<(&AccountId, &UserId), Option<&User>> = HashMap::new();
+        let mut tokens: HashMap<&str, &Token> = HashMap::new();
+        for (_, mutations) in &batch.changes {
+            for m in mutations {
+                match m {
+                    Mutation::PutAccount(a) => {
+                        accounts.insert(&a.id, a);
+                    }
+                    Mutation::PutUser(u) => {
+                        users.insert((&u.account_id, &u.id), Some(u));
+                    }
+                    Mutation::DeleteUser(a, u) => {
+                        users.insert((a, u), None);
+                    }
+                    Mutation::PutToken(t) => {
+                        tokens.insert(&t.id, t);
+                    }
+                    Mutation::MarkBootstrapped => {}
+                }
+            }
+        }
         let mut rows = Rows::default();
-        for (id, account) in &batch.accounts {
+        for (id, account) in accounts {
             rows.account_ids.push(id.as_str().to_owned());
             rows.account_records.push(codec::encode(account)?);
         }
-        for ((a, u), user) in &batch.users {
+        for ((a, u), user) in users {
             match user {
                 Some(user) => {
                     rows.user_accounts.push(a.as_str().to_owned());
@@ -617,8 +686,8 @@ impl Rows {
                 }
             }
         }
-        for (id, token) in &batch.tokens {
-            rows.token_ids.push(id.clone());
+        for (id, token) in tokens {
+            rows.token_ids.push(id.to_owned());
             rows.token_records.push(codec::encode(token)?);
         }
         for (revision, mutations) in &batch.changes {

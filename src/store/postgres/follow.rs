@@ -86,7 +86,7 @@ async fn poll(inner: &Arc<Inner>, client: &mut Option<Object>) -> Result<(), Sto
     let Some(c) = client.as_ref() else {
         return Ok(());
     };
-    catch_up(inner, c, None).await
+    catch_up(inner, c).await
 }
 
 /// Records whether the database answered, and says so when that changes.
@@ -103,14 +103,103 @@ fn reachable(inner: &Inner, up: bool) {
     inner.publisher.reachable(up);
 }
 
-/// Publishes every revision after the view's that `client` sees committed
-/// (up to `upto`, when given, which must then be reached: a writer holding
-/// the write lock knows the latest revision).
-pub(super) async fn catch_up(
+/// Publishes every revision after the view's that `client` sees committed,
+/// once the WAL holding them is flushed: a writer acknowledges only then,
+/// and no read may show what a crash of the database could still take back
+/// (writers commit without waiting for the flush, then wait for it; see
+/// `commit.rs`).
+pub(super) async fn catch_up(inner: &Inner, client: &Object) -> Result<(), StoreError> {
+    loop {
+        let from = inner.publisher.read(|v| v.revision());
+        let (changes, more) = read_page(inner, client, from).await?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if !flushed(inner, client).await? {
+            // Not yet: the next poll looks again.
+            return Ok(());
+        }
+        publish(inner, changes);
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits (at most `FLUSH_WAIT`) until the WAL is flushed as far as it had
+/// been written when called: past every commit read before it. False if
+/// it was not by then (PostgreSQL's WAL writer flushes within its delay,
+/// 200 ms by default, even if nobody asks).
+async fn flushed(inner: &Inner, client: &Object) -> Result<bool, StoreError> {
+    const FLUSH_WAIT: Duration = Duration::from_millis(500);
+    let written: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(inner.fail())?
+        .get(0);
+    let check = client
+        .prepare_cached("SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn")
+        .await
+        .map_err(inner.fail())?;
+    let started = Instant::now();
+    loop {
+        let done: bool = client
+            .query_one(&check, &[&written])
+            .await
+            .map_err(inner.fail())?
+            .get(0);
+        if done {
+            return Ok(true);
+        }
+        if started.elapsed() >= FLUSH_WAIT {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Every revision after `from` up to `upto`, which a writer holding the
+/// write lock knows to be the latest: they must all be there.
+pub(super) async fn read_changes(
     inner: &Inner,
     client: &Object,
+    from: u64,
     upto: Option<u64>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(u64, Vec<Mutation>)>, StoreError> {
+    let mut all = Vec::new();
+    let mut at = from;
+    loop {
+        if upto.is_some_and(|upto| at >= upto) {
+            return Ok(all);
+        }
+        let (changes, more) = read_page(inner, client, at).await?;
+        if changes.is_empty() {
+            return match upto {
+                Some(upto) => Err(StoreError::Corrupt {
+                    kind: "changes",
+                    key: (at + 1).to_string(),
+                    reason: format!(
+                        "the counters say revision {upto}, but the change feed ends at {at}"
+                    ),
+                }),
+                None => Ok(all),
+            };
+        }
+        at = changes.last().map_or(at, |(r, _)| *r);
+        all.extend(changes);
+        if !more && upto.is_none() {
+            return Ok(all);
+        }
+    }
+}
+
+/// Up to `PAGE` revisions after `from`, in order and with no gap, and
+/// whether more may follow.
+async fn read_page(
+    inner: &Inner,
+    client: &Object,
+    from: u64,
+) -> Result<(Vec<(u64, Vec<Mutation>)>, bool), StoreError> {
     let statement = client
         .prepare_cached(
             "SELECT revision, mutations FROM entitled_changes \
@@ -118,58 +207,29 @@ pub(super) async fn catch_up(
         )
         .await
         .map_err(inner.fail())?;
-    loop {
-        let from = inner.publisher.read(|v| v.revision());
-        if upto.is_some_and(|upto| from >= upto) {
-            return Ok(());
+    let rows = client
+        .query(
+            &statement,
+            &[&i64::try_from(from).unwrap_or(i64::MAX), &PAGE],
+        )
+        .await
+        .map_err(inner.fail())?;
+    let more = rows.len() == PAGE as usize;
+    let mut changes = Vec::with_capacity(rows.len());
+    for (expected, row) in (from + 1..).zip(rows) {
+        let revision = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        if revision != expected {
+            return Err(StoreError::Corrupt {
+                kind: "changes",
+                key: expected.to_string(),
+                reason: format!("the change feed goes from revision {from} to {revision}"),
+            });
         }
-        let rows = client
-            .query(
-                &statement,
-                &[&i64::try_from(from).unwrap_or(i64::MAX), &PAGE],
-            )
-            .await
-            .map_err(inner.fail())?;
-        let full = rows.len() == PAGE as usize;
-        let mut batch = Vec::with_capacity(rows.len());
-        for (expected, row) in (from + 1..).zip(rows) {
-            let revision = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-            if revision != expected {
-                return Err(StoreError::Corrupt {
-                    kind: "changes",
-                    key: expected.to_string(),
-                    reason: format!("the change feed goes from revision {from} to {revision}"),
-                });
-            }
-            let key = revision.to_be_bytes();
-            let mutations: Vec<Mutation> = codec::decode("changes", &key, row.get(1))?;
-            if mutations
-                .iter()
-                .any(|m| matches!(m, Mutation::MarkBootstrapped))
-            {
-                inner.bootstrapped.store(true, Ordering::Release);
-            }
-            batch.push((revision, mutations));
-        }
-        let read = batch.len();
-        publish(inner, batch);
-        if let Some(upto) = upto {
-            if inner.publisher.read(|v| v.revision()) >= upto {
-                return Ok(());
-            }
-            if read == 0 {
-                return Err(StoreError::Corrupt {
-                    kind: "changes",
-                    key: (from + 1).to_string(),
-                    reason: format!(
-                        "the counters say revision {upto}, but the change feed ends at {from}"
-                    ),
-                });
-            }
-        } else if !full {
-            return Ok(());
-        }
+        let key = revision.to_be_bytes();
+        let mutations: Vec<Mutation> = codec::decode("changes", &key, row.get(1))?;
+        changes.push((revision, mutations));
     }
+    Ok((changes, more))
 }
 
 /// Publishes committed revisions to the view, skipping any already there
@@ -181,6 +241,12 @@ pub(super) fn publish(inner: &Inner, batch: Vec<(u64, Vec<Mutation>)>) {
     let _order = inner.publishing.lock();
     let at = inner.publisher.read(|v| v.revision());
     let fresh: Vec<_> = batch.into_iter().filter(|(r, _)| *r > at).collect();
+    if fresh
+        .iter()
+        .any(|(_, ms)| ms.iter().any(|m| matches!(m, Mutation::MarkBootstrapped)))
+    {
+        inner.bootstrapped.store(true, Ordering::Release);
+    }
     if !fresh.is_empty() {
         inner.publisher.publish(fresh);
     }

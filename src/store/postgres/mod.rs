@@ -237,9 +237,16 @@ impl Backend for PgBackend {
     }
 
     fn durable(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        // Every write this replica acknowledged is committed; the view
-        // follows what others committed. What the caller saw is durable.
-        Box::pin(async move { Ok(()) })
+        // Writers commit without waiting for the WAL flush (then wait), so
+        // what a snapshot read may not be flushed yet: a transaction that
+        // waits for its own flush waits for everything before it.
+        Box::pin(async move {
+            let client = self.inner.connection().await?;
+            client
+                .batch_execute("SELECT txid_current()")
+                .await
+                .map_err(self.inner.fail())
+        })
     }
 
     fn audit_from<'a>(
