@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Do not pin (no `taskset`).
     #[arg(long)]
     pub no_pin: bool,
+    /// Only the storage figures: durable writes, and memory and restart
+    /// with `--big-users` (no baseline, checks, batches or Watch).
+    #[arg(long)]
+    pub storage_only: bool,
 }
 
 #[derive(Subcommand)]
