@@ -82,6 +82,13 @@ pub enum Role {
         #[arg(long)]
         users_per_account: usize,
     },
+    /// (internal) Opens sled's files in DIR/db and reads every user record
+    /// without decoding it: the floor under a start's load of the view.
+    #[command(hide = true)]
+    SledScan {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// (internal) Serves until SIGTERM or until stdin closes; logs
     /// `serving addr=ADDR` on stderr when bound.
     #[command(hide = true)]

@@ -94,11 +94,25 @@ pub fn memory(big: usize, rss: Option<f64>, small: usize, small_rss: Option<f64>
     }
 }
 
-pub fn restart(big: usize, to_serving: Duration) -> Row {
+/// `scan` is the `sled-scan` child's line: sled's own open and read of the
+/// users, the floor under a start.
+pub fn restart(big: usize, to_serving: Duration, cpu: Option<Duration>, scan: &str) -> Row {
+    let field = |name: &str| {
+        scan.split_whitespace()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(f64::NAN, |ms| ms / 1e3)
+    };
     Row {
         figure: format!("restart to SERVING with {big} users"),
         target: "≤ 1 s",
-        measured: format!("{:.2} s", to_serving.as_secs_f64()),
+        measured: format!(
+            "{:.2} s (server CPU {:.2} s; sled alone, opening and reading the users undecoded: {:.2} s, CPU {:.2} s)",
+            to_serving.as_secs_f64(),
+            cpu.map_or(f64::NAN, |c| c.as_secs_f64()),
+            field("open_ms") + field("scan_ms"),
+            field("open_cpu_ms") + field("scan_cpu_ms"),
+        ),
         met: Some(to_serving <= Duration::from_secs(1)),
     }
 }

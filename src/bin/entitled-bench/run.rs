@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use crate::{
     BoxError,
     cli::RunArgs,
-    data::load_store,
+    data::{load_store, run_sled_scan},
     drivers::{
         baseline_checks, disk_syncs, entitled_batches, entitled_checks, entitled_writes,
         watch_latency,
@@ -123,19 +123,20 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         let mut starts = Vec::new();
         let mut big = ServerProcess::entitled(server_pin, &big_dir).await?;
         for _ in 1..args.repeat.max(1) {
-            starts.push((big.to_serving, big.rss_mib()));
+            starts.push((big.to_serving, big.rss_mib(), big.start_cpu));
             big.stop()?;
             big = ServerProcess::entitled(server_pin, &big_dir).await?;
         }
-        starts.push((big.to_serving, big.rss_mib()));
+        starts.push((big.to_serving, big.rss_mib(), big.start_cpu));
         eprintln!(
-            "entitled: {} users, starts to SERVING {:?}, VmRSS MiB {:?}",
+            "entitled: {} users, starts to SERVING {:?}, their CPU {:?}, VmRSS MiB {:?}",
             args.big_users,
             starts.iter().map(|s| s.0).collect::<Vec<_>>(),
+            starts.iter().map(|s| s.2).collect::<Vec<_>>(),
             starts.iter().map(|s| s.1).collect::<Vec<_>>()
         );
         starts.sort_by_key(|s| s.0);
-        let (to_serving, rss) = starts[starts.len() / 2];
+        let (to_serving, rss, start_cpu) = starts[starts.len() / 2];
         if let Some(c) = small_top {
             let (mut small_runs, mut runs) = (Vec::new(), Vec::new());
             for rep in 1..=args.repeat.max(1) {
@@ -166,8 +167,15 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
             ));
         }
         rows.push(report::memory(args.big_users, rss, args.users, small_rss));
-        rows.push(report::restart(args.big_users, to_serving));
         big.stop()?;
+        let scan = run_sled_scan(&big_dir, server_pin)?;
+        eprintln!("{scan}");
+        rows.push(report::restart(
+            args.big_users,
+            to_serving,
+            start_cpu,
+            &scan,
+        ));
     }
 
     let watch = if args.storage_only {
