@@ -576,6 +576,16 @@ mod tests {
         }
     }
 
+    /// What ARCHITECTURE.md and BENCHMARKS.md say a user costs: one 56-byte
+    /// slot of its account's B-tree (and its key's one allocation).
+    #[test]
+    fn a_user_is_one_56_byte_slot() {
+        assert_eq!(
+            std::mem::size_of::<UserKey>() + std::mem::size_of::<UserEntry>(),
+            56
+        );
+    }
+
     /// A user put again with a new name is found under its id with the new
     /// name, once; users loaded out of order still load.
     #[test]
