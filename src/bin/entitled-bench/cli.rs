@@ -88,6 +88,9 @@ pub enum Role {
     SledScan {
         #[arg(long)]
         dir: PathBuf,
+        /// sled's page cache, MiB (the store's is 16).
+        #[arg(long, default_value_t = 16)]
+        cache_mib: u64,
     },
     /// (internal) Serves until SIGTERM or until stdin closes; logs
     /// `serving addr=ADDR` on stderr when bound.

@@ -84,12 +84,12 @@ pub fn load(dir: &Path, users: usize, per_account: usize) -> Result<(), BoxError
 /// touched but not decoded; prints the time and CPU time of each step. The
 /// store does this and more (decoding, the view) at every start, so it is
 /// the floor of a start with sled. Reads only: the store must be stopped.
-pub fn sled_scan(dir: &Path) -> Result<(), BoxError> {
+pub fn sled_scan(dir: &Path, cache_mib: u64) -> Result<(), BoxError> {
     let cpu = || cpu_time(std::process::id()).unwrap_or_default();
     let (began, cpu_began) = (Instant::now(), cpu());
     let db = sled::Config::new()
         .path(dir.join("db"))
-        .cache_capacity(16 * 1024 * 1024)
+        .cache_capacity(cache_mib * 1024 * 1024)
         .open()?;
     let users = db.open_tree("users")?;
     let (opened, cpu_opened) = (began.elapsed(), cpu());

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             users,
             users_per_account,
         }) => data::load(&dir, users, users_per_account),
-        Some(Role::SledScan { dir }) => data::sled_scan(&dir),
+        Some(Role::SledScan { dir, cache_mib }) => data::sled_scan(&dir, cache_mib),
         Some(Role::Serve {
             kind,
             dir,
