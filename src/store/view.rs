@@ -3,14 +3,17 @@
 //! publication (`publish.rs`).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    borrow::Borrow,
+    collections::{BTreeMap, HashMap},
     ops::Bound,
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use super::{Mutation, StoreError, codec::USERS};
-use crate::domain::{Account, AccountId, Principal, Tier, Token, User, UserId};
+use crate::domain::{
+    Account, AccountId, MAX_ID_LEN, Principal, Tier, Token, User, UserId, validate_id,
+};
 
 /// Accounts and users as of `revision`.
 #[derive(Debug, Default)]
@@ -19,8 +22,9 @@ pub struct View {
     accounts: HashMap<AccountId, AccountEntry>,
     /// Every token, revoked ones included, by id.
     tokens: HashMap<String, TokenEntry>,
-    /// Each edition id once, shared by every user holding it.
-    editions: HashSet<Arc<str>>,
+    /// Each edition id once; users hold its index.
+    editions: Vec<Arc<str>>,
+    edition_index: HashMap<Arc<str>, u32>,
 }
 
 /// A token and the principal it authenticates, built once.
@@ -42,36 +46,122 @@ impl From<Token> for TokenEntry {
 #[derive(Debug)]
 struct AccountEntry {
     account: Account,
-    users: BTreeMap<UserId, UserEntry>,
+    users: BTreeMap<UserKey, UserEntry>,
 }
 
-/// A user as the view keeps it: without the ids its map keys already hold
-/// and with the edition shared. With a million users the view is most of
-/// the server's memory, and this is under half of a `User` (measured 457
-/// bytes per user before, with 300k users).
+/// A user's id and display name in one allocation, ordered (and looked up)
+/// by the id alone: the id's length less one as the first byte (an id is 1
+/// to 128 ASCII bytes, so that byte is ASCII too), then the id, then the
+/// name. With a million users the view is most of the server's memory;
+/// one small allocation per user instead of three, and no account id
+/// repeated, is most of what keeps it small.
+struct UserKey(Box<str>);
+
+impl UserKey {
+    fn new(id: &str, display_name: &str) -> UserKey {
+        debug_assert!((1..=MAX_ID_LEN).contains(&id.len()));
+        let mut text = String::with_capacity(1 + id.len() + display_name.len());
+        // `UserId` is validated: 1 to 128 ASCII bytes.
+        text.push(char::from((id.len().clamp(1, MAX_ID_LEN) - 1) as u8));
+        text.push_str(id);
+        text.push_str(display_name);
+        UserKey(text.into_boxed_str())
+    }
+
+    fn split(&self) -> (&str, &str) {
+        let id_len = usize::from(self.0.as_bytes()[0]) + 1;
+        let rest = &self.0[1..];
+        rest.split_at(id_len.min(rest.len()))
+    }
+
+    fn id(&self) -> &str {
+        self.split().0
+    }
+
+    fn display_name(&self) -> &str {
+        self.split().1
+    }
+}
+
+impl std::fmt::Debug for UserKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("UserKey")
+            .field(&self.id())
+            .field(&self.display_name())
+            .finish()
+    }
+}
+
+impl Borrow<str> for UserKey {
+    fn borrow(&self) -> &str {
+        self.id()
+    }
+}
+
+impl PartialEq for UserKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for UserKey {}
+
+impl PartialOrd for UserKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for UserKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id().cmp(other.id())
+    }
+}
+
+/// The rest of a user as the view keeps it (the account id is its map's,
+/// the id and name are the key's): 40 bytes.
 #[derive(Debug)]
 struct UserEntry {
-    display_name: Box<str>,
-    edition: Option<Arc<str>>,
-    tier: Tier,
     revision: u64,
-    created_at: SystemTime,
-    updated_at: SystemTime,
+    /// `created_at` and `updated_at`, as seconds and nanoseconds from the
+    /// Unix epoch (`Stamp`), stored apart so that no padding sits between.
+    secs: [i64; 2],
+    nanos: [u32; 2],
+    /// An index into `View::editions`; `NO_EDITION` for none.
+    edition: u32,
+    tier: Tier,
 }
 
-impl UserEntry {
-    fn user(&self, account: &AccountId, id: &UserId) -> User {
-        User {
-            account_id: account.clone(),
-            id: id.clone(),
-            display_name: self.display_name.to_string(),
-            edition: self.edition.as_deref().map(str::to_owned),
-            tier: self.tier,
-            revision: self.revision,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
+const NO_EDITION: u32 = u32::MAX;
+
+/// A `SystemTime` as whole seconds from the Unix epoch (negative before
+/// it) and the nanoseconds after them: exact, in half a `SystemTime`'s
+/// space once two are packed.
+fn stamp(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
+        Err(e) => {
+            let d = e.duration();
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            match d.subsec_nanos() {
+                0 => (-secs, 0),
+                n => (-secs - 1, 1_000_000_000 - n),
+            }
         }
     }
+}
+
+fn time((secs, nanos): (i64, u32)) -> SystemTime {
+    let whole = Duration::from_secs(secs.unsigned_abs());
+    let at = if secs >= 0 {
+        UNIX_EPOCH + whole
+    } else {
+        UNIX_EPOCH - whole
+    };
+    at + Duration::from_nanos(u64::from(nanos))
 }
 
 /// What a check needs of a user, borrowed from the view.
@@ -81,14 +171,38 @@ pub struct UserServices<'a> {
     pub tier: Tier,
 }
 
-impl View {
-    /// The view of these records, as of `revision`. Every user's account
-    /// must be among `accounts`.
-    pub(crate) fn load(
+/// A user's fields, borrowed: what a backend that decodes its records in
+/// place hands `Builder::user` (no allocation per field).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UserFields<'a> {
+    pub account_id: &'a str,
+    pub id: &'a str,
+    pub display_name: &'a str,
+    pub edition: Option<&'a str>,
+    pub tier: Tier,
+    pub revision: u64,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// A view being loaded: tokens and accounts first, then users one by one
+/// (`View::load` is this, for owned records).
+pub(crate) struct Builder {
+    view: View,
+    /// The account whose users are arriving, and those users so far:
+    /// users come grouped by account and in id order from a store that
+    /// keeps them so (sled does), and each account's run is built into its
+    /// map at once, which fills the map's nodes (inserting one by one
+    /// leaves them half empty). Any other order is still right.
+    run_account: Option<AccountId>,
+    run: Vec<(UserKey, UserEntry)>,
+}
+
+impl Builder {
+    pub(crate) fn new(
         revision: u64,
         tokens: impl IntoIterator<Item = Result<Token, StoreError>>,
         accounts: impl IntoIterator<Item = Result<Account, StoreError>>,
-        users: impl IntoIterator<Item = Result<User, StoreError>>,
     ) -> Result<Self, StoreError> {
         let mut view = View {
             revision,
@@ -108,41 +222,160 @@ impl View {
                 },
             );
         }
+        Ok(Builder {
+            view,
+            run_account: None,
+            run: Vec::new(),
+        })
+    }
+
+    /// Adds a user, whose account must be among the builder's accounts and
+    /// whose ids must be valid.
+    pub(crate) fn user(&mut self, user: UserFields<'_>) -> Result<(), StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            kind: USERS,
+            key: format!("{}/{}", user.account_id, user.id),
+            reason,
+        };
+        if self.run_account.as_ref().map(AccountId::as_str) != Some(user.account_id) {
+            if let Some(account) = self.run_account.take() {
+                self.view.put_run(account.as_str(), &mut self.run);
+            }
+            let Some(entry) = self.view.accounts.get(user.account_id) else {
+                return Err(corrupt(format!(
+                    "its account `{}` does not exist",
+                    user.account_id
+                )));
+            };
+            self.run_account = Some(entry.account.id.clone());
+        }
+        validate_id(user.id).map_err(|e| corrupt(format!("user id {e}")))?;
+        let entry = self.view.entry(&user);
+        self.run.push(entry);
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> View {
+        if let Some(account) = self.run_account.take() {
+            self.view.put_run(account.as_str(), &mut self.run);
+        }
+        self.view
+    }
+}
+
+impl UserEntry {
+    fn user(&self, view: &View, account: &AccountId, key: &UserKey) -> Option<User> {
+        // The key was made from a `UserId`, so this never fails.
+        let id = UserId::try_from(key.id().to_owned()).ok()?;
+        Some(User {
+            account_id: account.clone(),
+            id,
+            display_name: key.display_name().to_owned(),
+            edition: view.edition(self.edition).map(str::to_owned),
+            tier: self.tier,
+            revision: self.revision,
+            created_at: time((self.secs[0], self.nanos[0])),
+            updated_at: time((self.secs[1], self.nanos[1])),
+        })
+    }
+}
+
+impl View {
+    /// The view of these records, as of `revision`. Every user's account
+    /// must be among `accounts`.
+    #[allow(
+        dead_code,
+        reason = "the storage contract's way to load a view; sled loads through `Builder`, decoding in place"
+    )]
+    pub(crate) fn load(
+        revision: u64,
+        tokens: impl IntoIterator<Item = Result<Token, StoreError>>,
+        accounts: impl IntoIterator<Item = Result<Account, StoreError>>,
+        users: impl IntoIterator<Item = Result<User, StoreError>>,
+    ) -> Result<Self, StoreError> {
+        let mut builder = Builder::new(revision, tokens, accounts)?;
         for user in users {
             let user = user?;
-            if !view.accounts.contains_key(user.account_id.as_str()) {
-                return Err(StoreError::Corrupt {
-                    kind: USERS,
-                    key: format!("{}/{}", user.account_id, user.id),
-                    reason: format!("its account `{}` does not exist", user.account_id),
-                });
-            }
-            view.put_user(user);
+            builder.user(UserFields {
+                account_id: user.account_id.as_str(),
+                id: user.id.as_str(),
+                display_name: &user.display_name,
+                edition: user.edition.as_deref(),
+                tier: user.tier,
+                revision: user.revision,
+                created_at: user.created_at,
+                updated_at: user.updated_at,
+            })?;
         }
-        Ok(view)
+        Ok(builder.finish())
+    }
+
+    /// Puts one account's users (`run`, emptied) into its map.
+    fn put_run(&mut self, account: &str, run: &mut Vec<(UserKey, UserEntry)>) {
+        if let Some(entry) = self.accounts.get_mut(account) {
+            if entry.users.is_empty() && run.is_sorted_by(|a, b| a.0 < b.0) {
+                entry.users = run.drain(..).collect();
+            } else {
+                for (key, user) in run.drain(..) {
+                    // The key holds the name: a stored key is replaced, not
+                    // kept (as `insert` would).
+                    entry.users.remove(key.id());
+                    entry.users.insert(key, user);
+                }
+            }
+        }
+        run.clear();
+    }
+
+    /// The edition's index in `editions`, added if new.
+    fn edition_index(&mut self, edition: Option<&str>) -> u32 {
+        let Some(edition) = edition else {
+            return NO_EDITION;
+        };
+        if let Some(&i) = self.edition_index.get(edition) {
+            return i;
+        }
+        let i = u32::try_from(self.editions.len()).unwrap_or(NO_EDITION);
+        let shared: Arc<str> = edition.into();
+        self.editions.push(Arc::clone(&shared));
+        self.edition_index.insert(shared, i);
+        i
+    }
+
+    fn edition(&self, index: u32) -> Option<&str> {
+        self.editions
+            .get(usize::try_from(index).ok()?)
+            .map(|e| &**e)
+    }
+
+    fn entry(&mut self, user: &UserFields<'_>) -> (UserKey, UserEntry) {
+        let key = UserKey::new(user.id, user.display_name);
+        let created = stamp(user.created_at);
+        let updated = stamp(user.updated_at);
+        let entry = UserEntry {
+            revision: user.revision,
+            secs: [created.0, updated.0],
+            nanos: [created.1, updated.1],
+            edition: self.edition_index(user.edition),
+            tier: user.tier,
+        };
+        (key, entry)
     }
 
     fn put_user(&mut self, user: User) {
-        let edition = user.edition.map(|e| match self.editions.get(e.as_str()) {
-            Some(shared) => Arc::clone(shared),
-            None => {
-                let shared: Arc<str> = e.into();
-                self.editions.insert(Arc::clone(&shared));
-                shared
-            }
+        let (key, entry) = self.entry(&UserFields {
+            account_id: user.account_id.as_str(),
+            id: user.id.as_str(),
+            display_name: &user.display_name,
+            edition: user.edition.as_deref(),
+            tier: user.tier,
+            revision: user.revision,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
         });
-        if let Some(entry) = self.accounts.get_mut(user.account_id.as_str()) {
-            entry.users.insert(
-                user.id,
-                UserEntry {
-                    display_name: user.display_name.into_boxed_str(),
-                    edition,
-                    tier: user.tier,
-                    revision: user.revision,
-                    created_at: user.created_at,
-                    updated_at: user.updated_at,
-                },
-            );
+        if let Some(stored) = self.accounts.get_mut(user.account_id.as_str()) {
+            stored.users.remove(key.id());
+            stored.users.insert(key, entry);
         }
     }
 
@@ -187,16 +420,16 @@ impl View {
 
     pub fn user(&self, account: &str, user: &str) -> Option<User> {
         let entry = self.accounts.get(account)?;
-        let (id, stored) = entry.users.get_key_value(user)?;
-        Some(stored.user(&entry.account.id, id))
+        let (key, stored) = entry.users.get_key_value(user)?;
+        stored.user(self, &entry.account.id, key)
     }
 
-    /// How many accounts there are.
     /// Every account, in no order.
     pub fn accounts(&self) -> impl Iterator<Item = &Account> {
         self.accounts.values().map(|e| &e.account)
     }
 
+    /// How many accounts there are.
     pub fn account_count(&self) -> u64 {
         self.accounts.len() as u64
     }
@@ -232,7 +465,7 @@ impl View {
             Some(entry) => (
                 Some(&entry.account),
                 entry.users.get(user).map(|u| UserServices {
-                    edition: u.edition.as_deref(),
+                    edition: self.edition(u.edition),
                     tier: u.tier,
                 }),
             ),
@@ -252,7 +485,7 @@ impl View {
             .flat_map(|e| {
                 e.users
                     .iter()
-                    .map(|(id, stored)| stored.user(&e.account.id, id))
+                    .filter_map(|(key, stored)| stored.user(self, &e.account.id, key))
             })
             .collect()
     }
@@ -274,9 +507,118 @@ impl View {
         let page: Vec<User> = range
             .by_ref()
             .take(limit)
-            .map(|(id, u)| u.user(&entry.account.id, id))
+            .filter_map(|(key, u)| u.user(self, &entry.account.id, key))
             .collect();
         let more = range.next().is_some();
         Some((page, more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(account: &str, id: &str, name: &str, at: SystemTime) -> User {
+        User {
+            account_id: AccountId::try_from(account.to_owned()).unwrap(),
+            id: UserId::try_from(id.to_owned()).unwrap(),
+            display_name: name.to_owned(),
+            edition: Some("X8".to_owned()),
+            tier: Tier::Supervisor,
+            revision: 7,
+            created_at: at,
+            updated_at: at + Duration::from_nanos(1),
+        }
+    }
+
+    fn account(id: &str) -> Account {
+        Account {
+            id: AccountId::try_from(id.to_owned()).unwrap(),
+            display_name: id.to_owned(),
+            product_line: "work".to_owned(),
+            created_at: UNIX_EPOCH,
+            analytics_activated_at: None,
+        }
+    }
+
+    /// Times before and after the epoch, ids of every length and names of
+    /// any text come back exactly as they went in.
+    #[test]
+    fn users_come_back_as_they_were_stored() {
+        let times = [
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            UNIX_EPOCH - Duration::new(5, 1),
+            UNIX_EPOCH - Duration::from_secs(86_400),
+            UNIX_EPOCH - Duration::from_nanos(1),
+        ];
+        let users: Vec<User> = [
+            ("a", ""),
+            ("bob", "Bob, \"B\" Müller"),
+            (&*"z".repeat(MAX_ID_LEN), "李小龙"),
+            ("c.d@e:f+g", "x"),
+        ]
+        .iter()
+        .zip(times.iter().cycle())
+        .map(|((id, name), at)| user("acme", id, name, *at))
+        .collect();
+        let view = View::load(9, [], [Ok(account("acme"))], users.iter().cloned().map(Ok)).unwrap();
+        for u in &users {
+            assert_eq!(view.user("acme", u.id.as_str()).as_ref(), Some(u));
+        }
+        assert_eq!(view.all_users(None), {
+            let mut sorted = users.clone();
+            sorted.sort_by(|a, b| a.id.cmp(&b.id));
+            sorted
+        });
+        for at in times {
+            assert_eq!(time(stamp(at)), at, "{at:?}");
+        }
+    }
+
+    /// What ARCHITECTURE.md and BENCHMARKS.md say a user costs: one 56-byte
+    /// slot of its account's B-tree (and its key's one allocation).
+    #[test]
+    fn a_user_is_one_56_byte_slot() {
+        assert_eq!(
+            std::mem::size_of::<UserKey>() + std::mem::size_of::<UserEntry>(),
+            56
+        );
+    }
+
+    /// A user put again with a new name is found under its id with the new
+    /// name, once; users loaded out of order still load.
+    #[test]
+    fn a_renamed_user_replaces_the_old_one() {
+        let at = UNIX_EPOCH;
+        let mut view = View::load(
+            1,
+            [],
+            [Ok(account("acme")), Ok(account("beta"))],
+            [
+                Ok(user("beta", "b", "B", at)),
+                Ok(user("acme", "z", "Z", at)),
+                Ok(user("acme", "a", "A", at)),
+                Ok(user("beta", "a", "A", at)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(view.user_count(), 4);
+        let mut renamed = user("acme", "z", "Zed", at);
+        renamed.edition = None;
+        view.apply(2, vec![Mutation::PutUser(renamed.clone())]);
+        assert_eq!(view.user("acme", "z"), Some(renamed));
+        assert_eq!(view.user_count(), 4);
+        let (page, more) = view.users_after("acme", None, 10).unwrap();
+        assert_eq!(
+            page.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+            ["a", "z"]
+        );
+        assert!(!more);
+        assert_eq!(view.account_and_user("acme", "z").1.unwrap().edition, None);
+        assert_eq!(
+            view.account_and_user("beta", "a").1.unwrap().edition,
+            Some("X8")
+        );
     }
 }

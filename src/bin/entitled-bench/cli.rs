@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// create databases (one is made for the run and dropped after).
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// Only the storage figures: durable writes, and memory and restart
+    /// with `--big-users` (no baseline, checks, batches or Watch).
+    #[arg(long)]
+    pub storage_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +89,16 @@ pub enum Role {
         users: usize,
         #[arg(long)]
         users_per_account: usize,
+    },
+    /// (internal) Opens sled's files in DIR/db and reads every user record
+    /// without decoding it: the floor under a start's load of the view.
+    #[command(hide = true)]
+    SledScan {
+        #[arg(long)]
+        dir: PathBuf,
+        /// sled's page cache, MiB (the store's is 16).
+        #[arg(long, default_value_t = 16)]
+        cache_mib: u64,
     },
     /// (internal) Serves until SIGTERM or until stdin closes; logs
     /// `serving addr=ADDR` on stderr when bound.

@@ -12,7 +12,7 @@ use entitled::{
     store::{Location, Store},
 };
 
-use crate::BoxError;
+use crate::{BoxError, stats::cpu_time};
 
 pub fn account_name(a: usize) -> String {
     format!("acct{a}")
@@ -94,6 +94,55 @@ pub fn load(
             .map_err(BoxError::from)
     })?;
     Ok(())
+}
+
+/// The `sled-scan` child: sled opened on the store's files (with the
+/// store's cache size) and its `users` tree read whole, each record
+/// touched but not decoded; prints the time and CPU time of each step. The
+/// store does this and more (decoding, the view) at every start, so it is
+/// the floor of a start with sled. Reads only: the store must be stopped.
+pub fn sled_scan(dir: &Path, cache_mib: u64) -> Result<(), BoxError> {
+    let cpu = || cpu_time(std::process::id()).unwrap_or_default();
+    let (began, cpu_began) = (Instant::now(), cpu());
+    let db = sled::Config::new()
+        .path(dir.join("db"))
+        .cache_capacity(cache_mib * 1024 * 1024)
+        .open()?;
+    let users = db.open_tree("users")?;
+    let (opened, cpu_opened) = (began.elapsed(), cpu());
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for item in users.iter() {
+        let (key, value) = item?;
+        records += 1;
+        bytes += (key.len() + value.len()) as u64;
+    }
+    let (scanned, cpu_scanned) = (began.elapsed(), cpu());
+    println!(
+        "sled-scan records={records} bytes={bytes} open_ms={} open_cpu_ms={} scan_ms={} scan_cpu_ms={}",
+        opened.as_millis(),
+        (cpu_opened - cpu_began).as_millis(),
+        (scanned - opened).as_millis(),
+        (cpu_scanned - cpu_opened).as_millis(),
+    );
+    Ok(())
+}
+
+/// Runs the `sled-scan` child on `dir` (pinned to `pin`): its line.
+pub fn run_sled_scan(dir: &Path, pin: Option<usize>) -> Result<String, BoxError> {
+    let exe = std::env::current_exe()?;
+    let mut command = match pin {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let out = command.arg("sled-scan").arg("--dir").arg(dir).output()?;
+    if !out.status.success() {
+        return Err(format!("sled-scan failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Runs the `load` child for `users` users into `dir`; how long it took.

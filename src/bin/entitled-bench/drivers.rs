@@ -388,3 +388,33 @@ pub async fn change_latency(
         latencies,
     })
 }
+
+/// What the disk under `dir` allows one writer: 4 KiB appended and
+/// `fdatasync`ed, as often as it will take for `duration`. Each durable
+/// write's flush costs at least one of these, so a flush cycle can be no
+/// shorter than one.
+pub fn disk_syncs(dir: &std::path::Path, duration: Duration) -> Result<DiskSyncs, BoxError> {
+    use std::io::Write;
+    let path = dir.join("sync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = [0x5a_u8; 4096];
+    let mut latencies = Vec::new();
+    let began = Instant::now();
+    while began.elapsed() < duration {
+        let before = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        latencies.push(u64::try_from(before.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+    let elapsed = began.elapsed();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    latencies.sort_unstable();
+    Ok(DiskSyncs { elapsed, latencies })
+}
+
+/// The probe's syncs: each one's time, sorted.
+pub struct DiskSyncs {
+    pub elapsed: Duration,
+    pub latencies: Vec<u64>,
+}

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             users,
             users_per_account,
         }) => data::load(&dir, store.as_deref(), users, users_per_account),
+        Some(Role::SledScan { dir, cache_mib }) => data::sled_scan(&dir, cache_mib),
         Some(Role::Serve {
             kind,
             dir,

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use crate::stats::{Stats, WatchRun, percentile};
+use crate::{
+    drivers::DiskSyncs,
+    stats::{Stats, WatchRun, percentile},
+};
 
 /// One figure of the table.
 pub struct Row {
@@ -78,7 +81,7 @@ pub fn big_vs_small(c: usize, big: usize, s: &Stats, small: usize, small_s: &Sta
 pub fn memory(big: usize, rss: Option<f64>, small: usize, small_rss: Option<f64>) -> Row {
     Row {
         figure: format!("resident memory with {big} users loaded"),
-        target: "≤ 400 MB",
+        target: "≤ 250 MB",
         measured: match rss {
             Some(mib) => format!(
                 "{:.0} MB (VmRSS; {:.0} MB with {small} users)",
@@ -87,26 +90,57 @@ pub fn memory(big: usize, rss: Option<f64>, small: usize, small_rss: Option<f64>
             ),
             None => "unknown (no /proc)".to_owned(),
         },
-        met: rss.map(|mib| mib * 1.048_576 <= 400.0),
+        met: rss.map(|mib| mib * 1.048_576 <= 250.0),
     }
 }
 
-pub fn restart(big: usize, to_serving: Duration) -> Row {
+/// `scan` is the `sled-scan` child's line: sled's own open and read of the
+/// users, the floor under a start.
+pub fn restart(big: usize, to_serving: Duration, cpu: Option<Duration>, scan: &str) -> Row {
+    let field = |name: &str| {
+        scan.split_whitespace()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(f64::NAN, |ms| ms / 1e3)
+    };
     Row {
         figure: format!("restart to SERVING with {big} users"),
-        target: "≤ 5 s",
-        measured: format!("{:.2} s", to_serving.as_secs_f64()),
-        met: Some(to_serving <= Duration::from_secs(5)),
+        target: "≤ 1 s",
+        measured: format!(
+            "{:.2} s (server CPU {:.2} s; sled alone, opening and reading the users undecoded: {:.2} s, CPU {:.2} s)",
+            to_serving.as_secs_f64(),
+            cpu.map_or(f64::NAN, |c| c.as_secs_f64()),
+            field("open_ms") + field("scan_ms"),
+            field("open_cpu_ms") + field("scan_cpu_ms"),
+        ),
+        met: Some(to_serving <= Duration::from_secs(1)),
     }
 }
 
-pub fn durable_writes(clients: usize, writes: &Stats) -> Row {
-    Row {
-        figure: format!("durable UpdateUserServices, {clients} concurrent clients"),
-        target: "≥ 10,000 per second",
-        measured: format!("{:.0} per second", writes.rps()),
-        met: Some(writes.rps() >= 10_000.0),
-    }
+pub fn durable_writes(clients: usize, writes: &Stats, disk: &DiskSyncs) -> [Row; 2] {
+    let syncs = disk.latencies.len() as f64 / disk.elapsed.as_secs_f64();
+    [
+        Row {
+            figure: format!("durable UpdateUserServices, {clients} concurrent clients"),
+            target: "≥ 10,000 per second",
+            measured: format!(
+                "{:.0} per second (server CPU {:.1} µs per write)",
+                writes.rps(),
+                writes.cpu_us_per_call()
+            ),
+            met: Some(writes.rps() >= 10_000.0),
+        },
+        Row {
+            figure: "the disk: 4 KiB write + fdatasync, one after another".to_owned(),
+            target: "",
+            measured: format!(
+                "{syncs:.0} per second (p50 {:.0} µs, p99 {:.0} µs)",
+                percentile(&disk.latencies, 0.5) as f64 / 1e3,
+                percentile(&disk.latencies, 0.99) as f64 / 1e3,
+            ),
+            met: None,
+        },
+    ]
 }
 
 pub fn watch(watch: &WatchRun) -> Row {

@@ -6,8 +6,11 @@ use std::process::{Command, Stdio};
 use crate::{
     BoxError,
     cli::RunArgs,
-    data::load_store,
-    drivers::{baseline_checks, entitled_batches, entitled_checks, entitled_writes, watch_latency},
+    data::{load_store, run_sled_scan},
+    drivers::{
+        baseline_checks, disk_syncs, entitled_batches, entitled_checks, entitled_writes,
+        watch_latency,
+    },
     report::{self, detail_row},
     servers::ServerProcess,
     stats::median,
@@ -74,38 +77,42 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
     let mut rows = Vec::new();
     let mut detail = Vec::new();
 
-    // (a) the baseline and (b) entitled with N users, both up; their runs
-    // alternate so that noise from elsewhere on the machine hits both.
-    let baseline = ServerProcess::baseline(server_pin, args.users, args.users_per_account).await?;
     let small_dir = tmp.path().join("small");
     let load_time = load_store(&small_dir, args.users, args.users_per_account)?;
     eprintln!("entitled: {} users loaded in {load_time:?}", args.users);
     let small = ServerProcess::entitled(server_pin, &small_dir).await?;
     let small_rss = small.rss_mib();
     let mut small_top = None;
-    for &c in &args.concurrency {
-        let (mut b_runs, mut e_runs) = (Vec::new(), Vec::new());
-        for rep in 1..=args.repeat.max(1) {
-            eprintln!("concurrency {c}, round {rep}: baseline, entitled");
-            b_runs.push(baseline_checks(&args, &baseline, c).await?);
-            e_runs.push(entitled_checks(&args, &small, args.users, c).await?);
+    if !args.storage_only {
+        // (a) the baseline and (b) entitled with N users, both up; their
+        // runs alternate so that noise from elsewhere on the machine hits
+        // both.
+        let baseline =
+            ServerProcess::baseline(server_pin, args.users, args.users_per_account).await?;
+        for &c in &args.concurrency {
+            let (mut b_runs, mut e_runs) = (Vec::new(), Vec::new());
+            for rep in 1..=args.repeat.max(1) {
+                eprintln!("concurrency {c}, round {rep}: baseline, entitled");
+                b_runs.push(baseline_checks(&args, &baseline, c).await?);
+                e_runs.push(entitled_checks(&args, &small, args.users, c).await?);
+            }
+            let (b, e) = (median(b_runs), median(e_runs));
+            detail.push(detail_row("baseline Lookup", c, &b));
+            detail.push(detail_row("entitled CheckAnalyticsAccess", c, &e));
+            rows.extend(report::checks_vs_baseline(c, &b, &e));
+            small_top = Some(c);
         }
-        let (b, e) = (median(b_runs), median(e_runs));
-        detail.push(detail_row("baseline Lookup", c, &b));
-        detail.push(detail_row("entitled CheckAnalyticsAccess", c, &e));
-        rows.extend(report::checks_vs_baseline(c, &b, &e));
-        small_top = Some(c);
-    }
-    baseline.stop()?;
+        baseline.stop()?;
 
-    eprintln!("entitled: batches of {}", args.batch_size);
-    let batches = entitled_batches(&args, &small).await?;
-    detail.push(detail_row(
-        &format!("entitled BatchCheck × {}", args.batch_size),
-        args.batch_concurrency,
-        &batches,
-    ));
-    rows.push(report::batches(args.batch_size, &batches));
+        eprintln!("entitled: batches of {}", args.batch_size);
+        let batches = entitled_batches(&args, &small).await?;
+        detail.push(detail_row(
+            &format!("entitled BatchCheck × {}", args.batch_size),
+            args.batch_concurrency,
+            &batches,
+        ));
+        rows.push(report::batches(args.batch_size, &batches));
+    }
 
     // The large store, with its check rounds alternating with the small
     // store's.
@@ -114,9 +121,25 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         eprintln!("entitled: loading {} users", args.big_users);
         let load_time = load_store(&big_dir, args.big_users, args.users_per_account)?;
         eprintln!("entitled: {} users loaded in {load_time:?}", args.big_users);
-        let big = ServerProcess::entitled(server_pin, &big_dir).await?;
-        let to_serving = big.to_serving;
-        let rss = big.rss_mib();
+        // Started `--repeat` times (stopped gracefully in between, as an
+        // operator restarts it): the median start and its memory.
+        let mut starts = Vec::new();
+        let mut big = ServerProcess::entitled(server_pin, &big_dir).await?;
+        for _ in 1..args.repeat.max(1) {
+            starts.push((big.to_serving, big.rss_mib(), big.start_cpu));
+            big.stop()?;
+            big = ServerProcess::entitled(server_pin, &big_dir).await?;
+        }
+        starts.push((big.to_serving, big.rss_mib(), big.start_cpu));
+        eprintln!(
+            "entitled: {} users, starts to SERVING {:?}, their CPU {:?}, VmRSS MiB {:?}",
+            args.big_users,
+            starts.iter().map(|s| s.0).collect::<Vec<_>>(),
+            starts.iter().map(|s| s.2).collect::<Vec<_>>(),
+            starts.iter().map(|s| s.1).collect::<Vec<_>>()
+        );
+        starts.sort_by_key(|s| s.0);
+        let (to_serving, rss, start_cpu) = starts[starts.len() / 2];
         if let Some(c) = small_top {
             let (mut small_runs, mut runs) = (Vec::new(), Vec::new());
             for rep in 1..=args.repeat.max(1) {
@@ -147,12 +170,23 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
             ));
         }
         rows.push(report::memory(args.big_users, rss, args.users, small_rss));
-        rows.push(report::restart(args.big_users, to_serving));
         big.stop()?;
+        let scan = run_sled_scan(&big_dir, server_pin)?;
+        eprintln!("{scan}");
+        rows.push(report::restart(
+            args.big_users,
+            to_serving,
+            start_cpu,
+            &scan,
+        ));
     }
 
-    eprintln!("entitled: watch latency at 1,000 writes/s");
-    let watch = watch_latency(&args, &small, 1000).await?;
+    let watch = if args.storage_only {
+        None
+    } else {
+        eprintln!("entitled: watch latency at 1,000 writes/s");
+        Some(watch_latency(&args, &small, 1000).await?)
+    };
     eprintln!("entitled: {} write clients", args.write_clients);
     let writes = entitled_writes(&args, &small).await?;
     detail.push(detail_row(
@@ -162,8 +196,12 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
     ));
     small.stop()?;
 
-    rows.push(report::durable_writes(args.write_clients, &writes));
-    rows.push(report::watch(&watch));
+    eprintln!("the disk: syncs per second");
+    let disk = disk_syncs(tmp.path(), args.duration)?;
+    rows.extend(report::durable_writes(args.write_clients, &writes, &disk));
+    if let Some(watch) = &watch {
+        rows.push(report::watch(watch));
+    }
     report::print(&load_before, &rows, &detail);
     Ok(())
 }

@@ -37,6 +37,7 @@ use crate::{
         self as bpb,
         baseline_service_server::{BaselineService, BaselineServiceServer},
     },
+    stats::cpu_time,
 };
 
 /// How long a server may take to bind: the large store is read into memory
@@ -156,6 +157,9 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// From spawning the process to health answering SERVING.
     pub to_serving: Duration,
+    /// The server's CPU time (user + system) by then: steadier than
+    /// `to_serving` on a shared machine.
+    pub start_cpu: Option<Duration>,
     /// For entitled: the operator token its first start wrote. Every call
     /// sends it, so the figures include authentication.
     pub bearer: Bearer,
@@ -242,10 +246,12 @@ impl ServerProcess {
             return Err(format!("the server is not SERVING (status {status})").into());
         }
         let to_serving = started.elapsed();
+        let start_cpu = cpu_time(child.id());
         let token = data_dir.map(operator_token).transpose()?;
         Ok(ServerProcess {
             addr: child.addr,
             to_serving,
+            start_cpu,
             bearer: Bearer::new(token.as_deref())?,
             child,
         })

@@ -32,10 +32,15 @@ impl SledBackend {
             return Err(StoreError::Failed(reason.clone()));
         }
         let seen = Seen {
-            current: self.current(target, writer.committed + 1)?,
+            current: self.current(&writer, target, writer.committed + 1)?,
             revision: writer.committed,
-            request: request.map(|r| self.kept(r)).transpose()?.flatten(),
-            bootstrapped: self.bootstrapped_sync()?,
+            request: request
+                .map(|r| self.kept(&writer, r))
+                .transpose()?
+                .flatten(),
+            bootstrapped: writer
+                .get(Tree::Meta, &self.inner.trees.meta, BOOTSTRAPPED_KEY)?
+                .is_some(),
         };
         let changes = match write(seen)? {
             Step::Done => return Ok(None),
@@ -50,29 +55,22 @@ impl SledBackend {
             keep,
         } = changes;
         let applied = !mutations.is_empty();
-        // Encode outside the transaction so its closure only moves bytes.
-        let mut ops = Vec::with_capacity(mutations.len() + audit.len() * 2 + 3);
+        // Encoded here, under the writer lock but outside sled; staged, not
+        // yet written to sled: the flush that makes it durable writes it,
+        // with every other write staged before that flush, in one sled
+        // transaction (group commit of the records as well as the flush).
+        let mut ops = Vec::with_capacity(mutations.len() + audit.len() * 2 + 1);
         for m in &mutations {
             ops.push(mutation_op(m)?);
         }
         let revision = writer.committed + u64::from(applied);
         let mut seq = writer.audit_seq;
         if applied {
-            ops.push(Op::put(
-                Tree::Meta,
-                REVISION_KEY.to_vec(),
-                revision.to_be_bytes().to_vec(),
-            ));
             for record in &mut audit {
                 seq += 1;
                 record.seq = seq;
                 ops.extend(audit_ops(record)?);
             }
-            ops.push(Op::put(
-                Tree::Meta,
-                AUDIT_SEQ_KEY.to_vec(),
-                seq.to_be_bytes().to_vec(),
-            ));
         }
         if let (Some(request), Some(record)) = (request, keep) {
             let key = keys::request_key(request.token_id, request.id);
@@ -82,7 +80,7 @@ impl SledBackend {
                 codec::encode_request(&record)?,
             ));
         }
-        self.transact(&mut writer, &ops)?;
+        writer.stage(ops);
         if applied {
             writer.committed = revision;
             writer.audit_seq = seq;
@@ -93,28 +91,49 @@ impl SledBackend {
     }
 
     /// Appends a refusal's audit record at the committed revision, with the
-    /// next sequence number. Not waited for: sled's background flush writes
-    /// it within a second, if no write's flush does first.
+    /// next sequence number. Not waited for: it is written to sled at once
+    /// (with the writes staged before it, which its sequence number
+    /// follows), and sled's background flush makes it durable within a
+    /// second, if no write's flush does first.
     pub(super) fn append(&self, mut record: AuditRecord) -> Result<(), StoreError> {
         let mut writer = self.inner.writer.lock();
+        if let Some(reason) = &writer.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
         let seq = writer.audit_seq + 1;
         record.seq = seq;
         record.revision = writer.committed;
-        let mut ops = audit_ops(&record)?;
+        let ops = audit_ops(&record)?;
+        writer.stage(ops);
+        writer.audit_seq = seq;
+        self.write_staged(&mut writer)
+    }
+
+    /// Writes every staged operation into sled in one transaction, with the
+    /// counters as they stand. If the disk refuses it (a full disk, an I/O
+    /// error), what sled holds is no longer known to match what was
+    /// committed, so the store stops taking writes, as after a failed
+    /// flush; reads go on from the view.
+    pub(super) fn write_staged(&self, writer: &mut WriterState) -> Result<(), StoreError> {
+        if writer.staged.is_empty() {
+            return Ok(());
+        }
+        let mut ops = std::mem::take(&mut writer.staged);
+        writer.overlay.clear();
+        ops.push(Op::put(
+            Tree::Meta,
+            REVISION_KEY.to_vec(),
+            writer.committed.to_be_bytes().to_vec(),
+        ));
         ops.push(Op::put(
             Tree::Meta,
             AUDIT_SEQ_KEY.to_vec(),
-            seq.to_be_bytes().to_vec(),
+            writer.audit_seq.to_be_bytes().to_vec(),
         ));
-        self.transact(&mut writer, &ops)?;
-        writer.audit_seq = seq;
-        Ok(())
+        self.transact(writer, &ops)
     }
 
-    /// Applies `ops` in one transaction. If the disk refuses it (a full disk,
-    /// an I/O error), what sled holds is no longer known to match what was
-    /// acknowledged, so the store stops taking writes, as after a failed
-    /// flush; reads go on from the view.
+    /// Applies `ops` in one transaction; fail-stop (see `write_staged`).
     fn transact(&self, writer: &mut WriterState, ops: &[Op]) -> Result<(), StoreError> {
         let t = &self.inner.trees;
         (
@@ -146,19 +165,19 @@ impl SledBackend {
                     Ok::<_, ConflictableTransactionError<()>>(())
                 },
             )
-            .map_err(|e| match e {
-                ::sled::transaction::TransactionError::Storage(e) => {
-                    let reason = format!("the disk refused a write: {e}");
-                    tracing::error!(%reason, "write failed; refusing further writes");
-                    writer.failed = Some(reason.clone());
-                    StoreError::Failed(reason)
-                }
-                ::sled::transaction::TransactionError::Abort(()) => {
-                    StoreError::Failed("transaction aborted".to_owned())
-                }
-            })?;
-        writer.txns += 1;
-        Ok(())
+            .map_err(|e| {
+                let reason = match e {
+                    ::sled::transaction::TransactionError::Storage(e) => {
+                        format!("the disk refused a write: {e}")
+                    }
+                    ::sled::transaction::TransactionError::Abort(()) => {
+                        "transaction aborted".to_owned()
+                    }
+                };
+                tracing::error!(%reason, "write failed; refusing further writes");
+                writer.failed = Some(reason.clone());
+                StoreError::Failed(reason)
+            })
     }
 
     /// Waits until transaction `txn` (a `WriterState::txns` count) is
@@ -173,10 +192,11 @@ impl SledBackend {
             return Ok(());
         }
         let (upto, revision) = {
-            let writer = inner.writer.lock();
+            let mut writer = inner.writer.lock();
             if let Some(reason) = &writer.failed {
                 return Err(StoreError::Failed(reason.clone()));
             }
+            self.write_staged(&mut writer)?;
             (writer.txns, writer.committed)
         };
         let db = inner.db.clone();
@@ -222,6 +242,7 @@ impl SledBackend {
         if let Some(reason) = &writer.failed {
             return Err(StoreError::Failed(reason.clone()));
         }
+        self.write_staged(&mut writer)?;
         let revision = writer.committed + 1;
         let mut batch = ::sled::Batch::default();
         for a in &accounts {
@@ -305,7 +326,7 @@ pub(super) fn audit_ops(record: &AuditRecord) -> Result<Vec<Op>, StoreError> {
     Ok(ops)
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Tree {
     Accounts,
     Users,

@@ -6,10 +6,13 @@
 //!
 //! Writers are serialised by one writer lock, held by this process for as
 //! long as it has the directory (`entitled.lock`), so they are serialised
-//! across processes too. Each write is one sled transaction; it is then
-//! waited for until a flush covers it. Flushes are shared (group commit):
-//! whoever holds the flush lock flushes for every transaction committed so
-//! far, then publishes those writes to the view in revision order. If the
+//! across processes too. Each write is staged (its sled operations kept in
+//! memory, in commit order) and then waited for until a flush covers it.
+//! Flushes are shared (group commit): whoever holds the flush lock writes
+//! every staged write into sled in one sled transaction, flushes, then
+//! publishes those writes to the view in revision order. Most of a write's
+//! cost was sled's, per transaction; a group of 60 writes now pays it once
+//! (BENCHMARKS.md, durable writes). If the
 //! disk refuses a transaction or a flush fails, the store takes no more
 //! writes until it is opened again (fail-stop, as databases do after an
 //! fsync error).
@@ -22,12 +25,13 @@ mod restore;
 mod tests;
 mod watermark;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use ::sled::{IVec, Tree};
 use parking_lot::Mutex;
 
 use self::{
+    commit::{Op, Tree as CTree},
     keys::{ACCOUNTS, AUDIT, AUDIT_BY_ACCOUNT, BOOTSTRAPPED_KEY, REQUESTS, TOKENS, USERS, backend},
     watermark::{Mark, StoreId, Watermark},
 };
@@ -36,6 +40,7 @@ use super::{
     backend::{Backend, BoxFuture, Counters, KeptRequest, Record, RequestId, Visit, WriteFn},
     codec::{self, RequestRecord},
     publish::Publisher,
+    view::{Builder, UserFields},
 };
 use crate::domain::AuditRecord;
 #[cfg(feature = "bench")]
@@ -85,14 +90,64 @@ struct Inner {
 struct WriterState {
     committed: u64,
     audit_seq: u64,
-    /// sled transactions committed by this process: writes, refusals and
-    /// request records alike. Durability is waited for by this count, so a
-    /// write that raises no revision (a no-op or a refusal kept for a
+    /// Transactions committed (staged) by this process: writes, refusals
+    /// and request records alike. Durability is waited for by this count,
+    /// so a write that raises no revision (a no-op or a refusal kept for a
     /// retry) can still wait for its record to be flushed.
     txns: u64,
     /// Committed writes not yet published, in revision order.
     pending: Vec<(u64, Vec<Mutation>)>,
+    /// The sled operations of committed transactions not yet written to
+    /// sled, in commit order: the next flush writes them all in one sled
+    /// transaction (`write_staged`), with the counters once. Whatever reads
+    /// sled's trees whole (a snapshot, a stop, the bulk load) writes them
+    /// first; point reads look here first (`overlay`).
+    staged: Vec<Op>,
+    /// The latest staged operation of each key: its index in `staged`.
+    overlay: HashMap<(CTree, Vec<u8>), usize>,
     failed: Option<String>,
+}
+
+impl WriterState {
+    pub(super) fn new(committed: u64, audit_seq: u64) -> Self {
+        WriterState {
+            committed,
+            audit_seq,
+            txns: 0,
+            pending: Vec::new(),
+            staged: Vec::new(),
+            overlay: HashMap::new(),
+            failed: None,
+        }
+    }
+
+    /// Stages one transaction's operations (see `staged`).
+    fn stage(&mut self, ops: Vec<Op>) {
+        for op in ops {
+            self.overlay
+                .insert((op.tree, op.key.clone()), self.staged.len());
+            self.staged.push(op);
+        }
+        self.txns += 1;
+    }
+
+    /// The value staged for `key` of `tree`: `None` if nothing is staged
+    /// for it, `Some(None)` if its removal is.
+    fn staged(&self, tree: CTree, key: &[u8]) -> Option<Option<&[u8]>> {
+        if self.overlay.is_empty() {
+            return None;
+        }
+        let i = *self.overlay.get(&(tree, key.to_vec()))?;
+        self.staged.get(i).map(|op| op.value.as_deref())
+    }
+
+    /// `key` of `tree`, staged or in sled.
+    fn get(&self, tree: CTree, sled: &Tree, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        match self.staged(tree, key) {
+            Some(staged) => Ok(staged.map(IVec::from)),
+            None => sled.get(key).map_err(backend),
+        }
+    }
 }
 
 impl SledBackend {
@@ -109,26 +164,40 @@ impl SledBackend {
         }
     }
 
-    /// The latest committed state of `target`, from sled.
-    fn current(&self, target: &Target, next_revision: u64) -> Result<TargetState, StoreError> {
-        let trees = &self.inner.trees;
+    /// The latest committed state of `target`: staged, or from sled.
+    fn current(
+        &self,
+        writer: &WriterState,
+        target: &Target,
+        next_revision: u64,
+    ) -> Result<TargetState, StoreError> {
+        let t = &self.inner.trees;
         TargetState::read(
             target,
             next_revision,
-            |a| get(&trees.accounts, ACCOUNTS, &keys::account_key(a)),
-            |a, u| get(&trees.users, USERS, &keys::user_key(a, u)),
-            |id| get(&trees.tokens, TOKENS, id.as_bytes()),
+            |a| {
+                get(
+                    writer,
+                    CTree::Accounts,
+                    &t.accounts,
+                    ACCOUNTS,
+                    &keys::account_key(a),
+                )
+            },
+            |a, u| get(writer, CTree::Users, &t.users, USERS, &keys::user_key(a, u)),
+            |id| get(writer, CTree::Tokens, &t.tokens, TOKENS, id.as_bytes()),
         )
     }
 
-    /// The answer kept for `request`, if any.
-    fn kept(&self, request: RequestId<'_>) -> Result<Option<RequestRecord>, StoreError> {
+    /// The answer kept for `request`, if any: staged, or from sled.
+    fn kept(
+        &self,
+        writer: &WriterState,
+        request: RequestId<'_>,
+    ) -> Result<Option<RequestRecord>, StoreError> {
         let key = keys::request_key(request.token_id, request.id);
-        self.inner
-            .trees
-            .requests
-            .get(&key)
-            .map_err(backend)?
+        writer
+            .get(CTree::Requests, &self.inner.trees.requests, &key)?
             .map(|bytes| codec::decode_request(REQUESTS, &key, &bytes))
             .transpose()
     }
@@ -158,9 +227,12 @@ impl SledBackend {
                         &k,
                         &k[k.len().saturating_sub(8)..],
                     )?;
-                    let Some(record) = self.audit_record_sync(seq)? else {
+                    // The index is in sled, so its records are too.
+                    let key = seq.to_be_bytes();
+                    let Some(value) = trees.audit.get(key).map_err(backend)? else {
                         continue;
                     };
+                    let record = codec::decode_audit(AUDIT, &key, &value)?;
                     if visit(record).is_break() {
                         break;
                     }
@@ -180,40 +252,53 @@ impl SledBackend {
     }
 
     fn audit_record_sync(&self, seq: u64) -> Result<Option<AuditRecord>, StoreError> {
+        // Staged records count: a watch's start (`audit_position_after`)
+        // searches up to the last sequence number given.
         let key = seq.to_be_bytes();
         self.inner
-            .trees
-            .audit
-            .get(key)
-            .map_err(backend)?
+            .writer
+            .lock()
+            .get(CTree::Audit, &self.inner.trees.audit, &key)?
             .map(|v| codec::decode_audit(AUDIT, &key, &v))
             .transpose()
     }
-
-    fn bootstrapped_sync(&self) -> Result<bool, StoreError> {
-        let meta = &self.inner.trees.meta;
-        Ok(meta.get(BOOTSTRAPPED_KEY).map_err(backend)?.is_some())
-    }
 }
 
-/// The view of what `trees` hold, as of `revision`.
+/// The view of what `trees` hold, as of `revision`: users decoded in place,
+/// straight into the view (a million of them is most of a start).
 fn load_view(trees: &Trees, revision: u64) -> Result<View, StoreError> {
-    View::load(
+    let mut view = Builder::new(
         revision,
         decoded(&trees.tokens, TOKENS),
         decoded(&trees.accounts, ACCOUNTS),
-        decoded(&trees.users, USERS),
-    )
+    )?;
+    for item in trees.users.iter() {
+        let (key, value) = item.map_err(backend)?;
+        let user = codec::decode_user(USERS, &key, &value)?;
+        view.user(UserFields {
+            account_id: user.account_id,
+            id: user.id,
+            display_name: user.display_name,
+            edition: user.edition,
+            tier: user.tier,
+            revision: user.revision,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+        })?;
+    }
+    Ok(view.finish())
 }
 
-/// The record at `key` of `tree`, decoded.
+/// The record at `key` of `tree`, staged or in sled, decoded.
 fn get<T: serde::de::DeserializeOwned>(
-    tree: &Tree,
+    writer: &WriterState,
+    tree: CTree,
+    sled: &Tree,
     name: &'static str,
     key: &[u8],
 ) -> Result<Option<T>, StoreError> {
-    tree.get(key)
-        .map_err(backend)?
+    writer
+        .get(tree, sled, key)?
         .map(|v| codec::decode(name, key, &v))
         .transpose()
 }
@@ -277,7 +362,11 @@ impl Backend for SledBackend {
     }
 
     fn bootstrapped(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
-        Box::pin(async move { self.bootstrapped_sync() })
+        Box::pin(async move {
+            let writer = self.inner.writer.lock();
+            let meta = &self.inner.trees.meta;
+            Ok(writer.get(CTree::Meta, meta, BOOTSTRAPPED_KEY)?.is_some())
+        })
     }
 
     fn size_bytes(&self) -> Result<u64, StoreError> {
@@ -291,10 +380,11 @@ impl Backend for SledBackend {
         // Copied under the writer lock (sled's trees have no snapshots), so
         // every tree is at one revision; decoded after it is let go.
         let (counters, copy) = {
-            let writer = self.inner.writer.lock();
+            let mut writer = self.inner.writer.lock();
             if let Some(reason) = &writer.failed {
                 return Err(StoreError::Failed(reason.clone()));
             }
+            self.write_staged(&mut writer)?;
             let t = &self.inner.trees;
             let counters = Counters {
                 revision: writer.committed,
@@ -335,7 +425,11 @@ impl Backend for SledBackend {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
                 // Everything committed before the flush is durable after it.
-                let committed = store.inner.writer.lock().committed;
+                let committed = {
+                    let mut writer = store.inner.writer.lock();
+                    store.write_staged(&mut writer)?;
+                    writer.committed
+                };
                 store.inner.db.flush().map_err(backend)?;
                 store.record_durable(committed, true);
                 Ok(())

@@ -1,7 +1,11 @@
 //! Opening a sled store: the directory lock, sled itself, the watermark
 //! check, and the view loaded from the trees.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use parking_lot::Mutex;
 
@@ -48,7 +52,9 @@ impl SledBackend {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(open_error(io_message(e))),
         }
+        let began = Instant::now();
         let db = open_sled(&dir.join(DB_DIR)).map_err(|e| open_error(e.to_string()))?;
+        let sled_opened = began.elapsed();
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         let trees = Trees {
             accounts: tree(ACCOUNTS)?,
@@ -62,7 +68,16 @@ impl SledBackend {
         let revision = read_counter(&trees.meta, REVISION_KEY)?;
         let audit_seq = read_counter(&trees.meta, AUDIT_SEQ_KEY)?;
         let (id, watermark) = check_watermark(dir, &db, &trees.meta, revision)?;
+        let checked = began.elapsed();
         let view = super::load_view(&trees, revision)?;
+        tracing::info!(
+            revision,
+            users = view.user_count(),
+            sled_ms = sled_opened.as_millis(),
+            watermark_ms = (checked - sled_opened).as_millis(),
+            view_ms = (began.elapsed() - checked).as_millis(),
+            "store opened"
+        );
         Ok(SledBackend {
             inner: Arc::new(Inner {
                 _lock: lock,
@@ -70,13 +85,7 @@ impl SledBackend {
                 watermark: Mutex::new(watermark),
                 db,
                 trees,
-                writer: Mutex::new(WriterState {
-                    committed: revision,
-                    audit_seq,
-                    txns: 0,
-                    pending: Vec::new(),
-                    failed: None,
-                }),
+                writer: Mutex::new(WriterState::new(revision, audit_seq)),
                 flush_lock: tokio::sync::Mutex::new(0),
                 publisher: Publisher::new(view),
             }),

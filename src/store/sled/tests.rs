@@ -413,10 +413,13 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
     // The kept answers: a change, a no-op, a refusal.
     let kept = |id: &str| {
         backend
-            .kept(RequestId {
-                token_id: OPERATOR,
-                id,
-            })
+            .kept(
+                &backend.inner.writer.lock(),
+                RequestId {
+                    token_id: OPERATOR,
+                    id,
+                },
+            )
             .unwrap()
             .unwrap()
     };
