@@ -7,9 +7,12 @@ use crate::{
     BoxError,
     cli::RunArgs,
     data::load_store,
-    drivers::{baseline_checks, entitled_batches, entitled_checks, entitled_writes, watch_latency},
+    drivers::{
+        baseline_checks, entitled_batches, entitled_checks, entitled_checks_while_writing,
+        entitled_writes, watch_latency,
+    },
     report::{self, detail_row},
-    servers::ServerProcess,
+    servers::{Launch, ServerProcess},
     stats::median,
 };
 
@@ -68,16 +71,17 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
             None => "unpinned".to_owned(),
         }
     );
+    let launch = Launch::pinned(server_pin);
     let mut rows = Vec::new();
     let mut detail = Vec::new();
 
     // (a) the baseline and (b) entitled with N users, both up; their runs
     // alternate so that noise from elsewhere on the machine hits both.
-    let baseline = ServerProcess::baseline(server_pin, args.users, args.users_per_account).await?;
+    let baseline = ServerProcess::baseline(&launch, args.users, args.users_per_account).await?;
     let small_dir = tmp.path().join("small");
     let load_time = load_store(&small_dir, args.users, args.users_per_account)?;
     eprintln!("entitled: {} users loaded in {load_time:?}", args.users);
-    let small = ServerProcess::entitled(server_pin, &small_dir).await?;
+    let small = ServerProcess::entitled(&launch, &small_dir).await?;
     let small_rss = small.rss_mib();
     let mut small_top = None;
     for &c in &args.concurrency {
@@ -104,6 +108,34 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
     ));
     rows.push(report::batches(args.batch_size, &batches));
 
+    // Checks while writes are applied, against the same checks idle, in
+    // alternating rounds.
+    if let Some(&c) = args.concurrency.first() {
+        let (mut idle_runs, mut busy_runs) = (Vec::new(), Vec::new());
+        let mut written = 0;
+        for rep in 1..=args.repeat.max(1) {
+            eprintln!("concurrency {c}, round {rep}: checks idle, checks with 1,000 writes/s");
+            idle_runs.push(entitled_checks(&args, &small, args.users, c).await?);
+            let (busy, w) = entitled_checks_while_writing(&args, &small, c, 1000).await?;
+            busy_runs.push(busy);
+            written += w;
+        }
+        let (idle, busy) = (median(idle_runs), median(busy_runs));
+        detail.push(detail_row("entitled CheckAnalyticsAccess, idle", c, &idle));
+        detail.push(detail_row(
+            "entitled CheckAnalyticsAccess, 1,000 writes/s",
+            c,
+            &busy,
+        ));
+        rows.push(report::checks_while_writing(
+            c,
+            &idle,
+            &busy,
+            written,
+            args.repeat.max(1),
+        ));
+    }
+
     // The large store, with its check rounds alternating with the small
     // store's.
     if args.big_users > 0 {
@@ -111,7 +143,7 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         eprintln!("entitled: loading {} users", args.big_users);
         let load_time = load_store(&big_dir, args.big_users, args.users_per_account)?;
         eprintln!("entitled: {} users loaded in {load_time:?}", args.big_users);
-        let big = ServerProcess::entitled(server_pin, &big_dir).await?;
+        let big = ServerProcess::entitled(&launch, &big_dir).await?;
         let to_serving = big.to_serving;
         let rss = big.rss_mib();
         if let Some(c) = small_top {

@@ -142,6 +142,31 @@ fn announce(addr: SocketAddr) {
     eprintln!("{SERVING}{addr}");
 }
 
+/// What a server process is started behind: `taskset -c CORE` when pinned,
+/// and valgrind's callgrind for the instruction counts (each program execs
+/// the next, so the child's pid is the server's).
+#[derive(Clone, Default)]
+pub struct Launch {
+    prefix: Vec<String>,
+}
+
+impl Launch {
+    /// Pinned to `core`, or not pinned.
+    pub fn pinned(core: Option<usize>) -> Self {
+        let prefix = core.map_or_else(Vec::new, |core| {
+            vec!["taskset".to_owned(), "-c".to_owned(), core.to_string()]
+        });
+        Launch { prefix }
+    }
+
+    /// The same, under `program ARGS`.
+    pub fn under(mut self, program: &str, args: impl IntoIterator<Item = String>) -> Self {
+        self.prefix.push(program.to_owned());
+        self.prefix.extend(args);
+        self
+    }
+}
+
 /// A server child process; killed if dropped before `stop`.
 pub struct ServerProcess {
     child: ServerChild,
@@ -156,7 +181,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// The baseline, holding `users` users.
     pub async fn baseline(
-        pin: Option<usize>,
+        launch: &Launch,
         users: usize,
         per_account: usize,
     ) -> Result<Self, BoxError> {
@@ -168,33 +193,33 @@ impl ServerProcess {
             "--users-per-account".to_owned(),
             per_account.to_string(),
         ];
-        Self::start(pin, &args, None).await
+        Self::start(launch, &args, None).await
     }
 
     /// `entitled` on the store at `dir`.
-    pub async fn entitled(pin: Option<usize>, dir: &Path) -> Result<Self, BoxError> {
+    pub async fn entitled(launch: &Launch, dir: &Path) -> Result<Self, BoxError> {
         let args = [
             "--kind".to_owned(),
             "entitled".to_owned(),
             "--dir".to_owned(),
             dir.display().to_string(),
         ];
-        Self::start(pin, &args, Some(dir)).await
+        Self::start(launch, &args, Some(dir)).await
     }
 
-    /// Starts `serve ARGS` (under `taskset -c CORE` when pinned) and waits
-    /// for health to answer SERVING; `data_dir` holds its operator token.
+    /// Starts `serve ARGS` (behind `launch`'s programs) and waits for health
+    /// to answer SERVING; `data_dir` holds its operator token.
     async fn start(
-        pin: Option<usize>,
+        launch: &Launch,
         args: &[String],
         data_dir: Option<&Path>,
     ) -> Result<Self, BoxError> {
         let started = Instant::now();
         let exe = std::env::current_exe()?;
-        let mut command = match pin {
-            Some(core) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(core.to_string()).arg(exe);
+        let mut command = match launch.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(exe);
                 c
             }
             None => Command::new(exe),
