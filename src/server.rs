@@ -24,13 +24,12 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     catalogue::{Catalogue, CatalogueError},
     console::{Console, ConsoleListener},
-    grpc::{Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
+    grpc::{AccessServer, Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
     metrics::{Metrics, MetricsError},
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{
-            access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
-            backup_service_server::BackupServiceServer,
+            audit_service_server::AuditServiceServer, backup_service_server::BackupServiceServer,
             catalogue_service_server::CatalogueServiceServer,
             provisioning_service_server::ProvisioningServiceServer,
             token_service_server::TokenServiceServer,
@@ -421,7 +420,7 @@ impl Application {
                 auth.clone(),
             ))
             .add_service(InterceptedService::new(
-                AccessServiceServer::new(api.clone()).max_decoding_message_size(max),
+                AccessServer::new(api.clone(), max),
                 auth.clone(),
             ))
             .add_service(InterceptedService::new(

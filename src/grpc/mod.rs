@@ -12,12 +12,14 @@
 
 mod access;
 mod admin;
+mod check_path;
 pub mod convert;
 mod metrics;
 mod overload;
 mod provisioning;
 mod status;
 
+pub use check_path::AccessServer;
 pub use metrics::RpcMetricsLayer;
 pub use overload::{OverloadMonitor, ShedLayer, token_share};
 
@@ -37,13 +39,17 @@ pub struct Api {
     entitlements: Entitlements,
     /// Checks are counted here, by decision and reason.
     metrics: Metrics,
+    /// The check's answers, with the report lists encoded once.
+    answers: Arc<convert::Answers>,
 }
 
 impl Api {
     pub fn new(entitlements: Entitlements, metrics: Metrics) -> Self {
+        let answers = Arc::new(convert::Answers::new(entitlements.check_report_lists()));
         Api {
             entitlements,
             metrics,
+            answers,
         }
     }
 

@@ -3,11 +3,11 @@
 //! a decision is a value, never an error (rule 14). The hot path: no disk,
 //! and no allocation beyond the answer's own strings.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use super::{Caller, DomainError, Entitlements, FRESHNESS_WAIT};
 use crate::{
-    domain::{AccountIdRef, Decision, Denial, Rpc, Tier, UserIdRef},
+    domain::{AccountIdRef, Decision, Denial, ReportAccess, Rpc, Tier, UserIdRef},
     store::View,
 };
 
@@ -59,6 +59,16 @@ impl Entitlements {
                 .collect();
             (results, view.revision())
         }))
+    }
+
+    /// Every report list a check can answer with (tier × data ready), the
+    /// catalogue's own (`Decision::reports` is one of them), for the edge
+    /// to encode once.
+    pub fn check_report_lists(&self) -> Vec<Arc<[ReportAccess]>> {
+        Tier::ALL
+            .into_iter()
+            .flat_map(|tier| [false, true].map(|ready| self.catalogue.report_access(tier, ready)))
+            .collect()
     }
 
     /// Waits (at most `FRESHNESS_WAIT`) until reads reflect `min_revision`;
