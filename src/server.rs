@@ -16,7 +16,6 @@ use std::{
 
 use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
 use tonic::{
-    service::interceptor::InterceptedService,
     transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -411,29 +410,23 @@ impl Application {
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(
+            .add_service(auth.wrap(
                 CatalogueServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
             ))
-            .add_service(InterceptedService::new(
+            .add_service(auth.wrap(
                 ProvisioningServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
             ))
-            .add_service(InterceptedService::new(
+            .add_service(auth.wrap(
                 AccessServer::new(api.clone(), max),
-                auth.clone(),
             ))
-            .add_service(InterceptedService::new(
+            .add_service(auth.wrap(
                 AuditServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
             ))
-            .add_service(InterceptedService::new(
+            .add_service(auth.wrap(
                 TokenServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
             ))
-            .add_service(InterceptedService::new(
+            .add_service(auth.wrap(
                 BackupServiceServer::new(api).max_decoding_message_size(max),
-                auth,
             ))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Api, Reply, convert, reader, status};
 use crate::{
-    domain::Decision,
+    domain::{AccountIdRef, Decision, UserIdRef},
     proto::v1::{
         self as pb, access_service_server::AccessService,
         catalogue_service_server::CatalogueService,
@@ -27,17 +27,46 @@ impl CatalogueService for Api {
 impl Api {
     /// The check: what both ways of answering it (the fast path of
     /// `check_path.rs`, and the generated service's below) decide.
+    pub(super) async fn decide(
+        &self,
+        request: &Request<pb::CheckAnalyticsAccessRequest>,
+    ) -> Result<Decision, Status> {
+        match self.decide_now(request) {
+            Some(decided) => decided,
+            None => self.decide_later(request).await,
+        }
+    }
+
+    /// The check, if it need not wait (`min_revision` 0): then it is
+    /// answered at once.
     // Debug level: the hot path pays for no span unless asked to.
     #[tracing::instrument(level = "debug", skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
-    pub(super) async fn decide(
+    pub(super) fn decide_now(
+        &self,
+        request: &Request<pb::CheckAnalyticsAccessRequest>,
+    ) -> Option<Result<Decision, Status>> {
+        let r = request.get_ref();
+        if r.min_revision != 0 {
+            return None;
+        }
+        Some((|| {
+            let caller = reader(request)?;
+            let (account, user) = check_ids(r)?;
+            let decision = self.entitlements.check_now(&caller, account, user)?;
+            self.metrics.check(&decision);
+            Ok(decision)
+        })())
+    }
+
+    /// The check that waits for its `min_revision` first.
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
+    async fn decide_later(
         &self,
         request: &Request<pb::CheckAnalyticsAccessRequest>,
     ) -> Result<Decision, Status> {
         let caller = reader(request)?;
         let r = request.get_ref();
-        // Malformed ids are errors; well-formed unknown ones are answers.
-        let account = convert::account_id_ref("account_id", &r.account_id)?;
-        let user = convert::user_id_ref("user_id", &r.user_id)?;
+        let (account, user) = check_ids(r)?;
         let decision = self
             .entitlements
             .check(&caller, account, user, r.min_revision)
@@ -80,6 +109,16 @@ impl Api {
             .collect();
         Ok((results, revision))
     }
+}
+
+/// A check's ids. Malformed ids are errors; well-formed unknown ones are
+/// answers.
+fn check_ids(
+    r: &pb::CheckAnalyticsAccessRequest,
+) -> Result<(AccountIdRef<'_>, UserIdRef<'_>), Status> {
+    let account = convert::account_id_ref("account_id", &r.account_id)?;
+    let user = convert::user_id_ref("user_id", &r.user_id)?;
+    Ok((account, user))
 }
 
 /// The generated service's way, which the server no longer routes the two

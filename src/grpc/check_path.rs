@@ -15,6 +15,8 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -98,14 +100,41 @@ struct Check(Arc<Api>);
 
 impl UnaryService<pb::CheckAnalyticsAccessRequest> for Check {
     type Response = CheckAnswer;
-    type Future = BoxFuture<Response<CheckAnswer>, Status>;
+    type Future = Answering;
 
     fn call(&mut self, request: Request<pb::CheckAnalyticsAccessRequest>) -> Self::Future {
+        // Nearly every check asks for no revision and is answered here and
+        // now; only one that waits needs a future of its own.
+        if let Some(decided) = self.0.decide_now(&request) {
+            let answer = decided.map(|d| Response::new(self.0.answers.answer(d)));
+            return Answering::Now(Some(answer));
+        }
         let api = Arc::clone(&self.0);
-        Box::pin(async move {
+        Answering::Later(Box::pin(async move {
             let decision = api.decide(&request).await?;
             Ok(Response::new(api.answers.answer(decision)))
-        })
+        }))
+    }
+}
+
+/// A check's answer: made already, or after a wait.
+enum Answering {
+    Now(Option<Result<Response<CheckAnswer>, Status>>),
+    Later(BoxFuture<Response<CheckAnswer>, Status>),
+}
+
+impl Future for Answering {
+    type Output = Result<Response<CheckAnswer>, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answering::Now(answer) => match answer.take() {
+                Some(answer) => Poll::Ready(answer),
+                // Polled again after it answered: as any finished future.
+                None => Poll::Pending,
+            },
+            Answering::Later(later) => later.as_mut().poll(cx),
+        }
     }
 }
 

@@ -26,10 +26,27 @@ impl Entitlements {
             .principal
             .authorize(Rpc::CheckAnalyticsAccess, Some(account.as_str()), None)?;
         self.await_revision(min_revision).await?;
+        Ok(self.read_answer(account, user))
+    }
+
+    /// `check` with no `min_revision` (0): there is nothing to wait for, so
+    /// it answers at once, and the fast path needs no future for it.
+    pub fn check_now(
+        &self,
+        caller: &Caller,
+        account: AccountIdRef<'_>,
+        user: UserIdRef<'_>,
+    ) -> Result<Decision, DomainError> {
+        caller
+            .principal
+            .authorize(Rpc::CheckAnalyticsAccess, Some(account.as_str()), None)?;
+        Ok(self.read_answer(account, user))
+    }
+
+    fn read_answer(&self, account: AccountIdRef<'_>, user: UserIdRef<'_>) -> Decision {
         let now = (self.clock)();
-        Ok(self
-            .store
-            .read(|view| self.answer(view, now, account, user)))
+        self.store
+            .read(|view| self.answer(view, now, account, user))
     }
 
     /// Checks every `(account, user)` pair against one consistent view, in
@@ -114,7 +131,7 @@ impl Entitlements {
                 Denial::AccountNotFound,
                 Tier::None,
                 None,
-                format!("account `{account}` does not exist"),
+                text(&["account `", account.as_str(), "` does not exist"]),
             );
         };
         let Some(user_rec) = user_rec else {
@@ -122,7 +139,13 @@ impl Entitlements {
                 Denial::UserNotFound,
                 Tier::None,
                 None,
-                format!("user `{user}` does not exist in account `{account}`"),
+                text(&[
+                    "user `",
+                    user.as_str(),
+                    "` does not exist in account `",
+                    account.as_str(),
+                    "`",
+                ]),
             );
         };
         let stored = user_rec.tier;
@@ -131,7 +154,7 @@ impl Entitlements {
                 Denial::NoEdition,
                 stored,
                 None,
-                format!("user `{user}` has no edition licence"),
+                text(&["user `", user.as_str(), "` has no edition licence"]),
             );
         };
         if !stored.grants_access() {
@@ -139,7 +162,7 @@ impl Entitlements {
                 Denial::AnalyticsNotEnabled,
                 stored,
                 Some(edition.to_owned()),
-                format!("analytics is not enabled for user `{user}`"),
+                text(&["analytics is not enabled for user `", user.as_str(), "`"]),
             );
         }
         // Rule 13: the catalogue in force caps the stored tier.
@@ -152,9 +175,13 @@ impl Entitlements {
                 Denial::EditionNotEligible,
                 stored,
                 Some(edition.to_owned()),
-                format!(
-                    "edition `{edition}` no longer includes analytics in the catalogue in force; the stored {stored} tier is not granted"
-                ),
+                text(&[
+                    "edition `",
+                    edition,
+                    "` no longer includes analytics in the catalogue in force; the stored ",
+                    stored.name(),
+                    " tier is not granted",
+                ]),
             );
         }
         let data_available_at = account_rec.data_available_at(self.catalogue.data_delay());
@@ -163,14 +190,19 @@ impl Entitlements {
         let (denial, reason) = if tier < stored {
             (
                 Some(Denial::EditionNotEligible),
-                format!(
-                    "edition `{edition}` no longer includes {stored} analytics in the catalogue in force; granted {tier}"
-                ),
+                text(&[
+                    "edition `",
+                    edition,
+                    "` no longer includes ",
+                    stored.name(),
+                    " analytics in the catalogue in force; granted ",
+                    tier.name(),
+                ]),
             )
         } else {
             (
                 None,
-                format!("{tier} analytics enabled with edition `{edition}`"),
+                text(&[tier.name(), " analytics enabled with edition `", edition, "`"]),
             )
         };
         Decision {
@@ -186,4 +218,10 @@ impl Entitlements {
             reason,
         }
     }
+}
+
+/// A reason put together from its parts: one allocation of the right size,
+/// where `format!` cost about 450 instructions a check (callgrind).
+fn text(parts: &[&str]) -> String {
+    parts.concat()
 }

@@ -16,6 +16,8 @@ use std::{
     time::Duration,
 };
 
+use entitled::client::Bearer;
+
 use crate::{
     BoxError,
     cli::CallgrindArgs,
@@ -51,21 +53,23 @@ async fn run(args: CallgrindArgs) -> Result<(), BoxError> {
     );
 
     let (users, per) = (args.users, args.users_per_account);
-    let baseline = ServerProcess::baseline(&launch("baseline"), users, per).await?;
-    let base = measure(
-        &args,
-        &out,
-        "baseline",
-        &baseline,
-        baseline_call(users, per),
-    )
-    .await?;
-    baseline.stop()?;
-
     let entitled = ServerProcess::entitled(&launch("entitled"), &dir).await?;
-    let call = entitled_call(users, per, entitled.bearer.clone());
+    let bearer = entitled.bearer.clone();
+    let call = entitled_call(users, per, bearer.clone());
     let ent = measure(&args, &out, "entitled", &entitled, call).await?;
     entitled.stop()?;
+
+    // The same calls: with entitled's token (`baseline_call` says why),
+    // unless asked for the baseline's bare calls.
+    let bearer = if args.bare_baseline {
+        Bearer::new(None)?
+    } else {
+        bearer
+    };
+    let baseline = ServerProcess::baseline(&launch("baseline"), users, per).await?;
+    let call = baseline_call(users, per, bearer);
+    let base = measure(&args, &out, "baseline", &baseline, call).await?;
+    baseline.stop()?;
 
     let (b, e) = (
         base as f64 / args.calls as f64,
@@ -74,7 +78,15 @@ async fn run(args: CallgrindArgs) -> Result<(), BoxError> {
     let ratio = e / b;
     println!("| server | calls | instructions (Ir) | per call |");
     println!("| --- | --- | --- | --- |");
-    println!("| baseline Lookup | {} | {base} | {b:.0} |", args.calls);
+    let bare = if args.bare_baseline {
+        " (no token)"
+    } else {
+        ""
+    };
+    println!(
+        "| baseline Lookup{bare} | {} | {base} | {b:.0} |",
+        args.calls
+    );
     println!(
         "| entitled CheckAnalyticsAccess | {} | {ent} | {e:.0} |",
         args.calls

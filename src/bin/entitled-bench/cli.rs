@@ -126,6 +126,10 @@ pub struct CallgrindArgs {
     /// Where callgrind's files are written (for `callgrind_annotate`).
     #[arg(long, default_value = "target/callgrind")]
     pub out: PathBuf,
+    /// Baseline calls without entitled's token (by default they carry it,
+    /// so that both servers get the same calls).
+    #[arg(long)]
+    pub bare_baseline: bool,
     /// Core the servers are pinned to (one tokio worker, as in the run).
     #[arg(long, default_value_t = 0)]
     pub server_core: usize,

@@ -14,7 +14,7 @@ use entitled::proto::v1::{
     self as pb, access_service_client::AccessServiceClient,
     provisioning_service_client::ProvisioningServiceClient,
 };
-use tonic::{Status, transport::Channel};
+use tonic::{Status, metadata::MetadataValue, transport::Channel};
 
 use crate::{
     BoxError,
@@ -148,15 +148,21 @@ where
 }
 
 /// One baseline call: a Lookup of the `k`-th user of task `task`'s sequence.
+/// It carries `bearer` (the baseline ignores it) so that both servers get
+/// the same calls: h2 never indexes `authorization` in its header table, so
+/// every call's token arrives as a literal that the server's HPACK decoder
+/// decodes (about 2,000 instructions), whatever the handler does with it.
 pub fn baseline_call(
     users: usize,
     per: usize,
+    bearer: Bearer,
 ) -> impl Fn(Channel, usize, u64) -> BoxFuture<Result<u64, Status>> + Clone + Send + 'static {
     move |ch, task, k| {
+        let bearer = bearer.clone();
         Box::pin(async move {
             let mut s = seed(task, k);
             let (account_id, user_id) = pick(users, per, &mut s);
-            BaselineServiceClient::new(ch)
+            BaselineServiceClient::with_interceptor(ch, bearer)
                 .lookup(bpb::LookupRequest {
                     account_id,
                     user_id,
@@ -191,12 +197,15 @@ pub fn entitled_call(
     }
 }
 
+/// Baseline calls, each carrying `bearer` (entitled's token) as entitled's
+/// do.
 pub async fn baseline_checks(
     args: &RunArgs,
     server: &ServerProcess,
+    bearer: &Bearer,
     concurrency: usize,
 ) -> Result<Stats, BoxError> {
-    let call = baseline_call(args.users, args.users_per_account);
+    let call = baseline_call(args.users, args.users_per_account, bearer.clone());
     drive(args, server, concurrency, call).await
 }
 
@@ -288,7 +297,13 @@ where
     Ok(())
 }
 
-pub async fn entitled_batches(args: &RunArgs, server: &ServerProcess) -> Result<Stats, BoxError> {
+/// BatchCheckAnalyticsAccess of `--batch-size` users; with `omit_reports`,
+/// asking for answers without their reports (`entitled-omit-reports`).
+pub async fn entitled_batches(
+    args: &RunArgs,
+    server: &ServerProcess,
+    omit_reports: bool,
+) -> Result<Stats, BoxError> {
     let (users, per, size) = (args.users, args.users_per_account, args.batch_size);
     let bearer = server.bearer.clone();
     drive(args, server, args.batch_concurrency, move |ch, task, k| {
@@ -304,11 +319,17 @@ pub async fn entitled_batches(args: &RunArgs, server: &ServerProcess) -> Result<
                     }
                 })
                 .collect();
+            let mut request = tonic::Request::new(pb::BatchCheckAnalyticsAccessRequest {
+                items,
+                min_revision: 0,
+            });
+            if omit_reports {
+                request
+                    .metadata_mut()
+                    .insert("entitled-omit-reports", MetadataValue::from_static("true"));
+            }
             AccessServiceClient::with_interceptor(ch, bearer)
-                .batch_check_analytics_access(pb::BatchCheckAnalyticsAccessRequest {
-                    items,
-                    min_revision: 0,
-                })
+                .batch_check_analytics_access(request)
                 .await
                 .map(|r| r.into_inner().results.len() as u64)
         }

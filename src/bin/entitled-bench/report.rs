@@ -67,9 +67,11 @@ pub fn checks_while_writing(
     }
 }
 
-pub fn batches(batch_size: usize, batches: &Stats) -> Row {
+pub fn batches(batch_size: usize, answers: &str, batches: &Stats) -> Row {
     Row {
-        figure: format!("batch of {batch_size} users, user-checks per second on one core"),
+        figure: format!(
+            "batch of {batch_size} users ({answers}), user-checks per second on one core"
+        ),
         target: "≥ 1,000,000",
         measured: format!(
             "{:.0} (server CPU {:.2} µs per user-check: {:.0} per second at a full core)",

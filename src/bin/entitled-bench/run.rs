@@ -88,7 +88,7 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         let (mut b_runs, mut e_runs) = (Vec::new(), Vec::new());
         for rep in 1..=args.repeat.max(1) {
             eprintln!("concurrency {c}, round {rep}: baseline, entitled");
-            b_runs.push(baseline_checks(&args, &baseline, c).await?);
+            b_runs.push(baseline_checks(&args, &baseline, &small.bearer, c).await?);
             e_runs.push(entitled_checks(&args, &small, args.users, c).await?);
         }
         let (b, e) = (median(b_runs), median(e_runs));
@@ -99,14 +99,21 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
     }
     baseline.stop()?;
 
-    eprintln!("entitled: batches of {}", args.batch_size);
-    let batches = entitled_batches(&args, &small).await?;
-    detail.push(detail_row(
-        &format!("entitled BatchCheck × {}", args.batch_size),
-        args.batch_concurrency,
-        &batches,
-    ));
-    rows.push(report::batches(args.batch_size, &batches));
+    for omit_reports in [false, true] {
+        let answers = if omit_reports {
+            "answers without reports"
+        } else {
+            "full answers"
+        };
+        eprintln!("entitled: batches of {}, {answers}", args.batch_size);
+        let batches = entitled_batches(&args, &small, omit_reports).await?;
+        detail.push(detail_row(
+            &format!("entitled BatchCheck × {}, {answers}", args.batch_size),
+            args.batch_concurrency,
+            &batches,
+        ));
+        rows.push(report::batches(args.batch_size, answers, &batches));
+    }
 
     // Checks while writes are applied, against the same checks idle, in
     // alternating rounds.

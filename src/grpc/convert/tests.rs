@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 
-use super::super::answers::Answers;
+use super::Answers;
 use crate::{
     catalogue::Catalogue,
     domain::{Decision, Denial, Tier},
