@@ -15,9 +15,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
-use tonic::{
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
-};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -410,24 +408,22 @@ impl Application {
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(auth.wrap(
-                CatalogueServiceServer::new(api.clone()).max_decoding_message_size(max),
-            ))
-            .add_service(auth.wrap(
-                ProvisioningServiceServer::new(api.clone()).max_decoding_message_size(max),
-            ))
-            .add_service(auth.wrap(
-                AccessServer::new(api.clone(), max),
-            ))
-            .add_service(auth.wrap(
-                AuditServiceServer::new(api.clone()).max_decoding_message_size(max),
-            ))
-            .add_service(auth.wrap(
-                TokenServiceServer::new(api.clone()).max_decoding_message_size(max),
-            ))
-            .add_service(auth.wrap(
-                BackupServiceServer::new(api).max_decoding_message_size(max),
-            ))
+            .add_service(
+                auth.wrap(CatalogueServiceServer::new(api.clone()).max_decoding_message_size(max)),
+            )
+            .add_service(
+                auth.wrap(
+                    ProvisioningServiceServer::new(api.clone()).max_decoding_message_size(max),
+                ),
+            )
+            .add_service(auth.wrap(AccessServer::new(api.clone(), max)))
+            .add_service(
+                auth.wrap(AuditServiceServer::new(api.clone()).max_decoding_message_size(max)),
+            )
+            .add_service(
+                auth.wrap(TokenServiceServer::new(api.clone()).max_decoding_message_size(max)),
+            )
+            .add_service(auth.wrap(BackupServiceServer::new(api).max_decoding_message_size(max)))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         let _ = metrics_stop.send(());

@@ -226,8 +226,14 @@ struct TokenId {
 }
 
 impl TokenId {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// For messages (made from a `&str` cut at a character boundary, so
+    /// always text).
     fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -253,7 +259,7 @@ impl From<String> for TokenId {
 
 impl PartialEq for TokenId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -261,7 +267,7 @@ impl Eq for TokenId {}
 
 impl std::hash::Hash for TokenId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        self.as_bytes().hash(state);
     }
 }
 

@@ -202,7 +202,12 @@ impl Entitlements {
         } else {
             (
                 None,
-                text(&[tier.name(), " analytics enabled with edition `", edition, "`"]),
+                text(&[
+                    tier.name(),
+                    " analytics enabled with edition `",
+                    edition,
+                    "`",
+                ]),
             )
         };
         Decision {

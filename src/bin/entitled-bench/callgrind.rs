@@ -98,8 +98,9 @@ async fn run(args: CallgrindArgs) -> Result<(), BoxError> {
     );
     println!();
     println!(
-        "profiles: callgrind_annotate {0}/entitled.callgrind.1; callgrind_annotate {0}/baseline.callgrind.1",
-        out.display()
+        "profiles: scripts/callgrind-top.py {0}/entitled.callgrind.1 {1}; scripts/callgrind-top.py --diff {0}/baseline.callgrind.1 {0}/entitled.callgrind.1 {1}",
+        out.display(),
+        args.calls
     );
     Ok(())
 }
