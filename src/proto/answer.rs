@@ -17,7 +17,7 @@ use prost::{
     encoding::{self, DecodeContext, WireType},
 };
 
-use super::v1::{CheckAnalyticsAccessResponse, ItemError, Report};
+use super::v1::{ItemError, Report};
 
 /// The `reports` field (7) of a `CheckAnalyticsAccessResponse`, encoded:
 /// each report's key, length and message, in order.
@@ -54,15 +54,6 @@ pub struct CheckAnswer {
     pub revision: u64,
     pub stored_tier: i32,
     pub reason: String,
-}
-
-impl CheckAnswer {
-    /// The answer as the generated type, for a caller in this process that
-    /// wants one (the batch's items, the tests); decoding the bytes is the
-    /// one way to get the reports back, and is what a client does.
-    pub fn to_response(&self) -> Result<CheckAnalyticsAccessResponse, DecodeError> {
-        CheckAnalyticsAccessResponse::decode(self.encode_to_vec().as_slice())
-    }
 }
 
 impl Message for CheckAnswer {
