@@ -1,6 +1,9 @@
 //! The generated protobuf and tonic code. Nothing else includes it.
 
+mod answer;
 mod report;
+
+pub use answer::{BatchAnswer, CheckAnswer, EncodedReports};
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
 pub mod v1 {

@@ -15,22 +15,18 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
-};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     catalogue::{Catalogue, CatalogueError},
     console::{Console, ConsoleListener},
-    grpc::{Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
+    grpc::{AccessServer, Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
     metrics::{Metrics, MetricsError},
     proto::{
         FILE_DESCRIPTOR_SET,
         v1::{
-            access_service_server::AccessServiceServer, audit_service_server::AuditServiceServer,
-            backup_service_server::BackupServiceServer,
+            audit_service_server::AuditServiceServer, backup_service_server::BackupServiceServer,
             catalogue_service_server::CatalogueServiceServer,
             provisioning_service_server::ProvisioningServiceServer,
             token_service_server::TokenServiceServer,
@@ -436,30 +432,22 @@ impl Application {
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(
-                CatalogueServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                ProvisioningServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                AccessServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                AuditServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                TokenServiceServer::new(api.clone()).max_decoding_message_size(max),
-                auth.clone(),
-            ))
-            .add_service(InterceptedService::new(
-                BackupServiceServer::new(api).max_decoding_message_size(max),
-                auth,
-            ))
+            .add_service(
+                auth.wrap(CatalogueServiceServer::new(api.clone()).max_decoding_message_size(max)),
+            )
+            .add_service(
+                auth.wrap(
+                    ProvisioningServiceServer::new(api.clone()).max_decoding_message_size(max),
+                ),
+            )
+            .add_service(auth.wrap(AccessServer::new(api.clone(), max)))
+            .add_service(
+                auth.wrap(AuditServiceServer::new(api.clone()).max_decoding_message_size(max)),
+            )
+            .add_service(
+                auth.wrap(TokenServiceServer::new(api.clone()).max_decoding_message_size(max)),
+            )
+            .add_service(auth.wrap(BackupServiceServer::new(api).max_decoding_message_size(max)))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         let _ = metrics_stop.send(());

@@ -3,6 +3,10 @@
 //! the field and the value; domain → protobuf (`answers.rs`) cannot fail.
 
 mod answers;
+#[cfg(test)]
+mod tests;
+
+pub use answers::Answers;
 
 use std::sync::Arc;
 
@@ -111,6 +115,25 @@ pub fn user_id_ref<'a>(
     value: &'a str,
 ) -> Result<UserIdRef<'a>, ConversionError> {
     Ok(field::user_id_ref(field, value)?)
+}
+
+/// The metadata by which a batch's caller asks for answers without their
+/// reports. Metadata rather than a request field: a field would change the
+/// generated request type every client builds.
+pub const OMIT_REPORTS: &str = "entitled-omit-reports";
+
+/// Whether a batch's caller asked for answers without reports
+/// (`entitled-omit-reports: true`); absent or `false` is no.
+pub fn omit_reports(metadata: &tonic::metadata::MetadataMap) -> Result<bool, ConversionError> {
+    match metadata.get(OMIT_REPORTS).map(|v| v.as_bytes()) {
+        None | Some(b"false") => Ok(false),
+        Some(b"true") => Ok(true),
+        Some(other) => Err(ConversionError::invalid(
+            "metadata entitled-omit-reports",
+            String::from_utf8_lossy(other),
+            "send `true` or `false`",
+        )),
+    }
 }
 
 /// A display name or a token name.

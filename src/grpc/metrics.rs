@@ -10,13 +10,14 @@
 use std::{
     collections::{BTreeSet, HashMap},
     future::Future,
+    hash::{BuildHasherDefault, Hasher},
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use prost::Message;
 use tonic::Code;
 
@@ -58,7 +59,10 @@ impl Method {
 /// Every method served, and `unknown` last.
 struct Methods {
     metrics: Metrics,
-    index: HashMap<String, usize>,
+    /// A fixed set, read only: no caller can add keys, so a quick hash (a
+    /// word at a time, as FxHash) serves, where SipHash cost about 300
+    /// instructions a call.
+    index: HashMap<String, usize, BuildHasherDefault<Quick>>,
     methods: Vec<Method>,
 }
 
@@ -83,6 +87,28 @@ impl Methods {
             .observe(took);
     }
 }
+
+/// The method index's hash: FxHash's step, eight bytes at a time.
+#[derive(Default)]
+struct Quick(u64);
+
+impl Hasher for Quick {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+/// Where a unary error's code is (tonic's trailers-only response).
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Adds [`RpcMetrics`] in front of a service.
 #[derive(Clone)]
@@ -145,17 +171,14 @@ pub struct RpcMetrics<S> {
     methods: Arc<Methods>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
 impl<S, B, RB> tower::Service<Request<B>> for RpcMetrics<S>
 where
-    S: tower::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Unpin,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = Timed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -163,23 +186,44 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let method = self.methods.find(request.uri().path());
-        let methods = Arc::clone(&self.methods);
-        // The clone that was made ready goes to this call (tower's rule).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let started = Instant::now();
-        Box::pin(async move {
-            let result = inner.call(request).await;
-            let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes())),
-                // The transport failed the call: no status was sent.
-                Err(_) => Code::Unknown,
-            };
-            methods.observe(method, code, started.elapsed());
-            result
-        })
+        Timed {
+            started: Instant::now(),
+            // Called here, on the service that was made ready: no clone of
+            // the stack below and no boxed future per call.
+            inner: self.inner.call(request),
+            methods: Arc::clone(&self.methods),
+            method,
+        }
+    }
+}
+
+/// A call being timed: observed when its response (headers) is ready.
+pub struct Timed<F> {
+    inner: F,
+    methods: Arc<Methods>,
+    method: usize,
+    started: Instant,
+}
+
+impl<F, RB, E> Future for Timed<F>
+where
+    F: Future<Output = Result<Response<RB>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let result = std::task::ready!(Pin::new(&mut this.inner).poll(cx));
+        let code = match &result {
+            Ok(response) => response
+                .headers()
+                .get(&GRPC_STATUS)
+                .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes())),
+            // The transport failed the call: no status was sent.
+            Err(_) => Code::Unknown,
+        };
+        this.methods
+            .observe(this.method, code, this.started.elapsed());
+        Poll::Ready(result)
     }
 }

@@ -10,8 +10,8 @@
 //!   slots (half), so a single caller, however many calls it opens, leaves
 //!   the other half to everyone else. The token is known by the id in
 //!   `authorization: Bearer <id>.<secret>`: this layer runs before
-//!   authentication, but a forged or unknown token is refused by the
-//!   interceptor from the headers alone, before the message is read, so it
+//!   authentication, but a forged or unknown token is refused by
+//!   authentication from the headers alone, before the message is read, so it
 //!   holds its slot only for that moment; the id is enough to tell callers
 //!   apart. Calls without a usable id share one key.
 //! - **A bound on the request message.** A call whose request message has not
@@ -34,7 +34,7 @@
 //! reaches the client as a generic message; these refusals say what to do.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     future::Future,
     pin::Pin,
     sync::{
@@ -154,7 +154,6 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let deadline = Instant::now() + self.message_timeout;
         let slot = if request.uri().path().starts_with(EXEMPT_PREFIX) {
             None
         } else {
@@ -172,16 +171,16 @@ where
         };
         let arrived = Arc::new(AtomicBool::new(false));
         let request = request.map(|body| Arrival::new(body, Arc::clone(&arrived)));
-        // The clone that was made ready goes to this call (tower's rule).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Called here, on the service that was made ready: no clone of the
+        // stack below per call.
+        let call = self.inner.call(request);
         let timeout = self.message_timeout;
         let timed_out = self.counters.message_timeout.clone();
         Box::pin(async move {
             let answer = tokio::select! {
                 biased;
-                answer = inner.call(request) => answer,
-                () = stalled(deadline, &arrived) => {
+                answer = call => answer,
+                () = stalled(timeout, &arrived) => {
                     // The handler has not started (its message is not all
                     // here), so dropping the call cuts no work short.
                     timed_out.inc();
@@ -198,10 +197,12 @@ where
     }
 }
 
-/// Completes at `deadline` if the request has not arrived whole by then;
-/// never otherwise.
-async fn stalled(deadline: Instant, arrived: &AtomicBool) {
-    tokio::time::sleep_until(deadline).await;
+/// Completes `timeout` after it is first polled (the call's start: it is
+/// polled with the call's first poll) if the request has not arrived whole
+/// by then; never otherwise. The clock is read only here, when a call has
+/// had to wait: most answer in their first poll and never read it.
+async fn stalled(timeout: Duration, arrived: &AtomicBool) {
+    tokio::time::sleep_until(Instant::now() + timeout).await;
     if arrived.load(Ordering::Acquire) {
         std::future::pending::<()>().await;
     }
@@ -211,9 +212,75 @@ async fn stalled(deadline: Instant, arrived: &AtomicBool) {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Caller {
     /// The id of `authorization: Bearer <id>.<secret>` (not yet checked).
-    Token(Box<str>),
+    Token(TokenId),
     /// No token, or none that could be one of ours.
     Anonymous,
+}
+
+/// A token id as the limiter keys it, held inline: the ids it keys are at
+/// most `MAX_ID_BYTES` long, so admitting a call allocates nothing.
+#[derive(Clone)]
+struct TokenId {
+    len: usize,
+    bytes: [u8; MAX_ID_BYTES],
+}
+
+impl TokenId {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// For messages (made from a `&str` cut at a character boundary, so
+    /// always text).
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl From<&str> for TokenId {
+    /// The id, cut to `MAX_ID_BYTES` at a character boundary (`caller_of`
+    /// passes none longer).
+    fn from(id: &str) -> Self {
+        let mut len = id.len().min(MAX_ID_BYTES);
+        while !id.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; MAX_ID_BYTES];
+        bytes[..len].copy_from_slice(&id.as_bytes()[..len]);
+        TokenId { len, bytes }
+    }
+}
+
+impl From<String> for TokenId {
+    fn from(id: String) -> Self {
+        TokenId::from(id.as_str())
+    }
+}
+
+impl PartialEq for TokenId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for TokenId {}
+
+impl std::hash::Hash for TokenId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl std::fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The caller a request claims to be, read as `authenticate` reads it.
@@ -222,9 +289,13 @@ fn caller_of<B>(request: &Request<B>) -> Caller {
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-        .and_then(|bearer| std::str::from_utf8(bearer).ok())
-        .and_then(|bearer| bearer.split_once('.'))
-        .map(|(id, _secret)| id)
+        // Text, as `authenticate` wants it (ASCII is the quick test), and
+        // the id before the first dot; the secret is not looked at.
+        .filter(|bearer| bearer.is_ascii() || std::str::from_utf8(bearer).is_ok())
+        .and_then(|bearer| {
+            let dot = bearer.iter().position(|&b| b == b'.')?;
+            std::str::from_utf8(&bearer[..dot]).ok()
+        })
         .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES);
     match id {
         Some(id) => Caller::Token(id.into()),
@@ -291,19 +362,22 @@ impl Limiter {
     /// A slot for `caller`, if the server and the caller's share have one.
     fn admit(self: &Arc<Self>, caller: Caller) -> Result<Slot, Refusal> {
         let mut running = self.running.lock();
+        let running = &mut *running;
         if running.total >= self.limit {
             running.shed = true;
             return Err(Refusal::ServerLimit { limit: self.limit });
         }
-        let held = running.by_caller.get(&caller).copied().unwrap_or(0);
-        if held >= self.share {
+        // One lookup (the key is shared, not copied); a new entry starts
+        // at 0, below any share, so only an old one can refuse.
+        let held = running.by_caller.entry(caller.clone()).or_insert(0);
+        if *held >= self.share {
             return Err(Refusal::TokenShare {
                 caller,
                 share: self.share,
                 limit: self.limit,
             });
         }
-        running.by_caller.insert(caller.clone(), held + 1);
+        *held += 1;
         running.total += 1;
         Ok(Slot {
             limiter: Arc::clone(self),
@@ -313,11 +387,12 @@ impl Limiter {
 
     fn release(&self, caller: &Caller) {
         let mut running = self.running.lock();
+        let running = &mut *running;
         running.total = running.total.saturating_sub(1);
-        if let Some(held) = running.by_caller.get_mut(caller) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                running.by_caller.remove(caller);
+        if let Entry::Occupied(mut held) = running.by_caller.entry(caller.clone()) {
+            *held.get_mut() = held.get().saturating_sub(1);
+            if *held.get() == 0 {
+                held.remove();
             }
         }
     }
@@ -370,12 +445,10 @@ impl<B: Body + Unpin> Body for Arrival<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(_)) => this.inner.is_end_stream(),
-            Poll::Pending => false,
-        };
-        if ended {
+        // The end of the stream: tonic reads to it (for trailers) before it
+        // calls the handler, so asking the body after each frame whether it
+        // has ended would tell no sooner in time to matter.
+        if let Poll::Ready(None) = polled {
             this.arrived.store(true, Ordering::Release);
         }
         polled

@@ -3,11 +3,11 @@
 //! a decision is a value, never an error (rule 14). The hot path: no disk,
 //! and no allocation beyond the answer's own strings.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use super::{Caller, DomainError, Entitlements, FRESHNESS_WAIT};
 use crate::{
-    domain::{AccountIdRef, Decision, Denial, Rpc, Tier, UserIdRef},
+    domain::{AccountIdRef, Decision, Denial, ReportAccess, Rpc, Tier, UserIdRef},
     store::View,
 };
 
@@ -26,10 +26,27 @@ impl Entitlements {
             .principal
             .authorize(Rpc::CheckAnalyticsAccess, Some(account.as_str()), None)?;
         self.await_revision(caller, min_revision).await?;
+        Ok(self.read_answer(account, user))
+    }
+
+    /// `check` with no `min_revision` (0): there is nothing to wait for, so
+    /// it answers at once, and the fast path needs no future for it.
+    pub fn check_now(
+        &self,
+        caller: &Caller,
+        account: AccountIdRef<'_>,
+        user: UserIdRef<'_>,
+    ) -> Result<Decision, DomainError> {
+        caller
+            .principal
+            .authorize(Rpc::CheckAnalyticsAccess, Some(account.as_str()), None)?;
+        Ok(self.read_answer(account, user))
+    }
+
+    fn read_answer(&self, account: AccountIdRef<'_>, user: UserIdRef<'_>) -> Decision {
         let now = (self.clock)();
-        Ok(self
-            .store
-            .read(|view| self.answer(view, now, account, user)))
+        self.store
+            .read(|view| self.answer(view, now, account, user))
     }
 
     /// Checks every `(account, user)` pair against one consistent view, in
@@ -59,6 +76,16 @@ impl Entitlements {
                 .collect();
             (results, view.revision())
         }))
+    }
+
+    /// Every report list a check can answer with (tier × data ready), the
+    /// catalogue's own (`Decision::reports` is one of them), for the edge
+    /// to encode once.
+    pub fn check_report_lists(&self) -> Vec<Arc<[ReportAccess]>> {
+        Tier::ALL
+            .into_iter()
+            .flat_map(|tier| [false, true].map(|ready| self.catalogue.report_access(tier, ready)))
+            .collect()
     }
 
     /// Waits (at most `FRESHNESS_WAIT`) until reads reflect `min_revision`;
@@ -107,7 +134,7 @@ impl Entitlements {
                 Denial::AccountNotFound,
                 Tier::None,
                 None,
-                format!("account `{account}` does not exist"),
+                text(&["account `", account.as_str(), "` does not exist"]),
             );
         };
         let Some(user_rec) = user_rec else {
@@ -115,7 +142,13 @@ impl Entitlements {
                 Denial::UserNotFound,
                 Tier::None,
                 None,
-                format!("user `{user}` does not exist in account `{account}`"),
+                text(&[
+                    "user `",
+                    user.as_str(),
+                    "` does not exist in account `",
+                    account.as_str(),
+                    "`",
+                ]),
             );
         };
         let stored = user_rec.tier;
@@ -124,7 +157,7 @@ impl Entitlements {
                 Denial::NoEdition,
                 stored,
                 None,
-                format!("user `{user}` has no edition licence"),
+                text(&["user `", user.as_str(), "` has no edition licence"]),
             );
         };
         if !stored.grants_access() {
@@ -132,7 +165,7 @@ impl Entitlements {
                 Denial::AnalyticsNotEnabled,
                 stored,
                 Some(edition.to_owned()),
-                format!("analytics is not enabled for user `{user}`"),
+                text(&["analytics is not enabled for user `", user.as_str(), "`"]),
             );
         }
         // Rule 13: the catalogue in force caps the stored tier.
@@ -145,9 +178,13 @@ impl Entitlements {
                 Denial::EditionNotEligible,
                 stored,
                 Some(edition.to_owned()),
-                format!(
-                    "edition `{edition}` no longer includes analytics in the catalogue in force; the stored {stored} tier is not granted"
-                ),
+                text(&[
+                    "edition `",
+                    edition,
+                    "` no longer includes analytics in the catalogue in force; the stored ",
+                    stored.name(),
+                    " tier is not granted",
+                ]),
             );
         }
         let data_available_at = account_rec.data_available_at(self.catalogue.data_delay());
@@ -156,14 +193,24 @@ impl Entitlements {
         let (denial, reason) = if tier < stored {
             (
                 Some(Denial::EditionNotEligible),
-                format!(
-                    "edition `{edition}` no longer includes {stored} analytics in the catalogue in force; granted {tier}"
-                ),
+                text(&[
+                    "edition `",
+                    edition,
+                    "` no longer includes ",
+                    stored.name(),
+                    " analytics in the catalogue in force; granted ",
+                    tier.name(),
+                ]),
             )
         } else {
             (
                 None,
-                format!("{tier} analytics enabled with edition `{edition}`"),
+                text(&[
+                    tier.name(),
+                    " analytics enabled with edition `",
+                    edition,
+                    "`",
+                ]),
             )
         };
         Decision {
@@ -179,4 +226,10 @@ impl Entitlements {
             reason,
         }
     }
+}
+
+/// A reason put together from its parts: one allocation of the right size,
+/// where `format!` cost about 450 instructions a check (callgrind).
+fn text(parts: &[&str]) -> String {
+    parts.concat()
 }

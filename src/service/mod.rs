@@ -20,6 +20,7 @@ mod refusals;
 mod rules;
 mod tokens;
 mod users;
+mod verified;
 mod watch;
 
 use crate::{
@@ -221,6 +222,8 @@ pub struct Entitlements {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// How many refusals each token may leave in the audit trail.
     refusals: Arc<refusals::RefusalLimiter>,
+    /// Bearers already verified, so a token's next call skips the SHA-256.
+    verified: Arc<verified::VerifiedSecrets>,
 }
 
 impl Entitlements {
@@ -232,6 +235,7 @@ impl Entitlements {
             watch_options: WatchOptions::default(),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             refusals: Arc::default(),
+            verified: Arc::default(),
         }
     }
 

@@ -77,6 +77,9 @@ pub struct RunArgs {
 
 #[derive(Subcommand)]
 pub enum Role {
+    /// Counts the servers' user-space instructions per call under valgrind's
+    /// callgrind: the baseline and entitled, the same calls in one run.
+    Callgrind(CallgrindArgs),
     /// (internal) Writes a store of N users into DIR.
     #[command(hide = true)]
     Load {
@@ -125,4 +128,38 @@ pub enum Role {
 pub enum Kind {
     Baseline,
     Entitled,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct CallgrindArgs {
+    /// Users loaded into both servers.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    #[arg(long, default_value_t = 100)]
+    pub users_per_account: usize,
+    /// Measured calls to each server.
+    #[arg(long, default_value_t = 20_000)]
+    pub calls: u64,
+    /// Unmeasured calls first.
+    #[arg(long, default_value_t = 2_000)]
+    pub warmup_calls: u64,
+    /// Calls in flight.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Where callgrind's files are written (for `callgrind_annotate`).
+    #[arg(long, default_value = "target/callgrind")]
+    pub out: PathBuf,
+    /// Baseline calls without entitled's token (by default they carry it,
+    /// so that both servers get the same calls).
+    #[arg(long)]
+    pub bare_baseline: bool,
+    /// Core the servers are pinned to (one tokio worker, as in the run).
+    #[arg(long, default_value_t = 0)]
+    pub server_core: usize,
+    /// Do not pin (no `taskset`).
+    #[arg(long)]
+    pub no_pin: bool,
 }

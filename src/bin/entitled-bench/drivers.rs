@@ -9,11 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use entitled::client::Bearer;
 use entitled::proto::v1::{
     self as pb, access_service_client::AccessServiceClient,
     provisioning_service_client::ProvisioningServiceClient,
 };
-use tonic::{Status, transport::Channel};
+use tonic::{Status, metadata::MetadataValue, transport::Channel};
 
 use crate::{
     BoxError,
@@ -23,6 +24,8 @@ use crate::{
     servers::{ServerProcess, connect},
     stats::{Stats, WatchRun, cpu_time},
 };
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A tiny deterministic generator (xorshift) so both servers see the same
 /// sequence of users.
@@ -144,37 +147,42 @@ where
     Ok(total)
 }
 
-pub async fn baseline_checks(
-    args: &RunArgs,
-    server: &ServerProcess,
-    concurrency: usize,
-) -> Result<Stats, BoxError> {
-    let (users, per) = (args.users, args.users_per_account);
-    drive(args, server, concurrency, move |ch, task, k| async move {
-        let mut s = seed(task, k);
-        let (account_id, user_id) = pick(users, per, &mut s);
-        BaselineServiceClient::new(ch)
-            .lookup(bpb::LookupRequest {
-                account_id,
-                user_id,
-            })
-            .await
-            .map(|_| 1)
-    })
-    .await
+/// One baseline call: a Lookup of the `k`-th user of task `task`'s sequence.
+/// It carries `bearer` (the baseline ignores it) so that both servers get
+/// the same calls: h2 never indexes `authorization` in its header table, so
+/// every call's token arrives as a literal that the server's HPACK decoder
+/// decodes (about 2,000 instructions), whatever the handler does with it.
+pub fn baseline_call(
+    users: usize,
+    per: usize,
+    bearer: Bearer,
+) -> impl Fn(Channel, usize, u64) -> BoxFuture<Result<u64, Status>> + Clone + Send + 'static {
+    move |ch, task, k| {
+        let bearer = bearer.clone();
+        Box::pin(async move {
+            let mut s = seed(task, k);
+            let (account_id, user_id) = pick(users, per, &mut s);
+            BaselineServiceClient::with_interceptor(ch, bearer)
+                .lookup(bpb::LookupRequest {
+                    account_id,
+                    user_id,
+                })
+                .await
+                .map(|_| 1)
+        })
+    }
 }
 
-pub async fn entitled_checks(
-    args: &RunArgs,
-    server: &ServerProcess,
+/// One check, as the gateway makes it (with its bearer token), of the same
+/// user `baseline_call` looks up for the same `task` and `k`.
+pub fn entitled_call(
     users: usize,
-    concurrency: usize,
-) -> Result<Stats, BoxError> {
-    let per = args.users_per_account;
-    let bearer = server.bearer.clone();
-    drive(args, server, concurrency, move |ch, task, k| {
+    per: usize,
+    bearer: Bearer,
+) -> impl Fn(Channel, usize, u64) -> BoxFuture<Result<u64, Status>> + Clone + Send + 'static {
+    move |ch, task, k| {
         let bearer = bearer.clone();
-        async move {
+        Box::pin(async move {
             let mut s = seed(task, k);
             let (account_id, user_id) = pick(users, per, &mut s);
             AccessServiceClient::with_interceptor(ch, bearer)
@@ -185,12 +193,117 @@ pub async fn entitled_checks(
                 })
                 .await
                 .map(|_| 1)
-        }
-    })
-    .await
+        })
+    }
 }
 
-pub async fn entitled_batches(args: &RunArgs, server: &ServerProcess) -> Result<Stats, BoxError> {
+/// Baseline calls, each carrying `bearer` (entitled's token) as entitled's
+/// do.
+pub async fn baseline_checks(
+    args: &RunArgs,
+    server: &ServerProcess,
+    bearer: &Bearer,
+    concurrency: usize,
+) -> Result<Stats, BoxError> {
+    let call = baseline_call(args.users, args.users_per_account, bearer.clone());
+    drive(args, server, concurrency, call).await
+}
+
+pub async fn entitled_checks(
+    args: &RunArgs,
+    server: &ServerProcess,
+    users: usize,
+    concurrency: usize,
+) -> Result<Stats, BoxError> {
+    let call = entitled_call(users, args.users_per_account, server.bearer.clone());
+    drive(args, server, concurrency, call).await
+}
+
+/// `entitled_checks` while `rate` durable writes a second (UpdateUserServices
+/// on X8 users, alternating tiers, each sent on its tick whatever the others
+/// are doing) run beside them, from before the warm-up to the end.
+pub async fn entitled_checks_while_writing(
+    args: &RunArgs,
+    server: &ServerProcess,
+    concurrency: usize,
+    rate: u64,
+) -> Result<(Stats, u64), BoxError> {
+    let channel = connect(server.addr).await?;
+    let bearer = server.bearer.clone();
+    let per = args.users_per_account;
+    let x8 = x8_users(args.users);
+    if x8.is_empty() {
+        return Err("no X8 users to write; raise --users".into());
+    }
+    let total = rate * (args.warmup + args.duration).as_secs_f64().ceil() as u64;
+    let writer = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut writes = Vec::new();
+        for k in 0..total as usize {
+            ticker.tick().await;
+            let request = flip(x8[k % x8.len()], per, k / x8.len());
+            let mut client =
+                ProvisioningServiceClient::with_interceptor(channel.clone(), bearer.clone());
+            writes.push(tokio::spawn(async move {
+                client.update_user_services(request).await.is_ok()
+            }));
+        }
+        let mut done = 0u64;
+        for w in writes {
+            if w.await.unwrap_or(false) {
+                done += 1;
+            }
+        }
+        done
+    });
+    let checks = entitled_checks(args, server, args.users, concurrency).await?;
+    let written = writer.await?;
+    Ok((checks, written))
+}
+
+/// Exactly `calls` calls of `call`, `concurrency` at a time over
+/// `connections` connections: the instruction counts divide by this.
+pub async fn counted<F, Fut>(
+    addr: SocketAddr,
+    connections: usize,
+    concurrency: usize,
+    calls: u64,
+    first: u64,
+    call: F,
+) -> Result<(), BoxError>
+where
+    F: Fn(Channel, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<u64, Status>> + Send,
+{
+    let channels = channels(addr, connections).await?;
+    let concurrency = concurrency.max(1);
+    let mut tasks = Vec::with_capacity(concurrency);
+    for t in 0..concurrency {
+        let channel = channels[t % channels.len()].clone();
+        let call = call.clone();
+        // Task t makes calls t, t + concurrency, ...: `calls` in all.
+        let mine = (calls + (concurrency - 1 - t) as u64) / concurrency as u64;
+        tasks.push(tokio::spawn(async move {
+            for k in 0..mine {
+                call(channel.clone(), t, first + k).await?;
+            }
+            Ok::<_, Status>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// BatchCheckAnalyticsAccess of `--batch-size` users; with `omit_reports`,
+/// asking for answers without their reports (`entitled-omit-reports`).
+pub async fn entitled_batches(
+    args: &RunArgs,
+    server: &ServerProcess,
+    omit_reports: bool,
+) -> Result<Stats, BoxError> {
     let (users, per, size) = (args.users, args.users_per_account, args.batch_size);
     let bearer = server.bearer.clone();
     drive(args, server, args.batch_concurrency, move |ch, task, k| {
@@ -206,11 +319,17 @@ pub async fn entitled_batches(args: &RunArgs, server: &ServerProcess) -> Result<
                     }
                 })
                 .collect();
+            let mut request = tonic::Request::new(pb::BatchCheckAnalyticsAccessRequest {
+                items,
+                min_revision: 0,
+            });
+            if omit_reports {
+                request
+                    .metadata_mut()
+                    .insert("entitled-omit-reports", MetadataValue::from_static("true"));
+            }
             AccessServiceClient::with_interceptor(ch, bearer)
-                .batch_check_analytics_access(pb::BatchCheckAnalyticsAccessRequest {
-                    items,
-                    min_revision: 0,
-                })
+                .batch_check_analytics_access(request)
                 .await
                 .map(|r| r.into_inner().results.len() as u64)
         }

@@ -18,6 +18,7 @@
 //! it all). Its server processes are handled by the tests' `child.rs`, not
 //! a copy of it.
 
+mod callgrind;
 #[allow(dead_code, reason = "the tests use what the bench does not")]
 #[path = "../../../tests/common/child.rs"]
 mod child;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
             users,
             users_per_account,
         }) => servers::serve(kind, dir, store, users, users_per_account),
+        Some(Role::Callgrind(args)) => callgrind::callgrind(args),
         None => run::orchestrate(cli.run),
     };
     match result {

@@ -15,7 +15,7 @@ use crate::{
     data::load_into,
     drivers::{Since, change_latency, entitled_checks, entitled_writes, entitled_writes_part},
     report::{self, detail_row},
-    servers::ServerProcess,
+    servers::{Launch, ServerProcess},
     stats::median,
 };
 
@@ -94,6 +94,7 @@ async fn small_store_figures(
     db: &Database,
     tmp: &std::path::Path,
 ) -> Result<(Vec<report::Row>, Vec<String>), BoxError> {
+    let launch = Launch::pinned(pin);
     let (mut rows, mut detail) = (Vec::new(), Vec::new());
     let sled_dir = tmp.join("sled");
     let took = load_into(&sled_dir, None, args.users, args.users_per_account)?;
@@ -101,9 +102,9 @@ async fn small_store_figures(
     let dirs: Vec<_> = (0..3).map(|i| tmp.join(format!("replica{i}"))).collect();
     let took = load_into(&dirs[0], Some(&db.url), args.users, args.users_per_account)?;
     eprintln!("PostgreSQL: {} users loaded in {took:?}", args.users);
-    let sled = ServerProcess::entitled(pin, &sled_dir).await?;
-    let a = ServerProcess::replica(pin, &dirs[0], Some(&db.url), &dirs[0]).await?;
-    let b = ServerProcess::replica(pin, &dirs[1], Some(&db.url), &dirs[0]).await?;
+    let sled = ServerProcess::entitled(&launch, &sled_dir).await?;
+    let a = ServerProcess::replica(&launch, &dirs[0], Some(&db.url), &dirs[0]).await?;
+    let b = ServerProcess::replica(&launch, &dirs[1], Some(&db.url), &dirs[0]).await?;
 
     // First, while every write it makes is a change (the write runs below
     // flip the same users back and forth).
@@ -139,7 +140,7 @@ async fn small_store_figures(
     rows.push(report::postgres_writes(clients, &one, &s));
     sled.stop()?;
 
-    let c3 = ServerProcess::replica(pin, &dirs[2], Some(&db.url), &dirs[0]).await?;
+    let c3 = ServerProcess::replica(&launch, &dirs[2], Some(&db.url), &dirs[0]).await?;
     eprintln!("{clients} write clients over 3 replicas");
     let (ra, rb, rc) = tokio::join!(
         entitled_writes_part(args, &a, 0, 3),
@@ -170,12 +171,13 @@ async fn big_store_figure(
     db: &Database,
     tmp: &std::path::Path,
 ) -> Result<report::Row, BoxError> {
+    let launch = Launch::pinned(pin);
     let dir = tmp.join("big");
     eprintln!("PostgreSQL: loading {} users", args.big_users);
     let took = load_into(&dir, Some(&db.url), args.big_users, args.users_per_account)?;
     eprintln!("PostgreSQL: {} users loaded in {took:?}", args.big_users);
     // Its first start makes the operator token, in `dir`.
-    let replica = ServerProcess::replica(pin, &dir, Some(&db.url), &dir).await?;
+    let replica = ServerProcess::replica(&launch, &dir, Some(&db.url), &dir).await?;
     let row = report::replica_start(args.big_users, replica.to_serving, replica.rss_mib());
     replica.stop()?;
     Ok(row)

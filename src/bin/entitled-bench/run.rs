@@ -8,11 +8,11 @@ use crate::{
     cli::RunArgs,
     data::{load_store, run_sled_scan},
     drivers::{
-        baseline_checks, disk_syncs, entitled_batches, entitled_checks, entitled_writes,
-        watch_latency,
+        baseline_checks, disk_syncs, entitled_batches, entitled_checks,
+        entitled_checks_while_writing, entitled_writes, watch_latency,
     },
     report::{self, detail_row},
-    servers::ServerProcess,
+    servers::{Launch, ServerProcess},
     stats::median,
 };
 
@@ -74,26 +74,26 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
             None => "unpinned".to_owned(),
         }
     );
+    let launch = Launch::pinned(server_pin);
     let mut rows = Vec::new();
     let mut detail = Vec::new();
 
     let small_dir = tmp.path().join("small");
     let load_time = load_store(&small_dir, args.users, args.users_per_account)?;
     eprintln!("entitled: {} users loaded in {load_time:?}", args.users);
-    let small = ServerProcess::entitled(server_pin, &small_dir).await?;
+    let small = ServerProcess::entitled(&launch, &small_dir).await?;
     let small_rss = small.rss_mib();
     let mut small_top = None;
     if !args.storage_only {
         // (a) the baseline and (b) entitled with N users, both up; their
         // runs alternate so that noise from elsewhere on the machine hits
         // both.
-        let baseline =
-            ServerProcess::baseline(server_pin, args.users, args.users_per_account).await?;
+        let baseline = ServerProcess::baseline(&launch, args.users, args.users_per_account).await?;
         for &c in &args.concurrency {
             let (mut b_runs, mut e_runs) = (Vec::new(), Vec::new());
             for rep in 1..=args.repeat.max(1) {
                 eprintln!("concurrency {c}, round {rep}: baseline, entitled");
-                b_runs.push(baseline_checks(&args, &baseline, c).await?);
+                b_runs.push(baseline_checks(&args, &baseline, &small.bearer, c).await?);
                 e_runs.push(entitled_checks(&args, &small, args.users, c).await?);
             }
             let (b, e) = (median(b_runs), median(e_runs));
@@ -104,14 +104,49 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         }
         baseline.stop()?;
 
-        eprintln!("entitled: batches of {}", args.batch_size);
-        let batches = entitled_batches(&args, &small).await?;
-        detail.push(detail_row(
-            &format!("entitled BatchCheck × {}", args.batch_size),
-            args.batch_concurrency,
-            &batches,
-        ));
-        rows.push(report::batches(args.batch_size, &batches));
+        for omit_reports in [false, true] {
+            let answers = if omit_reports {
+                "answers without reports"
+            } else {
+                "full answers"
+            };
+            eprintln!("entitled: batches of {}, {answers}", args.batch_size);
+            let batches = entitled_batches(&args, &small, omit_reports).await?;
+            detail.push(detail_row(
+                &format!("entitled BatchCheck × {}, {answers}", args.batch_size),
+                args.batch_concurrency,
+                &batches,
+            ));
+            rows.push(report::batches(args.batch_size, answers, &batches));
+        }
+
+        // Checks while writes are applied, against the same checks idle, in
+        // alternating rounds.
+        if let Some(&c) = args.concurrency.first() {
+            let (mut idle_runs, mut busy_runs) = (Vec::new(), Vec::new());
+            let mut written = 0;
+            for rep in 1..=args.repeat.max(1) {
+                eprintln!("concurrency {c}, round {rep}: checks idle, checks with 1,000 writes/s");
+                idle_runs.push(entitled_checks(&args, &small, args.users, c).await?);
+                let (busy, w) = entitled_checks_while_writing(&args, &small, c, 1000).await?;
+                busy_runs.push(busy);
+                written += w;
+            }
+            let (idle, busy) = (median(idle_runs), median(busy_runs));
+            detail.push(detail_row("entitled CheckAnalyticsAccess, idle", c, &idle));
+            detail.push(detail_row(
+                "entitled CheckAnalyticsAccess, 1,000 writes/s",
+                c,
+                &busy,
+            ));
+            rows.push(report::checks_while_writing(
+                c,
+                &idle,
+                &busy,
+                written,
+                args.repeat.max(1),
+            ));
+        }
     }
 
     // The large store, with its check rounds alternating with the small
@@ -124,11 +159,11 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         // Started `--repeat` times (stopped gracefully in between, as an
         // operator restarts it): the median start and its memory.
         let mut starts = Vec::new();
-        let mut big = ServerProcess::entitled(server_pin, &big_dir).await?;
+        let mut big = ServerProcess::entitled(&launch, &big_dir).await?;
         for _ in 1..args.repeat.max(1) {
             starts.push((big.to_serving, big.rss_mib(), big.start_cpu));
             big.stop()?;
-            big = ServerProcess::entitled(server_pin, &big_dir).await?;
+            big = ServerProcess::entitled(&launch, &big_dir).await?;
         }
         starts.push((big.to_serving, big.rss_mib(), big.start_cpu));
         eprintln!(

@@ -151,6 +151,31 @@ fn announce(addr: SocketAddr) {
     eprintln!("{SERVING}{addr}");
 }
 
+/// What a server process is started behind: `taskset -c CORE` when pinned,
+/// and valgrind's callgrind for the instruction counts (each program execs
+/// the next, so the child's pid is the server's).
+#[derive(Clone, Default)]
+pub struct Launch {
+    prefix: Vec<String>,
+}
+
+impl Launch {
+    /// Pinned to `core`, or not pinned.
+    pub fn pinned(core: Option<usize>) -> Self {
+        let prefix = core.map_or_else(Vec::new, |core| {
+            vec!["taskset".to_owned(), "-c".to_owned(), core.to_string()]
+        });
+        Launch { prefix }
+    }
+
+    /// The same, under `program ARGS`.
+    pub fn under(mut self, program: &str, args: impl IntoIterator<Item = String>) -> Self {
+        self.prefix.push(program.to_owned());
+        self.prefix.extend(args);
+        self
+    }
+}
+
 /// A server child process; killed if dropped before `stop`.
 pub struct ServerProcess {
     child: ServerChild,
@@ -168,7 +193,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// The baseline, holding `users` users.
     pub async fn baseline(
-        pin: Option<usize>,
+        launch: &Launch,
         users: usize,
         per_account: usize,
     ) -> Result<Self, BoxError> {
@@ -180,19 +205,19 @@ impl ServerProcess {
             "--users-per-account".to_owned(),
             per_account.to_string(),
         ];
-        Self::start(pin, &args, None).await
+        Self::start(launch, &args, None).await
     }
 
     /// `entitled` on the store at `dir`.
-    pub async fn entitled(pin: Option<usize>, dir: &Path) -> Result<Self, BoxError> {
-        Self::replica(pin, dir, None, dir).await
+    pub async fn entitled(launch: &Launch, dir: &Path) -> Result<Self, BoxError> {
+        Self::replica(launch, dir, None, dir).await
     }
 
     /// `entitled` on `database` (or the sled store in `dir`), writing its
     /// first start's operator token into `dir`; the calls send the token
     /// found in `token_dir` (another replica's, when it made it).
     pub async fn replica(
-        pin: Option<usize>,
+        launch: &Launch,
         dir: &Path,
         database: Option<&str>,
         token_dir: &Path,
@@ -206,22 +231,22 @@ impl ServerProcess {
         if let Some(url) = database {
             args.extend(["--store".to_owned(), url.to_owned()]);
         }
-        Self::start(pin, &args, Some(token_dir)).await
+        Self::start(launch, &args, Some(token_dir)).await
     }
 
-    /// Starts `serve ARGS` (under `taskset -c CORE` when pinned) and waits
-    /// for health to answer SERVING; `data_dir` holds its operator token.
+    /// Starts `serve ARGS` (behind `launch`'s programs) and waits for health
+    /// to answer SERVING; `data_dir` holds its operator token.
     async fn start(
-        pin: Option<usize>,
+        launch: &Launch,
         args: &[String],
         data_dir: Option<&Path>,
     ) -> Result<Self, BoxError> {
         let started = Instant::now();
         let exe = std::env::current_exe()?;
-        let mut command = match pin {
-            Some(core) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(core.to_string()).arg(exe);
+        let mut command = match launch.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(exe);
                 c
             }
             None => Command::new(exe),

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use crate::{
     catalogue::{Catalogue, Report, ReportKind},
     domain::{
-        Account, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome, Role, Tier, Token,
-        User, UserState, Via,
+        Account, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome, ReportAccess, Role,
+        Tier, Token, User, UserState, Via,
     },
-    proto::v1 as pb,
+    proto::{CheckAnswer, EncodedReports, v1 as pb},
     service::WatchEvent,
 };
 
@@ -97,20 +97,95 @@ impl From<Decision> for pb::CheckAnalyticsAccessResponse {
             denial_reason: d.denial.map_or(pb::DenialReason::Unspecified, Into::into) as i32,
             data_available_at: d.data_available_at.map(Into::into),
             data_ready: d.data_ready,
-            reports: d
-                .reports
-                .iter()
-                .map(|r| pb::Report {
-                    id: Arc::clone(&r.report.id),
-                    display_name: Arc::clone(&r.report.display_name),
-                    kind: pb::ReportKind::from(r.report.kind) as i32,
-                    available: r.available,
-                })
-                .collect(),
+            reports: pb_reports(&d.reports),
             revision: d.revision,
             stored_tier: tier_i32(d.stored_tier),
             reason: d.reason,
         }
+    }
+}
+
+/// The reports of a decision as the generated type has them.
+fn pb_reports(reports: &[ReportAccess]) -> Vec<pb::Report> {
+    reports
+        .iter()
+        .map(|r| pb::Report {
+            id: Arc::clone(&r.report.id),
+            display_name: Arc::clone(&r.report.display_name),
+            kind: pb::ReportKind::from(r.report.kind) as i32,
+            available: r.available,
+        })
+        .collect()
+}
+
+/// Writes the fast path's answers (`proto::CheckAnswer`): the same fields
+/// as `From<Decision>` below, with the report list taken from the lists
+/// encoded once, at start, from the catalogue's.
+pub struct Answers {
+    /// The catalogue's lists (tier × data ready), each with its encoding.
+    lists: Vec<(Arc<[ReportAccess]>, EncodedReports)>,
+    none: EncodedReports,
+}
+
+impl Answers {
+    /// `lists`: every report list a decision can carry
+    /// (`Entitlements::check_report_lists`).
+    pub fn new(lists: impl IntoIterator<Item = Arc<[ReportAccess]>>) -> Self {
+        Answers {
+            lists: lists
+                .into_iter()
+                .map(|list| {
+                    let encoded = EncodedReports::new(&pb_reports(&list));
+                    (list, encoded)
+                })
+                .collect(),
+            none: EncodedReports::new(&[]),
+        }
+    }
+
+    /// A check's answer.
+    pub fn answer(&self, d: Decision) -> CheckAnswer {
+        let reports = self.encoded(&d.reports);
+        write(d, reports)
+    }
+
+    /// A batch item's answer; without its reports when the request asked
+    /// for none (`omit_reports`).
+    pub fn item(&self, d: Decision, omit_reports: bool) -> CheckAnswer {
+        let reports = if omit_reports {
+            self.none.clone()
+        } else {
+            self.encoded(&d.reports)
+        };
+        write(d, reports)
+    }
+
+    /// The encoding of `reports`: the one made at start when it is one of
+    /// the catalogue's lists (the same allocation, so one pointer compare
+    /// says so), else made now (no decision carries another list today).
+    fn encoded(&self, reports: &Arc<[ReportAccess]>) -> EncodedReports {
+        self.lists
+            .iter()
+            .find(|(list, _)| Arc::ptr_eq(list, reports))
+            .map_or_else(
+                || EncodedReports::new(&pb_reports(reports)),
+                |(_, encoded)| encoded.clone(),
+            )
+    }
+}
+
+fn write(d: Decision, reports: EncodedReports) -> CheckAnswer {
+    CheckAnswer {
+        allowed: d.allowed,
+        tier: tier_i32(d.tier),
+        edition: d.edition.unwrap_or_default(),
+        denial_reason: d.denial.map_or(pb::DenialReason::Unspecified, Into::into) as i32,
+        data_available_at: d.data_available_at.map(Into::into),
+        data_ready: d.data_ready,
+        reports,
+        revision: d.revision,
+        stored_tier: tier_i32(d.stored_tier),
+        reason: d.reason,
     }
 }
 
