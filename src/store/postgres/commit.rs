@@ -414,13 +414,11 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
         // once, so other replicas' batches go on while this one's flush is
         // waited for: their flushes are shared, as PostgreSQL's own group
         // commit shares them. Then a transaction of our own that does wait
-        // (it takes a transaction id, so its commit is flushed, and with it
-        // all WAL before it, ours included). Nothing is acknowledged or
-        // published before that.
+        // (it writes a row, so its commit is flushed, and with it all WAL
+        // before it, ours included). Nothing is acknowledged or published
+        // before that.
         Ok(()) => match batch.client.batch_execute("COMMIT").await {
-            Ok(()) => batch
-                .client
-                .batch_execute("SELECT txid_current()")
+            Ok(()) => flush(inner, &batch.client)
                 .await
                 .map_err(|e| unknown(inner, &e)),
             Err(e) => Err(unknown(inner, &e)),
@@ -465,6 +463,21 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     let mut durable = std::mem::take(&mut batch.caught);
     durable.append(&mut batch.changes);
     follow::publish(inner, durable);
+    Ok(())
+}
+
+/// Returns once the WAL is flushed as far as it was written when called:
+/// a transaction of its own, with synchronous commit, that writes this
+/// replica's row of `entitled_flush` (one that wrote nothing would not be
+/// flushed). Concurrent ones share PostgreSQL's flushes.
+pub(super) async fn flush(inner: &Inner, client: &Object) -> Result<(), tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO entitled_flush (replica, n) VALUES ($1, 1) \
+             ON CONFLICT (replica) DO UPDATE SET n = entitled_flush.n + 1",
+        )
+        .await?;
+    client.execute(&statement, &[&inner.replica]).await?;
     Ok(())
 }
 

@@ -79,6 +79,8 @@ struct Inner {
     unreachable: AtomicBool,
     /// Set when the store is dropped; stops the follower.
     stop: tokio::sync::watch::Sender<bool>,
+    /// This process's row of `entitled_flush` (random per start).
+    replica: i64,
 }
 
 impl Drop for Inner {
@@ -124,6 +126,8 @@ impl PgBackend {
         drop(client);
         let revision = view.revision();
         let (stop, _) = tokio::sync::watch::channel(false);
+        let mut replica = [0u8; 8];
+        getrandom::fill(&mut replica).map_err(|e| StoreError::Failed(e.to_string()))?;
         let inner = Arc::new(Inner {
             pool,
             database,
@@ -135,6 +139,7 @@ impl PgBackend {
             size: AtomicU64::new(0),
             unreachable: AtomicBool::new(false),
             stop,
+            replica: i64::from_le_bytes(replica),
         });
         tracing::info!(database = %inner.database, revision, "PostgreSQL store opened");
         tokio::spawn(follow::run(Arc::downgrade(&inner)));
@@ -242,8 +247,7 @@ impl Backend for PgBackend {
         // waits for its own flush waits for everything before it.
         Box::pin(async move {
             let client = self.inner.connection().await?;
-            client
-                .batch_execute("SELECT txid_current()")
+            commit::flush(&self.inner, &client)
                 .await
                 .map_err(self.inner.fail())
         })

@@ -53,3 +53,13 @@ CREATE TABLE entitled_requests (
     record bytea NOT NULL,
     PRIMARY KEY (token_id, request_id)
 );
+
+-- One row per replica process, updated in a transaction of its own (with
+-- synchronous commit) to make PostgreSQL flush the WAL, and with it every
+-- commit before: a batch commits without waiting for the flush, then waits
+-- on this (store/postgres/commit.rs). A transaction that writes no WAL is
+-- not flushed, so the update is what makes the wait real.
+CREATE TABLE entitled_flush (
+    replica bigint PRIMARY KEY,
+    n bigint NOT NULL
+);
