@@ -3,22 +3,26 @@
 //! A replica keeps at most one open batch: a transaction that holds the
 //! write lock (`pg_advisory_xact_lock`), so no other replica writes while
 //! it is open. The first writer to find none opens one: it takes the lock,
-//! reads the counters and catches its view up to them (`follow.rs`), so the
-//! view is then exactly what is committed. Each writer then plans on the
-//! view with the batch's own writes laid over it (no round trip, but for a
-//! request id not seen in this batch), and adds its rows to the batch in
-//! memory. It then waits for the batch to commit; the first waiter to get
-//! the writer lock commits it for everyone who joined meanwhile (their rows
-//! in one statement per table, then COMMIT: one WAL flush for all), and
-//! publishes its writes to the view in revision order. Writers that arrive
-//! during a COMMIT queue for the next batch.
+//! reads the counters and reads the revisions other replicas committed
+//! since its view's (`follow::read_changes`), which it lays over the view
+//! for this batch: so the batch plans on exactly what is committed. Each
+//! writer then plans on that, with the batch's own writes laid over it too
+//! (no round trip, but for a request id not seen in this batch), and adds
+//! its rows to the batch in memory. It then waits for the batch to commit;
+//! the first waiter to get the writer lock commits it for everyone who
+//! joined meanwhile (their rows in one pipelined statement per table, then
+//! COMMIT with `synchronous_commit` off, which lets the write lock go at
+//! once), waits for the WAL flush (`flush`: a synchronous transaction that
+//! writes this replica's row, shared with other replicas' flushes), and
+//! only then publishes what it caught up on and its own writes, in
+//! revision order. Writers that arrive meanwhile queue for the next batch.
 //!
 //! A batch that fails (the database gone, a statement refused) commits
-//! nothing and each of its writers gets `UNAVAILABLE`; a COMMIT whose
-//! outcome is unknown (the connection lost during it) is never
+//! nothing and each of its writers gets `UNAVAILABLE`; a COMMIT or flush
+//! whose outcome is unknown (the connection lost during it) is never
 //! acknowledged, and its writes, if they did commit, reach the view through
-//! the change feed. Its connection is closed, never returned to the pool,
-//! so PostgreSQL ends the transaction and releases the lock.
+//! the change feed once flushed. Its connection is closed, never returned
+//! to the pool, so PostgreSQL ends the transaction and releases the lock.
 
 use std::{
     collections::{BTreeMap, HashMap},

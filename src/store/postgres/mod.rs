@@ -7,11 +7,12 @@
 //!   one transaction (group commit), which takes a transaction-level
 //!   advisory lock first: so writers are serialised across replicas, and a
 //!   revision's rows, its audit records and the counters commit together.
-//!   Revisions are gap-free and become visible in order.
+//!   Revisions are gap-free and become visible in order. A batch is
+//!   answered only once the WAL holding it is flushed.
 //! - `follow.rs`: the change feed. Each replica loads its view at one
 //!   revision when it opens, then polls `entitled_changes` for later
-//!   revisions and publishes them in order; a writer catches up the same way
-//!   once it holds the lock, so it plans on the latest state.
+//!   revisions and publishes them in order once flushed; a writer reads
+//!   them too once it holds the lock, so it plans on the latest state.
 //! - `load.rs`: the view at open, a consistent snapshot (backups, copies),
 //!   and records put into a new database (restore, `store copy`).
 //!
