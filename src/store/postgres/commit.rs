@@ -34,7 +34,7 @@ use deadpool_postgres::Object;
 
 use super::super::{
     Mutation, StoreError, Target, TargetState,
-    backend::{Changes, RequestId, Seen, Step, WriteFn},
+    backend::{Changes, Counters, Record, RequestId, Seen, Step, WriteFn},
     codec::{self, RequestRecord},
 };
 use super::{Inner, follow, unavailable};
@@ -412,7 +412,12 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
         }
     };
     let started = Instant::now();
-    let written = write_rows(&batch, &rows).await;
+    let counters = Counters {
+        revision: batch.revision,
+        audit_seq: batch.audit_seq,
+        bootstrapped: batch.bootstrapped,
+    };
+    let written = write_rows(&batch.client, &rows, counters).await;
     let result = match written {
         // COMMIT without waiting for the WAL flush lets the write lock go at
         // once, so other replicas' batches go on while this one's flush is
@@ -498,11 +503,14 @@ fn unknown(inner: &Inner, e: &tokio_postgres::Error) -> StoreError {
 /// Sends the batch's rows: one statement per table, then the counters, all
 /// at once (tokio-postgres pipelines statements issued together, so this is
 /// one round trip, not one per table).
-async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn write_rows(
+    client: &Object,
+    rows: &Rows,
+    counters: Counters,
+) -> Result<(), tokio_postgres::Error> {
     type Sent<'a> = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
     >;
-    let client = &batch.client;
     let mut sent: Vec<Sent<'_>> = Vec::new();
     if !rows.account_ids.is_empty() {
         let s = client
@@ -623,9 +631,9 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
         )
         .await?;
     let counters = (
-        int(batch.revision),
-        int(batch.audit_seq),
-        batch.bootstrapped,
+        int(counters.revision),
+        int(counters.audit_seq),
+        counters.bootstrapped,
     );
     sent.push(Box::pin(async move {
         client
@@ -636,9 +644,10 @@ async fn write_rows(batch: &Batch, rows: &Rows) -> Result<(), tokio_postgres::Er
     Ok(())
 }
 
-/// A batch's rows, column by column (for `UNNEST`).
+/// Rows to write, column by column (for `UNNEST`): a batch's, or a new
+/// database's (`load::create`).
 #[derive(Default)]
-struct Rows {
+pub(super) struct Rows {
     account_ids: Vec<String>,
     account_records: Vec<Vec<u8>>,
     user_accounts: Vec<String>,
@@ -686,49 +695,85 @@ impl Rows {
             }
         }
         let mut rows = Rows::default();
-        for (id, account) in accounts {
-            rows.account_ids.push(id.as_str().to_owned());
-            rows.account_records.push(codec::encode(account)?);
+        for account in accounts.into_values() {
+            rows.account(account)?;
         }
         for ((a, u), user) in users {
             match user {
-                Some(user) => {
-                    rows.user_accounts.push(a.as_str().to_owned());
-                    rows.user_ids.push(u.as_str().to_owned());
-                    rows.user_records.push(codec::encode(user)?);
-                }
+                Some(user) => rows.user(user)?,
                 None => {
                     rows.deleted_accounts.push(a.as_str().to_owned());
                     rows.deleted_users.push(u.as_str().to_owned());
                 }
             }
         }
-        for (id, token) in tokens {
-            rows.token_ids.push(id.to_owned());
-            rows.token_records.push(codec::encode(token)?);
+        for token in tokens.into_values() {
+            rows.token(token)?;
         }
         for (revision, mutations) in &batch.changes {
             rows.change_revisions.push(int(*revision));
             rows.change_records.push(codec::encode(mutations)?);
         }
         for record in &batch.audit {
-            rows.audit_seqs.push(int(record.seq));
-            rows.audit_revisions.push(int(record.revision));
-            rows.audit_accounts.push(audit_account(record));
-            rows.audit_records.push(codec::encode_audit(record)?);
+            rows.audit(record)?;
         }
         for ((token, id), record) in &batch.requests {
-            rows.request_tokens.push(token.clone());
-            rows.request_ids.push(id.clone());
-            rows.request_records.push(codec::encode_request(record)?);
+            rows.request(token, id, record)?;
         }
         Ok(rows)
+    }
+
+    /// A stored record's row; the counters are not one (`write_rows` takes
+    /// them).
+    pub(super) fn record(&mut self, record: &Record) -> Result<(), StoreError> {
+        match record {
+            Record::Counters(_) => Ok(()),
+            Record::Account(a) => self.account(a),
+            Record::User(u) => self.user(u),
+            Record::Token(t) => self.token(t),
+            Record::Audit(r) => self.audit(r),
+            Record::Request(k) => self.request(&k.token_id, &k.request_id, &k.record),
+        }
+    }
+
+    fn account(&mut self, account: &Account) -> Result<(), StoreError> {
+        self.account_ids.push(account.id.as_str().to_owned());
+        self.account_records.push(codec::encode(account)?);
+        Ok(())
+    }
+
+    fn user(&mut self, user: &User) -> Result<(), StoreError> {
+        self.user_accounts.push(user.account_id.as_str().to_owned());
+        self.user_ids.push(user.id.as_str().to_owned());
+        self.user_records.push(codec::encode(user)?);
+        Ok(())
+    }
+
+    fn token(&mut self, token: &Token) -> Result<(), StoreError> {
+        self.token_ids.push(token.id.clone());
+        self.token_records.push(codec::encode(token)?);
+        Ok(())
+    }
+
+    fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.audit_seqs.push(int(record.seq));
+        self.audit_revisions.push(int(record.revision));
+        self.audit_accounts.push(audit_account(record));
+        self.audit_records.push(codec::encode_audit(record)?);
+        Ok(())
+    }
+
+    fn request(&mut self, token: &str, id: &str, record: &RequestRecord) -> Result<(), StoreError> {
+        self.request_tokens.push(token.to_owned());
+        self.request_ids.push(id.to_owned());
+        self.request_records.push(codec::encode_request(record)?);
+        Ok(())
     }
 }
 
 /// The account an audit record is listed under: only a well-formed id, so
 /// that one account's listing never matches a refused call's malformed id.
-pub(super) fn audit_account(record: &AuditRecord) -> Option<String> {
+fn audit_account(record: &AuditRecord) -> Option<String> {
     validate_id(&record.account_id)
         .is_ok()
         .then(|| record.account_id.clone())

@@ -10,7 +10,11 @@ use super::super::{
     backend::{Counters, KeptRequest, Record},
     codec::{self, ACCOUNTS, AUDIT, REQUESTS, TOKENS, USERS},
 };
-use super::{Inner, commit::audit_account, pool, schema, unavailable};
+use super::{
+    Inner,
+    commit::{Rows, write_rows},
+    pool, schema, unavailable,
+};
 use crate::domain::{Account, Token, User};
 
 const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
@@ -42,56 +46,57 @@ async fn each_row(
     Ok(())
 }
 
+/// Each record of `sql` (a key, for errors, and the record; no
+/// parameters), decoded as a record of `kind`, streamed to `each`.
+async fn each_decoded<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    database: &str,
+    kind: &'static str,
+    sql: &str,
+    mut each: impl FnMut(T) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    each_row(client, database, sql, |row| {
+        each(codec::decode(
+            kind,
+            row.get::<_, &str>(0).as_bytes(),
+            row.get(1),
+        )?)
+    })
+    .await
+}
+
+// Each kind's rows, in no order (the view's start-up reads them all and
+// needs none)...
+const TOKEN_ROWS: &str = "SELECT id, record FROM entitled_tokens";
+const ACCOUNT_ROWS: &str = "SELECT id, record FROM entitled_accounts";
+const USER_ROWS: &str = "SELECT user_id, record FROM entitled_users";
+// ...and in key order, for a snapshot that lists them the same way each time.
+const TOKEN_ROWS_ORDERED: &str = "SELECT id, record FROM entitled_tokens ORDER BY id";
+const ACCOUNT_ROWS_ORDERED: &str = "SELECT id, record FROM entitled_accounts ORDER BY id";
+const USER_ROWS_ORDERED: &str =
+    "SELECT user_id, record FROM entitled_users ORDER BY account_id, user_id";
+
 /// The view as of the latest revision, and whether the store is
 /// bootstrapped.
 pub(super) async fn view(client: &Client, database: &str) -> Result<(View, bool), StoreError> {
     let fail = |e: tokio_postgres::Error| unavailable(database, &e);
     client.batch_execute(SNAPSHOT).await.map_err(fail)?;
     let counters = counters_of(&client.query_one(COUNTERS, &[]).await.map_err(fail)?);
-    let mut tokens: Vec<Token> = Vec::new();
-    each_row(
-        client,
-        database,
-        "SELECT id, record FROM entitled_tokens",
-        |row| {
-            tokens.push(codec::decode(
-                TOKENS,
-                row.get::<_, &str>(0).as_bytes(),
-                row.get(1),
-            )?);
-            Ok(())
-        },
-    )
+    let (mut tokens, mut accounts, mut users) = (Vec::<Token>::new(), Vec::new(), Vec::new());
+    each_decoded(client, database, TOKENS, TOKEN_ROWS, |t| {
+        tokens.push(t);
+        Ok(())
+    })
     .await?;
-    let mut accounts: Vec<Account> = Vec::new();
-    each_row(
-        client,
-        database,
-        "SELECT id, record FROM entitled_accounts",
-        |row| {
-            accounts.push(codec::decode(
-                ACCOUNTS,
-                row.get::<_, &str>(0).as_bytes(),
-                row.get(1),
-            )?);
-            Ok(())
-        },
-    )
+    each_decoded(client, database, ACCOUNTS, ACCOUNT_ROWS, |a: Account| {
+        accounts.push(a);
+        Ok(())
+    })
     .await?;
-    let mut users: Vec<User> = Vec::new();
-    each_row(
-        client,
-        database,
-        "SELECT account_id, user_id, record FROM entitled_users",
-        |row| {
-            users.push(codec::decode(
-                USERS,
-                row.get::<_, &str>(1).as_bytes(),
-                row.get(2),
-            )?);
-            Ok(())
-        },
-    )
+    each_decoded(client, database, USERS, USER_ROWS, |u: User| {
+        users.push(u);
+        Ok(())
+    })
     .await?;
     client.batch_execute("COMMIT").await.map_err(fail)?;
     let view = View::load(
@@ -114,44 +119,17 @@ pub(super) async fn snapshot(
     client.batch_execute(SNAPSHOT).await.map_err(fail)?;
     let counters = counters_of(&client.query_one(COUNTERS, &[]).await.map_err(fail)?);
     visit(Record::Counters(counters))?;
-    each_row(
-        &client,
-        database,
-        "SELECT id, record FROM entitled_accounts ORDER BY id",
-        |row| {
-            visit(Record::Account(codec::decode(
-                ACCOUNTS,
-                row.get::<_, &str>(0).as_bytes(),
-                row.get(1),
-            )?))
-        },
-    )
+    each_decoded(&client, database, ACCOUNTS, ACCOUNT_ROWS_ORDERED, |a| {
+        visit(Record::Account(a))
+    })
     .await?;
-    each_row(
-        &client,
-        database,
-        "SELECT user_id, record FROM entitled_users ORDER BY account_id, user_id",
-        |row| {
-            visit(Record::User(codec::decode(
-                USERS,
-                row.get::<_, &str>(0).as_bytes(),
-                row.get(1),
-            )?))
-        },
-    )
+    each_decoded(&client, database, USERS, USER_ROWS_ORDERED, |u| {
+        visit(Record::User(u))
+    })
     .await?;
-    each_row(
-        &client,
-        database,
-        "SELECT id, record FROM entitled_tokens ORDER BY id",
-        |row| {
-            visit(Record::Token(codec::decode(
-                TOKENS,
-                row.get::<_, &str>(0).as_bytes(),
-                row.get(1),
-            )?))
-        },
-    )
+    each_decoded(&client, database, TOKENS, TOKEN_ROWS_ORDERED, |t| {
+        visit(Record::Token(t))
+    })
     .await?;
     each_row(
         &client,
@@ -193,15 +171,19 @@ pub(in super::super) async fn create(url: &str, records: Vec<Record>) -> Result<
     let mut client = pool.get().await.map_err(|e| unavailable(&database, &e))?;
     schema::migrate(&mut client, &database).await?;
     let fail = |e: tokio_postgres::Error| unavailable(&database, &e);
-    let tx = client.transaction().await.map_err(fail)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&super::commit::WRITE_LOCK],
-    )
-    .await
-    .map_err(fail)?;
-    let state = counters_of(&tx.query_one(COUNTERS, &[]).await.map_err(fail)?);
-    let accounts: i64 = tx
+    // A plain BEGIN on the pooled connection, as a batch does, so that the
+    // batch's `write_rows` writes the rows. The pool (and so an unfinished
+    // transaction) goes with this call.
+    client.batch_execute("BEGIN").await.map_err(fail)?;
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&super::commit::WRITE_LOCK],
+        )
+        .await
+        .map_err(fail)?;
+    let state = counters_of(&client.query_one(COUNTERS, &[]).await.map_err(fail)?);
+    let accounts: i64 = client
         .query_one("SELECT count(*) FROM entitled_accounts", &[])
         .await
         .map_err(fail)?
@@ -212,98 +194,20 @@ pub(in super::super) async fn create(url: &str, records: Vec<Record>) -> Result<
             holds: format!("a store at revision {}", state.revision),
         });
     }
-    let mut counters = Counters::default();
+    let counters = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Counters(c) => Some(*c),
+            _ => None,
+        })
+        .unwrap_or_default();
     for chunk in records.chunks(10_000) {
-        let mut rows = Columns::default();
+        let mut rows = Rows::default();
         for record in chunk {
-            match record {
-                Record::Counters(c) => counters = *c,
-                Record::Account(a) => {
-                    rows.a_ids.push(a.id.as_str().to_owned());
-                    rows.a_records.push(codec::encode(a)?);
-                }
-                Record::User(u) => {
-                    rows.u_accounts.push(u.account_id.as_str().to_owned());
-                    rows.u_ids.push(u.id.as_str().to_owned());
-                    rows.u_records.push(codec::encode(u)?);
-                }
-                Record::Token(t) => {
-                    rows.t_ids.push(t.id.clone());
-                    rows.t_records.push(codec::encode(t)?);
-                }
-                Record::Audit(r) => {
-                    rows.au_seqs.push(i64::try_from(r.seq).unwrap_or(i64::MAX));
-                    rows.au_revisions
-                        .push(i64::try_from(r.revision).unwrap_or(i64::MAX));
-                    rows.au_accounts.push(audit_account(r));
-                    rows.au_records.push(codec::encode_audit(r)?);
-                }
-                Record::Request(k) => {
-                    rows.r_tokens.push(k.token_id.clone());
-                    rows.r_ids.push(k.request_id.clone());
-                    rows.r_records.push(codec::encode_request(&k.record)?);
-                }
-            }
+            rows.record(record)?;
         }
-        tx.execute(
-            "INSERT INTO entitled_accounts (id, record) SELECT * FROM UNNEST($1::text[], $2::bytea[])",
-            &[&rows.a_ids, &rows.a_records],
-        )
-        .await
-        .map_err(fail)?;
-        tx.execute(
-            "INSERT INTO entitled_users (account_id, user_id, record) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])",
-            &[&rows.u_accounts, &rows.u_ids, &rows.u_records],
-        )
-        .await
-        .map_err(fail)?;
-        tx.execute(
-            "INSERT INTO entitled_tokens (id, record) SELECT * FROM UNNEST($1::text[], $2::bytea[])",
-            &[&rows.t_ids, &rows.t_records],
-        )
-        .await
-        .map_err(fail)?;
-        tx.execute(
-            "INSERT INTO entitled_audit (seq, revision, account_id, record) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
-            &[&rows.au_seqs, &rows.au_revisions, &rows.au_accounts, &rows.au_records],
-        )
-        .await
-        .map_err(fail)?;
-        tx.execute(
-            "INSERT INTO entitled_requests (token_id, request_id, record) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])",
-            &[&rows.r_tokens, &rows.r_ids, &rows.r_records],
-        )
-        .await
-        .map_err(fail)?;
+        write_rows(&client, &rows, counters).await.map_err(fail)?;
     }
-    tx.execute(
-        "UPDATE entitled_state SET revision = $1, audit_seq = $2, bootstrapped = $3",
-        &[
-            &i64::try_from(counters.revision).unwrap_or(i64::MAX),
-            &i64::try_from(counters.audit_seq).unwrap_or(i64::MAX),
-            &counters.bootstrapped,
-        ],
-    )
-    .await
-    .map_err(fail)?;
-    tx.commit().await.map_err(fail)?;
+    client.batch_execute("COMMIT").await.map_err(fail)?;
     Ok(())
-}
-
-#[derive(Default)]
-struct Columns {
-    a_ids: Vec<String>,
-    a_records: Vec<Vec<u8>>,
-    u_accounts: Vec<String>,
-    u_ids: Vec<String>,
-    u_records: Vec<Vec<u8>>,
-    t_ids: Vec<String>,
-    t_records: Vec<Vec<u8>>,
-    au_seqs: Vec<i64>,
-    au_revisions: Vec<i64>,
-    au_accounts: Vec<Option<String>>,
-    au_records: Vec<Vec<u8>>,
-    r_tokens: Vec<String>,
-    r_ids: Vec<String>,
-    r_records: Vec<Vec<u8>>,
 }
