@@ -158,15 +158,15 @@ pub async fn restore_into_database(
     file: &std::path::Path,
     url: &str,
 ) -> Result<BackupSummary, BackupError> {
-    let open = || {
-        std::fs::File::open(file).map_err(|source| BackupError::Open {
-            path: file.display().to_string(),
-            source,
-        })
-    };
-    backup::verify(open()?)?;
+    let source = std::fs::File::open(file).map_err(|source| BackupError::Open {
+        path: file.display().to_string(),
+        source,
+    })?;
+    // Read whole and checked (framing, checksum, every record) before
+    // anything is written: the records wait in memory until then, so no
+    // separate `verify` pass is needed.
     let mut records = Vec::new();
-    let summary = backup::read(open()?, |batch| {
+    let summary = backup::read(source, |batch| {
         records.extend(batch);
         Ok(())
     })?;
