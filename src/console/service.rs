@@ -188,6 +188,9 @@ impl Service {
         let change = ServicesChange {
             edition: Some(edition),
             tier,
+            // The console does not edit scopes: a save that keeps
+            // Supervisor keeps the scope (rule 12).
+            supervisor_scope: None,
             expected_revision: Some(expected_revision),
         };
         let result = self
@@ -310,6 +313,7 @@ pub fn code_name(error: &DomainError) -> &'static str {
         DomainError::ProductLineRetired(_)
         | DomainError::TierNotAllowed { .. }
         | DomainError::TierNeedsEdition { .. }
+        | DomainError::ScopeNeedsSupervisor { .. }
         | DomainError::TokenReplay { .. } => "FAILED_PRECONDITION",
         DomainError::RevisionMismatch { .. } => "ABORTED",
         DomainError::PermissionDenied(_) => "PERMISSION_DENIED",

@@ -35,7 +35,8 @@ impl From<DomainError> for Status {
             | DomainError::NothingToChange => Status::invalid_argument(message),
             DomainError::ProductLineRetired(_)
             | DomainError::TierNotAllowed { .. }
-            | DomainError::TierNeedsEdition { .. } => Status::failed_precondition(message),
+            | DomainError::TierNeedsEdition { .. }
+            | DomainError::ScopeNeedsSupervisor { .. } => Status::failed_precondition(message),
             DomainError::RevisionMismatch { .. } => Status::aborted(message),
             DomainError::PermissionDenied(_) => Status::permission_denied(message),
             DomainError::Unauthenticated(_) => Status::unauthenticated(message),
@@ -180,6 +181,10 @@ mod tests {
                 user: user(),
                 expected: 1,
                 actual: 2,
+            },
+            DomainError::ScopeNeedsSupervisor {
+                user: user(),
+                tier: Tier::Essentials,
             },
             DomainError::NothingToChange,
             DomainError::PermissionDenied(Forbidden::Service {

@@ -111,7 +111,11 @@ pub enum DomainError {
         current: u64,
         within: Duration,
     },
-    #[error("nothing to change: set edition, analytics_tier or both")]
+    #[error(
+        "supervisor_scope is only for supervisor analytics, and user `{user}` would have {tier}; set the supervisor tier with it, or leave supervisor_scope unset"
+    )]
+    ScopeNeedsSupervisor { user: UserId, tier: Tier },
+    #[error("nothing to change: set edition, analytics_tier, supervisor_scope or some of them")]
     NothingToChange,
     #[error(transparent)]
     PermissionDenied(#[from] Forbidden),
@@ -185,7 +189,8 @@ impl Refusable for DomainError {
             | DomainError::BadImport(_) => K::InvalidArgument,
             DomainError::ProductLineRetired(_)
             | DomainError::TierNotAllowed { .. }
-            | DomainError::TierNeedsEdition { .. } => K::FailedPrecondition,
+            | DomainError::TierNeedsEdition { .. }
+            | DomainError::ScopeNeedsSupervisor { .. } => K::FailedPrecondition,
             DomainError::RevisionMismatch { .. } => K::Aborted,
             DomainError::PermissionDenied(_) => K::PermissionDenied,
             DomainError::Refused(kept) => return Some(kept.clone()),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Caller, DomainError, Entitlements, authorize, rules::plan_services};
 use crate::{
-    domain::{Account, AccountId, DisplayName, Notice, Rpc, Tier, User, UserId},
+    domain::{Account, AccountId, DisplayName, Notice, Rpc, SupervisorScope, Tier, User, UserId},
     store::{Mutation, Target, TargetState, WritePlan, Written},
 };
 
@@ -15,6 +15,9 @@ pub struct ServicesChange {
     /// `Some(None)` removes the licence.
     pub edition: Option<Option<String>>,
     pub tier: Option<Tier>,
+    /// Rule 12: only with Supervisor. `None` keeps a supervisor's scope, and
+    /// gives a new supervisor the whole account.
+    pub supervisor_scope: Option<SupervisorScope>,
     pub expected_revision: Option<u64>,
 }
 
@@ -214,7 +217,7 @@ impl Entitlements {
         change: ServicesChange,
     ) -> Result<Written<ServicesChanged>, DomainError> {
         authorize(caller, Rpc::UpdateUserServices, Some(&account), Some(&user))?;
-        if change.edition.is_none() && change.tier.is_none() {
+        if change.edition.is_none() && change.tier.is_none() && change.supervisor_scope.is_none() {
             return Err(DomainError::NothingToChange);
         }
         let now = (self.clock)();
@@ -242,7 +245,10 @@ impl Entitlements {
                         });
                     }
                     let planned = plan_services(&catalogue, account, existing, &change)?;
-                    if planned.edition == existing.edition && planned.tier == existing.tier {
+                    if planned.edition == existing.edition
+                        && planned.tier == existing.tier
+                        && planned.supervisor_scope == existing.supervisor_scope
+                    {
                         let output = ServicesChanged {
                             user: existing.clone(),
                             notices: planned.notices,
@@ -256,6 +262,7 @@ impl Entitlements {
                     let updated = User {
                         edition: planned.edition,
                         tier: planned.tier,
+                        supervisor_scope: planned.supervisor_scope,
                         revision: current.next_revision,
                         updated_at: now,
                         ..existing.clone()

@@ -63,6 +63,7 @@ fn flip(i: usize, per_account: usize, pass: usize) -> pb::UpdateUserServicesRequ
         analytics_tier: Some(tier as i32),
         expected_revision: None,
         request_id: String::new(),
+        supervisor_scope: None,
     }
 }
 

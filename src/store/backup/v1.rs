@@ -48,7 +48,7 @@ pub(super) fn record(
 ) -> Result<Option<Record>, StoreError> {
     Ok(Some(match tree {
         ACCOUNTS => Record::Account(codec::decode(tree, key, value)?),
-        USERS => Record::User(codec::decode(tree, key, value)?),
+        USERS => Record::User(codec::decode_user_owned(tree, key, value)?),
         TOKENS => Record::Token(codec::decode(tree, key, value)?),
         AUDIT => Record::Audit(codec::decode_audit(tree, key, value)?),
         REQUESTS => {

@@ -712,7 +712,7 @@ impl Rows {
         }
         for (revision, mutations) in &batch.changes {
             rows.change_revisions.push(int(*revision));
-            rows.change_records.push(codec::encode(mutations)?);
+            rows.change_records.push(codec::encode_mutations(mutations)?);
         }
         for record in &batch.audit {
             rows.audit(record)?;
@@ -745,7 +745,7 @@ impl Rows {
     fn user(&mut self, user: &User) -> Result<(), StoreError> {
         self.user_accounts.push(user.account_id.as_str().to_owned());
         self.user_ids.push(user.id.as_str().to_owned());
-        self.user_records.push(codec::encode(user)?);
+        self.user_records.push(codec::encode_user(user)?);
         Ok(())
     }
 

@@ -226,7 +226,7 @@ async fn read_page(
             });
         }
         let key = revision.to_be_bytes();
-        let mutations: Vec<Mutation> = codec::decode("changes", &key, row.get(1))?;
+        let mutations: Vec<Mutation> = codec::decode_mutations("changes", &key, row.get(1))?;
         changes.push((revision, mutations));
     }
     Ok((changes, more))

@@ -53,14 +53,23 @@ async fn each_decoded<T: serde::de::DeserializeOwned>(
     database: &str,
     kind: &'static str,
     sql: &str,
+    each: impl FnMut(T) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    each_decoded_with(client, database, kind, sql, codec::decode, each).await
+}
+
+/// `each_decoded` with a record kind's own decoder (users have formats of
+/// their own).
+async fn each_decoded_with<T>(
+    client: &Client,
+    database: &str,
+    kind: &'static str,
+    sql: &str,
+    decode: fn(&'static str, &[u8], &[u8]) -> Result<T, StoreError>,
     mut each: impl FnMut(T) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     each_row(client, database, sql, |row| {
-        each(codec::decode(
-            kind,
-            row.get::<_, &str>(0).as_bytes(),
-            row.get(1),
-        )?)
+        each(decode(kind, row.get::<_, &str>(0).as_bytes(), row.get(1))?)
     })
     .await
 }
@@ -93,7 +102,7 @@ pub(super) async fn view(client: &Client, database: &str) -> Result<(View, bool)
         Ok(())
     })
     .await?;
-    each_decoded(client, database, USERS, USER_ROWS, |u: User| {
+    each_decoded_with(client, database, USERS, USER_ROWS, codec::decode_user_owned, |u: User| {
         users.push(u);
         Ok(())
     })
@@ -123,7 +132,7 @@ pub(super) async fn snapshot(
         visit(Record::Account(a))
     })
     .await?;
-    each_decoded(&client, database, USERS, USER_ROWS_ORDERED, |u| {
+    each_decoded_with(&client, database, USERS, USER_ROWS_ORDERED, codec::decode_user_owned, |u| {
         visit(Record::User(u))
     })
     .await?;
