@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Caller, DomainError, Entitlements, authorize, rules::plan_services};
 use crate::{
     domain::{Account, AccountId, DisplayName, Notice, Rpc, SupervisorScope, Tier, User, UserId},
-    store::{Mutation, Target, TargetState, WritePlan, Written},
+    store::{Mutation, Target, TargetState, UserV1, WritePlan, Written},
 };
 
 /// A request to change a user's services; `None` keeps a field as it is.
@@ -26,6 +26,27 @@ pub struct ServicesChange {
 pub struct ServicesChanged {
     pub user: User,
     pub notices: Vec<Notice>,
+}
+
+impl ServicesChanged {
+    /// An answer kept for a retry before users had a scope.
+    fn v1(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        #[derive(serde::Deserialize)]
+        struct Old {
+            user: UserV1,
+            notices: Vec<Notice>,
+        }
+        let old: Old = postcard::from_bytes(bytes)?;
+        Ok(ServicesChanged {
+            user: old.user.into(),
+            notices: old.notices,
+        })
+    }
+}
+
+/// A user answer kept for a retry before users had a scope.
+fn user_v1(bytes: &[u8]) -> Result<User, postcard::Error> {
+    postcard::from_bytes::<UserV1>(bytes).map(Into::into)
 }
 
 impl Entitlements {
@@ -121,9 +142,10 @@ impl Entitlements {
         let now = (self.clock)();
         let ctx = self.context(caller, Rpc::PutUser, account.as_str(), user.as_str());
         self.store
-            .write(
+            .write_upgrading(
                 &Target::User(account.clone(), user.clone()),
                 ctx,
+                user_v1,
                 move |current| {
                     require_account(&current, &account)?;
                     let next = match current.user {
@@ -229,9 +251,10 @@ impl Entitlements {
             user.as_str(),
         );
         self.store
-            .write(
+            .write_upgrading(
                 &Target::User(account.clone(), user.clone()),
                 ctx,
+                ServicesChanged::v1,
                 move |current| {
                     let account = require_account(&current, &account)?;
                     let existing = require_user(&current, &account.id, &user)?;

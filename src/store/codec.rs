@@ -316,9 +316,11 @@ pub fn encode_mutations(mutations: &[Mutation]) -> Result<Vec<u8>, StoreError> {
     encode_as(FORMAT_USER_V2, &mutations)
 }
 
-/// A user as format 1 change-feed records held it.
+/// A user as format 1 records held it (change-feed records, and answers
+/// kept for retries): a write's output that holds a user decodes its old
+/// answers with this (`Store::write_upgrading`).
 #[derive(Deserialize)]
-struct UserV1 {
+pub struct UserV1 {
     account_id: AccountId,
     id: UserId,
     display_name: String,
@@ -339,21 +341,27 @@ enum MutationV1 {
     MarkBootstrapped,
 }
 
+impl From<UserV1> for User {
+    fn from(u: UserV1) -> Self {
+        User {
+            supervisor_scope: old_scope(u.tier),
+            account_id: u.account_id,
+            id: u.id,
+            display_name: u.display_name,
+            edition: u.edition,
+            tier: u.tier,
+            revision: u.revision,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
 impl From<MutationV1> for Mutation {
     fn from(old: MutationV1) -> Self {
         match old {
             MutationV1::PutAccount(a) => Mutation::PutAccount(a),
-            MutationV1::PutUser(u) => Mutation::PutUser(User {
-                supervisor_scope: old_scope(u.tier),
-                account_id: u.account_id,
-                id: u.id,
-                display_name: u.display_name,
-                edition: u.edition,
-                tier: u.tier,
-                revision: u.revision,
-                created_at: u.created_at,
-                updated_at: u.updated_at,
-            }),
+            MutationV1::PutUser(u) => Mutation::PutUser(u.into()),
             MutationV1::DeleteUser(a, u) => Mutation::DeleteUser(a, u),
             MutationV1::PutToken(t) => Mutation::PutToken(t),
             MutationV1::MarkBootstrapped => Mutation::MarkBootstrapped,
@@ -373,6 +381,35 @@ pub fn decode_mutations(
             let old: Vec<MutationV1> = decode(kind, key, value)?;
             Ok(old.into_iter().map(Into::into).collect())
         }
+    }
+}
+
+/// Answers kept for retries since users carry their scope (format 2);
+/// format 1 answers are read by the write's own `v1` (`decode_output`).
+const FORMAT_OUTPUT_V2: u8 = 2;
+
+/// A write's output, as kept for a retry.
+pub fn encode_output<T: Serialize>(output: &T) -> Result<Vec<u8>, StoreError> {
+    encode_as(FORMAT_OUTPUT_V2, output)
+}
+
+/// A kept output of either format: format 1 (written before scopes) is
+/// read by `v1`, which knows the output's old shape (the same as today's
+/// unless it holds a user).
+pub fn decode_output<T: DeserializeOwned>(
+    kind: &'static str,
+    key: &[u8],
+    value: &[u8],
+    v1: fn(&[u8]) -> Result<T, postcard::Error>,
+) -> Result<T, StoreError> {
+    match value.split_first() {
+        Some((&FORMAT_OUTPUT_V2, _)) => decode_format(FORMAT_OUTPUT_V2, kind, key, value),
+        Some((&FORMAT_V1, body)) => v1(body).map_err(|e| StoreError::Corrupt {
+            kind,
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }),
+        _ => decode(kind, key, value),
     }
 }
 
@@ -456,15 +493,24 @@ mod tests {
             revision: 300,
             created_at: SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 5),
             updated_at: SystemTime::UNIX_EPOCH + std::time::Duration::new(1_800_000_000, 7),
+            supervisor_scope: Some(SupervisorScope::WholeAccount),
         };
         for user in [
             user.clone(),
             User {
+                supervisor_scope: Some(scoped()),
+                ..user.clone()
+            },
+            User {
                 edition: None,
+                tier: Tier::None,
+                supervisor_scope: None,
                 ..user
             },
         ] {
-            let bytes = encode(&user).unwrap();
+            let bytes = encode_user(&user).unwrap();
+            assert_eq!(bytes[0], FORMAT_USER_V2);
+            assert_eq!(decode_user_owned("users", b"k", &bytes).unwrap(), user);
             let read = decode_user("users", b"k", &bytes).unwrap();
             assert_eq!(read.account_id, user.account_id.as_str());
             assert_eq!(read.id, user.id.as_str());
@@ -474,8 +520,84 @@ mod tests {
             assert_eq!(read.revision, user.revision);
             assert_eq!(read.created_at, user.created_at);
             assert_eq!(read.updated_at, user.updated_at);
+            assert_eq!(read.supervisor_scope, user.supervisor_scope);
         }
         assert!(decode_user("users", b"k", b"\x01garbage that is no user").is_err());
+        assert!(decode_user("users", b"k", b"\x02garbage that is no user").is_err());
+    }
+
+    fn scoped() -> SupervisorScope {
+        use crate::domain::{ScopeKind, ScopeRef};
+        SupervisorScope::Only(
+            vec![
+                ScopeRef {
+                    kind: ScopeKind::Site,
+                    id: "S1".into(),
+                },
+                ScopeRef {
+                    kind: ScopeKind::CallQueue,
+                    id: "Q9".into(),
+                },
+            ]
+            .into(),
+        )
+    }
+
+    /// A format 1 user (before scopes): a supervisor of then sees the whole
+    /// account, anyone else has no scope; and so in a change-feed record.
+    #[test]
+    fn users_of_format_1_decode_with_the_scope_they_meant() {
+        let at = SystemTime::UNIX_EPOCH;
+        // postcard writes a struct as its fields in order: this tuple is a
+        // format 1 user, byte for byte.
+        let old = |tier: Tier| {
+            (
+                "acme",
+                "ada",
+                "Ada",
+                Some("X8"),
+                tier,
+                3u64,
+                at,
+                at,
+            )
+        };
+        for (tier, scope) in [
+            (Tier::Supervisor, Some(SupervisorScope::WholeAccount)),
+            (Tier::Essentials, None),
+            (Tier::None, None),
+        ] {
+            let bytes = encode(&old(tier)).unwrap();
+            assert_eq!(bytes[0], FORMAT_V1);
+            let user = decode_user_owned("users", b"k", &bytes).unwrap();
+            assert_eq!((user.tier, user.supervisor_scope), (tier, scope.clone()));
+            assert_eq!((user.id.as_str(), user.revision), ("ada", 3));
+
+            // Variant 1 of `Mutation` is PutUser.
+            let feed = encode(&vec![Old::PutUser(old(tier))]).unwrap();
+            let mutations = decode_mutations("changes", b"k", &feed).unwrap();
+            let [Mutation::PutUser(user)] = &mutations[..] else {
+                panic!("{mutations:?}");
+            };
+            assert_eq!(user.supervisor_scope, scope);
+        }
+        #[derive(Serialize)]
+        #[allow(dead_code, reason = "the variants before PutUser only give it its index")]
+        enum Old<U> {
+            PutAccount(()),
+            PutUser(U),
+        }
+
+        let user = User {
+            supervisor_scope: Some(scoped()),
+            ..decode_user_owned("users", b"k", &encode(&old(Tier::Supervisor)).unwrap()).unwrap()
+        };
+        let feed = encode_mutations(&[Mutation::PutUser(user.clone())]).unwrap();
+        let [Mutation::PutUser(read)] = &decode_mutations("changes", b"k", &feed).unwrap()[..]
+        else {
+            panic!("one mutation");
+        };
+        assert_eq!(*read, user);
     }
 
     /// A record written before `via` existed reads as made through the API;
@@ -514,7 +636,53 @@ mod tests {
             ..read
         };
         let bytes = encode_audit(&new).unwrap();
-        assert_eq!(bytes[0], FORMAT_AUDIT_V2);
+        assert_eq!(bytes[0], FORMAT_AUDIT_V3);
+        assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), new);
+    }
+
+    /// A format 2 record's states (before scopes) read as a supervisor of
+    /// then saw: the whole account; a format 3 record keeps its scopes.
+    #[test]
+    fn audit_records_of_format_2_decode_with_the_scope_they_meant() {
+        let at = SystemTime::UNIX_EPOCH;
+        let actor = Actor {
+            token_id: "tok_1".into(),
+            name: "billing".into(),
+            role: Role::Provisioner,
+            via: Via::Console,
+        };
+        let mut old = vec![FORMAT_AUDIT_V2];
+        old.extend(
+            postcard::to_stdvec(&(
+                7u64,
+                3u64,
+                at,
+                &actor,
+                Rpc::UpdateUserServices,
+                "acme",
+                "ada",
+                Some(("Ada", Some("X2"), Tier::Essentials)),
+                Some(("Ada", Some("X8"), Tier::Supervisor)),
+                Vec::<String>::new(),
+                Outcome::Applied,
+            ))
+            .unwrap(),
+        );
+        let read = decode_audit("audit", b"k", &old).unwrap();
+        assert_eq!(read.actor, actor);
+        assert_eq!(read.before.as_ref().unwrap().supervisor_scope, None);
+        let after = read.after.clone().unwrap();
+        assert_eq!(after.tier, Tier::Supervisor);
+        assert_eq!(after.supervisor_scope, Some(SupervisorScope::WholeAccount));
+
+        let new = AuditRecord {
+            after: Some(UserState {
+                supervisor_scope: Some(scoped()),
+                ..after
+            }),
+            ..read
+        };
+        let bytes = encode_audit(&new).unwrap();
         assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), new);
     }
 }

@@ -578,6 +578,7 @@ mod tests {
             revision: 7,
             created_at: at,
             updated_at: at + Duration::from_nanos(1),
+            supervisor_scope: Some(SupervisorScope::WholeAccount),
         }
     }
 
@@ -634,6 +635,69 @@ mod tests {
             std::mem::size_of::<UserKey>() + std::mem::size_of::<UserEntry>(),
             56
         );
+    }
+
+    fn scope(ids: &[&str]) -> SupervisorScope {
+        use crate::domain::ScopeKind;
+        SupervisorScope::Only(
+            ids.iter()
+                .map(|id| ScopeRef {
+                    kind: ScopeKind::UserGroup,
+                    id: (*id).to_owned(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Rule 12 in the view: a list of groups is kept beside the user's
+    /// slot, follows the user through loads, puts, lowering and deletion,
+    /// and reaches the check; a whole-account supervisor needs no entry.
+    #[test]
+    fn a_scoped_supervisor_keeps_its_groups_beside_its_slot() {
+        let at = UNIX_EPOCH;
+        let scoped = User {
+            supervisor_scope: Some(scope(&["G1", "G2"])),
+            ..user("acme", "sam", "Sam", at)
+        };
+        let whole = user("acme", "wes", "Wes", at);
+        let mut view = View::load(
+            1,
+            [],
+            [Ok(account("acme"))],
+            [Ok(scoped.clone()), Ok(whole.clone())],
+        )
+        .unwrap();
+        assert_eq!(view.user("acme", "sam"), Some(scoped.clone()));
+        assert_eq!(view.user("acme", "wes"), Some(whole.clone()));
+        assert_eq!(view.accounts["acme"].scopes.len(), 1);
+        assert_eq!(
+            view.account_and_user("acme", "sam").1.unwrap().supervisor_scope,
+            scoped.supervisor_scope
+        );
+        assert_eq!(
+            view.account_and_user("acme", "wes").1.unwrap().supervisor_scope,
+            Some(SupervisorScope::WholeAccount)
+        );
+
+        // Scoped anew, then lowered: the groups go with Supervisor.
+        let rescoped = User {
+            supervisor_scope: Some(scope(&["G3"])),
+            ..whole.clone()
+        };
+        view.apply(2, vec![Mutation::PutUser(rescoped.clone())]);
+        assert_eq!(view.user("acme", "wes"), Some(rescoped));
+        assert_eq!(view.accounts["acme"].scopes.len(), 2);
+        let lowered = User {
+            tier: Tier::Essentials,
+            supervisor_scope: None,
+            ..scoped.clone()
+        };
+        view.apply(3, vec![Mutation::PutUser(lowered.clone())]);
+        assert_eq!(view.user("acme", "sam"), Some(lowered));
+        assert_eq!(view.account_and_user("acme", "sam").1.unwrap().supervisor_scope, None);
+        view.apply(4, vec![Mutation::DeleteUser(whole.account_id.clone(), whole.id.clone())]);
+        assert!(view.accounts["acme"].scopes.is_empty());
+        assert_eq!(view.user_count(), 1);
     }
 
     /// A user put again with a new name is found under its id with the new
