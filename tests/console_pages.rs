@@ -488,6 +488,11 @@ async fn a_save_that_keeps_supervisor_keeps_the_scope() {
     let saved = save(&mut http, ADA, &[("edition", "X6"), ("tier", "supervisor")]).await;
     assert_eq!(saved.status, 200, "{}", saved.body);
     assert!(saved.body.contains("Saved: X6 with Supervisor Analytics."));
+    assert!(
+        saved.body.contains("Only these groups: site <code>S1</code>"),
+        "{}",
+        saved.body
+    );
     assert_eq!(scope().await, Some(groups));
 
     let lowered = save(&mut http, ADA, &[("edition", "X2"), ("tier", "supervisor")]).await;

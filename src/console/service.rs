@@ -17,7 +17,7 @@ pub use crate::{
     catalogue::{ProductLine, ReportKind},
     domain::{
         Account, AccountId, AuditRecord, Decision, DisplayName, Notice, NoticeKind, Outcome,
-        Principal, Role, Rpc, Tier, User, UserId, UserState, Via,
+        Principal, Role, Rpc, ScopeKind, Tier, User, UserId, UserState, Via,
     },
     service::DomainError,
 };
