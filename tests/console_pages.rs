@@ -482,14 +482,22 @@ async fn a_save_that_keeps_supervisor_keeps_the_scope() {
         })
         .await
         .unwrap();
-    let scope = || async { w.app.get_user("acme", "ada").await.unwrap().supervisor_scope };
+    let scope = || async {
+        w.app
+            .get_user("acme", "ada")
+            .await
+            .unwrap()
+            .supervisor_scope
+    };
     let mut http = admin(&w).await;
 
     let saved = save(&mut http, ADA, &[("edition", "X6"), ("tier", "supervisor")]).await;
     assert_eq!(saved.status, 200, "{}", saved.body);
     assert!(saved.body.contains("Saved: X6 with Supervisor Analytics."));
     assert!(
-        saved.body.contains("Only these groups: site <code>S1</code>"),
+        saved
+            .body
+            .contains("Only these groups: site <code>S1</code>"),
         "{}",
         saved.body
     );
@@ -497,9 +505,9 @@ async fn a_save_that_keeps_supervisor_keeps_the_scope() {
 
     let lowered = save(&mut http, ADA, &[("edition", "X2"), ("tier", "supervisor")]).await;
     assert!(
-        lowered
-            .body
-            .contains("The groups this supervisor was limited to were removed with Supervisor Analytics."),
+        lowered.body.contains(
+            "The groups this supervisor was limited to were removed with Supervisor Analytics."
+        ),
         "{}",
         lowered.body
     );

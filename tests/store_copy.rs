@@ -96,10 +96,11 @@ async fn a_sled_store_moves_to_postgres_and_back_whole() {
     let first = app.update(request.clone()).await.unwrap();
     let secret = app.operator_secret.clone();
     let before = contents(&app).await;
-    assert!(before.1.iter().any(|u| u
-        .supervisor_scope
-        .as_ref()
-        .is_some_and(|s| s.refs.len() == 1)));
+    assert!(before.1.iter().any(|u| {
+        u.supervisor_scope
+            .as_ref()
+            .is_some_and(|s| s.refs.len() == 1)
+    }));
     app.stop().await;
 
     let db = postgres::TestDatabase::create().await;

@@ -324,7 +324,8 @@ mod tests {
         let ids: Vec<String> = (0..=MAX_SCOPE_REFS).map(|i| format!("S{i}")).collect();
         let many: Vec<RawScopeRef<'_>> = ids.iter().map(|id| site(id)).collect();
         assert!(
-            message(&many).starts_with("supervisor_scope.refs[1000] `1001 references` is past the end"),
+            message(&many)
+                .starts_with("supervisor_scope.refs[1000] `1001 references` is past the end"),
             "{}",
             message(&many)
         );

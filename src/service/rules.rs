@@ -135,11 +135,13 @@ fn plan_scope(
         }
         return Ok(None);
     }
-    Ok(Some(match (&change.supervisor_scope, &user.supervisor_scope) {
-        (Some(given), _) => given.clone(),
-        (None, Some(kept)) if user.tier == Tier::Supervisor => kept.clone(),
-        (None, _) => SupervisorScope::WholeAccount,
-    }))
+    Ok(Some(
+        match (&change.supervisor_scope, &user.supervisor_scope) {
+            (Some(given), _) => given.clone(),
+            (None, Some(kept)) if user.tier == Tier::Supervisor => kept.clone(),
+            (None, _) => SupervisorScope::WholeAccount,
+        },
+    ))
 }
 
 fn owned(ids: Vec<&str>) -> Vec<String> {

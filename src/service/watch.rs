@@ -55,6 +55,10 @@ pub struct Change {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every event is a change; boxing each would cost an allocation per event for the rare heartbeat's sake"
+)]
 pub enum WatchEvent {
     Change(Change),
     /// Nothing changed for a while; the stream has reached this revision.

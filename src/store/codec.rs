@@ -285,11 +285,7 @@ pub fn decode_user<'a>(
 }
 
 /// A user record of either format, as a `User`.
-pub fn decode_user_owned(
-    kind: &'static str,
-    key: &[u8],
-    value: &[u8],
-) -> Result<User, StoreError> {
+pub fn decode_user_owned(kind: &'static str, key: &[u8], value: &[u8]) -> Result<User, StoreError> {
     let record = decode_user(kind, key, value)?;
     let corrupt = |reason: String| StoreError::Corrupt {
         kind,
@@ -550,18 +546,7 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH;
         // postcard writes a struct as its fields in order: this tuple is a
         // format 1 user, byte for byte.
-        let old = |tier: Tier| {
-            (
-                "acme",
-                "ada",
-                "Ada",
-                Some("X8"),
-                tier,
-                3u64,
-                at,
-                at,
-            )
-        };
+        let old = |tier: Tier| ("acme", "ada", "Ada", Some("X8"), tier, 3u64, at, at);
         for (tier, scope) in [
             (Tier::Supervisor, Some(SupervisorScope::WholeAccount)),
             (Tier::Essentials, None),
@@ -582,7 +567,10 @@ mod tests {
             assert_eq!(user.supervisor_scope, scope);
         }
         #[derive(Serialize)]
-        #[allow(dead_code, reason = "the variants before PutUser only give it its index")]
+        #[allow(
+            dead_code,
+            reason = "the variants before PutUser only give it its index"
+        )]
         enum Old<U> {
             PutAccount(()),
             PutUser(U),

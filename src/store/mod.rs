@@ -42,8 +42,8 @@ use crate::domain::{Account, User};
 
 pub use self::sled::restore;
 pub use backup::{Backup, BackupError, BackupSummary, FORMAT_VERSION, verify};
-pub use location::{CopySummary, Location, copy, restore_into_database};
 pub use codec::UserV1;
+pub use location::{CopySummary, Location, copy, restore_into_database};
 pub use view::{UserServices, View};
 pub use write::{
     Mutation, REQUEST_ID_WINDOW, Refusable, RequestKey, Target, TargetState, WriteContext,

@@ -671,11 +671,17 @@ mod tests {
         assert_eq!(view.user("acme", "wes"), Some(whole.clone()));
         assert_eq!(view.accounts["acme"].scopes.len(), 1);
         assert_eq!(
-            view.account_and_user("acme", "sam").1.unwrap().supervisor_scope,
+            view.account_and_user("acme", "sam")
+                .1
+                .unwrap()
+                .supervisor_scope,
             scoped.supervisor_scope
         );
         assert_eq!(
-            view.account_and_user("acme", "wes").1.unwrap().supervisor_scope,
+            view.account_and_user("acme", "wes")
+                .1
+                .unwrap()
+                .supervisor_scope,
             Some(SupervisorScope::WholeAccount)
         );
 
@@ -694,8 +700,20 @@ mod tests {
         };
         view.apply(3, vec![Mutation::PutUser(lowered.clone())]);
         assert_eq!(view.user("acme", "sam"), Some(lowered));
-        assert_eq!(view.account_and_user("acme", "sam").1.unwrap().supervisor_scope, None);
-        view.apply(4, vec![Mutation::DeleteUser(whole.account_id.clone(), whole.id.clone())]);
+        assert_eq!(
+            view.account_and_user("acme", "sam")
+                .1
+                .unwrap()
+                .supervisor_scope,
+            None
+        );
+        view.apply(
+            4,
+            vec![Mutation::DeleteUser(
+                whole.account_id.clone(),
+                whole.id.clone(),
+            )],
+        );
         assert!(view.accounts["acme"].scopes.is_empty());
         assert_eq!(view.user_count(), 1);
     }

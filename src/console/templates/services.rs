@@ -9,9 +9,7 @@ use maud::{Markup, html};
 use super::{
     Chrome, FieldError, edition_label, field_error, href, page, tier_label, tier_short, time,
 };
-use crate::console::service::{
-    Account, Decision, ProductLine, ReportKind, ScopeKind, Tier, User,
-};
+use crate::console::service::{Account, Decision, ProductLine, ReportKind, ScopeKind, Tier, User};
 
 /// What the page shows.
 pub struct View<'a> {

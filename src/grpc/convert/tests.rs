@@ -68,19 +68,19 @@ fn decisions(catalogue: &Catalogue) -> Vec<Decision> {
                     (None, None),
                 ] {
                     for supervisor_scope in scopes(tier) {
-                    out.push(Decision {
-                        allowed: tier.grants_access(),
-                        tier,
-                        stored_tier: Tier::Supervisor,
-                        edition: edition.clone(),
-                        denial,
-                        data_available_at: at,
-                        data_ready,
-                        reports: catalogue.report_access(tier, data_ready),
-                        revision: 4242,
-                        reason: format!("{tier} because of `ada` — é"),
-                        supervisor_scope,
-                    });
+                        out.push(Decision {
+                            allowed: tier.grants_access(),
+                            tier,
+                            stored_tier: Tier::Supervisor,
+                            edition: edition.clone(),
+                            denial,
+                            data_available_at: at,
+                            data_ready,
+                            reports: catalogue.report_access(tier, data_ready),
+                            revision: 4242,
+                            reason: format!("{tier} because of `ada` — é"),
+                            supervisor_scope,
+                        });
                     }
                 }
             }
@@ -95,7 +95,10 @@ fn a_check_s_answer_is_the_plain_answer_s_bytes_in_every_case() {
     let answers = answers(&catalogue);
     let all = decisions(&catalogue);
     assert_eq!(all.len(), (1 + 1 + 3) * 2 * 6 * 2);
-    assert!(all.iter().any(|d| matches!(d.supervisor_scope, Some(SupervisorScope::Only(_)))));
+    assert!(
+        all.iter()
+            .any(|d| matches!(d.supervisor_scope, Some(SupervisorScope::Only(_))))
+    );
     for d in all {
         let plain = pb::CheckAnalyticsAccessResponse::from(d.clone()).encode_to_vec();
         let fast = answers.answer(d.clone());

@@ -712,7 +712,8 @@ impl Rows {
         }
         for (revision, mutations) in &batch.changes {
             rows.change_revisions.push(int(*revision));
-            rows.change_records.push(codec::encode_mutations(mutations)?);
+            rows.change_records
+                .push(codec::encode_mutations(mutations)?);
         }
         for record in &batch.audit {
             rows.audit(record)?;

@@ -58,6 +58,9 @@ async fn each_decoded<T: serde::de::DeserializeOwned>(
     each_decoded_with(client, database, kind, sql, codec::decode, each).await
 }
 
+/// A record kind's decoder: kind, key, value.
+type Decode<T> = fn(&'static str, &[u8], &[u8]) -> Result<T, StoreError>;
+
 /// `each_decoded` with a record kind's own decoder (users have formats of
 /// their own).
 async fn each_decoded_with<T>(
@@ -65,7 +68,7 @@ async fn each_decoded_with<T>(
     database: &str,
     kind: &'static str,
     sql: &str,
-    decode: fn(&'static str, &[u8], &[u8]) -> Result<T, StoreError>,
+    decode: Decode<T>,
     mut each: impl FnMut(T) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     each_row(client, database, sql, |row| {
@@ -102,10 +105,17 @@ pub(super) async fn view(client: &Client, database: &str) -> Result<(View, bool)
         Ok(())
     })
     .await?;
-    each_decoded_with(client, database, USERS, USER_ROWS, codec::decode_user_owned, |u: User| {
-        users.push(u);
-        Ok(())
-    })
+    each_decoded_with(
+        client,
+        database,
+        USERS,
+        USER_ROWS,
+        codec::decode_user_owned,
+        |u: User| {
+            users.push(u);
+            Ok(())
+        },
+    )
     .await?;
     client.batch_execute("COMMIT").await.map_err(fail)?;
     let view = View::load(
@@ -132,9 +142,14 @@ pub(super) async fn snapshot(
         visit(Record::Account(a))
     })
     .await?;
-    each_decoded_with(&client, database, USERS, USER_ROWS_ORDERED, codec::decode_user_owned, |u| {
-        visit(Record::User(u))
-    })
+    each_decoded_with(
+        &client,
+        database,
+        USERS,
+        USER_ROWS_ORDERED,
+        codec::decode_user_owned,
+        |u| visit(Record::User(u)),
+    )
     .await?;
     each_decoded(&client, database, TOKENS, TOKEN_ROWS_ORDERED, |t| {
         visit(Record::Token(t))

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use super::{SledBackend, keys};
 use crate::{
     domain::{
-        Account, AccountId, Actor, Notice, Outcome, Refusal, RefusalKind, Role, Rpc, SupervisorScope, Tier,
-        Token, User, UserId, Via,
+        Account, AccountId, Actor, Notice, Outcome, Refusal, RefusalKind, Role, Rpc,
+        SupervisorScope, Tier, Token, User, UserId, Via,
     },
     store::{
         Mutation, Refusable, RequestKey, Store, StoreError, Target, WriteContext, WritePlan,
