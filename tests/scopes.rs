@@ -13,7 +13,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{T, TestApp, assert_status};
+use common::{Options, T, TestApp, assert_status, catalogue_with};
 use entitled::proto::v1 as pb;
 use pb::watch_entitlements_response::Event;
 use tonic::Code;
@@ -599,5 +599,37 @@ on_both_backends! {
             Code::FailedPrecondition,
             &["request_id `scope-1` was already used"],
         );
+    }
+}
+
+on_both_backends! {
+    /// Rule 13 with rule 12: a catalogue that no longer lets the edition
+    /// have Supervisor lowers the check's tier, and the answer has no
+    /// scope; the stored scope stays until the user's services are saved.
+    async fn a_supervisor_the_catalogue_lowers_is_answered_without_a_scope(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        setup(&app).await;
+        let groups = refs(&[(SITE, "S1")]);
+        scope(&app, "ada", Some("X6"), Some(T::Supervisor), groups.clone()).await.unwrap();
+        let catalogue = catalogue_with(|t| {
+            t.replace(
+                r#"{ id = "X6", max_tier = "supervisor" },
+  { id = "X7""#,
+                r#"{ id = "X6", max_tier = "essentials" },
+  { id = "X7""#,
+            )
+        });
+        let app = app
+            .restart_with(Options {
+                catalogue,
+                ..Options::default()
+            })
+            .await;
+        let check = app.check("acme", "ada").await;
+        assert_eq!(
+            (check.tier, check.stored_tier, check.supervisor_scope),
+            (T::Essentials as i32, T::Supervisor as i32, None)
+        );
+        assert_eq!(app.get_user("acme", "ada").await.unwrap().supervisor_scope, Some(groups));
     }
 }
