@@ -556,6 +556,10 @@ on_both_backends! {
         assert_eq!(shown["supervisor_scope"], "site:S1,user-group:G2");
         let check = ok(&app, &["check", "acme", "ada", "--output", "json"]).await.json();
         assert_eq!(check["supervisor_scope"], "site:S1,user-group:G2");
+        let audit = ok(&app, &["audit", "list", "--account", "acme", "--output", "json"])
+            .await
+            .stdout;
+        assert!(audit.contains("X8 / supervisor (site:S1,user-group:G2)"), "{audit}");
         let whole = ok(
             &app,
             &["user", "set", "acme", "ada", "--scope", "whole-account", "--output", "json"],

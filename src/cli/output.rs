@@ -206,13 +206,20 @@ pub fn token(t: &pb::TokenInfo) -> Value {
 pub fn change(c: &pb::Change) -> Value {
     let state = |s: &Option<pb::UserState>| match s {
         Some(s) => Value::String(format!(
-            "{} / {}",
+            "{} / {}{}",
             if s.edition.is_empty() {
                 "no edition"
             } else {
                 &s.edition
             },
-            tier(s.analytics_tier)
+            tier(s.analytics_tier),
+            // A supervisor's groups, when scoped to some (rule 12).
+            match (&s.supervisor_scope, scope(s.supervisor_scope.as_ref())) {
+                (Some(scoped), Value::String(text)) if !scoped.whole_account => {
+                    format!(" ({text})")
+                }
+                _ => String::new(),
+            }
         )),
         None => Value::Null,
     };
