@@ -114,6 +114,23 @@ impl Batch {
                         None => view.token(id).map(|entry| entry.token.clone()),
                     })
                 },
+                |a| {
+                    let mut users: BTreeMap<UserId, User> = view
+                        .all_users(Some(a.as_str()))
+                        .into_iter()
+                        .map(|u| (u.id.clone(), u))
+                        .collect();
+                    for ((account, id), user) in &self.users {
+                        if account != a {
+                            continue;
+                        }
+                        match user {
+                            Some(user) => users.insert(id.clone(), user.clone()),
+                            None => users.remove(id),
+                        };
+                    }
+                    Ok(users.into_values().collect())
+                },
             )
         })
     }
