@@ -41,6 +41,10 @@ pub enum Target {
     User(AccountId, UserId),
     /// Many users at once (bulk import): `TargetState::many`, in this order.
     Users(Vec<(AccountId, UserId)>),
+    /// An account and every one of its users (`TargetState::users`): a write
+    /// on the whole account (moving it to another line, deleting it) sees
+    /// every user committed before it, whichever replica wrote them.
+    WholeAccount(AccountId),
     Token(String),
     /// No stored record: a token made for no account.
     NoRecord,
@@ -78,6 +82,8 @@ pub struct TargetState {
     pub token: Option<Token>,
     /// For `Target::Users`: each target's account and user, in order.
     pub many: Vec<(Option<Account>, Option<User>)>,
+    /// For `Target::WholeAccount`: every user of the account, in id order.
+    pub users: Vec<User>,
     /// The revision a write planned now would get.
     pub next_revision: u64,
     /// Whether the first start's operator token was made (so that replicas
@@ -93,12 +99,14 @@ impl TargetState {
         account: impl Fn(&AccountId) -> Result<Option<Account>, StoreError>,
         user: impl Fn(&AccountId, &UserId) -> Result<Option<User>, StoreError>,
         token: impl Fn(&str) -> Result<Option<Token>, StoreError>,
+        users_of: impl Fn(&AccountId) -> Result<Vec<User>, StoreError>,
     ) -> Result<TargetState, StoreError> {
         let mut current = TargetState {
             account: None,
             user: None,
             token: None,
             many: Vec::new(),
+            users: Vec::new(),
             next_revision,
             bootstrapped: false,
         };
@@ -120,6 +128,12 @@ impl TargetState {
                         }
                     };
                     current.many.push((acc, user(a, u)?));
+                }
+            }
+            Target::WholeAccount(a) => {
+                current.account = account(a)?;
+                if current.account.is_some() {
+                    current.users = users_of(a)?;
                 }
             }
             Target::Token(id) => current.token = token(id)?,

@@ -195,7 +195,7 @@ pub(super) async fn read_changes(
 
 /// Up to `PAGE` revisions after `from`, in order and with no gap, and
 /// whether more may follow.
-async fn read_page(
+pub(super) async fn read_page(
     inner: &Inner,
     client: &Object,
     from: u64,

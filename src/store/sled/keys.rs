@@ -22,6 +22,14 @@ pub(super) fn account_key(id: &AccountId) -> Vec<u8> {
     id.as_str().as_bytes().to_vec()
 }
 
+/// The start of every key of `account`'s users.
+pub(super) fn user_prefix(account: &AccountId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(account.as_str().len() + 1);
+    key.extend_from_slice(account.as_str().as_bytes());
+    key.push(b'/');
+    key
+}
+
 pub(super) fn user_key(account: &AccountId, user: &UserId) -> Vec<u8> {
     let mut key = Vec::with_capacity(account.as_str().len() + 1 + user.as_str().len());
     key.extend_from_slice(account.as_str().as_bytes());

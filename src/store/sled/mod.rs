@@ -25,7 +25,10 @@ mod restore;
 mod tests;
 mod watermark;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use ::sled::{IVec, Tree};
 use parking_lot::Mutex;
@@ -42,9 +45,9 @@ use super::{
     publish::Publisher,
     view::{Builder, UserFields},
 };
-use crate::domain::AuditRecord;
 #[cfg(feature = "bench")]
-use crate::domain::{Account, User};
+use crate::domain::Account;
+use crate::domain::{AccountId, AuditRecord, User};
 
 pub(super) use restore::create;
 pub use restore::restore;
@@ -141,6 +144,31 @@ impl WriterState {
         self.staged.get(i).map(|op| op.value.as_deref())
     }
 
+    /// Every user of `account`, in id order: sled's, with what is staged
+    /// laid over them.
+    fn users_of(&self, sled: &Tree, account: &AccountId) -> Result<Vec<User>, StoreError> {
+        let prefix = keys::user_prefix(account);
+        let mut users = BTreeMap::new();
+        for item in sled.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(backend)?;
+            users.insert(key.to_vec(), value.to_vec());
+        }
+        for ((tree, key), &i) in &self.overlay {
+            if *tree != CTree::Users || !key.starts_with(&prefix) {
+                continue;
+            }
+            match self.staged.get(i).map(|op| &op.value) {
+                Some(Some(value)) => users.insert(key.clone(), value.clone()),
+                Some(None) => users.remove(key),
+                None => None,
+            };
+        }
+        users
+            .iter()
+            .map(|(key, value)| codec::decode(USERS, key, value))
+            .collect()
+    }
+
     /// `key` of `tree`, staged or in sled.
     fn get(&self, tree: CTree, sled: &Tree, key: &[u8]) -> Result<Option<IVec>, StoreError> {
         match self.staged(tree, key) {
@@ -191,6 +219,7 @@ impl SledBackend {
                     .transpose()
             },
             |id| get(writer, CTree::Tokens, &t.tokens, TOKENS, id.as_bytes()),
+            |a| writer.users_of(&t.users, a),
         )
     }
 

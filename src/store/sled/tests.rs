@@ -553,3 +553,50 @@ async fn a_write_given_up_during_its_flush_is_still_published() {
     }
     assert!(store.read(|v| v.user("acme", "bob")).is_some());
 }
+
+/// A write on a whole account sees every user of that account, in id
+/// order, with later changes and deletions laid over; none of another
+/// account's, and none for an account that does not exist.
+#[tokio::test]
+async fn a_whole_account_write_sees_every_user_of_the_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = open(dir.path());
+    populate(&store).await;
+    let seen = |id: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .write::<_, DomainError>(
+                    &Target::WholeAccount(account_id(id)),
+                    ctx(Rpc::CreateAccount, id, "", None),
+                    |current| {
+                        let users: Vec<(String, Option<String>)> = current
+                            .users
+                            .iter()
+                            .map(|u| (u.id.as_str().to_owned(), u.edition.clone()))
+                            .collect();
+                        Ok(WritePlan::new(
+                            Vec::new(),
+                            (current.account.is_some(), users),
+                        ))
+                    },
+                )
+                .await
+                .unwrap()
+                .output
+        }
+    };
+    assert_eq!(
+        seen("acme").await,
+        (
+            true,
+            vec![
+                ("ada".to_owned(), None),
+                ("bob".to_owned(), Some("X6".to_owned()))
+            ]
+        )
+    );
+    // cy was deleted.
+    assert_eq!(seen("legacy").await, (true, Vec::new()));
+    assert_eq!(seen("nobody").await, (false, Vec::new()));
+}
