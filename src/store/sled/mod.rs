@@ -165,7 +165,7 @@ impl WriterState {
         }
         users
             .iter()
-            .map(|(key, value)| codec::decode(USERS, key, value))
+            .map(|(key, value)| codec::decode_user_owned(USERS, key, value))
             .collect()
     }
 
