@@ -364,6 +364,15 @@ fn random_strings_in_well_formed_requests_are_judged_never_internal() {
                             user_id: user,
                             edition,
                             analytics_tier: tier,
+                            // Any text as a group's id, any number as its
+                            // kind, sometimes beside the whole account.
+                            supervisor_scope: (which % 2 == 0).then(|| pb::SupervisorScope {
+                                whole_account: which % 4 == 0,
+                                refs: vec![pb::ScopeRef {
+                                    kind: tier.unwrap_or_default(),
+                                    id: name,
+                                }],
+                            }),
                             ..Default::default()
                         })
                         .await
