@@ -7,6 +7,7 @@ mod auth;
 pub mod catalogue;
 pub mod field;
 mod ids;
+pub mod migration;
 mod tier;
 
 use std::{
