@@ -40,7 +40,9 @@ pub fn migrate(args: MigrateArgs) -> Result<(), BoxError> {
             "MigrateAccount, one account of {} users, virtual-office -> work",
             args.users
         );
-        println!("backend     catalogue        users written  dry run (ms)  move (ms)  messages");
+        println!(
+            "backend     catalogue             users written  dry run (ms)  move (ms)  messages"
+        );
         for renamed in [false, true] {
             figure(&args, None, renamed).await?;
         }
@@ -114,9 +116,17 @@ async fn figure(args: &MigrateArgs, database: Option<&str>, renamed: bool) -> Re
         return Err(format!("moved {} users of {users}", moved.summary.users).into());
     }
     println!(
-        "{:<11} {:<16} {:>13}  {:>12}  {:>9}  {:>8}",
-        if database.is_some() { "PostgreSQL" } else { "sled" },
-        if renamed { "every edition renamed" } else { "built-in" },
+        "{:<11} {:<21} {:>13}  {:>12}  {:>9}  {:>8}",
+        if database.is_some() {
+            "PostgreSQL"
+        } else {
+            "sled"
+        },
+        if renamed {
+            "every edition renamed"
+        } else {
+            "built-in"
+        },
         moved.summary.changed,
         dry.ms,
         moved.ms,
