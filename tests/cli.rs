@@ -155,6 +155,10 @@ on_both_backends! {
             .await
             .json();
         assert_eq!(catalogue["data_delay"], "2days");
+        assert_eq!(
+            catalogue["migrations"][0],
+            serde_json::json!({"from": "virtual-office", "to": "work", "edition": "X2", "becomes": "X2"})
+        );
         let audit = ok(
             &app,
             &["audit", "list", "--account", "acme", "--output", "json"],

@@ -676,3 +676,46 @@ async fn an_account_of_100_000_users_moves_in_one_write() {
         .changes;
     assert_eq!(last_change[0].revision, start + 1);
 }
+
+/// GetCatalogue shows each move and what every edition becomes (empty:
+/// no mapping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalogue_shows_the_moves() {
+    let app = spawn(Backend::Sled).await;
+    let catalogue = app
+        .catalogue
+        .clone()
+        .get_catalogue(pb::GetCatalogueRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let moves: Vec<(&str, &str, Vec<(&str, &str)>)> = catalogue
+        .migrations
+        .iter()
+        .map(|m| {
+            (
+                m.from_product_line.as_str(),
+                m.to_product_line.as_str(),
+                m.editions
+                    .iter()
+                    .map(|e| (e.from_edition.as_str(), e.to_edition.as_str()))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [(
+            "virtual-office",
+            "work",
+            vec![
+                ("X2", "X2"),
+                ("X5", "X4"),
+                ("X6", "X3"),
+                ("X8", "X8"),
+                ("X8e", "X8e"),
+                ("X9", "")
+            ]
+        )]
+    );
+}

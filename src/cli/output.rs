@@ -258,5 +258,11 @@ pub fn catalogue(c: &pb::GetCatalogueResponse) -> Value {
             "reports": t.reports.iter().map(|r| r.display_name.clone()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "data_delay": delay.map(|d| humantime::format_duration(d).to_string()),
+        "migrations": c.migrations.iter().flat_map(|m| m.editions.iter().map(move |e| json!({
+            "from": m.from_product_line,
+            "to": m.to_product_line,
+            "edition": e.from_edition,
+            "becomes": e.to_edition,
+        }))).collect::<Vec<_>>(),
     })
 }

@@ -221,6 +221,25 @@ impl From<&Catalogue> for pb::GetCatalogueResponse {
                         .collect(),
                 })
                 .collect(),
+            migrations: c
+                .migrations()
+                .iter()
+                .map(|m| pb::ProductLineMigration {
+                    from_product_line: m.from.clone(),
+                    to_product_line: m.to.clone(),
+                    editions: match (c.product_line(&m.from), c.product_line(&m.to)) {
+                        (Some(from), Some(to)) => from
+                            .editions
+                            .iter()
+                            .map(|e| pb::EditionMapping {
+                                from_edition: e.id.clone(),
+                                to_edition: m.map_edition(to, &e.id).unwrap_or_default().to_owned(),
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    },
+                })
+                .collect(),
             tier_reports: [Tier::Essentials, Tier::Supervisor]
                 .into_iter()
                 .map(|t| pb::TierReports {
