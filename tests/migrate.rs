@@ -689,7 +689,8 @@ async fn the_catalogue_shows_the_moves() {
         .await
         .unwrap()
         .into_inner();
-    let moves: Vec<(&str, &str, Vec<(&str, &str)>)> = catalogue
+    type Move<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let moves: Vec<Move> = catalogue
         .migrations
         .iter()
         .map(|m| {
