@@ -9,7 +9,9 @@ use std::{collections::HashSet, ops::Range, path::Path};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::domain::catalogue::{Catalogue, Edition, ProductLine, Report, ReportKind};
+pub use crate::domain::catalogue::{
+    Catalogue, Edition, Migration, ProductLine, Report, ReportKind,
+};
 use crate::domain::{Tier, validate_id};
 
 /// The catalogue built into the binary.
@@ -151,8 +153,103 @@ impl Catalogue {
             });
         }
 
-        Ok(Catalogue::new(product_lines, reports, data_delay))
+        let migrations =
+            migrations(raw.migrations, &product_lines).map_err(|(span, m)| invalid(span, m))?;
+        Ok(Catalogue::with_migrations(
+            product_lines,
+            migrations,
+            reports,
+            data_delay,
+        ))
     }
+}
+
+/// The `[[migrations]]` table (rule 15): each names two known, different
+/// lines, at most once per pair; each explicit mapping an edition of each
+/// line, each edition of `from` at most once.
+fn migrations(
+    raw: Vec<RawMigration>,
+    lines: &[ProductLine],
+) -> Result<Vec<Migration>, (Range<usize>, String)> {
+    let known = |id: &Spanned<String>, what: &str| {
+        lines.iter().find(|l| l.id == *id.get_ref()).ok_or_else(|| {
+            let valid: Vec<&str> = lines.iter().map(|l| l.id.as_str()).collect();
+            (
+                id.span(),
+                format!(
+                    "migration {what} `{}` is not a product line; use one of {}",
+                    id.get_ref(),
+                    valid.join(", ")
+                ),
+            )
+        })
+    };
+    let mut migrations: Vec<Migration> = Vec::with_capacity(raw.len());
+    for m in raw {
+        let from = known(&m.from, "from")?;
+        let to = known(&m.to, "to")?;
+        if from.id == to.id {
+            return Err((
+                m.to.span(),
+                format!(
+                    "migration from `{}` to itself; `to` must name another product line",
+                    from.id
+                ),
+            ));
+        }
+        if migrations
+            .iter()
+            .any(|e| e.from == from.id && e.to == to.id)
+        {
+            return Err((
+                m.from.span(),
+                format!(
+                    "the migration from `{}` to `{}` is listed twice",
+                    from.id, to.id
+                ),
+            ));
+        }
+        let mut editions: Vec<(String, String)> = Vec::with_capacity(m.editions.len());
+        for e in m.editions {
+            let (old, new) = (e.from.get_ref(), e.to.get_ref());
+            if from.edition(old).is_none() {
+                return Err((
+                    e.from.span(),
+                    format!(
+                        "edition `{old}` is not in product line `{}`; use one of {}",
+                        from.id,
+                        from.edition_ids().join(", ")
+                    ),
+                ));
+            }
+            if to.edition(new).is_none() {
+                return Err((
+                    e.to.span(),
+                    format!(
+                        "edition `{new}` is not in product line `{}`; use one of {}",
+                        to.id,
+                        to.edition_ids().join(", ")
+                    ),
+                ));
+            }
+            if editions.iter().any(|(o, _)| o == old) {
+                return Err((
+                    e.from.span(),
+                    format!(
+                        "edition `{old}` is mapped twice in the migration from `{}` to `{}`",
+                        from.id, to.id
+                    ),
+                ));
+            }
+            editions.push((old.clone(), new.clone()));
+        }
+        migrations.push(Migration {
+            from: from.id.clone(),
+            to: to.id.clone(),
+            editions,
+        });
+    }
+    Ok(migrations)
 }
 
 fn checked_id(id: &Spanned<String>, what: &str) -> Result<String, String> {
@@ -184,6 +281,26 @@ struct RawCatalogue {
     product_line: Vec<RawProductLine>,
     #[serde(default)]
     report: Vec<RawReport>,
+    #[serde(default)]
+    migrations: Vec<RawMigration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigration {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    /// Explicit mappings; an edition not listed maps to the edition of the
+    /// same name.
+    #[serde(default)]
+    editions: Vec<RawEditionMapping>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEditionMapping {
+    from: Spanned<String>,
+    to: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -277,5 +394,97 @@ mod tests {
         let msg = error_of(unknown_key);
         assert!(msg.contains("line 2") && msg.contains("colour"), "{msg}");
         assert!(error_of("data_delay = \"1h\"\n").contains("no product lines"));
+    }
+
+    #[test]
+    fn builtin_moves_virtual_office_to_work_by_name() {
+        let c = Catalogue::builtin().unwrap();
+        let m = c.migration("virtual-office", "work").unwrap();
+        let work = c.product_line("work").unwrap();
+        for edition in c.product_line("virtual-office").unwrap().edition_ids() {
+            assert_eq!(m.map_edition(work, edition), Some(edition));
+        }
+        assert!(c.migration("work", "virtual-office").is_none());
+    }
+
+    /// A `[[migrations]]` entry naming an unknown line or edition, the same
+    /// line twice, or a pair or mapping twice is refused with its line.
+    #[test]
+    fn migration_errors_name_the_line() {
+        let with = |entry: &str| {
+            error_of(&format!(
+                "{}\n[[migrations]]\nfrom = \"virtual-office\"\n{entry}",
+                DEFAULT_TOML
+            ))
+        };
+        let first = line_of(DEFAULT_TOML, DEFAULT_TOML.len()) + 2;
+        let cases = [
+            (
+                "to = \"gold\"\n",
+                first + 1,
+                "migration to `gold` is not a product line; use one of virtual-office, work",
+            ),
+            (
+                "to = \"virtual-office\"\n",
+                first + 1,
+                "migration from `virtual-office` to itself; `to` must name another product line",
+            ),
+            (
+                "to = \"work\"\n",
+                first,
+                "the migration from `virtual-office` to `work` is listed twice",
+            ),
+        ];
+        for (entry, line, message) in cases {
+            assert_eq!(
+                with(entry),
+                format!("catalogue `t.toml` line {line}: {message}")
+            );
+        }
+        let base = DEFAULT_TOML.replace(
+            "[[migrations]]\nfrom = \"virtual-office\"\nto = \"work\"\n",
+            "",
+        );
+        assert_ne!(base, DEFAULT_TOML);
+        assert!(
+            Catalogue::from_toml(&base, "t")
+                .unwrap()
+                .migrations()
+                .is_empty()
+        );
+        let mapping = |editions: &str| {
+            error_of(&format!(
+                "{base}\n[[migrations]]\nfrom = \"virtual-office\"\nto = \"work\"\neditions = [\n{editions}]\n"
+            ))
+        };
+        let at = line_of(&base, base.len()) + 5;
+        assert_eq!(
+            mapping("{ from = \"X1\", to = \"X2\" }\n"),
+            format!(
+                "catalogue `t.toml` line {at}: edition `X1` is not in product line `virtual-office`; use one of X2, X5, X6, X8, X8e"
+            )
+        );
+        assert_eq!(
+            mapping("{ from = \"X5\", to = \"X9\" }\n"),
+            format!(
+                "catalogue `t.toml` line {at}: edition `X9` is not in product line `work`; use one of X1, X2, X3, X4, X5, X6, X7, X8, X8e"
+            )
+        );
+        assert_eq!(
+            mapping("{ from = \"X5\", to = \"X4\" },\n{ from = \"X5\", to = \"X3\" }\n"),
+            format!(
+                "catalogue `t.toml` line {}: edition `X5` is mapped twice in the migration from `virtual-office` to `work`",
+                at + 1
+            )
+        );
+        let mapped = Catalogue::from_toml(
+            &format!("{base}\n[[migrations]]\nfrom = \"virtual-office\"\nto = \"work\"\neditions = [{{ from = \"X5\", to = \"X4\" }}]\n"),
+            "t",
+        )
+        .unwrap();
+        let m = mapped.migration("virtual-office", "work").unwrap();
+        let work = mapped.product_line("work").unwrap();
+        assert_eq!(m.map_edition(work, "X5"), Some("X4"));
+        assert_eq!(m.map_edition(work, "X6"), Some("X6"));
     }
 }

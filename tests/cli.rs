@@ -155,6 +155,10 @@ on_both_backends! {
             .await
             .json();
         assert_eq!(catalogue["data_delay"], "2days");
+        assert_eq!(
+            catalogue["migrations"][0],
+            serde_json::json!({"from": "virtual-office", "to": "work", "edition": "X2", "becomes": "X2"})
+        );
         let audit = ok(
             &app,
             &["audit", "list", "--account", "acme", "--output", "json"],
@@ -758,4 +762,58 @@ async fn config_file_env_and_flags_in_that_order() {
         stderr.contains("line 2: listen `somewhere` is not an address"),
         "{stderr}"
     );
+}
+
+on_both_backends! {
+    /// `entitled account migrate`: the plan as a table, the dry run's
+    /// revision applied with --expected-revision, and a refusal's exit code.
+    async fn account_migrate_prints_the_plan_and_applies_it(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "virtual-office").await;
+        app.put_user("acme", "ada").await;
+        app.set("acme", "ada", Some("X6"), Some(T::Supervisor)).await.unwrap();
+        app.put_user("acme", "bob").await;
+
+        let table = ok(&app, &["account", "migrate", "acme", "--to", "work", "--dry-run"]).await;
+        let lines: Vec<&str> = table.stdout.lines().collect();
+        assert!(
+            lines[1].split_whitespace().eq([
+                "USER", "EDITION_BEFORE", "TIER_BEFORE", "EDITION_AFTER", "TIER_AFTER", "CHANGED", "NOTICES"
+            ]),
+            "{}",
+            table.stdout
+        );
+        assert!(
+            lines[2].split_whitespace().eq(["ada", "X6", "supervisor", "X6", "supervisor", "false"]),
+            "{}",
+            table.stdout
+        );
+        assert!(
+            lines[3].split_whitespace().eq(["bob", "-", "none", "-", "none", "false"]),
+            "{}",
+            table.stdout
+        );
+        assert!(
+            lines.iter().any(|l| l.split_whitespace().eq(["dry_run", "true"])),
+            "{}",
+            table.stdout
+        );
+
+        let dry = ok(&app, &["--output", "json", "account", "migrate", "acme", "--dry-run"]).await.json();
+        let revision = dry["revision"].as_u64().unwrap();
+        assert_eq!(dry["user_count"], 2);
+        assert_eq!(app.get_account("acme").await.unwrap().product_line, "virtual-office");
+        let moved = ok(
+            &app,
+            &["--output", "json", "account", "migrate", "acme", "--expected-revision", &revision.to_string()],
+        )
+        .await
+        .json();
+        assert_eq!((moved["to"].as_str(), moved["revision"].as_u64()), (Some("work"), Some(revision + 1)));
+        assert_eq!(app.get_account("acme").await.unwrap().product_line, "work");
+
+        let again = run(&app, &app.operator_secret, &["account", "migrate", "acme"]).await;
+        assert_eq!(again.code, 3, "{}", again.stderr);
+        assert!(again.stderr.contains("already on product line `work`"), "{}", again.stderr);
+    }
 }

@@ -22,6 +22,29 @@ pub enum AccountCommand {
     },
     /// Show an account.
     Get { account: String },
+    /// Move an account to another product line (from Virtual Office to
+    /// X Series) in one write, and print the plan: each user's edition and
+    /// tier before and after, with notices.
+    Migrate {
+        account: String,
+        /// The product line to move to.
+        #[arg(long, default_value = "work")]
+        to: String,
+        /// Only print the plan, and the revision it was made at; change
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove licences with no mapping in the new line (their tier
+        /// becomes none) instead of refusing the move.
+        #[arg(long)]
+        remove_unmapped_licences: bool,
+        /// Refuse the move if a user of the account changed after this
+        /// revision (pass a dry run's, to apply exactly the plan it showed).
+        #[arg(long)]
+        expected_revision: Option<u64>,
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,6 +201,41 @@ pub async fn account(args: &ClientArgs, command: AccountCommand) -> Result<(), C
                 .await?
                 .into_inner();
             r.account.as_ref().map_or(Value::Null, output::account)
+        }
+        AccountCommand::Migrate {
+            account,
+            to,
+            dry_run,
+            remove_unmapped_licences,
+            expected_revision,
+            request_id,
+        } => {
+            let mut stream = c
+                .migrate_account(pb::MigrateAccountRequest {
+                    account_id: account,
+                    to_product_line: to,
+                    dry_run,
+                    expected_revision,
+                    remove_unmapped_licences,
+                    request_id,
+                })
+                .await?
+                .into_inner();
+            let mut users = Vec::new();
+            let mut summary = None;
+            while let Some(message) = stream.message().await? {
+                match message.item {
+                    Some(pb::migrate_account_response::Item::Users(chunk)) => {
+                        users.extend(chunk.users.iter().map(output::migrated_user));
+                    }
+                    Some(pb::migrate_account_response::Item::Summary(s)) => summary = Some(s),
+                    None => {}
+                }
+            }
+            let summary = summary.ok_or_else(|| {
+                CliError::Unreachable("the server ended the plan without its summary".to_owned())
+            })?;
+            output::migration(users, &summary)
         }
     };
     output::print(args.output, &value);

@@ -124,6 +124,37 @@ pub fn account(a: &pb::Account) -> Value {
     })
 }
 
+/// One user of a move's plan, a row of its table.
+pub fn migrated_user(u: &pb::MigratedUser) -> Value {
+    json!({
+        "user": u.user_id,
+        "edition_before": u.edition_before,
+        "tier_before": tier(u.analytics_tier_before),
+        "edition_after": u.edition_after,
+        "tier_after": tier(u.analytics_tier_after),
+        "changed": u.changed,
+        "notices": u.notices.iter().map(|n| n.message.clone()).collect::<Vec<_>>(),
+    })
+}
+
+/// A move: the plan's table, then its summary (last, where a long table
+/// ends). A replay has no rows: they are in the audit trail.
+pub fn migration(users: Vec<Value>, s: &pb::MigrationSummary) -> Value {
+    json!({
+        "users": users,
+        "account": s.account_id,
+        "from": s.from_product_line,
+        "to": s.to_product_line,
+        "dry_run": s.dry_run,
+        "user_count": s.users,
+        "changed": s.changed,
+        "tiers_lowered": s.tiers_lowered,
+        "licences_removed": s.licences_removed,
+        "revision": s.revision,
+        "replayed": s.replayed,
+    })
+}
+
 pub fn user(u: &pb::User) -> Value {
     json!({
         "account_id": u.account_id,
@@ -262,5 +293,11 @@ pub fn catalogue(c: &pb::GetCatalogueResponse) -> Value {
             "reports": t.reports.iter().map(|r| r.display_name.clone()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "data_delay": delay.map(|d| humantime::format_duration(d).to_string()),
+        "migrations": c.migrations.iter().flat_map(|m| m.editions.iter().map(move |e| json!({
+            "from": m.from_product_line,
+            "to": m.to_product_line,
+            "edition": e.from_edition,
+            "becomes": e.to_edition,
+        }))).collect::<Vec<_>>(),
     })
 }

@@ -299,7 +299,6 @@ impl Service {
 /// same error, so the trail reads alike whichever door a write came
 /// through. No catch-all arm: a new error must be given its code here.
 pub fn code_name(error: &DomainError) -> &'static str {
-    use crate::domain::RefusalKind as K;
     match error {
         DomainError::AccountNotFound(_)
         | DomainError::UserNotFound { .. }
@@ -324,15 +323,22 @@ pub fn code_name(error: &DomainError) -> &'static str {
         | DomainError::NoRandomness(_) => "UNAVAILABLE",
         DomainError::HistoryGone { .. } => "OUT_OF_RANGE",
         DomainError::SlowConsumer { .. } => "RESOURCE_EXHAUSTED",
-        DomainError::Refused(refusal) => match refusal.kind {
-            K::InvalidArgument => "INVALID_ARGUMENT",
-            K::NotFound => "NOT_FOUND",
-            K::AlreadyExists => "ALREADY_EXISTS",
-            K::FailedPrecondition => "FAILED_PRECONDITION",
-            K::Aborted => "ABORTED",
-            K::PermissionDenied => "PERMISSION_DENIED",
-        },
+        DomainError::Move(refused) => kind_name(refused.kind()),
+        DomainError::Refused(refusal) => kind_name(refusal.kind),
         DomainError::Store(_) => "UNAVAILABLE",
+    }
+}
+
+/// The code name of a kept refusal's kind.
+fn kind_name(kind: crate::domain::RefusalKind) -> &'static str {
+    use crate::domain::RefusalKind as K;
+    match kind {
+        K::InvalidArgument => "INVALID_ARGUMENT",
+        K::NotFound => "NOT_FOUND",
+        K::AlreadyExists => "ALREADY_EXISTS",
+        K::FailedPrecondition => "FAILED_PRECONDITION",
+        K::Aborted => "ABORTED",
+        K::PermissionDenied => "PERMISSION_DENIED",
     }
 }
 

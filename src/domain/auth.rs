@@ -114,6 +114,7 @@ pub enum Rpc {
     RevokeToken,
     // New variants go last: audit records store the variant's index.
     Backup,
+    MigrateAccount,
 }
 
 impl Rpc {
@@ -137,6 +138,7 @@ impl Rpc {
             Rpc::ListTokens => "ListTokens",
             Rpc::RevokeToken => "RevokeToken",
             Rpc::Backup => "Backup",
+            Rpc::MigrateAccount => "MigrateAccount",
         }
     }
 
@@ -151,7 +153,8 @@ impl Rpc {
             | Rpc::DeleteUser
             | Rpc::UpdateUserServices
             | Rpc::ImportUsers
-            | Rpc::ExportUsers => Service::Provisioning,
+            | Rpc::ExportUsers
+            | Rpc::MigrateAccount => Service::Provisioning,
             Rpc::CheckAnalyticsAccess | Rpc::BatchCheckAnalyticsAccess | Rpc::WatchEntitlements => {
                 Service::Access
             }
@@ -191,6 +194,10 @@ pub enum Forbidden {
     /// An account admin may not create accounts.
     #[error("role `{role}` may not call {rpc}; ask a provisioner or operator")]
     CreateAccount { role: Role, rpc: Rpc },
+    /// An account admin may not move its account to another product line
+    /// (the provider's decision, like creating it).
+    #[error("role `{role}` may not call {rpc}; moving an account is for a provisioner or operator")]
+    MigrateAccount { role: Role, rpc: Rpc },
     /// An account admin acting on another account.
     #[error("role `{role}` of account `{own}` may not act on account `{account}`")]
     OtherAccount {
@@ -251,6 +258,9 @@ impl Principal {
         }
         if rpc == Rpc::CreateAccount {
             return Err(Forbidden::CreateAccount { role, rpc });
+        }
+        if rpc == Rpc::MigrateAccount {
+            return Err(Forbidden::MigrateAccount { role, rpc });
         }
         let own_name = self.account.as_ref().map_or("", AccountId::as_str);
         match account {
@@ -315,6 +325,14 @@ mod tests {
             (
                 admin().authorize(Rpc::CreateAccount, Some("acme"), None),
                 "role `account-admin` may not call ProvisioningService.CreateAccount; ask a provisioner or operator",
+            ),
+            (
+                admin().authorize(Rpc::MigrateAccount, Some("acme"), None),
+                "role `account-admin` may not call ProvisioningService.MigrateAccount; moving an account is for a provisioner or operator",
+            ),
+            (
+                gateway.authorize(Rpc::MigrateAccount, Some("acme"), None),
+                "role `gateway` may not call ProvisioningService.MigrateAccount; it may call only CatalogueService, AccessService",
             ),
             (
                 admin().authorize(Rpc::GetAccount, Some("globex"), None),

@@ -11,6 +11,8 @@ use super::{ReportAccess, Tier};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Catalogue {
     product_lines: Vec<ProductLine>,
+    /// The moves between lines the catalogue allows (rule 15).
+    migrations: Vec<Migration>,
     reports: Vec<Report>,
     data_delay: Duration,
     /// What a check answers in `reports`, computed once: indexed by the
@@ -37,6 +39,28 @@ pub struct Edition {
 impl Edition {
     pub fn allows(&self, tier: Tier) -> bool {
         tier <= self.max_tier
+    }
+}
+
+/// A move of accounts from one product line to another (rule 15): each
+/// licence maps to the edition `editions` names for it, or else to the
+/// edition of the same name in `to`, if `to` has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub from: String,
+    pub to: String,
+    /// Explicit mappings, edition of `from` → edition of `to`.
+    pub editions: Vec<(String, String)>,
+}
+
+impl Migration {
+    /// The edition of line `to` that `edition` maps to, if any: the
+    /// explicit mapping first, then the edition of the same name.
+    pub fn map_edition<'a>(&'a self, to: &'a ProductLine, edition: &str) -> Option<&'a str> {
+        if let Some((_, mapped)) = self.editions.iter().find(|(from, _)| from == edition) {
+            return Some(mapped);
+        }
+        to.edition(edition).map(|e| e.id.as_str())
     }
 }
 
@@ -80,6 +104,17 @@ impl Catalogue {
         reports: Vec<Report>,
         data_delay: Duration,
     ) -> Self {
+        Self::with_migrations(product_lines, Vec::new(), reports, data_delay)
+    }
+
+    /// `new`, with the moves between lines it allows. The caller has
+    /// checked them: lines and editions known, each pair of lines once.
+    pub fn with_migrations(
+        product_lines: Vec<ProductLine>,
+        migrations: Vec<Migration>,
+        reports: Vec<Report>,
+        data_delay: Duration,
+    ) -> Self {
         let access = Tier::ALL.map(|tier| {
             [false, true].map(|data_ready| {
                 reports
@@ -94,6 +129,7 @@ impl Catalogue {
         });
         Catalogue {
             product_lines,
+            migrations,
             reports,
             data_delay,
             access,
@@ -106,6 +142,17 @@ impl Catalogue {
 
     pub fn product_line(&self, id: &str) -> Option<&ProductLine> {
         self.product_lines.iter().find(|l| l.id == id)
+    }
+
+    pub fn migrations(&self) -> &[Migration] {
+        &self.migrations
+    }
+
+    /// The move from line `from` to line `to`, if the catalogue has one.
+    pub fn migration(&self, from: &str, to: &str) -> Option<&Migration> {
+        self.migrations
+            .iter()
+            .find(|m| m.from == from && m.to == to)
     }
 
     pub fn reports(&self) -> &[Report] {

@@ -7,6 +7,7 @@ mod auth;
 pub mod catalogue;
 pub mod field;
 mod ids;
+pub mod migration;
 mod scope;
 mod tier;
 

@@ -7,6 +7,8 @@ use std::{fmt, str::FromStr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
+use super::{Notice, NoticeKind, Tier};
+
 /// The most references one scope holds.
 pub const MAX_SCOPE_REFS: usize = 1000;
 
@@ -104,6 +106,26 @@ impl SupervisorScope {
             SupervisorScope::WholeAccount => None,
             SupervisorScope::Only(refs) => Some(refs),
         }
+    }
+
+    /// Rule 12: the notice that this scope went with Supervisor, lowered to
+    /// `tier`; none for the whole account, which a supervisor has unless
+    /// told otherwise. A list can be long: the notice (kept in the audit
+    /// trail) names the first few groups and counts the rest.
+    pub fn dropped(&self, tier: Tier) -> Option<Notice> {
+        const NAMED: usize = 3;
+        let refs = self.refs()?;
+        let mut named: Vec<String> = refs.iter().take(NAMED).map(ToString::to_string).collect();
+        if refs.len() > NAMED {
+            named.push(format!("and {} more", refs.len() - NAMED));
+        }
+        Some(Notice {
+            kind: NoticeKind::ScopeDropped,
+            message: format!(
+                "analytics was lowered from supervisor to {tier}, so the supervisor scope ({}) was dropped",
+                named.join(", ")
+            ),
+        })
     }
 }
 

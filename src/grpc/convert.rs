@@ -6,7 +6,7 @@ mod answers;
 #[cfg(test)]
 mod tests;
 
-pub use answers::Answers;
+pub use answers::{Answers, MoveAnswer};
 
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use crate::{
         AccountId, AccountIdRef, DisplayName, FieldError, Principal, Role, Rpc, ScopeKind,
         SupervisorScope, Tier, UserId, UserIdRef, Via,
         field::{self, RawScopeRef},
+        migration::MoveRequest,
     },
     proto::v1 as pb,
     service::{Caller, ImportRow},
@@ -319,7 +320,25 @@ write_request!(
     pb::UpdateUserServicesRequest,
     pb::CreateTokenRequest,
     pb::RevokeTokenRequest,
+    pb::MigrateAccountRequest,
 );
+
+/// A MigrateAccount request as the domain takes it: the account and what
+/// is asked of the move.
+pub fn move_request(
+    r: &pb::MigrateAccountRequest,
+) -> Result<(AccountId, MoveRequest), ConversionError> {
+    let account = account_id("account_id", r.account_id.clone())?;
+    let to = catalogue_name("to_product_line", r.to_product_line.clone())?;
+    Ok((
+        account,
+        MoveRequest {
+            to,
+            remove_unmapped_licences: r.remove_unmapped_licences,
+            expected_revision: r.expected_revision,
+        },
+    ))
+}
 
 /// The longest request id accepted.
 pub const MAX_REQUEST_ID: usize = 128;

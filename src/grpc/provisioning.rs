@@ -262,4 +262,31 @@ impl ProvisioningService for Api {
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
+
+    type MigrateAccountStream =
+        Pin<Box<dyn Stream<Item = Result<pb::MigrateAccountResponse, Status>> + Send>>;
+
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), dry_run = request.get_ref().dry_run))]
+    async fn migrate_account(
+        &self,
+        request: Request<pb::MigrateAccountRequest>,
+    ) -> Reply<Self::MigrateAccountStream> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(&principal, Rpc::MigrateAccount, &r.account_id, "", async {
+            let caller = convert::writer(&principal, Rpc::MigrateAccount, &r)?;
+            let (account, asked) = convert::move_request(&r)?;
+            let written = self
+                .entitlements
+                .migrate_account(&caller, account, asked, r.dry_run)
+                .await?;
+            // The whole move is decided and durable before the first
+            // message: the stream only carries its plan.
+            let messages = convert::MoveAnswer::from(written).map(Ok);
+            Ok(Response::new(
+                Box::pin(tokio_stream::iter(messages)) as Self::MigrateAccountStream
+            ))
+        })
+        .await
+    }
 }

@@ -57,6 +57,7 @@ impl From<DomainError> for Status {
             DomainError::ShuttingDown { resume_after } => {
                 resume_at(Status::unavailable(message), resume_after)
             }
+            DomainError::Move(refused) => Status::new(refusal_code(refused.kind()), message),
             DomainError::Refused(refusal) => Status::new(refusal_code(refusal.kind), message),
             DomainError::Store(e) => e.into(),
         }

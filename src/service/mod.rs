@@ -5,7 +5,8 @@
 //! validated once, at the edge.
 //!
 //! By job: `users.rs` accounts and users, `rules.rs` the rules of a
-//! services change, `check.rs` the check, `bulk.rs` import and export,
+//! services change, `migrate.rs` moving an account to another product
+//! line, `check.rs` the check, `bulk.rs` import and export,
 //! `tokens.rs` tokens, `watch.rs` the change feed, `refusals.rs` refused
 //! writes in the audit trail.
 
@@ -16,6 +17,7 @@ use std::{
 
 mod bulk;
 mod check;
+mod migrate;
 mod refusals;
 mod rules;
 mod tokens;
@@ -27,12 +29,13 @@ use crate::{
     catalogue::Catalogue,
     domain::{
         AccountId, Actor, AuditRecord, Forbidden, MAX_KEPT_REASON, Principal, Refusal, RefusalKind,
-        Rpc, Tier, UserId, Via, kept,
+        Rpc, Tier, UserId, Via, kept, migration::MoveRefused,
     },
     store::{Backup, Refusable, RequestKey, Store, StoreError, StoreStats, WriteContext},
 };
 
 pub use bulk::{ImportCounts, ImportError, ImportRow, Imported, MAX_IMPORT_ROWS};
+pub use migrate::AccountMoved;
 pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec, TokenSpecError};
 pub use users::{ServicesChange, ServicesChanged};
@@ -164,6 +167,9 @@ pub enum DomainError {
         /// The last revision all of whose changes were sent.
         resume_after: u64,
     },
+    /// A move to another product line refused (rule 15).
+    #[error(transparent)]
+    Move(#[from] MoveRefused),
     /// A refusal kept with a request id, given again to its retry.
     #[error("{}", .0.message)]
     Refused(Refusal),
@@ -193,6 +199,7 @@ impl Refusable for DomainError {
             | DomainError::ScopeNeedsSupervisor { .. } => K::FailedPrecondition,
             DomainError::RevisionMismatch { .. } => K::Aborted,
             DomainError::PermissionDenied(_) => K::PermissionDenied,
+            DomainError::Move(refused) => refused.kind(),
             DomainError::Refused(kept) => return Some(kept.clone()),
             DomainError::Unauthenticated(_)
             | DomainError::TokenReplay { .. }

@@ -117,22 +117,7 @@ fn plan_scope(
                 tier,
             });
         }
-        if let Some(SupervisorScope::Only(refs)) = &user.supervisor_scope {
-            // A list can be long: the notice (kept in the audit trail)
-            // names the first few groups and counts the rest.
-            const NAMED: usize = 3;
-            let mut named: Vec<String> = refs.iter().take(NAMED).map(ToString::to_string).collect();
-            if refs.len() > NAMED {
-                named.push(format!("and {} more", refs.len() - NAMED));
-            }
-            notices.push(Notice {
-                kind: NoticeKind::ScopeDropped,
-                message: format!(
-                    "analytics was lowered from supervisor to {tier}, so the supervisor scope ({}) was dropped",
-                    named.join(", ")
-                ),
-            });
-        }
+        notices.extend(user.supervisor_scope.as_ref().and_then(|s| s.dropped(tier)));
         return Ok(None);
     }
     Ok(Some(

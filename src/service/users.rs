@@ -306,7 +306,7 @@ impl Entitlements {
     }
 }
 
-fn require_account<'a>(
+pub(super) fn require_account<'a>(
     current: &'a TargetState,
     id: &AccountId,
 ) -> Result<&'a Account, DomainError> {

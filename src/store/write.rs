@@ -330,6 +330,7 @@ where
         .user
         .iter()
         .chain(current.many.iter().filter_map(|(_, u)| u.as_ref()))
+        .chain(current.users.iter())
     {
         befores.insert(
             (user.account_id.clone(), user.id.clone()),

@@ -80,6 +80,9 @@ pub enum Role {
     /// Counts the servers' user-space instructions per call under valgrind's
     /// callgrind: the baseline and entitled, the same calls in one run.
     Callgrind(CallgrindArgs),
+    /// Times MigrateAccount: one Virtual Office account of N users moved
+    /// to X Series in one write, on sled and (with --postgres) PostgreSQL.
+    Migrate(MigrateArgs),
     /// (internal) Writes a store of N users into DIR.
     #[command(hide = true)]
     Load {
@@ -92,6 +95,9 @@ pub enum Role {
         users: usize,
         #[arg(long)]
         users_per_account: usize,
+        /// Accounts on `virtual-office`, with its editions (for `migrate`).
+        #[arg(long)]
+        legacy: bool,
     },
     /// (internal) Opens sled's files in DIR/db and reads every user record
     /// without decoding it: the floor under a start's load of the view.
@@ -162,4 +168,15 @@ pub struct CallgrindArgs {
     /// Do not pin (no `taskset`).
     #[arg(long)]
     pub no_pin: bool,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct MigrateArgs {
+    /// Users of the one account moved.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: usize,
+    /// Also on a database made (and dropped) on this server, whose user
+    /// may create databases.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }

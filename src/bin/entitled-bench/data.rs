@@ -33,6 +33,18 @@ pub fn services(i: usize) -> (&'static str, Tier) {
     }
 }
 
+/// User `i`'s services on Virtual Office (`load --legacy`): a quarter
+/// each X8 Supervisor, X6 Supervisor, X5 Essentials, and X2 without
+/// analytics.
+pub fn legacy_services(i: usize) -> (&'static str, Tier) {
+    match i % 4 {
+        0 => ("X8", Tier::Supervisor),
+        1 => ("X6", Tier::Supervisor),
+        2 => ("X5", Tier::Essentials),
+        _ => ("X2", Tier::None),
+    }
+}
+
 /// The X8 Supervisor users among the first `users` (see `services`): the
 /// ones the write runs flip between Essentials and Supervisor.
 pub fn x8_users(users: usize) -> Vec<usize> {
@@ -47,6 +59,7 @@ pub fn load(
     database: Option<&str>,
     users: usize,
     per_account: usize,
+    legacy: bool,
 ) -> Result<(), BoxError> {
     std::fs::create_dir_all(dir)?;
     // A runtime for a database's connections; the import itself blocks, so
@@ -66,7 +79,7 @@ pub fn load(
             Ok(Account {
                 id: AccountId::try_from(account_name(a))?,
                 display_name: format!("Account {a}"),
-                product_line: "work".to_owned(),
+                product_line: if legacy { "virtual-office" } else { "work" }.to_owned(),
                 created_at: activated,
                 analytics_activated_at: Some(activated),
             })
@@ -74,7 +87,11 @@ pub fn load(
         .collect::<Result<Vec<_>, BoxError>>()?;
     let records = (0..users)
         .map(|i| {
-            let (edition, tier) = services(i);
+            let (edition, tier) = if legacy {
+                legacy_services(i)
+            } else {
+                services(i)
+            };
             Ok(User {
                 account_id: AccountId::try_from(account_name(i / per_account.max(1)))?,
                 id: UserId::try_from(user_name(i))?,
@@ -160,9 +177,23 @@ pub fn load_into(
     users: usize,
     per_account: usize,
 ) -> Result<Duration, BoxError> {
+    load_child(dir, database, users, per_account, false)
+}
+
+/// `load_into`, on Virtual Office when `legacy`.
+pub fn load_child(
+    dir: &Path,
+    database: Option<&str>,
+    users: usize,
+    per_account: usize,
+    legacy: bool,
+) -> Result<Duration, BoxError> {
     let started = Instant::now();
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("load").arg("--dir").arg(dir);
+    if legacy {
+        command.arg("--legacy");
+    }
     if let Some(url) = database {
         command.args(["--store", url]);
     }

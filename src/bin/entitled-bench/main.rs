@@ -14,7 +14,8 @@
 //! Built only with the `bench` feature. By job: `cli` (flags and the
 //! children's roles), `data` (the data set and the `load` child), `servers`
 //! (the `serve` child and the handle on it), `drivers` (the client loops),
-//! `stats` (what a run measured), `report` (the tables), `run` (the order of
+//! `stats` (what a run measured), `migrate` (`entitled-bench migrate`:
+//! MigrateAccount on one large account), `report` (the tables), `run` (the order of
 //! it all). Its server processes are handled by the tests' `child.rs`, not
 //! a copy of it.
 
@@ -25,6 +26,7 @@ mod child;
 mod cli;
 mod data;
 mod drivers;
+mod migrate;
 mod postgres;
 mod proto;
 mod report;
@@ -48,7 +50,9 @@ fn main() -> ExitCode {
             store,
             users,
             users_per_account,
-        }) => data::load(&dir, store.as_deref(), users, users_per_account),
+            legacy,
+        }) => data::load(&dir, store.as_deref(), users, users_per_account, legacy),
+        Some(Role::Migrate(args)) => migrate::migrate(args),
         Some(Role::SledScan { dir, cache_mib }) => data::sled_scan(&dir, cache_mib),
         Some(Role::Serve {
             kind,

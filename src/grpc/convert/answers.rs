@@ -8,9 +8,11 @@ use crate::{
     domain::{
         Account, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome, ReportAccess, Role,
         ScopeKind, ScopeRef, SupervisorScope, Tier, Token, User, UserState, Via,
+        migration::MovedUser,
     },
     proto::{CheckAnswer, EncodedReports, EncodedScope, v1 as pb},
-    service::WatchEvent,
+    service::{AccountMoved, WatchEvent},
+    store::Written,
 };
 
 impl From<Tier> for pb::AnalyticsTier {
@@ -274,6 +276,25 @@ impl From<&Catalogue> for pb::GetCatalogueResponse {
                         .collect(),
                 })
                 .collect(),
+            migrations: c
+                .migrations()
+                .iter()
+                .map(|m| pb::ProductLineMigration {
+                    from_product_line: m.from.clone(),
+                    to_product_line: m.to.clone(),
+                    editions: match (c.product_line(&m.from), c.product_line(&m.to)) {
+                        (Some(from), Some(to)) => from
+                            .editions
+                            .iter()
+                            .map(|e| pb::EditionMapping {
+                                from_edition: e.id.clone(),
+                                to_edition: m.map_edition(to, &e.id).unwrap_or_default().to_owned(),
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    },
+                })
+                .collect(),
             tier_reports: [Tier::Essentials, Tier::Supervisor]
                 .into_iter()
                 .map(|t| pb::TierReports {
@@ -407,5 +428,91 @@ impl From<&WatchEvent> for pb::WatchEntitlementsResponse {
             }
         };
         pb::WatchEntitlementsResponse { event: Some(event) }
+    }
+}
+
+impl From<&MovedUser> for pb::MigratedUser {
+    fn from(u: &MovedUser) -> Self {
+        pb::MigratedUser {
+            user_id: u.user_id.to_string(),
+            edition_before: u.edition_before.clone().unwrap_or_default(),
+            analytics_tier_before: tier_i32(u.tier_before),
+            edition_after: u.edition_after.clone().unwrap_or_default(),
+            analytics_tier_after: tier_i32(u.tier_after),
+            notices: u.notices.iter().map(Into::into).collect(),
+            changed: u.changed(),
+        }
+    }
+}
+
+/// The messages of a MigrateAccount answer, made as they are sent: the
+/// plan's users in chunks of at most `MOVE_CHUNK_USERS` users and
+/// `MOVE_CHUNK_BYTES` bytes, then the summary. An account of any size fits
+/// a default client's 4 MiB message limit.
+pub struct MoveAnswer {
+    users: std::iter::Peekable<std::vec::IntoIter<MovedUser>>,
+    summary: Option<pb::MigrationSummary>,
+}
+
+/// The most users one MigrateAccount message carries.
+pub const MOVE_CHUNK_USERS: usize = 1000;
+/// The most bytes of users one MigrateAccount message carries: a quarter
+/// of a default client's limit (a user's row is well under a KiB: its id,
+/// two editions and at most one notice).
+pub const MOVE_CHUNK_BYTES: usize = 1024 * 1024;
+
+impl From<Written<AccountMoved>> for MoveAnswer {
+    fn from(written: Written<AccountMoved>) -> Self {
+        let moved = written.output;
+        let summary = pb::MigrationSummary {
+            account_id: moved.account.to_string(),
+            from_product_line: moved.from,
+            to_product_line: moved.to,
+            dry_run: moved.dry_run,
+            users: moved.counts.users,
+            changed: moved.counts.changed,
+            tiers_lowered: moved.counts.tiers_lowered,
+            licences_removed: moved.counts.licences_removed,
+            revision: written.revision,
+            replayed: written.replayed,
+        };
+        MoveAnswer {
+            users: moved.users.into_iter().peekable(),
+            summary: Some(summary),
+        }
+    }
+}
+
+impl Iterator for MoveAnswer {
+    type Item = pb::MigrateAccountResponse;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use pb::migrate_account_response::Item;
+        use prost::Message;
+        if self.users.peek().is_none() {
+            let summary = self.summary.take()?;
+            return Some(pb::MigrateAccountResponse {
+                item: Some(Item::Summary(summary)),
+            });
+        }
+        let mut chunk = pb::MigrationPlanChunk::default();
+        let mut bytes = 0;
+        while chunk.users.len() < MOVE_CHUNK_USERS {
+            let Some(user) = self.users.peek() else {
+                break;
+            };
+            let row = pb::MigratedUser::from(user);
+            // A tag and a length prefix of at most 5 bytes each.
+            let len = row.encoded_len() + 6;
+            if !chunk.users.is_empty() && bytes + len > MOVE_CHUNK_BYTES {
+                break;
+            }
+            bytes += len;
+            chunk.users.push(row);
+            self.users.next();
+        }
+        Some(pb::MigrateAccountResponse {
+            item: Some(Item::Users(chunk)),
+        })
     }
 }
