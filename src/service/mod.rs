@@ -7,7 +7,7 @@
 //! By job: `users.rs` accounts and users, `rules.rs` the rules of a
 //! services change, `check.rs` the check, `bulk.rs` import and export,
 //! `tokens.rs` tokens, `watch.rs` the change feed, `refusals.rs` refused
-//! writes in the audit trail.
+//! writes in the audit trail, `retention.rs` pruning the audit trail.
 
 use std::{
     sync::Arc,
@@ -17,6 +17,7 @@ use std::{
 mod bulk;
 mod check;
 mod refusals;
+mod retention;
 mod rules;
 mod tokens;
 mod users;
@@ -34,6 +35,7 @@ use crate::{
 
 pub use bulk::{ImportCounts, ImportError, ImportRow, Imported, MAX_IMPORT_ROWS};
 pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
+pub use retention::{PruneReport, Pruner, RetentionOptions};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec, TokenSpecError};
 pub use users::{ServicesChange, ServicesChanged};
 pub use watch::{Change, WatchEvent, WatchOptions};
@@ -243,6 +245,11 @@ impl Entitlements {
     /// after the restart); for a graceful stop.
     pub fn begin_shutdown(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// The audit trail's pruner (audit retention), with these settings.
+    pub fn pruner(&self, options: RetentionOptions) -> Pruner {
+        Pruner::new(self.store.clone(), self.clock.clone(), options)
     }
 
     /// The same service with other watch settings.
