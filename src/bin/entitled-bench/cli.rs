@@ -80,6 +80,9 @@ pub enum Role {
     /// Counts the servers' user-space instructions per call under valgrind's
     /// callgrind: the baseline and entitled, the same calls in one run.
     Callgrind(CallgrindArgs),
+    /// Prunes a large audit trail (audit retention) while writes run, and
+    /// compares the writes with a baseline without pruning in the same run.
+    Prune(PruneArgs),
     /// (internal) Writes a store of N users into DIR.
     #[command(hide = true)]
     Load {
@@ -162,4 +165,31 @@ pub struct CallgrindArgs {
     /// Do not pin (no `taskset`).
     #[arg(long)]
     pub no_pin: bool,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct PruneArgs {
+    /// Audit records written before pruning (rounded up to whole imports of
+    /// 5,000 users, each with its account's record).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: usize,
+    /// Records deleted per pruning batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// The pause between pruning batches.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
+    pub pause: Duration,
+    /// Concurrent UpdateUserServices clients.
+    #[arg(long, default_value_t = 16)]
+    pub writers: usize,
+    /// How long the baseline writes (without pruning) run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Where the sled store's directory is made (default: here).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Prune a new database on this PostgreSQL server (made for the run and
+    /// dropped after) instead of sled.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }

@@ -27,6 +27,7 @@ mod data;
 mod drivers;
 mod postgres;
 mod proto;
+mod prune;
 mod report;
 mod run;
 mod servers;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
             users_per_account,
         }) => servers::serve(kind, dir, store, users, users_per_account),
         Some(Role::Callgrind(args)) => callgrind::callgrind(args),
+        Some(Role::Prune(args)) => prune::prune(args),
         None => run::orchestrate(cli.run),
     };
     match result {

@@ -21,18 +21,18 @@ use crate::{
 
 /// A database made for the run on the server at `admin_url`; dropped with
 /// `drop_database`.
-struct Database {
-    url: String,
-    name: String,
+pub struct Database {
+    pub url: String,
+    pub name: String,
 }
 
-async fn admin(admin_url: &str) -> Result<tokio_postgres::Client, BoxError> {
+pub async fn admin(admin_url: &str) -> Result<tokio_postgres::Client, BoxError> {
     let (client, connection) = tokio_postgres::connect(admin_url, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
 }
 
-async fn create_database(admin_url: &str, what: &str) -> Result<Database, BoxError> {
+pub async fn create_database(admin_url: &str, what: &str) -> Result<Database, BoxError> {
     let name = format!("entitled_bench_{what}_{}", std::process::id());
     let client = admin(admin_url).await?;
     client
@@ -59,7 +59,7 @@ async fn create_database(admin_url: &str, what: &str) -> Result<Database, BoxErr
     })
 }
 
-async fn drop_database(admin_url: &str, db: &Database) -> Result<(), BoxError> {
+pub async fn drop_database(admin_url: &str, db: &Database) -> Result<(), BoxError> {
     admin(admin_url)
         .await?
         .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name))
