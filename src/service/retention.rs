@@ -31,7 +31,7 @@ impl Default for RetentionOptions {
         RetentionOptions {
             keep: None,
             every: Duration::from_secs(60),
-            batch: 1000,
+            batch: 100,
             pause: Duration::from_millis(10),
         }
     }

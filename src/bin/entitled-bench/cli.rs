@@ -173,8 +173,8 @@ pub struct PruneArgs {
     /// 5,000 users, each with its account's record).
     #[arg(long, default_value_t = 1_000_000)]
     pub records: usize,
-    /// Records deleted per pruning batch.
-    #[arg(long, default_value_t = 1000)]
+    /// Records deleted per pruning batch (the server's default).
+    #[arg(long, default_value_t = 100)]
     pub batch: usize,
     /// The pause between pruning batches.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]

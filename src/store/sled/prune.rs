@@ -7,8 +7,9 @@
 //! touches. sled's own transactions are exclusive while they apply (sled
 //! 0.34's concurrency control), so a batch holds up sled's other reads and
 //! writes (a flush, a watch reading the trail) for as long as it takes to
-//! apply: a few milliseconds for a batch of 1,000 records (BENCHMARKS.md).
-//! Checks never touch sled.
+//! apply, which is why batches are small (100 records by default: batches
+//! of 1,000 cut the write rate by four fifths while they ran,
+//! BENCHMARKS.md "Audit retention"). Checks never touch sled.
 //!
 //! The disk space: sled 0.34 is log-structured. A removed record's space
 //! in its segment is free at once in sled's accounting; a segment whose
