@@ -299,3 +299,52 @@ on_both_backends! {
         assert!(checks >= 100);
     }
 }
+
+/// Two replicas of one database pruning at once do not fight: each batch
+/// is taken by one of them, nothing is pruned twice or left behind, and
+/// both then refuse the same revisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_prune_one_database_without_fighting() {
+    if !common::postgres::available().await {
+        return;
+    }
+    let db = common::postgres::TestDatabase::create().await;
+    let clock = start();
+    let options = || Options {
+        store: Some(entitled::store::Location::Postgres(db.url.clone())),
+        clock: Some(clock.clock()),
+        retention: Some(RetentionOptions {
+            keep: Some(HOUR),
+            every: Duration::from_secs(24 * 3600),
+            batch: 7,
+            pause: Duration::ZERO,
+        }),
+        ..Options::default()
+    };
+    let first_dir = tempfile::tempdir().unwrap();
+    let first = TestApp::start(first_dir.path(), options()).await;
+    let second_dir = tempfile::tempdir().unwrap();
+    let second =
+        TestApp::start_with_secret(second_dir.path(), options(), first.operator_secret.clone())
+            .await;
+    first.create_account("acme", "work").await;
+    let import = import_users(&first, "u", 300).await;
+    clock.advance(2 * HOUR);
+    let kept = second.put_user("acme", "carl").await.revision;
+    let (a, b) = tokio::join!(first.pruner.pass(), second.pruner.pass());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // Whichever took the batches, the old records went once each: the
+    // token, acme and the import's 300.
+    let more =
+        first.pruner.pass().await.unwrap().records + second.pruner.pass().await.unwrap().records;
+    assert_eq!(a.records + b.records + more, 302, "{a:?} {b:?}");
+    for app in [&first, &second] {
+        let held = list(app, 0).await.unwrap();
+        assert_eq!(held.iter().map(|c| c.revision).collect::<Vec<_>>(), [kept]);
+        assert_status(
+            list(app, import - 1).await,
+            Code::OutOfRange,
+            &[&format!("the oldest revision held is {kept}")],
+        );
+    }
+}
