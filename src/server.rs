@@ -32,7 +32,10 @@ use crate::{
             token_service_server::TokenServiceServer,
         },
     },
-    service::{Clock, DomainError, Entitlements, OPERATOR_TOKEN_FILE, WatchOptions, system_clock},
+    service::{
+        Clock, DomainError, Entitlements, OPERATOR_TOKEN_FILE, Pruner, RetentionOptions,
+        WatchOptions, system_clock,
+    },
     store::{Location, Store, StoreError},
 };
 
@@ -116,6 +119,9 @@ pub struct Config {
     pub console_listen: Option<SocketAddr>,
     /// How WatchEntitlements behaves (history kept, heartbeat, buffer).
     pub watch: WatchOptions,
+    /// How long audit records are kept (default: for ever), and how the
+    /// background pruning goes.
+    pub audit_retention: RetentionOptions,
     /// At most this many calls run at once, and one token at most half of
     /// them (`grpc::token_share`); calls beyond are answered
     /// `RESOURCE_EXHAUSTED` at once. Health is exempt.
@@ -170,6 +176,7 @@ impl Default for Config {
             metrics_listen: None,
             console_listen: Some(DEFAULT_CONSOLE_LISTEN),
             watch: WatchOptions::default(),
+            audit_retention: RetentionOptions::default(),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             request_message_timeout: DEFAULT_REQUEST_MESSAGE_TIMEOUT,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
@@ -250,6 +257,7 @@ pub struct Application {
     max_concurrent_calls: usize,
     request_message_timeout: Duration,
     max_request_bytes: usize,
+    pruner: Pruner,
 }
 
 impl Application {
@@ -294,6 +302,7 @@ impl Application {
         let clock = config.clock.clone();
         let entitlements =
             Entitlements::new(store, catalogue, config.clock).with_watch_options(config.watch);
+        let pruner = entitlements.pruner(config.audit_retention);
         let token_file = config
             .operator_token_file
             .clone()
@@ -329,7 +338,14 @@ impl Application {
             max_concurrent_calls: config.max_concurrent_calls,
             request_message_timeout: config.request_message_timeout,
             max_request_bytes: config.max_request_bytes,
+            pruner,
         })
+    }
+
+    /// The audit trail's pruner: `run` starts it in the background when a
+    /// retention is set; a test can run a pass itself.
+    pub fn pruner(&self) -> Pruner {
+        self.pruner.clone()
     }
 
     /// The address actually bound.
@@ -405,6 +421,11 @@ impl Application {
             shed.monitor(),
             overload_stopped,
         ));
+        // Pruning stops before the final flush.
+        let (pruner_stop, pruner_stopped) = oneshot::channel::<()>();
+        let pruner = tokio::spawn(self.pruner.clone().run(async {
+            let _ = pruner_stopped.await;
+        }));
         tracing::info!(addr = %self.local_addr, "serving");
         let entitlements = self.entitlements.clone();
         let shutdown = async move {
@@ -452,6 +473,8 @@ impl Application {
             .await?;
         let _ = metrics_stop.send(());
         let _ = console_stop.send(());
+        let _ = pruner_stop.send(());
+        let _ = pruner.await;
         let console_result = match console_server {
             Some(server) => match server.await {
                 Ok(result) => result,

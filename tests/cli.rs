@@ -639,6 +639,69 @@ on_both_backends! {
 }
 
 #[tokio::test]
+async fn audit_retention_from_file_env_and_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "retention.toml", "audit_retention = \"30d\"\n");
+    let show = |envs: &[(&str, &str)], flags: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["config", "show", "--output", "json"])
+            .args(flags)
+            .env_remove("ENTITLED_CONFIG")
+            .env_remove("ENTITLED_AUDIT_RETENTION");
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        command.output_within()
+    };
+    let json = |out: std::process::Output| {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    // The default keeps everything.
+    assert_eq!(json(show(&[], &[]))["audit_retention"], Value::Null);
+    assert_eq!(
+        json(show(&[], &["--config", &file]))["audit_retention"],
+        "30days"
+    );
+    assert_eq!(
+        json(show(
+            &[("ENTITLED_AUDIT_RETENTION", "7d")],
+            &["--config", &file]
+        ))["audit_retention"],
+        "7days"
+    );
+    assert_eq!(
+        json(show(
+            &[("ENTITLED_AUDIT_RETENTION", "7d")],
+            &["--config", &file, "--audit-retention", "12h"]
+        ))["audit_retention"],
+        "12h"
+    );
+    let zero = show(&[], &["--audit-retention", "0s"]);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&zero.stderr)
+            .contains("audit_retention `0s` would prune every record"),
+        "{}",
+        String::from_utf8_lossy(&zero.stderr)
+    );
+    let bad = write(dir.path(), "bad.toml", "\naudit_retention = \"forever\"\n");
+    let out = show(&[], &["--config", &bad]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2: audit_retention `forever` is not a duration"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn config_file_env_and_flags_in_that_order() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(

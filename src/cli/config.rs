@@ -90,6 +90,9 @@ pub struct ServeArgs {
     pub console_listen: Option<ConsoleListen>,
     #[arg(long, env = "ENTITLED_WATCH_HISTORY", value_parser = humantime::parse_duration, help = with_default("How far back WatchEntitlements may start, e.g. `7d`", humantime::format_duration(Config::default().watch.history)))]
     pub watch_history: Option<Duration>,
+    /// Prune audit records (and so ListChanges and Watch history) older than this, in the background, e.g. `90d` [default: keep everything].
+    #[arg(long, env = "ENTITLED_AUDIT_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub audit_retention: Option<Duration>,
     /// Log format on stderr [default: text].
     #[arg(long, env = "ENTITLED_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -130,6 +133,7 @@ struct FileConfig {
     metrics_listen: Option<Spanned<String>>,
     console_listen: Option<Spanned<String>>,
     watch_history: Option<Spanned<String>>,
+    audit_retention: Option<Spanned<String>>,
     log_format: Option<LogFormat>,
     max_concurrent_calls: Option<usize>,
     request_message_timeout: Option<Spanned<String>>,
@@ -214,6 +218,20 @@ impl ServeArgs {
                 })
             })
             .transpose()?;
+        let file_retention = file
+            .audit_retention
+            .map(|d| {
+                humantime::parse_duration(d.get_ref()).map_err(|e| {
+                    bad(
+                        d.span(),
+                        format!(
+                            "audit_retention `{}` is not a duration ({e}); write it like `90d`",
+                            d.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         let file_message_timeout = file
             .request_message_timeout
             .map(|d| {
@@ -254,6 +272,14 @@ impl ServeArgs {
         }
         if let Some(history) = self.watch_history.or(file_history) {
             server.watch.history = history;
+        }
+        if let Some(keep) = self.audit_retention.or(file_retention) {
+            if keep.is_zero() {
+                return Err(CliError::Usage(
+                    "audit_retention `0s` would prune every record as it is written; give at least `1s`, or leave it unset to keep everything".to_owned(),
+                ));
+            }
+            server.audit_retention.keep = Some(keep);
         }
         if let Some(calls) = self.max_concurrent_calls.or(file.max_concurrent_calls) {
             server.max_concurrent_calls = calls;
@@ -334,6 +360,7 @@ impl Effective {
             "metrics_listen": server.metrics_listen.map(|a| a.to_string()),
             "console_listen": server.console_listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "watch_history": humantime::format_duration(server.watch.history).to_string(),
+            "audit_retention": server.audit_retention.keep.map(|d| humantime::format_duration(d).to_string()),
             "log_format": match self.log_format { LogFormat::Text => "text", LogFormat::Json => "json" },
             "max_concurrent_calls": server.max_concurrent_calls,
             "request_message_timeout": humantime::format_duration(server.request_message_timeout).to_string(),

@@ -70,6 +70,7 @@ impl From<StoreError> for Status {
         match e {
             StoreError::Failed(_) | StoreError::Unavailable { .. } => Status::unavailable(message),
             StoreError::RequestReused(_) => Status::failed_precondition(message),
+            StoreError::Pruned { .. } => Status::out_of_range(message),
             StoreError::Locked { .. }
             | StoreError::Open { .. }
             | StoreError::Corrupt { .. }

@@ -8,7 +8,7 @@
 //! services change, `migrate.rs` moving an account to another product
 //! line, `check.rs` the check, `bulk.rs` import and export,
 //! `tokens.rs` tokens, `watch.rs` the change feed, `refusals.rs` refused
-//! writes in the audit trail.
+//! writes in the audit trail, `retention.rs` pruning the audit trail.
 
 use std::{
     sync::Arc,
@@ -19,6 +19,7 @@ mod bulk;
 mod check;
 mod migrate;
 mod refusals;
+mod retention;
 mod rules;
 mod tokens;
 mod users;
@@ -37,6 +38,7 @@ use crate::{
 pub use bulk::{ImportCounts, ImportError, ImportRow, Imported, MAX_IMPORT_ROWS};
 pub use migrate::AccountMoved;
 pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
+pub use retention::{PruneReport, Pruner, RetentionOptions};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec, TokenSpecError};
 pub use users::{ServicesChange, ServicesChanged};
 pub use watch::{Change, WatchEvent, WatchOptions};
@@ -255,6 +257,11 @@ impl Entitlements {
     /// after the restart); for a graceful stop.
     pub fn begin_shutdown(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// The audit trail's pruner (audit retention), with these settings.
+    pub fn pruner(&self, options: RetentionOptions) -> Pruner {
+        Pruner::new(self.store.clone(), self.clock.clone(), options)
     }
 
     /// The same service with other watch settings.

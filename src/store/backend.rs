@@ -13,7 +13,10 @@ use std::{future::Future, ops::ControlFlow, pin::Pin};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Mutation, StoreError, Target, TargetState, codec::RequestRecord, publish::Publisher};
+use super::{
+    Mutation, StoreError, Target, TargetState, codec::RequestRecord, prune::Pruned,
+    publish::Publisher,
+};
 use crate::domain::{Account, AuditRecord, Token, User};
 
 /// A boxed future: `Backend` is used as a trait object.
@@ -163,6 +166,19 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// The audit record with sequence number `seq`.
     fn audit_record(&self, seq: u64) -> BoxFuture<'_, Result<Option<AuditRecord>, StoreError>>;
+
+    /// How far the audit trail has been pruned (audit retention): cheap,
+    /// as readers ask it at each listing and watch.
+    fn pruned(&self) -> BoxFuture<'_, Result<Pruned, StoreError>>;
+
+    /// Deletes the audit records after `from.seq` up to `to.seq` (the
+    /// oldest held: `Store::prune_batch` chose them) and records `to` as
+    /// how far the trail is pruned, in one short transaction, taking no
+    /// lock that writers or reads wait on for longer than that. The record
+    /// of `to` is visible to readers no later than the deletions. False,
+    /// with nothing done, if the trail is no longer pruned to `from`
+    /// (another replica pruned it) or another replica is pruning now.
+    fn prune(&self, from: Pruned, to: Pruned) -> BoxFuture<'_, Result<bool, StoreError>>;
 
     /// The last audit sequence number given (0 for none).
     fn last_audit_seq(&self) -> BoxFuture<'_, Result<u64, StoreError>>;

@@ -25,6 +25,7 @@ mod codec;
 mod feed;
 mod location;
 mod postgres;
+mod prune;
 mod publish;
 mod sled;
 mod view;
@@ -44,6 +45,7 @@ pub use self::sled::restore;
 pub use backup::{Backup, BackupError, BackupSummary, FORMAT_VERSION, verify};
 pub use codec::UserV1;
 pub use location::{CopySummary, Location, copy, restore_into_database};
+pub use prune::{PruneBatch, Pruned, PrunedAsk};
 pub use view::{UserServices, View};
 pub use write::{
     Mutation, REQUEST_ID_WINDOW, Refusable, RequestKey, Target, TargetState, WriteContext,
@@ -116,6 +118,13 @@ pub enum StoreError {
         "request_id `{0}` was already used by this token for a different request; use a new request_id for a new request"
     )]
     RequestReused(String),
+    /// A listing or watch asked for audit records that were pruned (audit
+    /// retention).
+    #[error(
+        "{asked} is before the audit trail kept: the records of revisions up to {} were pruned (audit retention), and the oldest revision held is {}; rebuild from ListUsers and watch from the revision it lists, or ask for changes after revision {} or later",
+        .pruned.revision, .pruned.oldest_revision_held(), .pruned.revision
+    )]
+    Pruned { asked: PrunedAsk, pruned: Pruned },
 }
 
 /// Told about writes and syncs as they happen, so metrics can count them

@@ -119,6 +119,8 @@ pub struct Options {
     pub catalogue: Catalogue,
     pub clock: Option<Clock>,
     pub watch: Option<entitled::service::WatchOptions>,
+    /// Audit retention (default: keep everything).
+    pub retention: Option<entitled::service::RetentionOptions>,
     /// The store: sled in the test's directory unless this names a
     /// database (the directory then holds only the operator token file).
     pub store: Option<Location>,
@@ -133,6 +135,7 @@ impl Default for Options {
             catalogue: Catalogue::builtin().unwrap(),
             clock: None,
             watch: None,
+            retention: None,
             store: None,
             backend: Backend::Sled,
         }
@@ -200,6 +203,8 @@ pub struct TestApp {
     _tempdir: Option<tempfile::TempDir>,
     /// The test's own database, made by `spawn_with`.
     pub database: Option<std::sync::Arc<postgres::TestDatabase>>,
+    /// The server's audit pruner: a test runs a pass with it.
+    pub pruner: entitled::service::Pruner,
 }
 
 fn init_tracing() {
@@ -283,6 +288,9 @@ impl TestApp {
         if let Some(watch) = options.watch {
             config.watch = watch;
         }
+        if let Some(retention) = options.retention {
+            config.audit_retention = retention;
+        }
         config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         config.console_listen = Some("127.0.0.1:0".parse().unwrap());
         // Bound before the server task starts: no sleeps, no races.
@@ -290,6 +298,7 @@ impl TestApp {
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr().unwrap();
         let console_addr = app.console_addr().unwrap();
+        let pruner = app.pruner();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run(async {
             let _ = rx.await;
@@ -314,6 +323,7 @@ impl TestApp {
             server: Some(server),
             _tempdir: None,
             database: None,
+            pruner,
         }
     }
 

@@ -83,6 +83,9 @@ pub enum Role {
     /// Times MigrateAccount: one Virtual Office account of N users moved
     /// to X Series in one write, on sled and (with --postgres) PostgreSQL.
     Migrate(MigrateArgs),
+    /// Prunes a large audit trail (audit retention) while writes run, and
+    /// compares the writes with a baseline without pruning in the same run.
+    Prune(PruneArgs),
     /// (internal) Writes a store of N users into DIR.
     #[command(hide = true)]
     Load {
@@ -177,6 +180,33 @@ pub struct MigrateArgs {
     pub users: usize,
     /// Also on a database made (and dropped) on this server, whose user
     /// may create databases.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct PruneArgs {
+    /// Audit records written before pruning (rounded up to whole imports of
+    /// 5,000 users, each with its account's record).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: usize,
+    /// Records deleted per pruning batch (the server's default).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// The pause between pruning batches.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
+    pub pause: Duration,
+    /// Concurrent UpdateUserServices clients.
+    #[arg(long, default_value_t = 16)]
+    pub writers: usize,
+    /// How long the baseline writes (without pruning) run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Where the sled store's directory is made (default: here).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Prune a new database on this PostgreSQL server (made for the run and
+    /// dropped after) instead of sled.
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
 }

@@ -29,6 +29,7 @@ mod drivers;
 mod migrate;
 mod postgres;
 mod proto;
+mod prune;
 mod report;
 mod run;
 mod servers;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
             users_per_account,
         }) => servers::serve(kind, dir, store, users, users_per_account),
         Some(Role::Callgrind(args)) => callgrind::callgrind(args),
+        Some(Role::Prune(args)) => prune::prune(args),
         None => run::orchestrate(cli.run),
     };
     match result {

@@ -23,10 +23,10 @@ use crate::{
 /// `drop_database`.
 pub struct Database {
     pub url: String,
-    name: String,
+    pub name: String,
 }
 
-async fn admin(admin_url: &str) -> Result<tokio_postgres::Client, BoxError> {
+pub async fn admin(admin_url: &str) -> Result<tokio_postgres::Client, BoxError> {
     let (client, connection) = tokio_postgres::connect(admin_url, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)

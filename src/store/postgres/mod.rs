@@ -22,6 +22,7 @@
 mod commit;
 mod follow;
 mod load;
+mod prune;
 mod schema;
 
 use std::{
@@ -41,6 +42,7 @@ use super::{
     StoreError, Target,
     backend::{Backend, BoxFuture, Record, RequestId, Visit, WriteFn},
     codec::{self, AUDIT},
+    prune::Pruned,
     publish::Publisher,
 };
 use crate::domain::AuditRecord;
@@ -123,6 +125,7 @@ impl PgBackend {
         let (pool, database) = pool(url)?;
         let mut client = pool.get().await.map_err(|e| unavailable(&database, &e))?;
         schema::migrate(&mut client, &database).await?;
+        prune::mark_restored(&client, &database).await?;
         let (view, bootstrapped) = load::view(&client, &database).await?;
         drop(client);
         let revision = view.revision();
@@ -337,6 +340,14 @@ impl Backend for PgBackend {
                 .map_err(self.inner.fail())?;
             Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
         })
+    }
+
+    fn pruned(&self) -> BoxFuture<'_, Result<Pruned, StoreError>> {
+        Box::pin(prune::pruned(&self.inner))
+    }
+
+    fn prune(&self, from: Pruned, to: Pruned) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(prune::prune(&self.inner, from, to))
     }
 
     fn bootstrapped(&self) -> BoxFuture<'_, Result<bool, StoreError>> {

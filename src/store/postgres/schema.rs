@@ -12,10 +12,11 @@ use super::unavailable;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_supervisor_scope.sql")),
+    (3, include_str!("migrations/0003_audit_retention.sql")),
 ];
 
 /// The newest schema version this binary knows.
-pub(super) const LATEST: i32 = 2;
+pub(super) const LATEST: i32 = 3;
 
 /// Held (session-level) while migrating.
 const MIGRATE_LOCK: i64 = 0x656e_7469_746c_6564; // "entitled"

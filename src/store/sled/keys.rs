@@ -15,6 +15,9 @@ pub(super) const AUDIT_BY_ACCOUNT: &str = "audit_by_account";
 pub(super) const REVISION_KEY: &[u8] = b"revision";
 pub(super) const AUDIT_SEQ_KEY: &[u8] = b"audit_seq";
 pub(super) const BOOTSTRAPPED_KEY: &[u8] = b"bootstrapped";
+/// How far the audit trail is pruned (`store::Pruned`): revision then
+/// sequence number, each a big-endian `u64`. Absent until the first prune.
+pub(super) const PRUNED_KEY: &[u8] = b"pruned";
 /// The store's identity, also kept in the watermark (see `watermark`).
 pub(super) const STORE_ID_KEY: &[u8] = b"store_id";
 

@@ -20,6 +20,7 @@
 mod commit;
 mod keys;
 mod open;
+mod prune;
 mod restore;
 #[cfg(test)]
 mod tests;
@@ -42,6 +43,7 @@ use super::{
     Mutation, StoreError, Target, TargetState, View,
     backend::{Backend, BoxFuture, Counters, KeptRequest, Record, RequestId, Visit, WriteFn},
     codec::{self, RequestRecord},
+    prune::Pruned,
     publish::Publisher,
     view::{Builder, UserFields},
 };
@@ -81,6 +83,11 @@ struct Inner {
     /// last flush).
     flush_lock: tokio::sync::Mutex<u64>,
     publisher: Publisher,
+    /// How far the audit trail is pruned, as `meta` holds it; raised just
+    /// before a pruning transaction applies (`prune.rs`).
+    pruned: Mutex<Pruned>,
+    /// Held by the one pruning batch at a time.
+    pruning: Mutex<()>,
     id: StoreId,
     /// The highest durable revision, kept outside sled (see `watermark`).
     watermark: Mutex<Watermark>,
@@ -396,6 +403,19 @@ impl Backend for SledBackend {
         Box::pin(async move { Ok(self.inner.writer.lock().audit_seq) })
     }
 
+    fn pruned(&self) -> BoxFuture<'_, Result<Pruned, StoreError>> {
+        Box::pin(async move { Ok(*self.inner.pruned.lock()) })
+    }
+
+    fn prune(&self, from: Pruned, to: Pruned) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let store = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.prune_sync(from, to))
+                .await
+                .map_err(|e| StoreError::Failed(e.to_string()))?
+        })
+    }
+
     fn bootstrapped(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
             let writer = self.inner.writer.lock();
@@ -413,8 +433,10 @@ impl Backend for SledBackend {
         visit: &mut dyn FnMut(Record) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         // Copied under the writer lock (sled's trees have no snapshots), so
-        // every tree is at one revision; decoded after it is let go.
+        // every tree is at one revision; decoded after it is let go. No
+        // pruning meanwhile, so the audit trail copied has no hole.
         let (counters, copy) = {
+            let _pruning = self.inner.pruning.lock();
             let mut writer = self.inner.writer.lock();
             if let Some(reason) = &writer.failed {
                 return Err(StoreError::Failed(reason.clone()));

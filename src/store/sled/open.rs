@@ -70,6 +70,7 @@ impl SledBackend {
         let (id, watermark) = check_watermark(dir, &db, &trees.meta, revision)?;
         let checked = began.elapsed();
         let view = super::load_view(&trees, revision)?;
+        let pruned = super::prune::read_pruned(&trees, revision, audit_seq)?;
         tracing::info!(
             revision,
             users = view.user_count(),
@@ -88,6 +89,8 @@ impl SledBackend {
                 writer: Mutex::new(WriterState::new(revision, audit_seq)),
                 flush_lock: tokio::sync::Mutex::new(0),
                 publisher: Publisher::new(view),
+                pruned: Mutex::new(pruned),
+                pruning: Mutex::new(()),
             }),
         })
     }

@@ -600,3 +600,64 @@ async fn a_whole_account_write_sees_every_user_of_the_account() {
     assert_eq!(seen("legacy").await, (true, Vec::new()));
     assert_eq!(seen("nobody").await, (false, Vec::new()));
 }
+
+/// A reader whose next records were pruned under it (a watch in the middle
+/// of its replay) is told so, rather than reading on past the hole.
+#[tokio::test]
+async fn a_reader_overtaken_by_pruning_is_told_not_given_a_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_backend, store) = open(dir.path());
+    populate(&store).await;
+    let revision = store.read(|v| v.revision());
+    let (cursor, _) = store.audit_position_after(2).await.unwrap();
+    let (read, _) = store
+        .audit_records_from(cursor, revision, 512)
+        .await
+        .unwrap();
+    assert!(!read.is_empty());
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let batch = store.prune_batch(later, 4).await.unwrap();
+    assert_eq!((batch.records, batch.pruned.seq), (4, 4));
+    let overtaken = store.audit_records_from(cursor, revision, 512).await;
+    assert!(
+        matches!(
+            overtaken,
+            Err(StoreError::Pruned { asked: crate::store::PrunedAsk::Next(c), pruned }) if c == cursor && pruned == batch.pruned
+        ),
+        "{overtaken:?}"
+    );
+    // A reader after the pruned records reads on.
+    assert!(store.audit_records_from(5, revision, 512).await.is_ok());
+    assert!(matches!(
+        store.audit_position_after(1).await,
+        Err(StoreError::Pruned { .. })
+    ));
+}
+
+/// A backup holds the records kept, not how far they were pruned: a store
+/// restored from it works that out from its first record (the revision of
+/// that record counts as pruned: it may have lost records before it).
+#[tokio::test]
+async fn a_store_restored_from_a_pruned_one_knows_what_was_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    let (_backend, store) = open(&dir.path().join("a"));
+    populate(&store).await;
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let batch = store.prune_batch(later, 3).await.unwrap();
+    assert_eq!(batch.pruned.seq, 3);
+    let backup = store.backup(SystemTime::now()).await.unwrap();
+    let file = dir.path().join("backup");
+    std::fs::write(&file, &backup.bytes).unwrap();
+    restore(&file, &dir.path().join("b")).unwrap();
+    let (_restored_backend, restored) = open(&dir.path().join("b"));
+    let pruned = restored.pruned().await.unwrap();
+    let first_held = restored.audit(None, 0, 0, 1).await.unwrap().0[0].clone();
+    assert_eq!(first_held.seq, 4);
+    assert_eq!(
+        (pruned.seq, pruned.revision),
+        (3, first_held.revision),
+        "{pruned:?}"
+    );
+    assert!(pruned.revision >= batch.pruned.revision);
+}
