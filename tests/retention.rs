@@ -40,6 +40,7 @@ async fn spawn(backend: common::Backend, clock: &ManualClock, batch: usize) -> T
             every: Duration::from_secs(24 * 3600),
             batch,
             pause: Duration::ZERO,
+            busy_percent: 100,
         }),
         ..Options::default()
     })
@@ -318,6 +319,7 @@ async fn two_replicas_prune_one_database_without_fighting() {
             every: Duration::from_secs(24 * 3600),
             batch: 7,
             pause: Duration::ZERO,
+            busy_percent: 100,
         }),
         ..Options::default()
     };

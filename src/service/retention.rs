@@ -21,9 +21,14 @@ pub struct RetentionOptions {
     pub every: Duration,
     /// Records deleted per batch: one short transaction each.
     pub batch: usize,
-    /// The pause between batches, so that a long pass leaves the storage
-    /// to writes and watches in between.
+    /// The least pause between batches, so that a long pass leaves the
+    /// storage to writes and watches in between.
     pub pause: Duration,
+    /// The most of its time a pass spends in batches: after each, it
+    /// pauses long enough to keep to this share (or `pause`, if longer).
+    /// A sled batch holds up every other sled operation while it applies,
+    /// so this bounds what pruning takes from writes, whatever the disk.
+    pub busy_percent: u32,
 }
 
 impl Default for RetentionOptions {
@@ -33,6 +38,7 @@ impl Default for RetentionOptions {
             every: Duration::from_secs(60),
             batch: 100,
             pause: Duration::from_millis(10),
+            busy_percent: 10,
         }
     }
 }
@@ -90,17 +96,24 @@ impl Pruner {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut report = PruneReport::default();
         loop {
+            let started = std::time::Instant::now();
             let batch = self
                 .store
                 .prune_batch(before, self.options.batch.max(1))
                 .await?;
+            let took = started.elapsed();
             report.records += batch.records;
             report.batches += u64::from(batch.records > 0);
             report.pruned = batch.pruned;
             if !batch.more {
                 return Ok(report);
             }
-            tokio::time::sleep(self.options.pause).await;
+            tokio::time::sleep(
+                self.options
+                    .pause
+                    .max(idle_after(took, self.options.busy_percent)),
+            )
+            .await;
         }
     }
 
@@ -151,5 +164,30 @@ impl Pruner {
                 _ = &mut stop => return,
             }
         }
+    }
+}
+
+/// The pause after a batch that took `took`, for batches to fill at most
+/// `busy_percent` of a pass's time.
+fn idle_after(took: Duration, busy_percent: u32) -> Duration {
+    let busy = busy_percent.clamp(1, 100);
+    took.saturating_mul(100 - busy) / busy
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::idle_after;
+
+    #[test]
+    fn a_pass_keeps_to_its_share_of_the_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(idle_after(ms(8), 10), ms(72));
+        assert_eq!(idle_after(ms(8), 50), ms(8));
+        assert_eq!(idle_after(ms(8), 100), ms(0));
+        // Out of range: at least 1 %, at most all of it.
+        assert_eq!(idle_after(ms(1), 0), ms(99));
+        assert_eq!(idle_after(ms(8), 200), ms(0));
     }
 }

@@ -193,9 +193,12 @@ pub struct PruneArgs {
     /// Records deleted per pruning batch (the server's default).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
-    /// The pause between pruning batches.
+    /// The least pause between pruning batches.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
     pub pause: Duration,
+    /// The most of a pass's time spent in batches (the server's default).
+    #[arg(long, default_value_t = 10)]
+    pub busy_percent: u32,
     /// Concurrent UpdateUserServices clients.
     #[arg(long, default_value_t = 16)]
     pub writers: usize,

@@ -83,6 +83,7 @@ async fn measure(
         every: Duration::from_secs(365 * 24 * 3600),
         batch: args.batch,
         pause: args.pause,
+        busy_percent: args.busy_percent,
     };
     if let Some(db) = database {
         config.store = Some(Location::Postgres(db.url.clone()));
@@ -164,11 +165,12 @@ async fn measure(
 
     println!();
     println!(
-        "pruned {} records in {} batches of up to {} (pause {:?}) in {:.2} s: {:.0} records/s",
+        "pruned {} records in {} batches of up to {} (pause {:?}, busy at most {} %) in {:.2} s: {:.0} records/s",
         report.records,
         report.batches,
         args.batch,
         args.pause,
+        args.busy_percent,
         took.as_secs_f64(),
         report.records as f64 / took.as_secs_f64()
     );
