@@ -310,6 +310,7 @@ pub fn code_name(error: &DomainError) -> &'static str {
         DomainError::ProductLineRetired(_)
         | DomainError::TierNotAllowed { .. }
         | DomainError::TierNeedsEdition { .. }
+        | DomainError::AccountTooLarge { .. }
         | DomainError::TokenReplay { .. } => "FAILED_PRECONDITION",
         DomainError::RevisionMismatch { .. } => "ABORTED",
         DomainError::PermissionDenied(_) => "PERMISSION_DENIED",

@@ -114,6 +114,7 @@ pub enum Rpc {
     RevokeToken,
     // New variants go last: audit records store the variant's index.
     Backup,
+    DeleteAccount,
 }
 
 impl Rpc {
@@ -137,6 +138,7 @@ impl Rpc {
             Rpc::ListTokens => "ListTokens",
             Rpc::RevokeToken => "RevokeToken",
             Rpc::Backup => "Backup",
+            Rpc::DeleteAccount => "DeleteAccount",
         }
     }
 
@@ -151,7 +153,8 @@ impl Rpc {
             | Rpc::DeleteUser
             | Rpc::UpdateUserServices
             | Rpc::ImportUsers
-            | Rpc::ExportUsers => Service::Provisioning,
+            | Rpc::ExportUsers
+            | Rpc::DeleteAccount => Service::Provisioning,
             Rpc::CheckAnalyticsAccess | Rpc::BatchCheckAnalyticsAccess | Rpc::WatchEntitlements => {
                 Service::Access
             }
@@ -188,7 +191,8 @@ pub enum Forbidden {
     /// The role may not call this service at all.
     #[error("role `{role}` may not call {rpc}; it may call only {}", callable(*.role))]
     Service { role: Role, rpc: Rpc },
-    /// An account admin may not create accounts.
+    /// An account admin may not create accounts, nor delete one (its own
+    /// included).
     #[error("role `{role}` may not call {rpc}; ask a provisioner or operator")]
     CreateAccount { role: Role, rpc: Rpc },
     /// An account admin acting on another account.
@@ -249,7 +253,7 @@ impl Principal {
         if role != Role::AccountAdmin {
             return Ok(());
         }
-        if rpc == Rpc::CreateAccount {
+        if matches!(rpc, Rpc::CreateAccount | Rpc::DeleteAccount) {
             return Err(Forbidden::CreateAccount { role, rpc });
         }
         let own_name = self.account.as_ref().map_or("", AccountId::as_str);
@@ -315,6 +319,10 @@ mod tests {
             (
                 admin().authorize(Rpc::CreateAccount, Some("acme"), None),
                 "role `account-admin` may not call ProvisioningService.CreateAccount; ask a provisioner or operator",
+            ),
+            (
+                admin().authorize(Rpc::DeleteAccount, Some("acme"), None),
+                "role `account-admin` may not call ProvisioningService.DeleteAccount; ask a provisioner or operator",
             ),
             (
                 admin().authorize(Rpc::GetAccount, Some("globex"), None),

@@ -17,7 +17,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use audit::{
-    Actor, AuditRecord, MAX_KEPT_ID, MAX_KEPT_REASON, Outcome, Refusal, RefusalKind, UserState,
+    AccountState, Actor, AuditRecord, MAX_KEPT_ID, MAX_KEPT_REASON, Outcome, Refusal, RefusalKind, UserState,
     Via, kept,
 };
 pub use auth::{Forbidden, Principal, Role, Rpc, Service};

@@ -275,6 +275,7 @@ write_request!(
     pb::UpdateUserServicesRequest,
     pb::CreateTokenRequest,
     pb::RevokeTokenRequest,
+    pb::DeleteAccountRequest,
 );
 
 /// The longest request id accepted.

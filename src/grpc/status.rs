@@ -35,7 +35,8 @@ impl From<DomainError> for Status {
             | DomainError::NothingToChange => Status::invalid_argument(message),
             DomainError::ProductLineRetired(_)
             | DomainError::TierNotAllowed { .. }
-            | DomainError::TierNeedsEdition { .. } => Status::failed_precondition(message),
+            | DomainError::TierNeedsEdition { .. }
+            | DomainError::AccountTooLarge { .. } => Status::failed_precondition(message),
             DomainError::RevisionMismatch { .. } => Status::aborted(message),
             DomainError::PermissionDenied(_) => Status::permission_denied(message),
             DomainError::Unauthenticated(_) => Status::unauthenticated(message),
@@ -182,6 +183,11 @@ mod tests {
                 actual: 2,
             },
             DomainError::NothingToChange,
+            DomainError::AccountTooLarge {
+                account: account(),
+                users: 300_000,
+                max: 200_000,
+            },
             DomainError::PermissionDenied(Forbidden::Service {
                 role: Role::Gateway,
                 rpc: Rpc::PutUser,

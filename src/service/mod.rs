@@ -35,8 +35,8 @@ use crate::{
 pub use bulk::{ImportCounts, ImportError, ImportRow, Imported, MAX_IMPORT_ROWS};
 pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec, TokenSpecError};
-pub use users::{ServicesChange, ServicesChanged};
-pub use watch::{Change, WatchEvent, WatchOptions};
+pub use users::{AccountDeleted, MAX_DELETED_USERS, ServicesChange, ServicesChanged};
+pub use watch::{AccountChange, AccountChangeKind, Change, WatchEvent, WatchOptions};
 
 /// Who is calling, the request id they sent with a write, if any, and the
 /// door they came through (kept in the audit trail).
@@ -110,6 +110,14 @@ pub enum DomainError {
         wanted: u64,
         current: u64,
         within: Duration,
+    },
+    #[error(
+        "account `{account}` has {users} users; DeleteAccount deletes at most {max} in one write: delete users with DeleteUser until at most {max} are left"
+    )]
+    AccountTooLarge {
+        account: AccountId,
+        users: usize,
+        max: usize,
     },
     #[error("nothing to change: set edition, analytics_tier or both")]
     NothingToChange,
@@ -185,7 +193,8 @@ impl Refusable for DomainError {
             | DomainError::BadImport(_) => K::InvalidArgument,
             DomainError::ProductLineRetired(_)
             | DomainError::TierNotAllowed { .. }
-            | DomainError::TierNeedsEdition { .. } => K::FailedPrecondition,
+            | DomainError::TierNeedsEdition { .. }
+            | DomainError::AccountTooLarge { .. } => K::FailedPrecondition,
             DomainError::RevisionMismatch { .. } => K::Aborted,
             DomainError::PermissionDenied(_) => K::PermissionDenied,
             DomainError::Refused(kept) => return Some(kept.clone()),

@@ -1,6 +1,9 @@
-//! The change feed: every change to users after a revision, from the audit
-//! trail (history) and then as writes are published (live), with heartbeats
-//! when idle. One task per watcher reads the trail; a bounded buffer stands
+//! The change feed: every change to users and accounts after a revision,
+//! from the audit trail (history) and then as writes are published (live),
+//! with heartbeats when idle. Account events come from the account's
+//! before and after that the store keeps in the trail whenever a write
+//! changes an account (`AuditRecord::account_before`), whatever the RPC:
+//! so a gateway can keep every answer of its cache from the feed alone. One task per watcher reads the trail; a bounded buffer stands
 //! between it and the client, so a slow client is cut off rather than
 //! growing the server's memory.
 
@@ -12,7 +15,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::{Caller, DomainError, Entitlements, authorize};
-use crate::domain::{AccountId, AuditRecord, Rpc, UserState};
+use crate::domain::{AccountId, AccountState, AuditRecord, Rpc, UserState};
 
 /// Records read from the trail at a time.
 const READ_BATCH: usize = 512;
@@ -54,9 +57,40 @@ pub struct Change {
     pub after: Option<UserState>,
 }
 
+/// Why an account event was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChangeKind {
+    Created,
+    /// Rule 8: the account's analytics clock started, so every user's
+    /// `data_available_at` is now set.
+    AnalyticsActivated,
+    ProductLineChanged,
+    /// The account is gone, and with it every user (each sent as a user's
+    /// deletion, at the same revision, before this event).
+    Deleted,
+}
+
+/// One account's change, with the account as it is after it (as it was
+/// before it, for a deletion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountChange {
+    pub revision: u64,
+    pub at: SystemTime,
+    pub account_id: String,
+    pub kind: AccountChangeKind,
+    pub display_name: String,
+    pub product_line: String,
+    /// For `ProductLineChanged`: the line before.
+    pub before_product_line: Option<String>,
+    /// The activation plus the data delay in force; `None` before the
+    /// account's activation, and for a deletion.
+    pub data_available_at: Option<SystemTime>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     Change(Change),
+    Account(AccountChange),
     /// Nothing changed for a while; the stream has reached this revision.
     Heartbeat(u64),
 }
@@ -86,6 +120,7 @@ impl Entitlements {
         let store = self.store.clone();
         let mut stopping = self.stopping.subscribe();
         let account: Option<Arc<str>> = account.map(|a| Arc::from(a.as_str()));
+        let data_delay = self.catalogue.data_delay();
         tokio::spawn(async move {
             let mut published = store.subscribe();
             let mut reached = after_revision;
@@ -119,14 +154,12 @@ impl Entitlements {
                         // Records come in revision order: every change of an
                         // earlier revision has been handed over.
                         complete = complete.max(record.revision.saturating_sub(1));
-                        let Some(change) = change_of(record, account.as_deref()) else {
-                            continue;
-                        };
-                        let event = WatchEvent::Change(change);
-                        if !offer(&tx, event, &options, &mut stopping, complete).await {
-                            return;
+                        for event in events_of(record, account.as_deref(), data_delay) {
+                            if !offer(&tx, event, &options, &mut stopping, complete).await {
+                                return;
+                            }
+                            last_sent = Instant::now();
                         }
-                        last_sent = Instant::now();
                     }
                     if !full {
                         break;
@@ -167,26 +200,62 @@ impl Entitlements {
     }
 }
 
-/// A user's change from an applied audit record, if it is one and is in
-/// the account watched.
-fn change_of(record: AuditRecord, account: Option<&str>) -> Option<Change> {
+/// The events of an applied audit record in the account watched: a user's
+/// change, or an account's (one event per kind of change it made), or none
+/// (a token's write, a refusal, a write that changed nothing watched).
+pub(crate) fn events_of(
+    record: AuditRecord,
+    account: Option<&str>,
+    data_delay: Duration,
+) -> Vec<WatchEvent> {
+    if account.is_some_and(|a| a != record.account_id) {
+        return Vec::new();
+    }
     // A write that changed no user (an account, a token, even one that
     // names a user) has neither a before nor an after.
-    let no_user_changed = record.before.is_none() && record.after.is_none();
-    if record.user_id.is_empty()
-        || no_user_changed
-        || account.is_some_and(|a| a != record.account_id)
-    {
-        return None;
+    let user_changed = record.before.is_some() || record.after.is_some();
+    if user_changed && !record.user_id.is_empty() {
+        return vec![WatchEvent::Change(Change {
+            revision: record.revision,
+            at: record.at,
+            account_id: record.account_id,
+            user_id: record.user_id,
+            before: record.before,
+            after: record.after,
+        })];
     }
-    Some(Change {
-        revision: record.revision,
-        at: record.at,
-        account_id: record.account_id,
-        user_id: record.user_id,
-        before: record.before,
-        after: record.after,
-    })
+    let event = |kind, state: &AccountState, before_product_line| {
+        WatchEvent::Account(AccountChange {
+            revision: record.revision,
+            at: record.at,
+            account_id: record.account_id.clone(),
+            kind,
+            display_name: state.display_name.clone(),
+            product_line: state.product_line.clone(),
+            before_product_line,
+            data_available_at: match kind {
+                AccountChangeKind::Deleted => None,
+                _ => state.analytics_activated_at.map(|at| at + data_delay),
+            },
+        })
+    };
+    use AccountChangeKind as K;
+    match (&record.account_before, &record.account_after) {
+        (None, None) => Vec::new(),
+        (None, Some(after)) => vec![event(K::Created, after, None)],
+        (Some(before), None) => vec![event(K::Deleted, before, None)],
+        (Some(before), Some(after)) => {
+            let mut events = Vec::new();
+            if before.analytics_activated_at != after.analytics_activated_at {
+                events.push(event(K::AnalyticsActivated, after, None));
+            }
+            if before.product_line != after.product_line {
+                let was = Some(before.product_line.clone());
+                events.push(event(K::ProductLineChanged, after, was));
+            }
+            events
+        }
+    }
 }
 
 /// Hands an event to the client's buffer, waiting for room for at most

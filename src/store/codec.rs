@@ -28,6 +28,26 @@ const FORMAT_V2: u8 = 2;
 /// Audit records with `Actor::via`; format 1 audit records
 /// (`AuditRecordV1`) were all made through the API.
 const FORMAT_AUDIT_V2: u8 = 2;
+/// Audit records with the account's before and after
+/// (`AuditRecord::account_before`, `account_after`); a format 2 record
+/// (`AuditRecordV2`) changed no account that the trail shows.
+const FORMAT_AUDIT_V3: u8 = 3;
+
+/// An audit record as written before it held an account's states.
+#[derive(Deserialize)]
+struct AuditRecordV2 {
+    seq: u64,
+    revision: u64,
+    at: SystemTime,
+    actor: Actor,
+    rpc: Rpc,
+    account_id: String,
+    user_id: String,
+    before: Option<UserState>,
+    after: Option<UserState>,
+    details: Vec<String>,
+    outcome: Outcome,
+}
 
 /// An audit record as written before `Actor::via` existed: postcard is not
 /// self-describing, so an old record is read with the old shape.
@@ -54,25 +74,42 @@ struct ActorV1 {
 }
 
 pub fn encode_audit(record: &AuditRecord) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![FORMAT_AUDIT_V2];
+    let mut out = vec![FORMAT_AUDIT_V3];
     out.extend_from_slice(
         &postcard::to_stdvec(record).map_err(|e| StoreError::Encode(e.to_string()))?,
     );
     Ok(out)
 }
 
-/// An audit record of either format.
+/// An audit record of any format.
 pub fn decode_audit(
     kind: &'static str,
     key: &[u8],
     value: &[u8],
 ) -> Result<AuditRecord, StoreError> {
+    let corrupt = |e: postcard::Error| StoreError::Corrupt {
+        kind,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    };
     match value.split_first() {
+        Some((&FORMAT_AUDIT_V3, body)) => postcard::from_bytes(body).map_err(corrupt),
         Some((&FORMAT_AUDIT_V2, body)) => {
-            postcard::from_bytes(body).map_err(|e| StoreError::Corrupt {
-                kind,
-                key: String::from_utf8_lossy(key).into_owned(),
-                reason: e.to_string(),
+            let old: AuditRecordV2 = postcard::from_bytes(body).map_err(corrupt)?;
+            Ok(AuditRecord {
+                seq: old.seq,
+                revision: old.revision,
+                at: old.at,
+                actor: old.actor,
+                rpc: old.rpc,
+                account_id: old.account_id,
+                user_id: old.user_id,
+                before: old.before,
+                after: old.after,
+                account_before: None,
+                account_after: None,
+                details: old.details,
+                outcome: old.outcome,
             })
         }
         _ => {
@@ -92,6 +129,8 @@ pub fn decode_audit(
                 user_id: old.user_id,
                 before: old.before,
                 after: old.after,
+                account_before: None,
+                account_after: None,
                 details: old.details,
                 outcome: old.outcome,
             })
@@ -286,15 +325,44 @@ mod tests {
         assert_eq!(read.actor.name, "billing");
         assert_eq!(read.user_id, "ada");
 
-        let new = AuditRecord {
+        let v2 = AuditRecord {
             actor: Actor {
                 via: Via::Console,
                 ..read.actor.clone()
             },
             ..read
         };
+        // A format 2 record is a format 3 one without the account's states.
+        let mut bytes = vec![FORMAT_AUDIT_V2];
+        bytes.extend(
+            postcard::to_stdvec(&(
+                v2.seq,
+                v2.revision,
+                v2.at,
+                &v2.actor,
+                v2.rpc,
+                &v2.account_id,
+                &v2.user_id,
+                &v2.before,
+                &v2.after,
+                &v2.details,
+                &v2.outcome,
+            ))
+            .unwrap(),
+        );
+        assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), v2);
+
+        let new = AuditRecord {
+            account_before: None,
+            account_after: Some(crate::domain::AccountState {
+                display_name: "Acme".to_owned(),
+                product_line: "work".to_owned(),
+                analytics_activated_at: Some(at),
+            }),
+            ..v2
+        };
         let bytes = encode_audit(&new).unwrap();
-        assert_eq!(bytes[0], FORMAT_AUDIT_V2);
+        assert_eq!(bytes[0], FORMAT_AUDIT_V3);
         assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), new);
     }
 }

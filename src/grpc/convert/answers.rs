@@ -6,11 +6,11 @@ use std::sync::Arc;
 use crate::{
     catalogue::{Catalogue, Report, ReportKind},
     domain::{
-        Account, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome, ReportAccess, Role,
+        Account, AccountState, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome, ReportAccess, Role,
         Tier, Token, User, UserState, Via,
     },
     proto::{CheckAnswer, EncodedReports, v1 as pb},
-    service::WatchEvent,
+    service::{AccountChangeKind, WatchEvent},
 };
 
 impl From<Tier> for pb::AnalyticsTier {
@@ -271,6 +271,27 @@ impl From<&UserState> for pb::UserState {
     }
 }
 
+impl From<&AccountState> for pb::AccountState {
+    fn from(a: &AccountState) -> Self {
+        pb::AccountState {
+            display_name: a.display_name.clone(),
+            product_line: a.product_line.clone(),
+            analytics_activated_at: a.analytics_activated_at.map(Into::into),
+        }
+    }
+}
+
+impl From<AccountChangeKind> for pb::AccountChangeKind {
+    fn from(k: AccountChangeKind) -> Self {
+        match k {
+            AccountChangeKind::Created => pb::AccountChangeKind::Created,
+            AccountChangeKind::AnalyticsActivated => pb::AccountChangeKind::AnalyticsActivated,
+            AccountChangeKind::ProductLineChanged => pb::AccountChangeKind::ProductLineChanged,
+            AccountChangeKind::Deleted => pb::AccountChangeKind::Deleted,
+        }
+    }
+}
+
 impl From<&AuditRecord> for pb::Change {
     fn from(r: &AuditRecord) -> Self {
         let (refused, refusal_code, refusal_reason) = match &r.outcome {
@@ -295,6 +316,8 @@ impl From<&AuditRecord> for pb::Change {
             user_id: r.user_id.clone(),
             before: r.before.as_ref().map(Into::into),
             after: r.after.as_ref().map(Into::into),
+            account_before: r.account_before.as_ref().map(Into::into),
+            account_after: r.account_after.as_ref().map(Into::into),
             details: r.details.clone(),
             refused,
             refusal_code,
@@ -341,6 +364,18 @@ impl From<&WatchEvent> for pb::WatchEntitlementsResponse {
                     after_tier,
                     deleted: c.after.is_none(),
                     created: c.before.is_none(),
+                })
+            }
+            WatchEvent::Account(a) => {
+                pb::watch_entitlements_response::Event::Account(pb::AccountChange {
+                    revision: a.revision,
+                    time: Some(a.at.into()),
+                    account_id: a.account_id.clone(),
+                    kind: pb::AccountChangeKind::from(a.kind) as i32,
+                    display_name: a.display_name.clone(),
+                    product_line: a.product_line.clone(),
+                    before_product_line: a.before_product_line.clone().unwrap_or_default(),
+                    data_available_at: a.data_available_at.map(Into::into),
                 })
             }
         };
