@@ -315,7 +315,7 @@ async fn watched(app: &TestApp, after: u64, count: usize) -> Vec<pb::Entitlement
         while changes.len() < count {
             match stream.message().await.unwrap().unwrap().event {
                 Some(Event::Change(change)) => changes.push(change),
-                Some(Event::Heartbeat(_)) | None => {}
+                Some(Event::Heartbeat(_) | Event::Account(_)) | None => {}
             }
         }
     })

@@ -18,7 +18,8 @@ use super::{
     codec::{self, RequestRecord},
 };
 use crate::domain::{
-    Account, AccountId, AccountState, Actor, AuditRecord, Outcome, Refusal, Rpc, Token, User, UserId, UserState,
+    Account, AccountId, AccountState, Actor, AuditRecord, Outcome, Refusal, Rpc, Token, User,
+    UserId, UserState,
 };
 
 /// How long a request id is remembered.
@@ -455,11 +456,9 @@ fn audit_records(
     let mut records: Vec<AuditRecord> = mutations
         .iter()
         .filter_map(|m| match m {
-            Mutation::PutUser(u) => Some(user_record(
-                &u.account_id,
-                &u.id,
-                Some(UserState::from(u)),
-            )),
+            Mutation::PutUser(u) => {
+                Some(user_record(&u.account_id, &u.id, Some(UserState::from(u))))
+            }
             Mutation::DeleteUser(a, u) => Some(user_record(a, u, None)),
             Mutation::PutAccount(a) => account_record(&a.id, Some(AccountState::from(a))),
             Mutation::DeleteAccount(a) => account_record(a, None),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use crate::{
     catalogue::{Catalogue, Report, ReportKind},
     domain::{
-        Account, AccountState, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome, ReportAccess, Role,
-        Tier, Token, User, UserState, Via,
+        Account, AccountState, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome,
+        ReportAccess, Role, Tier, Token, User, UserState, Via,
     },
     proto::{CheckAnswer, EncodedReports, v1 as pb},
     service::{AccountChangeKind, WatchEvent},
