@@ -258,18 +258,12 @@ impl Entitlements {
                         users_deleted: current.users.len() as u64,
                         tokens_revoked: live.len() as u64,
                     };
-                    let mut revoked: Vec<&str> = Vec::new();
-                    for token in &live {
-                        revoked.push(&token.id);
-                    }
-                    let mut detail = format!(
+                    // Counts only: the account's trail outlives it, and a
+                    // re-created account's admin reads it.
+                    let detail = format!(
                         "deleted account `{account}` with its {} users; revoked {} tokens",
                         output.users_deleted, output.tokens_revoked
                     );
-                    // The ids, while they are few (an account's tokens are).
-                    if !revoked.is_empty() && revoked.len() <= 16 {
-                        detail.push_str(&format!(": {}", revoked.join(", ")));
-                    }
                     mutations.extend(live.iter().map(|t| {
                         Mutation::PutToken(Token {
                             revoked_at: Some(now),

@@ -314,3 +314,134 @@ async fn say_stopping(tx: &mpsc::Sender<Result<WatchEvent, DomainError>>, comple
     )
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Actor, Outcome, Role, Tier, Via};
+
+    fn record(before: Option<AccountState>, after: Option<AccountState>) -> AuditRecord {
+        AuditRecord {
+            seq: 1,
+            revision: 7,
+            at: SystemTime::UNIX_EPOCH,
+            actor: Actor {
+                token_id: "tok".into(),
+                name: "billing".into(),
+                role: Role::Provisioner,
+                via: Via::Api,
+            },
+            rpc: Rpc::UpdateUserServices,
+            account_id: "acme".into(),
+            user_id: String::new(),
+            before: None,
+            after: None,
+            account_before: before,
+            account_after: after,
+            details: Vec::new(),
+            outcome: Outcome::Applied,
+        }
+    }
+
+    fn state(line: &str, activated: Option<u64>) -> AccountState {
+        AccountState {
+            display_name: "Acme".into(),
+            product_line: line.into(),
+            analytics_activated_at: activated
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+        }
+    }
+
+    fn kinds(events: &[WatchEvent]) -> Vec<AccountChangeKind> {
+        events
+            .iter()
+            .map(|e| match e {
+                WatchEvent::Account(a) => a.kind,
+                other => panic!("not an account event: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// One event per kind of change an account's record shows, with the
+    /// account after it and `data_available_at` from the delay in force.
+    #[test]
+    fn an_accounts_record_gives_one_event_per_kind_of_change() {
+        use AccountChangeKind as K;
+        let delay = Duration::from_secs(48 * 3600);
+        let cases = [
+            (None, Some(state("work", None)), vec![K::Created]),
+            (
+                Some(state("work", None)),
+                Some(state("work", Some(100))),
+                vec![K::AnalyticsActivated],
+            ),
+            (
+                Some(state("virtual-office", Some(100))),
+                Some(state("work", Some(100))),
+                vec![K::ProductLineChanged],
+            ),
+            (
+                Some(state("virtual-office", None)),
+                Some(state("work", Some(100))),
+                vec![K::AnalyticsActivated, K::ProductLineChanged],
+            ),
+            (Some(state("work", Some(100))), None, vec![K::Deleted]),
+            // A change no check depends on, and no account at all.
+            (
+                Some(state("work", None)),
+                Some(AccountState {
+                    display_name: "Acme Corp".into(),
+                    ..state("work", None)
+                }),
+                vec![],
+            ),
+            (None, None, vec![]),
+        ];
+        for (before, after, expected) in cases {
+            let events = events_of(record(before.clone(), after.clone()), None, delay);
+            assert_eq!(kinds(&events), expected, "{before:?} → {after:?}");
+            for event in &events {
+                let WatchEvent::Account(a) = event else {
+                    unreachable!()
+                };
+                assert_eq!(a.revision, 7);
+                let shown = if a.kind == K::Deleted {
+                    before.as_ref()
+                } else {
+                    after.as_ref()
+                };
+                assert_eq!(Some(&a.product_line), shown.map(|s| &s.product_line));
+                let expected_at = match a.kind {
+                    K::Deleted => None,
+                    _ => shown
+                        .and_then(|s| s.analytics_activated_at)
+                        .map(|t| t + delay),
+                };
+                assert_eq!(a.data_available_at, expected_at);
+                let was = (a.kind == K::ProductLineChanged).then(|| "virtual-office".to_owned());
+                assert_eq!(a.before_product_line, was);
+            }
+        }
+    }
+
+    /// A user's record is a user's change; another account's is nothing to
+    /// a watch of one account.
+    #[test]
+    fn records_are_filtered_by_the_account_watched() {
+        let delay = Duration::from_secs(1);
+        let created = record(None, Some(state("work", None)));
+        assert!(events_of(created.clone(), Some("globex"), delay).is_empty());
+        assert_eq!(events_of(created, Some("acme"), delay).len(), 1);
+        let user = AuditRecord {
+            user_id: "ada".into(),
+            after: Some(UserState {
+                display_name: "Ada".into(),
+                edition: None,
+                tier: Tier::None,
+            }),
+            ..record(None, None)
+        };
+        let events = events_of(user, Some("acme"), delay);
+        assert!(matches!(events.as_slice(), [WatchEvent::Change(c)] if c.user_id == "ada"));
+    }
+}
