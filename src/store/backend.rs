@@ -107,7 +107,9 @@ pub(crate) enum Record {
     Account(Account),
     User(User),
     Token(Token),
-    Audit(AuditRecord),
+    /// Boxed: an audit record is the largest, and a store's records are
+    /// mostly users (a restore holds them all).
+    Audit(Box<AuditRecord>),
     Request(KeptRequest),
 }
 

@@ -183,7 +183,7 @@ fn decode(section: &'static str, bytes: &[u8]) -> Result<Record, StoreError> {
         ACCOUNTS => Record::Account(codec::decode(section, key, bytes)?),
         USERS => Record::User(codec::decode(section, key, bytes)?),
         TOKENS => Record::Token(codec::decode(section, key, bytes)?),
-        AUDIT => Record::Audit(codec::decode_audit(section, key, bytes)?),
+        AUDIT => Record::Audit(Box::new(codec::decode_audit(section, key, bytes)?)),
         _ => Record::Request(codec::decode(section, key, bytes)?),
     })
 }

@@ -50,7 +50,7 @@ pub(super) fn record(
         ACCOUNTS => Record::Account(codec::decode(tree, key, value)?),
         USERS => Record::User(codec::decode(tree, key, value)?),
         TOKENS => Record::Token(codec::decode(tree, key, value)?),
-        AUDIT => Record::Audit(codec::decode_audit(tree, key, value)?),
+        AUDIT => Record::Audit(Box::new(codec::decode_audit(tree, key, value)?)),
         REQUESTS => {
             let corrupt = |reason: &str| StoreError::Corrupt {
                 kind: REQUESTS,

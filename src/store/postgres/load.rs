@@ -137,11 +137,11 @@ pub(super) async fn snapshot(
         "SELECT seq, record FROM entitled_audit ORDER BY seq",
         |row| {
             let seq: i64 = row.get(0);
-            visit(Record::Audit(codec::decode_audit(
+            visit(Record::Audit(Box::new(codec::decode_audit(
                 AUDIT,
                 &seq.to_be_bytes(),
                 row.get(1),
-            )?))
+            )?)))
         },
     )
     .await?;

@@ -466,7 +466,9 @@ impl Backend for SledBackend {
             visit(Record::Token(codec::decode(TOKENS, &key, &value)?))?;
         }
         for (key, value) in audit.map_err(backend)? {
-            visit(Record::Audit(codec::decode_audit(AUDIT, &key, &value)?))?;
+            visit(Record::Audit(Box::new(codec::decode_audit(
+                AUDIT, &key, &value,
+            )?)))?;
         }
         for (key, value) in requests.map_err(backend)? {
             let (token_id, request_id) = keys::split_request_key(&key)?;
