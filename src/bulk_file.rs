@@ -1,5 +1,8 @@
 //! The import and export file formats: CSV or JSON Lines with the columns
-//! `account_id,user_id,display_name,edition,analytics_tier`.
+//! `account_id,user_id,display_name,edition,analytics_tier` and, optional
+//! on import (files made before it existed have none), `supervisor_scope`:
+//! `whole-account`, or `kind:id` references joined by commas; empty keeps a
+//! supervisor's scope (a new supervisor gets the whole account).
 //!
 //! Parsing checks what a file alone can tell (format, tiers, display names,
 //! duplicate users) and keeps each row's line number; the catalogue's rules
@@ -14,10 +17,20 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{FieldError, Tier, field};
+use crate::domain::{FieldError, SupervisorScope, Tier, field};
 
 /// The columns, in the order export writes them.
-pub const COLUMNS: [&str; 5] = [
+pub const COLUMNS: [&str; 6] = [
+    "account_id",
+    "user_id",
+    "display_name",
+    "edition",
+    "analytics_tier",
+    "supervisor_scope",
+];
+
+/// The columns an imported file must have: all but `supervisor_scope`.
+pub const REQUIRED_COLUMNS: [&str; 5] = [
     "account_id",
     "user_id",
     "display_name",
@@ -43,6 +56,9 @@ pub struct FileRow {
     pub edition: String,
     #[serde(default)]
     pub analytics_tier: String,
+    /// Empty for none given.
+    #[serde(default)]
+    pub supervisor_scope: String,
 }
 
 /// A row that passed the file's own checks.
@@ -54,6 +70,8 @@ pub struct Row {
     /// Empty for no licence.
     pub edition: String,
     pub tier: Tier,
+    /// `None` when the row gives none.
+    pub supervisor_scope: Option<SupervisorScope>,
 }
 
 /// (line, problem)
@@ -67,7 +85,7 @@ pub enum FileError {
     #[error("{0}")]
     Read(String),
     /// On line 1.
-    #[error("the header lacks {}; it must be {}", .0.join(", "), COLUMNS.join(","))]
+    #[error("the header lacks {}; it must have {} (and may have supervisor_scope)", .0.join(", "), REQUIRED_COLUMNS.join(","))]
     Header(Vec<&'static str>),
 }
 
@@ -81,7 +99,7 @@ pub fn parse(source: impl Read, format: Format) -> Result<(Vec<GoodRow>, Vec<Bad
                 .trim(csv::Trim::All)
                 .from_reader(source);
             let headers = reader.headers().map_err(|e| cannot(&e))?.clone();
-            let missing: Vec<&'static str> = COLUMNS
+            let missing: Vec<&'static str> = REQUIRED_COLUMNS
                 .iter()
                 .copied()
                 .filter(|c| !headers.iter().any(|h| h == *c))
@@ -156,6 +174,16 @@ pub fn parse(source: impl Read, format: Format) -> Result<(Vec<GoodRow>, Vec<Bad
                 continue;
             }
         };
+        let supervisor_scope = match row.supervisor_scope.trim() {
+            "" => None,
+            text => match field::scope_text("supervisor_scope", text) {
+                Ok(scope) => Some(scope),
+                Err(e) => {
+                    bad.push((line, e.to_string()));
+                    continue;
+                }
+            },
+        };
         if let Some(first) = seen.insert((row.account_id.clone(), row.user_id.clone()), line) {
             bad.push((
                 line,
@@ -174,6 +202,7 @@ pub fn parse(source: impl Read, format: Format) -> Result<(Vec<GoodRow>, Vec<Bad
                 display_name,
                 edition: row.edition,
                 tier,
+                supervisor_scope,
             },
         ));
     }

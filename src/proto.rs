@@ -3,7 +3,7 @@
 mod answer;
 mod report;
 
-pub use answer::{BatchAnswer, CheckAnswer, EncodedReports};
+pub use answer::{BatchAnswer, CheckAnswer, EncodedReports, EncodedScope};
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, reason = "generated code")]
 pub mod v1 {

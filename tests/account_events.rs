@@ -289,6 +289,7 @@ on_both_backends! {
                 display_name: format!("User {i}"),
                 edition: "X4".into(),
                 analytics_tier: T::Essentials as i32,
+                supervisor_scope: None,
             })
             .collect();
         for chunk in rows.chunks(5000) {
@@ -723,6 +724,7 @@ impl Workload<'_> {
                 display_name: format!("Imported {user}"),
                 edition,
                 analytics_tier: tier,
+                supervisor_scope: None,
             });
         }
         let r = self

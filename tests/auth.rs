@@ -649,6 +649,7 @@ on_both_backends! {
             display_name: format!("User {user}"),
             edition: "X8".into(),
             analytics_tier: T::Supervisor as i32,
+            supervisor_scope: None,
         };
         let before = app.revision().await;
         for rows in [vec![row("boss")], vec![row("ada"), row("boss")]] {
@@ -867,6 +868,11 @@ on_both_backends! {
                 display_name: "Ada".into(),
                 edition: edition.into(),
                 analytics_tier: tier as i32,
+                // A supervisor given no scope sees the whole account.
+                supervisor_scope: (tier == T::Supervisor).then(|| pb::SupervisorScope {
+                    whole_account: true,
+                    refs: Vec::new(),
+                }),
             })
         };
         let caller = changes[1].caller.as_ref().unwrap();
@@ -1059,6 +1065,7 @@ on_both_backends! {
                     display_name: "Ada".into(),
                     edition: "X8".into(),
                     analytics_tier: T::Supervisor as i32,
+                    supervisor_scope: None,
                 },
                 pb::UserRow {
                     account_id: "acme".into(),
@@ -1066,6 +1073,7 @@ on_both_backends! {
                     display_name: "Cy".into(),
                     edition: "X4".into(),
                     analytics_tier: T::Essentials as i32,
+                    supervisor_scope: None,
                 },
             ],
             dry_run: false,

@@ -218,6 +218,31 @@ on_both_backends! {
         app.set("legacy", "dee", Some("X8e"), Some(T::Essentials))
             .await
             .unwrap();
+        // A supervisor scoped to groups (rule 12): its user record and
+        // audit states carry the list.
+        app.put_user("acme", "eve").await;
+        app.update(pb::UpdateUserServicesRequest {
+            account_id: "acme".into(),
+            user_id: "eve".into(),
+            edition: Some("X8".into()),
+            analytics_tier: Some(T::Supervisor as i32),
+            supervisor_scope: Some(pb::SupervisorScope {
+                whole_account: false,
+                refs: vec![
+                    pb::ScopeRef {
+                        kind: pb::ScopeKind::Site as i32,
+                        id: "S1".into(),
+                    },
+                    pb::ScopeRef {
+                        kind: pb::ScopeKind::CallQueue as i32,
+                        id: "Q7".into(),
+                    },
+                ],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         app.provisioning
             .clone()
             .delete_user(pb::DeleteUserRequest {
@@ -270,6 +295,13 @@ on_both_backends! {
                 .trail
                 .iter()
                 .any(|c| c.account_before.is_some() && c.account_after.is_none())
+        );
+        assert!(
+            before
+                .users
+                .iter()
+                .any(|u| u.supervisor_scope.as_ref().is_some_and(|s| s.refs.len() == 2)),
+            "a scoped supervisor is in the backup"
         );
         assert!(before.trail.len() > 10);
 

@@ -529,7 +529,107 @@ on_both_backends! {
         assert_eq!(one.lines().count(), 1 + 400);
         assert_eq!(
             one.lines().next(),
-            Some("account_id,user_id,display_name,edition,analytics_tier")
+            Some("account_id,user_id,display_name,edition,analytics_tier,supervisor_scope")
+        );
+    }
+}
+
+on_both_backends! {
+    /// Rule 12 on the command line: `--scope` sets it, every command that
+    /// shows a user or a check shows it, and files carry it in the
+    /// `supervisor_scope` column.
+    async fn scopes_by_flag_and_by_file(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+        let set = ok(
+            &app,
+            &[
+                "user", "set", "acme", "ada", "--edition", "X8", "--analytics", "supervisor",
+                "--scope", "site:S1, user-group:G2", "--output", "json",
+            ],
+        )
+        .await
+        .json();
+        assert_eq!(set["supervisor_scope"], "site:S1,user-group:G2");
+        let shown = ok(&app, &["user", "get", "acme", "ada", "--output", "json"]).await.json();
+        assert_eq!(shown["supervisor_scope"], "site:S1,user-group:G2");
+        let check = ok(&app, &["check", "acme", "ada", "--output", "json"]).await.json();
+        assert_eq!(check["supervisor_scope"], "site:S1,user-group:G2");
+        let audit = ok(&app, &["audit", "list", "--account", "acme", "--output", "json"])
+            .await
+            .stdout;
+        assert!(audit.contains("X8 / supervisor (site:S1,user-group:G2)"), "{audit}");
+        let whole = ok(
+            &app,
+            &["user", "set", "acme", "ada", "--scope", "whole-account", "--output", "json"],
+        )
+        .await
+        .json();
+        assert_eq!(whole["supervisor_scope"], "whole-account");
+
+        // A malformed scope is the caller's mistake, named before any call.
+        let before = app.revision().await;
+        let bad = run(
+            &app,
+            &app.operator_secret,
+            &["user", "set", "acme", "ada", "--scope", "site:S1,team:T1"],
+        )
+        .await;
+        assert_eq!(bad.code, 2, "{}", bad.stderr);
+        assert!(
+            bad.stderr.contains("--scope[1].kind `team` is not a scope kind"),
+            "{}",
+            bad.stderr
+        );
+        // The server's rule: only for Supervisor.
+        let refused = run(
+            &app,
+            &app.operator_secret,
+            &["user", "set", "acme", "ada", "--analytics", "essentials", "--scope", "site:S1"],
+        )
+        .await;
+        assert_eq!(refused.code, 3, "{}", refused.stderr);
+        assert!(refused.stderr.contains("supervisor_scope is only for supervisor analytics"));
+        assert_eq!(app.revision().await, before);
+
+        // Files: the column, a list (quoted in CSV), the whole account, none.
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "users.csv",
+            "account_id,user_id,display_name,edition,analytics_tier,supervisor_scope\n\
+             acme,bob,Bob,X8,supervisor,\"ring-group:R1,call-queue:Q1\"\n\
+             acme,cy,Cy,X8,supervisor,whole-account\n\
+             acme,dee,Dee,X8,essentials,\n",
+        );
+        ok(&app, &["import", &file]).await;
+        assert_eq!(
+            app.check("acme", "bob").await.supervisor_scope.unwrap().refs.len(),
+            2
+        );
+        let csv = ok(&app, &["export", "--account", "acme"]).await.stdout;
+        assert!(csv.contains("acme,bob,Bob,X8,supervisor,\"ring-group:R1,call-queue:Q1\""), "{csv}");
+        assert!(csv.contains("acme,cy,Cy,X8,supervisor,whole-account"), "{csv}");
+        assert!(csv.contains("acme,dee,Dee,X8,essentials,\n"), "{csv}");
+        let jsonl = ok(&app, &["export", "--account", "acme", "--format", "jsonl"]).await.stdout;
+        assert!(
+            jsonl.contains(r#""analytics_tier":"supervisor","supervisor_scope":"ring-group:R1,call-queue:Q1""#),
+            "{jsonl}"
+        );
+        // A bad scope in a file is named with its line.
+        let bad = write(
+            dir.path(),
+            "bad.csv",
+            "account_id,user_id,display_name,edition,analytics_tier,supervisor_scope\n\
+             acme,eve,Eve,X8,supervisor,site:S1;site:S2\n",
+        );
+        let r = run(&app, &app.operator_secret, &["import", &bad]).await;
+        assert_eq!(r.code, 3, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("bad.csv:2: supervisor_scope[0].id `S1;site:S2` contains `;`"),
+            "{}",
+            r.stderr
         );
     }
 }

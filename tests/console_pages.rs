@@ -459,3 +459,59 @@ fn the_console_flag_takes_an_address_or_off_from_flag_env_or_file() {
             .contains("console_listen `nowhere` is not an address or `off`")
     );
 }
+
+/// Rule 12: the console does not edit scopes, but a save that keeps
+/// Supervisor keeps the supervisor's groups; one that lowers Supervisor
+/// drops them, and says so.
+#[tokio::test]
+async fn a_save_that_keeps_supervisor_keeps_the_scope() {
+    let w = World::new().await;
+    let groups = pb::SupervisorScope {
+        whole_account: false,
+        refs: vec![pb::ScopeRef {
+            kind: pb::ScopeKind::Site as i32,
+            id: "S1".into(),
+        }],
+    };
+    w.app
+        .update(pb::UpdateUserServicesRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            edition: Some("X8".into()),
+            analytics_tier: Some(T::Supervisor as i32),
+            supervisor_scope: Some(groups.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let scope = || async {
+        w.app
+            .get_user("acme", "ada")
+            .await
+            .unwrap()
+            .supervisor_scope
+    };
+    let mut http = admin(&w).await;
+
+    let saved = save(&mut http, ADA, &[("edition", "X6"), ("tier", "supervisor")]).await;
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    assert!(saved.body.contains("Saved: X6 with Supervisor Analytics."));
+    assert!(
+        saved
+            .body
+            .contains("Only these groups: site <code>S1</code>"),
+        "{}",
+        saved.body
+    );
+    assert_eq!(scope().await, Some(groups));
+
+    let lowered = save(&mut http, ADA, &[("edition", "X2"), ("tier", "supervisor")]).await;
+    assert!(
+        lowered.body.contains(
+            "The groups this supervisor was limited to were removed with Supervisor Analytics."
+        ),
+        "{}",
+        lowered.body
+    );
+    assert_eq!(scope().await, None);
+}

@@ -517,6 +517,7 @@ on_both_backends! {
                 display_name: "Zed".into(),
                 edition: "X8".into(),
                 analytics_tier: T::Supervisor as i32,
+                supervisor_scope: None,
             }],
             dry_run: false,
             request_id: "imp".into(),

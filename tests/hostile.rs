@@ -116,6 +116,7 @@ fn methods() -> Vec<(&'static str, Vec<u8>)> {
                     display_name: id("Bob"),
                     edition: id("X4"),
                     analytics_tier: pb::AnalyticsTier::Essentials as i32,
+                    supervisor_scope: None,
                 }],
                 dry_run: true,
                 request_id: String::new(),
@@ -363,6 +364,15 @@ fn random_strings_in_well_formed_requests_are_judged_never_internal() {
                             user_id: user,
                             edition,
                             analytics_tier: tier,
+                            // Any text as a group's id, any number as its
+                            // kind, sometimes beside the whole account.
+                            supervisor_scope: (which % 2 == 0).then(|| pb::SupervisorScope {
+                                whole_account: which % 4 == 0,
+                                refs: vec![pb::ScopeRef {
+                                    kind: tier.unwrap_or_default(),
+                                    id: name,
+                                }],
+                            }),
                             ..Default::default()
                         })
                         .await
@@ -376,6 +386,7 @@ fn random_strings_in_well_formed_requests_are_judged_never_internal() {
                                 display_name: name,
                                 edition: edition.unwrap_or_default(),
                                 analytics_tier: tier.unwrap_or_default(),
+                                supervisor_scope: None,
                             }],
                             dry_run: which % 2 == 0,
                             request_id: String::new(),

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use common::{Backend, Options, T, TestApp, postgres::TestDatabase};
 use entitled::{
-    domain::{Account, AccountId, Tier, User, UserId},
+    domain::{Account, AccountId, SupervisorScope, Tier, User, UserId},
     store::{Location, Store},
 };
 
@@ -28,6 +28,7 @@ fn user(account: &str, id: &str, edition: Option<&str>, tier: Tier) -> User {
         revision: 0,
         created_at: now,
         updated_at: now,
+        supervisor_scope: (tier == Tier::Supervisor).then_some(SupervisorScope::WholeAccount),
     }
 }
 

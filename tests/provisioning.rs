@@ -242,6 +242,7 @@ on_both_backends! {
             display_name: name.into(),
             edition: "X4".into(),
             analytics_tier: pb::AnalyticsTier::Essentials as i32,
+            supervisor_scope: None,
         };
         for dry_run in [true, false] {
             let imported = app
@@ -540,6 +541,7 @@ on_both_backends! {
                     display_name: format!("User {i}"),
                     edition: "X4".into(),
                     analytics_tier: pb::AnalyticsTier::Essentials as i32,
+                    supervisor_scope: None,
                 })
                 .collect()
         };

@@ -97,6 +97,69 @@ async fn a_write_on_one_replica_is_seen_on_the_others_at_its_revision() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
 
+/// Rule 12 through the change feed: a supervisor scoped on one replica is
+/// answered with its groups by the others, and dropped there with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_written_on_one_replica_is_answered_by_the_others() {
+    let Some((apps, _dirs, _db)) = replicas(2).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    apps[0].put_user("acme", "ada").await;
+    let groups = pb::SupervisorScope {
+        whole_account: false,
+        refs: vec![
+            pb::ScopeRef {
+                kind: pb::ScopeKind::RingGroup as i32,
+                id: "R1".into(),
+            },
+            pb::ScopeRef {
+                kind: pb::ScopeKind::Site as i32,
+                id: "S1".into(),
+            },
+        ],
+    };
+    let written = apps[0]
+        .update(pb::UpdateUserServicesRequest {
+            account_id: "acme".into(),
+            user_id: "ada".into(),
+            edition: Some("X8".into()),
+            analytics_tier: Some(T::Supervisor as i32),
+            supervisor_scope: Some(groups.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let answer = apps[1]
+        .access
+        .clone()
+        .check_analytics_access(check_at("acme", "ada", written.revision))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.supervisor_scope, Some(groups.clone()));
+    assert_eq!(
+        apps[1]
+            .get_user("acme", "ada")
+            .await
+            .unwrap()
+            .supervisor_scope,
+        Some(groups)
+    );
+    let lowered = apps[0].set("acme", "ada", Some("X2"), None).await.unwrap();
+    let answer = apps[1]
+        .access
+        .clone()
+        .check_analytics_access(check_at("acme", "ada", lowered.revision))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (answer.tier, answer.supervisor_scope),
+        (T::Essentials as i32, None)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_make_exactly_one_operator_token() {
     if !postgres::available().await {

@@ -65,9 +65,23 @@ async fn a_sled_store_moves_to_postgres_and_back_whole() {
     for user in ["ada", "bob", "cy"] {
         app.put_user("acme", user).await;
     }
-    app.set("acme", "ada", Some("X8"), Some(T::Supervisor))
-        .await
-        .unwrap();
+    // A supervisor scoped to groups (rule 12).
+    app.update(pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        edition: Some("X8".into()),
+        analytics_tier: Some(T::Supervisor as i32),
+        supervisor_scope: Some(pb::SupervisorScope {
+            whole_account: false,
+            refs: vec![pb::ScopeRef {
+                kind: pb::ScopeKind::UserGroup as i32,
+                id: "G1".into(),
+            }],
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     app.set("acme", "bob", Some("X2"), Some(T::Supervisor))
         .await
         .unwrap_err();
@@ -82,6 +96,11 @@ async fn a_sled_store_moves_to_postgres_and_back_whole() {
     let first = app.update(request.clone()).await.unwrap();
     let secret = app.operator_secret.clone();
     let before = contents(&app).await;
+    assert!(before.1.iter().any(|u| {
+        u.supervisor_scope
+            .as_ref()
+            .is_some_and(|s| s.refs.len() == 1)
+    }));
     app.stop().await;
 
     let db = postgres::TestDatabase::create().await;

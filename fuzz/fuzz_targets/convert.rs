@@ -66,6 +66,15 @@ fn tier(value: i32) {
     }
 }
 
+/// A supervisor scope: given back as sent (the whole account, or the same
+/// references in the same order), or refused naming its field.
+fn scope(value: &pb::SupervisorScope) {
+    match convert::supervisor_scope(value) {
+        Ok(s) => assert_eq!(pb::SupervisorScope::from(&s), *value),
+        Err(e) => refused("supervisor_scope", &e.into()),
+    }
+}
+
 fn writer<M: convert::WriteRequest>(rpc: Rpc, request: &M) {
     let principal = Arc::new(Principal {
         token_id: "fuzz".into(),
@@ -109,6 +118,9 @@ fuzz_target!(|data: &[u8]| {
             user("user_id", &r.user_id);
             if let Some(t) = r.analytics_tier {
                 tier(t);
+            }
+            if let Some(s) = &r.supervisor_scope {
+                scope(s);
             }
         }
         2 => {
@@ -157,6 +169,7 @@ fuzz_target!(|data: &[u8]| {
                             "display_name",
                             "analytics_tier",
                             "edition",
+                            "supervisor_scope",
                         ]
                         .into_iter()
                         .find(|f| e.to_string().starts_with(f))

@@ -1,5 +1,6 @@
 //! `entitled import` and `entitled export`: CSV or JSON Lines with the
-//! columns `account_id,user_id,display_name,edition,analytics_tier`.
+//! columns `account_id,user_id,display_name,edition,analytics_tier` and
+//! `supervisor_scope` (optional on import).
 //!
 //! Import checks every row before changing anything: locally (format, tiers,
 //! display names, duplicates), then against the server (a dry run of every chunk, which
@@ -167,6 +168,7 @@ fn read(path: &Path, format: Format) -> Result<(Vec<GoodRow>, Vec<BadRow>), CliE
                 display_name: r.display_name,
                 edition: r.edition,
                 analytics_tier: pb::AnalyticsTier::from(r.tier) as i32,
+                supervisor_scope: r.supervisor_scope.as_ref().map(Into::into),
             };
             (line, row)
         })
@@ -257,6 +259,10 @@ pub async fn export(
                 display_name: row.display_name,
                 edition: row.edition,
                 analytics_tier: output::tier(row.analytics_tier).to_owned(),
+                supervisor_scope: match output::scope(row.supervisor_scope.as_ref()) {
+                    serde_json::Value::String(text) => text,
+                    _ => String::new(),
+                },
             };
             if let Some(w) = &mut csv_writer {
                 w.serialize(&row).map_err(|e| local(&e))?;

@@ -1,7 +1,7 @@
 //! Client subcommands that mirror the admin console.
 
 use clap::{Subcommand, ValueEnum};
-use entitled::proto::v1 as pb;
+use entitled::{domain::field, proto::v1 as pb};
 use serde_json::{Value, json};
 
 use super::{CliError, ClientArgs, output};
@@ -70,6 +70,12 @@ pub enum UserCommand {
         /// The analytics tier.
         #[arg(long, value_enum)]
         analytics: Option<Tier>,
+        /// What a supervisor sees: `whole-account`, or groups as kind:id
+        /// joined by commas (kinds: site, user-group, ring-group,
+        /// call-queue), e.g. `site:S1,user-group:G2`. Only with the
+        /// supervisor tier; left out, a supervisor keeps its scope.
+        #[arg(long)]
+        scope: Option<String>,
         /// Refuse the change if the user changed since this revision.
         #[arg(long)]
         expected_revision: Option<u64>,
@@ -311,6 +317,7 @@ pub async fn user(args: &ClientArgs, command: UserCommand) -> Result<(), CliErro
             edition,
             no_edition,
             analytics,
+            scope,
             expected_revision,
             request_id,
         } => {
@@ -319,11 +326,19 @@ pub async fn user(args: &ClientArgs, command: UserCommand) -> Result<(), CliErro
             } else {
                 edition
             };
-            if edition.is_none() && analytics.is_none() {
+            if edition.is_none() && analytics.is_none() && scope.is_none() {
                 return Err(CliError::Usage(
-                    "nothing to set: give --edition, --no-edition or --analytics".to_owned(),
+                    "nothing to set: give --edition, --no-edition, --analytics or --scope"
+                        .to_owned(),
                 ));
             }
+            let supervisor_scope = scope
+                .map(|text| {
+                    field::scope_text("--scope", &text)
+                        .map(|s| pb::SupervisorScope::from(&s))
+                        .map_err(|e| CliError::Usage(e.to_string()))
+                })
+                .transpose()?;
             let r = c
                 .update_user_services(pb::UpdateUserServicesRequest {
                     account_id: account,
@@ -332,6 +347,7 @@ pub async fn user(args: &ClientArgs, command: UserCommand) -> Result<(), CliErro
                     analytics_tier: analytics.map(|t| pb::AnalyticsTier::from(t) as i32),
                     expected_revision,
                     request_id,
+                    supervisor_scope,
                 })
                 .await?
                 .into_inner();

@@ -131,9 +131,36 @@ pub fn user(u: &pb::User) -> Value {
         "display_name": u.display_name,
         "edition": u.edition,
         "analytics": tier(u.analytics_tier),
+        "supervisor_scope": scope(u.supervisor_scope.as_ref()),
         "revision": u.revision,
         "updated_at": time(u.updated_at.as_ref()),
     })
+}
+
+/// A supervisor's scope as `--scope` takes it (`whole-account`, or
+/// `kind:id` joined by commas); null for none.
+pub fn scope(s: Option<&pb::SupervisorScope>) -> Value {
+    match s {
+        None => Value::Null,
+        Some(s) if s.whole_account => Value::String("whole-account".to_owned()),
+        Some(s) => Value::String(
+            s.refs
+                .iter()
+                .map(|r| {
+                    let kind = pb::ScopeKind::try_from(r.kind)
+                        .map(|k| {
+                            k.as_str_name()
+                                .trim_start_matches("SCOPE_KIND_")
+                                .to_lowercase()
+                                .replace('_', "-")
+                        })
+                        .unwrap_or_else(|_| r.kind.to_string());
+                    format!("{kind}:{}", r.id)
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    }
 }
 
 pub fn check(c: &pb::CheckAnalyticsAccessResponse) -> Value {
@@ -151,6 +178,7 @@ pub fn check(c: &pb::CheckAnalyticsAccessResponse) -> Value {
         "edition": c.edition,
         "denial_reason": denial,
         "reason": c.reason,
+        "supervisor_scope": scope(c.supervisor_scope.as_ref()),
         "data_available_at": time(c.data_available_at.as_ref()),
         "data_ready": c.data_ready,
         "reports": c.reports.iter().map(|r| json!({
@@ -178,13 +206,20 @@ pub fn token(t: &pb::TokenInfo) -> Value {
 pub fn change(c: &pb::Change) -> Value {
     let state = |s: &Option<pb::UserState>| match s {
         Some(s) => Value::String(format!(
-            "{} / {}",
+            "{} / {}{}",
             if s.edition.is_empty() {
                 "no edition"
             } else {
                 &s.edition
             },
-            tier(s.analytics_tier)
+            tier(s.analytics_tier),
+            // A supervisor's groups, when scoped to some (rule 12).
+            match (&s.supervisor_scope, scope(s.supervisor_scope.as_ref())) {
+                (Some(scoped), Value::String(text)) if !scoped.whole_account => {
+                    format!(" ({text})")
+                }
+                _ => String::new(),
+            }
         )),
         None => Value::Null,
     };

@@ -17,7 +17,7 @@ pub use crate::{
     catalogue::{ProductLine, ReportKind},
     domain::{
         Account, AccountId, AuditRecord, Decision, DisplayName, Notice, NoticeKind, Outcome,
-        Principal, Role, Rpc, Tier, User, UserId, UserState, Via,
+        Principal, Role, Rpc, ScopeKind, Tier, User, UserId, UserState, Via,
     },
     service::DomainError,
 };
@@ -188,6 +188,9 @@ impl Service {
         let change = ServicesChange {
             edition: Some(edition),
             tier,
+            // The console does not edit scopes: a save that keeps
+            // Supervisor keeps the scope (rule 12).
+            supervisor_scope: None,
             expected_revision: Some(expected_revision),
         };
         let result = self
@@ -311,6 +314,7 @@ pub fn code_name(error: &DomainError) -> &'static str {
         | DomainError::TierNotAllowed { .. }
         | DomainError::TierNeedsEdition { .. }
         | DomainError::AccountTooLarge { .. }
+        | DomainError::ScopeNeedsSupervisor { .. }
         | DomainError::TokenReplay { .. } => "FAILED_PRECONDITION",
         DomainError::RevisionMismatch { .. } => "ABORTED",
         DomainError::PermissionDenied(_) => "PERMISSION_DENIED",

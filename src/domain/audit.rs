@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Account, Role, Rpc, Tier, User};
+use super::{Account, Role, Rpc, SupervisorScope, Tier, User};
 
 /// Who made a call, as the audit trail keeps it (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,8 @@ pub struct UserState {
     pub display_name: String,
     pub edition: Option<String>,
     pub tier: Tier,
+    /// Set exactly when `tier` is Supervisor (rule 12).
+    pub supervisor_scope: Option<SupervisorScope>,
 }
 
 impl From<&User> for UserState {
@@ -40,6 +42,7 @@ impl From<&User> for UserState {
             display_name: u.display_name.clone(),
             edition: u.edition.clone(),
             tier: u.tier,
+            supervisor_scope: u.supervisor_scope.clone(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod auth;
 pub mod catalogue;
 pub mod field;
 mod ids;
+mod scope;
 mod tier;
 
 use std::{
@@ -26,6 +27,7 @@ pub use ids::{
     AccountId, AccountIdRef, DisplayName, DisplayNameError, HiddenKind, IdError, MAX_DISPLAY_NAME,
     MAX_ID_LEN, UserId, UserIdRef, validate_display_name, validate_id,
 };
+pub use scope::{MAX_SCOPE_REFS, ScopeKind, ScopeRef, SupervisorScope, WHOLE_ACCOUNT};
 pub use tier::Tier;
 
 /// One customer company (a tenant).
@@ -72,6 +74,9 @@ pub struct User {
     pub revision: u64,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+    /// What the user sees as a supervisor (rule 12): set exactly when the
+    /// stored tier is Supervisor, `None` otherwise.
+    pub supervisor_scope: Option<SupervisorScope>,
 }
 
 impl User {
@@ -93,6 +98,7 @@ impl User {
             revision,
             created_at: now,
             updated_at: now,
+            supervisor_scope: None,
         }
     }
 }
@@ -110,6 +116,8 @@ pub enum NoticeKind {
     TierLowered,
     /// The tier was set to none because the licence was removed.
     TierRemoved,
+    /// A supervisor's list of groups (rule 12) was dropped with Supervisor.
+    ScopeDropped,
 }
 
 /// Why a check answered less than full access.
@@ -138,6 +146,9 @@ pub struct Decision {
     pub reports: Arc<[ReportAccess]>,
     pub revision: u64,
     pub reason: String,
+    /// What the supervisor sees (rule 12): set exactly when the effective
+    /// tier is Supervisor. Shared with the view, never copied per check.
+    pub supervisor_scope: Option<SupervisorScope>,
 }
 
 /// One report of the effective tier, and whether it can be opened now.

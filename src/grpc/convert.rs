@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     domain::{
-        AccountId, AccountIdRef, DisplayName, FieldError, Principal, Role, Rpc, Tier, UserId,
-        UserIdRef, Via, field,
+        AccountId, AccountIdRef, DisplayName, FieldError, Principal, Role, Rpc, ScopeKind,
+        SupervisorScope, Tier, UserId, UserIdRef, Via,
+        field::{self, RawScopeRef},
     },
     proto::v1 as pb,
     service::{Caller, ImportRow},
@@ -191,6 +192,49 @@ fn tier_field(
             value,
             "is not a tier; use ANALYTICS_TIER_NONE (1), ANALYTICS_TIER_ESSENTIALS (2) or ANALYTICS_TIER_SUPERVISOR (3)",
         )),
+    }
+}
+
+/// A supervisor scope a request sets (rule 12): exactly one of
+/// `whole_account` and 1 to 1,000 `refs`; a bad item is named by its index
+/// and value (`field::scope_refs`).
+pub fn supervisor_scope(scope: &pb::SupervisorScope) -> Result<SupervisorScope, FieldError> {
+    if scope.whole_account {
+        if !scope.refs.is_empty() {
+            return Err(FieldError::invalid(
+                "supervisor_scope.whole_account",
+                true,
+                format!(
+                    "is set with {} refs; send whole_account or refs, not both",
+                    scope.refs.len()
+                ),
+            ));
+        }
+        return Ok(SupervisorScope::WholeAccount);
+    }
+    // Bounded before each item is looked at.
+    field::scope_count("supervisor_scope.refs", scope.refs.len())?;
+    let refs: Vec<RawScopeRef<'_>> = scope
+        .refs
+        .iter()
+        .map(|r| RawScopeRef {
+            kind: scope_kind(r.kind),
+            id: &r.id,
+        })
+        .collect();
+    field::scope_refs("supervisor_scope.refs", &refs)
+}
+
+/// A scope kind; `SCOPE_KIND_UNSPECIFIED` and unknown values are no kind
+/// (the value as the message shows it).
+fn scope_kind(value: i32) -> Result<ScopeKind, String> {
+    match pb::ScopeKind::try_from(value) {
+        Ok(pb::ScopeKind::Site) => Ok(ScopeKind::Site),
+        Ok(pb::ScopeKind::UserGroup) => Ok(ScopeKind::UserGroup),
+        Ok(pb::ScopeKind::RingGroup) => Ok(ScopeKind::RingGroup),
+        Ok(pb::ScopeKind::CallQueue) => Ok(ScopeKind::CallQueue),
+        Ok(pb::ScopeKind::Unspecified) => Err("SCOPE_KIND_UNSPECIFIED".to_owned()),
+        Err(_) => Err(value.to_string()),
     }
 }
 
@@ -390,11 +434,17 @@ pub fn import_row(row: &pb::UserRow) -> Result<ImportRow, FieldError> {
     let display_name = field::display_name("display_name", row.display_name.clone())?;
     let tier = tier_field("analytics_tier", row.analytics_tier, Unspecified::MeansNone)?;
     let edition = field::catalogue_name("edition", row.edition.clone())?;
+    let supervisor_scope = row
+        .supervisor_scope
+        .as_ref()
+        .map(supervisor_scope)
+        .transpose()?;
     Ok(ImportRow {
         account_id,
         user_id,
         display_name,
         edition: (!edition.is_empty()).then_some(edition),
         tier,
+        supervisor_scope,
     })
 }

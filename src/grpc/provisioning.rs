@@ -163,6 +163,12 @@ impl ProvisioningService for Api {
                         .analytics_tier
                         .map(|t| convert::tier("analytics_tier", t, convert::Unspecified::Refused))
                         .transpose()?,
+                    supervisor_scope: r
+                        .supervisor_scope
+                        .as_ref()
+                        .map(convert::supervisor_scope)
+                        .transpose()
+                        .map_err(convert::ConversionError::from)?,
                     expected_revision: r.expected_revision,
                 };
                 let written = self

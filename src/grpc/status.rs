@@ -36,7 +36,8 @@ impl From<DomainError> for Status {
             DomainError::ProductLineRetired(_)
             | DomainError::TierNotAllowed { .. }
             | DomainError::TierNeedsEdition { .. }
-            | DomainError::AccountTooLarge { .. } => Status::failed_precondition(message),
+            | DomainError::AccountTooLarge { .. }
+            | DomainError::ScopeNeedsSupervisor { .. } => Status::failed_precondition(message),
             DomainError::RevisionMismatch { .. } => Status::aborted(message),
             DomainError::PermissionDenied(_) => Status::permission_denied(message),
             DomainError::Unauthenticated(_) => Status::unauthenticated(message),
@@ -181,6 +182,10 @@ mod tests {
                 user: user(),
                 expected: 1,
                 actual: 2,
+            },
+            DomainError::ScopeNeedsSupervisor {
+                user: user(),
+                tier: Tier::Essentials,
             },
             DomainError::NothingToChange,
             DomainError::AccountTooLarge {

@@ -9,7 +9,7 @@
 //! Only the server writes this type; clients read the generated one, which
 //! stays the definition (`proto/entitled/v1/access.proto`).
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use prost::{
     DecodeError, Message,
@@ -17,7 +17,7 @@ use prost::{
     encoding::{self, DecodeContext, WireType},
 };
 
-use super::v1::{ItemError, Report};
+use super::v1::{ItemError, Report, SupervisorScope};
 
 /// The `reports` field (7) of a `CheckAnalyticsAccessResponse`, encoded:
 /// each report's key, length and message, in order.
@@ -40,6 +40,36 @@ impl EncodedReports {
     }
 }
 
+/// The `supervisor_scope` field (11) of a `CheckAnalyticsAccessResponse`,
+/// encoded: nothing when the answer's tier is not Supervisor, a constant
+/// for the whole account (what nearly every supervisor has, so it costs no
+/// more than before), and only for a supervisor scoped to a list of groups
+/// an encoding made for the answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedScope(Cow<'static, [u8]>);
+
+const SCOPE: u32 = 11;
+
+/// Field 11, length 2, holding `whole_account` (1) = true.
+const WHOLE_ACCOUNT: &[u8] = &[(SCOPE << 3 | 2) as u8, 2, 1 << 3, 1];
+
+impl EncodedScope {
+    /// No scope (the answer's tier is not Supervisor).
+    pub const NONE: EncodedScope = EncodedScope(Cow::Borrowed(&[]));
+    pub const WHOLE_ACCOUNT: EncodedScope = EncodedScope(Cow::Borrowed(WHOLE_ACCOUNT));
+
+    /// Any scope, encoded now (a list of groups).
+    pub fn new(scope: &SupervisorScope) -> Self {
+        let mut buf = Vec::with_capacity(encoding::message::encoded_len(SCOPE, scope));
+        encoding::message::encode(SCOPE, scope, &mut buf);
+        EncodedScope(Cow::Owned(buf))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A `CheckAnalyticsAccessResponse` to be written: every field as the
 /// generated type has it, but `reports`, which is `EncodedReports`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -54,6 +84,7 @@ pub struct CheckAnswer {
     pub revision: u64,
     pub stored_tier: i32,
     pub reason: String,
+    pub supervisor_scope: EncodedScope,
 }
 
 impl Message for CheckAnswer {
@@ -87,6 +118,7 @@ impl Message for CheckAnswer {
         if !self.reason.is_empty() {
             encoding::string::encode(10, &self.reason, buf);
         }
+        buf.put_slice(self.supervisor_scope.as_bytes());
     }
 
     fn merge_field(
@@ -130,7 +162,7 @@ impl Message for CheckAnswer {
         if !self.reason.is_empty() {
             len += encoding::string::encoded_len(10, &self.reason);
         }
-        len
+        len + self.supervisor_scope.as_bytes().len()
     }
 
     fn clear(&mut self) {

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Caller, DomainError, Entitlements, ServicesChange, authorize, rules::plan_services};
 use crate::{
-    domain::{AccountId, DisplayName, FieldError, Refusal, Rpc, Tier, User, UserId},
+    domain::{
+        AccountId, DisplayName, FieldError, Refusal, Rpc, SupervisorScope, Tier, User, UserId,
+    },
     store::{Mutation, Refusable, Target, WritePlan, Written},
 };
 
@@ -22,6 +24,9 @@ pub struct ImportRow {
     /// None for no licence.
     pub edition: Option<String>,
     pub tier: Tier,
+    /// Rule 12, as `ServicesChange::supervisor_scope`: only with Supervisor;
+    /// none keeps a supervisor's scope, or gives a new one the whole account.
+    pub supervisor_scope: Option<SupervisorScope>,
 }
 
 /// Why an import, or one of its rows, is refused.
@@ -145,6 +150,7 @@ impl Entitlements {
                     let change = ServicesChange {
                         edition: Some(row.edition.clone()),
                         tier: Some(row.tier),
+                        supervisor_scope: row.supervisor_scope.clone(),
                         expected_revision: None,
                     };
                     let planned = match plan_services(&catalogue, account, before, &change) {
@@ -159,6 +165,7 @@ impl Entitlements {
                         u.display_name == display_name
                             && u.edition == planned.edition
                             && u.tier == planned.tier
+                            && u.supervisor_scope == planned.supervisor_scope
                     });
                     if same {
                         counts.unchanged += 1;
@@ -178,6 +185,7 @@ impl Entitlements {
                         display_name: display_name.to_owned(),
                         edition: planned.edition,
                         tier: planned.tier,
+                        supervisor_scope: planned.supervisor_scope,
                         revision: current.next_revision,
                         updated_at: now,
                         ..before.clone()

@@ -128,6 +128,7 @@ impl Entitlements {
             reports: self.catalogue.report_access(Tier::None, false),
             revision,
             reason,
+            supervisor_scope: None,
         };
         let Some(account_rec) = account_rec else {
             return deny(
@@ -213,6 +214,13 @@ impl Entitlements {
                 ]),
             )
         };
+        // Rule 12: the scope goes with the effective tier; a supervisor
+        // lowered by the catalogue in force sees no scope.
+        let supervisor_scope = if tier == Tier::Supervisor {
+            user_rec.supervisor_scope
+        } else {
+            None
+        };
         Decision {
             allowed: true,
             tier,
@@ -224,6 +232,7 @@ impl Entitlements {
             reports,
             revision,
             reason,
+            supervisor_scope,
         }
     }
 }

@@ -119,7 +119,11 @@ pub enum DomainError {
         users: usize,
         max: usize,
     },
-    #[error("nothing to change: set edition, analytics_tier or both")]
+    #[error(
+        "supervisor_scope is only for supervisor analytics, and user `{user}` would have {tier}; set the supervisor tier with it, or leave supervisor_scope unset"
+    )]
+    ScopeNeedsSupervisor { user: UserId, tier: Tier },
+    #[error("nothing to change: set edition, analytics_tier, supervisor_scope or some of them")]
     NothingToChange,
     #[error(transparent)]
     PermissionDenied(#[from] Forbidden),
@@ -194,7 +198,8 @@ impl Refusable for DomainError {
             DomainError::ProductLineRetired(_)
             | DomainError::TierNotAllowed { .. }
             | DomainError::TierNeedsEdition { .. }
-            | DomainError::AccountTooLarge { .. } => K::FailedPrecondition,
+            | DomainError::AccountTooLarge { .. }
+            | DomainError::ScopeNeedsSupervisor { .. } => K::FailedPrecondition,
             DomainError::RevisionMismatch { .. } => K::Aborted,
             DomainError::PermissionDenied(_) => K::PermissionDenied,
             DomainError::Refused(kept) => return Some(kept.clone()),

@@ -1,11 +1,11 @@
-//! The rules of a services change (`domain.md` 2, 3, 4, 6 and 7), pure:
-//! what edition and tier a change leads to, with its notices, or why it is
-//! refused. UpdateUserServices and every import row apply them here.
+//! The rules of a services change (`domain.md` 2, 3, 4, 6, 7 and 12), pure:
+//! what edition, tier and supervisor scope a change leads to, with its
+//! notices, or why it is refused. UpdateUserServices and every import row apply them here.
 
 use super::{DomainError, ServicesChange};
 use crate::{
     catalogue::Catalogue,
-    domain::{Account, Notice, NoticeKind, Tier, User},
+    domain::{Account, Notice, NoticeKind, SupervisorScope, Tier, User},
 };
 
 /// What a services change leads to.
@@ -13,6 +13,8 @@ use crate::{
 pub(super) struct Planned {
     pub edition: Option<String>,
     pub tier: Tier,
+    /// Set exactly when `tier` is Supervisor.
+    pub supervisor_scope: Option<SupervisorScope>,
     /// What was changed that the caller did not ask for.
     pub notices: Vec<Notice>,
 }
@@ -89,11 +91,57 @@ pub(super) fn plan_services(
         }
         None => user.tier,
     };
+    let supervisor_scope = plan_scope(user, change, tier, &mut notices)?;
     Ok(Planned {
         edition,
         tier,
+        supervisor_scope,
         notices,
     })
+}
+
+/// Rule 12: a scope exists only with Supervisor. One given for any other
+/// tier is refused; a new supervisor given none sees the whole account; a
+/// supervisor who stays one keeps the scope unless given another; and the
+/// scope goes with Supervisor (with a notice when it was a list of groups).
+fn plan_scope(
+    user: &User,
+    change: &ServicesChange,
+    tier: Tier,
+    notices: &mut Vec<Notice>,
+) -> Result<Option<SupervisorScope>, DomainError> {
+    if tier != Tier::Supervisor {
+        if change.supervisor_scope.is_some() {
+            return Err(DomainError::ScopeNeedsSupervisor {
+                user: user.id.clone(),
+                tier,
+            });
+        }
+        if let Some(SupervisorScope::Only(refs)) = &user.supervisor_scope {
+            // A list can be long: the notice (kept in the audit trail)
+            // names the first few groups and counts the rest.
+            const NAMED: usize = 3;
+            let mut named: Vec<String> = refs.iter().take(NAMED).map(ToString::to_string).collect();
+            if refs.len() > NAMED {
+                named.push(format!("and {} more", refs.len() - NAMED));
+            }
+            notices.push(Notice {
+                kind: NoticeKind::ScopeDropped,
+                message: format!(
+                    "analytics was lowered from supervisor to {tier}, so the supervisor scope ({}) was dropped",
+                    named.join(", ")
+                ),
+            });
+        }
+        return Ok(None);
+    }
+    Ok(Some(
+        match (&change.supervisor_scope, &user.supervisor_scope) {
+            (Some(given), _) => given.clone(),
+            (None, Some(kept)) if user.tier == Tier::Supervisor => kept.clone(),
+            (None, _) => SupervisorScope::WholeAccount,
+        },
+    ))
 }
 
 fn owned(ids: Vec<&str>) -> Vec<String> {

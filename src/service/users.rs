@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use super::{Caller, DomainError, Entitlements, authorize, rules::plan_services};
 use crate::{
-    domain::{Account, AccountId, DisplayName, Notice, Rpc, Tier, Token, User, UserId},
-    store::{Mutation, Target, TargetState, WritePlan, Written},
+    domain::{
+        Account, AccountId, DisplayName, Notice, Rpc, SupervisorScope, Tier, Token, User, UserId,
+    },
+    store::{Mutation, Target, TargetState, UserV1, WritePlan, Written},
 };
 
 /// The most users `DeleteAccount` deletes in one write. The write holds
@@ -28,6 +30,9 @@ pub struct ServicesChange {
     /// `Some(None)` removes the licence.
     pub edition: Option<Option<String>>,
     pub tier: Option<Tier>,
+    /// Rule 12: only with Supervisor. `None` keeps a supervisor's scope, and
+    /// gives a new supervisor the whole account.
+    pub supervisor_scope: Option<SupervisorScope>,
     pub expected_revision: Option<u64>,
 }
 
@@ -36,6 +41,27 @@ pub struct ServicesChange {
 pub struct ServicesChanged {
     pub user: User,
     pub notices: Vec<Notice>,
+}
+
+impl ServicesChanged {
+    /// An answer kept for a retry before users had a scope.
+    fn v1(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        #[derive(serde::Deserialize)]
+        struct Old {
+            user: UserV1,
+            notices: Vec<Notice>,
+        }
+        let old: Old = postcard::from_bytes(bytes)?;
+        Ok(ServicesChanged {
+            user: old.user.into(),
+            notices: old.notices,
+        })
+    }
+}
+
+/// A user answer kept for a retry before users had a scope.
+fn user_v1(bytes: &[u8]) -> Result<User, postcard::Error> {
+    postcard::from_bytes::<UserV1>(bytes).map(Into::into)
 }
 
 impl Entitlements {
@@ -131,9 +157,10 @@ impl Entitlements {
         let now = (self.clock)();
         let ctx = self.context(caller, Rpc::PutUser, account.as_str(), user.as_str());
         self.store
-            .write(
+            .write_upgrading(
                 &Target::User(account.clone(), user.clone()),
                 ctx,
+                user_v1,
                 move |current| {
                     require_account(&current, &account)?;
                     let next = match current.user {
@@ -289,7 +316,7 @@ impl Entitlements {
         change: ServicesChange,
     ) -> Result<Written<ServicesChanged>, DomainError> {
         authorize(caller, Rpc::UpdateUserServices, Some(&account), Some(&user))?;
-        if change.edition.is_none() && change.tier.is_none() {
+        if change.edition.is_none() && change.tier.is_none() && change.supervisor_scope.is_none() {
             return Err(DomainError::NothingToChange);
         }
         let now = (self.clock)();
@@ -301,9 +328,10 @@ impl Entitlements {
             user.as_str(),
         );
         self.store
-            .write(
+            .write_upgrading(
                 &Target::User(account.clone(), user.clone()),
                 ctx,
+                ServicesChanged::v1,
                 move |current| {
                     let account = require_account(&current, &account)?;
                     let existing = require_user(&current, &account.id, &user)?;
@@ -317,7 +345,10 @@ impl Entitlements {
                         });
                     }
                     let planned = plan_services(&catalogue, account, existing, &change)?;
-                    if planned.edition == existing.edition && planned.tier == existing.tier {
+                    if planned.edition == existing.edition
+                        && planned.tier == existing.tier
+                        && planned.supervisor_scope == existing.supervisor_scope
+                    {
                         let output = ServicesChanged {
                             user: existing.clone(),
                             notices: planned.notices,
@@ -331,6 +362,7 @@ impl Entitlements {
                     let updated = User {
                         edition: planned.edition,
                         tier: planned.tier,
+                        supervisor_scope: planned.supervisor_scope,
                         revision: current.next_revision,
                         updated_at: now,
                         ..existing.clone()

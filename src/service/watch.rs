@@ -438,6 +438,7 @@ mod tests {
                 display_name: "Ada".into(),
                 edition: None,
                 tier: Tier::None,
+                supervisor_scope: None,
             }),
             ..record(None, None)
         };

@@ -7,8 +7,11 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::StoreError;
-use crate::domain::{Actor, AuditRecord, Outcome, Refusal, Role, Rpc, Tier, UserState, Via};
+use super::{Mutation, StoreError};
+use crate::domain::{
+    Account, AccountId, Actor, AuditRecord, Outcome, Refusal, Role, Rpc, SupervisorScope, Tier,
+    Token, User, UserId, UserState, Via,
+};
 
 pub const ACCOUNTS: &str = "accounts";
 pub const USERS: &str = "users";
@@ -28,14 +31,17 @@ const FORMAT_V2: u8 = 2;
 /// Audit records with `Actor::via`; format 1 audit records
 /// (`AuditRecordV1`) were all made through the API.
 const FORMAT_AUDIT_V2: u8 = 2;
-/// Audit records with the account's before and after
-/// (`AuditRecord::account_before`, `account_after`); a format 2 record
-/// (`AuditRecordV2`) changed no account that the trail shows.
+/// Audit records whose `UserState`s carry the supervisor scope; format 2
+/// (and 1) records' states (`UserStateV1`) had none.
 const FORMAT_AUDIT_V3: u8 = 3;
+/// Audit records with the account's before and after
+/// (`AuditRecord::account_before`, `account_after`); a format 3 record
+/// (`AuditRecordV3`) changed no account that the trail shows.
+const FORMAT_AUDIT_V4: u8 = 4;
 
-/// An audit record as written before it held an account's states.
+/// An audit record of format 3: `AuditRecord` without the account's states.
 #[derive(Deserialize)]
-struct AuditRecordV2 {
+struct AuditRecordV3 {
     seq: u64,
     revision: u64,
     at: SystemTime,
@@ -45,6 +51,52 @@ struct AuditRecordV2 {
     user_id: String,
     before: Option<UserState>,
     after: Option<UserState>,
+    details: Vec<String>,
+    outcome: Outcome,
+}
+
+/// User records with `User::supervisor_scope`, and change-feed records
+/// (lists of mutations) whose users carry it; format 1 ones (`UserRecordV1`,
+/// `MutationV1`) had none: a supervisor of then sees the whole account.
+const FORMAT_USER_V2: u8 = 2;
+
+/// A user's state as audit records before format 3 kept it.
+#[derive(Deserialize)]
+struct UserStateV1 {
+    display_name: String,
+    edition: Option<String>,
+    tier: Tier,
+}
+
+impl From<UserStateV1> for UserState {
+    fn from(old: UserStateV1) -> Self {
+        UserState {
+            supervisor_scope: old_scope(old.tier),
+            display_name: old.display_name,
+            edition: old.edition,
+            tier: old.tier,
+        }
+    }
+}
+
+/// The scope a record made before scopes existed means: a supervisor of
+/// then saw the whole account (rule 12's default).
+fn old_scope(tier: Tier) -> Option<SupervisorScope> {
+    (tier == Tier::Supervisor).then_some(SupervisorScope::WholeAccount)
+}
+
+/// An audit record of format 2: `AuditRecord` with the old `UserState`.
+#[derive(Deserialize)]
+struct AuditRecordV2 {
+    seq: u64,
+    revision: u64,
+    at: SystemTime,
+    actor: Actor,
+    rpc: Rpc,
+    account_id: String,
+    user_id: String,
+    before: Option<UserStateV1>,
+    after: Option<UserStateV1>,
     details: Vec<String>,
     outcome: Outcome,
 }
@@ -60,8 +112,8 @@ struct AuditRecordV1 {
     rpc: Rpc,
     account_id: String,
     user_id: String,
-    before: Option<UserState>,
-    after: Option<UserState>,
+    before: Option<UserStateV1>,
+    after: Option<UserStateV1>,
     details: Vec<String>,
     outcome: Outcome,
 }
@@ -74,7 +126,7 @@ struct ActorV1 {
 }
 
 pub fn encode_audit(record: &AuditRecord) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![FORMAT_AUDIT_V3];
+    let mut out = vec![FORMAT_AUDIT_V4];
     out.extend_from_slice(
         &postcard::to_stdvec(record).map_err(|e| StoreError::Encode(e.to_string()))?,
     );
@@ -93,9 +145,9 @@ pub fn decode_audit(
         reason: e.to_string(),
     };
     match value.split_first() {
-        Some((&FORMAT_AUDIT_V3, body)) => postcard::from_bytes(body).map_err(corrupt),
-        Some((&FORMAT_AUDIT_V2, body)) => {
-            let old: AuditRecordV2 = postcard::from_bytes(body).map_err(corrupt)?;
+        Some((&FORMAT_AUDIT_V4, body)) => postcard::from_bytes(body).map_err(corrupt),
+        Some((&FORMAT_AUDIT_V3, body)) => {
+            let old: AuditRecordV3 = postcard::from_bytes(body).map_err(corrupt)?;
             Ok(AuditRecord {
                 seq: old.seq,
                 revision: old.revision,
@@ -106,6 +158,24 @@ pub fn decode_audit(
                 user_id: old.user_id,
                 before: old.before,
                 after: old.after,
+                account_before: None,
+                account_after: None,
+                details: old.details,
+                outcome: old.outcome,
+            })
+        }
+        Some((&FORMAT_AUDIT_V2, body)) => {
+            let old: AuditRecordV2 = postcard::from_bytes(body).map_err(corrupt)?;
+            Ok(AuditRecord {
+                seq: old.seq,
+                revision: old.revision,
+                at: old.at,
+                actor: old.actor,
+                rpc: old.rpc,
+                account_id: old.account_id,
+                user_id: old.user_id,
+                before: old.before.map(Into::into),
+                after: old.after.map(Into::into),
                 account_before: None,
                 account_after: None,
                 details: old.details,
@@ -127,8 +197,8 @@ pub fn decode_audit(
                 rpc: old.rpc,
                 account_id: old.account_id,
                 user_id: old.user_id,
-                before: old.before,
-                after: old.after,
+                before: old.before.map(Into::into),
+                after: old.after.map(Into::into),
                 account_before: None,
                 account_after: None,
                 details: old.details,
@@ -189,10 +259,10 @@ pub fn decode_request(
     }
 }
 
-/// A user record as `encode` writes a `User` (format 1), decoded in place:
-/// its strings borrowed from the bytes, so a million users load without
-/// four allocations each. Field for field a `User`, which postcard writes
-/// as its fields in order (a test checks the two agree).
+/// A user record as `encode_user` writes a `User` (format 2), decoded in
+/// place: its strings borrowed from the bytes, so a million users load
+/// without four allocations each. Field for field a `User`, which postcard
+/// writes as its fields in order (a test checks the two agree).
 #[derive(Debug, Deserialize)]
 pub struct UserRecord<'a> {
     pub account_id: &'a str,
@@ -204,18 +274,202 @@ pub struct UserRecord<'a> {
     pub revision: u64,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+    /// Owned: only a supervisor scoped to a list of groups holds more than
+    /// a byte here.
+    pub supervisor_scope: Option<SupervisorScope>,
 }
 
-/// A user record, decoded in place (see `UserRecord`).
+/// A user record of format 1, before scopes.
+#[derive(Debug, Deserialize)]
+struct UserRecordV1<'a> {
+    account_id: &'a str,
+    id: &'a str,
+    display_name: &'a str,
+    #[serde(borrow)]
+    edition: Option<&'a str>,
+    tier: Tier,
+    revision: u64,
+    created_at: SystemTime,
+    updated_at: SystemTime,
+}
+
+impl<'a> From<UserRecordV1<'a>> for UserRecord<'a> {
+    fn from(old: UserRecordV1<'a>) -> Self {
+        UserRecord {
+            account_id: old.account_id,
+            id: old.id,
+            display_name: old.display_name,
+            edition: old.edition,
+            tier: old.tier,
+            revision: old.revision,
+            created_at: old.created_at,
+            updated_at: old.updated_at,
+            supervisor_scope: old_scope(old.tier),
+        }
+    }
+}
+
+/// A user as stored (format 2).
+pub fn encode_user(user: &User) -> Result<Vec<u8>, StoreError> {
+    encode_as(FORMAT_USER_V2, user)
+}
+
+/// A user record of either format, decoded in place (see `UserRecord`).
 pub fn decode_user<'a>(
     kind: &'static str,
     key: &[u8],
     value: &'a [u8],
 ) -> Result<UserRecord<'a>, StoreError> {
-    decode_borrowed(kind, key, value)
+    match value.first() {
+        Some(&FORMAT_USER_V2) => decode_format(FORMAT_USER_V2, kind, key, value),
+        _ => decode_borrowed::<UserRecordV1<'a>>(kind, key, value).map(Into::into),
+    }
+}
+
+/// A user record of either format, as a `User`.
+pub fn decode_user_owned(kind: &'static str, key: &[u8], value: &[u8]) -> Result<User, StoreError> {
+    let record = decode_user(kind, key, value)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        kind,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    Ok(User {
+        account_id: AccountId::try_from(record.account_id.to_owned())
+            .map_err(|e| corrupt(format!("account id {e}")))?,
+        id: UserId::try_from(record.id.to_owned()).map_err(|e| corrupt(format!("user id {e}")))?,
+        display_name: record.display_name.to_owned(),
+        edition: record.edition.map(str::to_owned),
+        tier: record.tier,
+        revision: record.revision,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        supervisor_scope: record.supervisor_scope,
+    })
+}
+
+/// A change-feed record: one revision's mutations (format 2, users with
+/// their scope).
+pub fn encode_mutations(mutations: &[Mutation]) -> Result<Vec<u8>, StoreError> {
+    encode_as(FORMAT_USER_V2, &mutations)
+}
+
+/// A user as format 1 records held it (change-feed records, and answers
+/// kept for retries): a write's output that holds a user decodes its old
+/// answers with this (`Store::write_upgrading`).
+#[derive(Deserialize)]
+pub struct UserV1 {
+    account_id: AccountId,
+    id: UserId,
+    display_name: String,
+    edition: Option<String>,
+    tier: Tier,
+    revision: u64,
+    created_at: SystemTime,
+    updated_at: SystemTime,
+}
+
+/// `Mutation` as format 1 change-feed records held it: variant for variant.
+#[derive(Deserialize)]
+enum MutationV1 {
+    PutAccount(Account),
+    PutUser(UserV1),
+    DeleteUser(AccountId, UserId),
+    PutToken(Token),
+    MarkBootstrapped,
+}
+
+impl From<UserV1> for User {
+    fn from(u: UserV1) -> Self {
+        User {
+            supervisor_scope: old_scope(u.tier),
+            account_id: u.account_id,
+            id: u.id,
+            display_name: u.display_name,
+            edition: u.edition,
+            tier: u.tier,
+            revision: u.revision,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+impl From<MutationV1> for Mutation {
+    fn from(old: MutationV1) -> Self {
+        match old {
+            MutationV1::PutAccount(a) => Mutation::PutAccount(a),
+            MutationV1::PutUser(u) => Mutation::PutUser(u.into()),
+            MutationV1::DeleteUser(a, u) => Mutation::DeleteUser(a, u),
+            MutationV1::PutToken(t) => Mutation::PutToken(t),
+            MutationV1::MarkBootstrapped => Mutation::MarkBootstrapped,
+        }
+    }
+}
+
+/// A change-feed record of either format.
+pub fn decode_mutations(
+    kind: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Vec<Mutation>, StoreError> {
+    match value.first() {
+        Some(&FORMAT_USER_V2) => decode_format(FORMAT_USER_V2, kind, key, value),
+        _ => {
+            let old: Vec<MutationV1> = decode(kind, key, value)?;
+            Ok(old.into_iter().map(Into::into).collect())
+        }
+    }
+}
+
+/// Answers kept for retries since users carry their scope (format 2);
+/// format 1 answers are read by the write's own `v1` (`decode_output`).
+const FORMAT_OUTPUT_V2: u8 = 2;
+
+/// A write's output, as kept for a retry.
+pub fn encode_output<T: Serialize>(output: &T) -> Result<Vec<u8>, StoreError> {
+    encode_as(FORMAT_OUTPUT_V2, output)
+}
+
+/// A kept output of either format: format 1 (written before scopes) is
+/// read by `v1`, which knows the output's old shape (the same as today's
+/// unless it holds a user).
+pub fn decode_output<T: DeserializeOwned>(
+    kind: &'static str,
+    key: &[u8],
+    value: &[u8],
+    v1: fn(&[u8]) -> Result<T, postcard::Error>,
+) -> Result<T, StoreError> {
+    match value.split_first() {
+        Some((&FORMAT_OUTPUT_V2, _)) => decode_format(FORMAT_OUTPUT_V2, kind, key, value),
+        Some((&FORMAT_V1, body)) => v1(body).map_err(|e| StoreError::Corrupt {
+            kind,
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        }),
+        _ => decode(kind, key, value),
+    }
+}
+
+fn encode_as<T: Serialize + ?Sized>(format: u8, record: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![format];
+    out.extend_from_slice(
+        &postcard::to_stdvec(record).map_err(|e| StoreError::Encode(e.to_string()))?,
+    );
+    Ok(out)
 }
 
 fn decode_borrowed<'a, T: Deserialize<'a>>(
+    kind: &'static str,
+    key: &[u8],
+    value: &'a [u8],
+) -> Result<T, StoreError> {
+    decode_format(FORMAT_V1, kind, key, value)
+}
+
+/// A record that must be of `format`.
+fn decode_format<'a, T: Deserialize<'a>>(
+    format: u8,
     kind: &'static str,
     key: &[u8],
     value: &'a [u8],
@@ -226,7 +480,9 @@ fn decode_borrowed<'a, T: Deserialize<'a>>(
         reason,
     };
     match value.split_first() {
-        Some((&FORMAT_V1, body)) => postcard::from_bytes(body).map_err(|e| corrupt(e.to_string())),
+        Some((&f, body)) if f == format => {
+            postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))
+        }
         Some((v, _)) => Err(corrupt(format!("unknown record format {v}"))),
         None => Err(corrupt("empty record".to_owned())),
     }
@@ -275,15 +531,24 @@ mod tests {
             revision: 300,
             created_at: SystemTime::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 5),
             updated_at: SystemTime::UNIX_EPOCH + std::time::Duration::new(1_800_000_000, 7),
+            supervisor_scope: Some(SupervisorScope::WholeAccount),
         };
         for user in [
             user.clone(),
             User {
+                supervisor_scope: Some(scoped()),
+                ..user.clone()
+            },
+            User {
                 edition: None,
+                tier: Tier::None,
+                supervisor_scope: None,
                 ..user
             },
         ] {
-            let bytes = encode(&user).unwrap();
+            let bytes = encode_user(&user).unwrap();
+            assert_eq!(bytes[0], FORMAT_USER_V2);
+            assert_eq!(decode_user_owned("users", b"k", &bytes).unwrap(), user);
             let read = decode_user("users", b"k", &bytes).unwrap();
             assert_eq!(read.account_id, user.account_id.as_str());
             assert_eq!(read.id, user.id.as_str());
@@ -293,8 +558,76 @@ mod tests {
             assert_eq!(read.revision, user.revision);
             assert_eq!(read.created_at, user.created_at);
             assert_eq!(read.updated_at, user.updated_at);
+            assert_eq!(read.supervisor_scope, user.supervisor_scope);
         }
         assert!(decode_user("users", b"k", b"\x01garbage that is no user").is_err());
+        assert!(decode_user("users", b"k", b"\x02garbage that is no user").is_err());
+    }
+
+    fn scoped() -> SupervisorScope {
+        use crate::domain::{ScopeKind, ScopeRef};
+        SupervisorScope::Only(
+            vec![
+                ScopeRef {
+                    kind: ScopeKind::Site,
+                    id: "S1".into(),
+                },
+                ScopeRef {
+                    kind: ScopeKind::CallQueue,
+                    id: "Q9".into(),
+                },
+            ]
+            .into(),
+        )
+    }
+
+    /// A format 1 user (before scopes): a supervisor of then sees the whole
+    /// account, anyone else has no scope; and so in a change-feed record.
+    #[test]
+    fn users_of_format_1_decode_with_the_scope_they_meant() {
+        let at = SystemTime::UNIX_EPOCH;
+        // postcard writes a struct as its fields in order: this tuple is a
+        // format 1 user, byte for byte.
+        let old = |tier: Tier| ("acme", "ada", "Ada", Some("X8"), tier, 3u64, at, at);
+        for (tier, scope) in [
+            (Tier::Supervisor, Some(SupervisorScope::WholeAccount)),
+            (Tier::Essentials, None),
+            (Tier::None, None),
+        ] {
+            let bytes = encode(&old(tier)).unwrap();
+            assert_eq!(bytes[0], FORMAT_V1);
+            let user = decode_user_owned("users", b"k", &bytes).unwrap();
+            assert_eq!((user.tier, user.supervisor_scope), (tier, scope.clone()));
+            assert_eq!((user.id.as_str(), user.revision), ("ada", 3));
+
+            // Variant 1 of `Mutation` is PutUser.
+            let feed = encode(&vec![Old::PutUser(old(tier))]).unwrap();
+            let mutations = decode_mutations("changes", b"k", &feed).unwrap();
+            let [Mutation::PutUser(user)] = &mutations[..] else {
+                panic!("{mutations:?}");
+            };
+            assert_eq!(user.supervisor_scope, scope);
+        }
+        #[derive(Serialize)]
+        #[allow(
+            dead_code,
+            reason = "the variants before PutUser only give it its index"
+        )]
+        enum Old<U> {
+            PutAccount(()),
+            PutUser(U),
+        }
+
+        let user = User {
+            supervisor_scope: Some(scoped()),
+            ..decode_user_owned("users", b"k", &encode(&old(Tier::Supervisor)).unwrap()).unwrap()
+        };
+        let feed = encode_mutations(&[Mutation::PutUser(user.clone())]).unwrap();
+        let [Mutation::PutUser(read)] = &decode_mutations("changes", b"k", &feed).unwrap()[..]
+        else {
+            panic!("one mutation");
+        };
+        assert_eq!(*read, user);
     }
 
     /// A record written before `via` existed reads as made through the API;
@@ -325,44 +658,91 @@ mod tests {
         assert_eq!(read.actor.name, "billing");
         assert_eq!(read.user_id, "ada");
 
-        let v2 = AuditRecord {
+        let new = AuditRecord {
             actor: Actor {
                 via: Via::Console,
                 ..read.actor.clone()
             },
             ..read
         };
-        // A format 2 record is a format 3 one without the account's states.
-        let mut bytes = vec![FORMAT_AUDIT_V2];
-        bytes.extend(
+        let bytes = encode_audit(&new).unwrap();
+        assert_eq!(bytes[0], FORMAT_AUDIT_V4);
+        assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), new);
+
+        // A format 3 record is a format 4 one without the account's states.
+        let mut v3 = vec![FORMAT_AUDIT_V3];
+        v3.extend(
             postcard::to_stdvec(&(
-                v2.seq,
-                v2.revision,
-                v2.at,
-                &v2.actor,
-                v2.rpc,
-                &v2.account_id,
-                &v2.user_id,
-                &v2.before,
-                &v2.after,
-                &v2.details,
-                &v2.outcome,
+                new.seq,
+                new.revision,
+                new.at,
+                &new.actor,
+                new.rpc,
+                &new.account_id,
+                &new.user_id,
+                &new.before,
+                &new.after,
+                &new.details,
+                &new.outcome,
             ))
             .unwrap(),
         );
-        assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), v2);
-
-        let new = AuditRecord {
-            account_before: None,
+        assert_eq!(decode_audit("audit", b"k", &v3).unwrap(), new);
+        let with_account = AuditRecord {
             account_after: Some(crate::domain::AccountState {
                 display_name: "Acme".to_owned(),
                 product_line: "work".to_owned(),
                 analytics_activated_at: Some(at),
             }),
-            ..v2
+            ..new
+        };
+        let bytes = encode_audit(&with_account).unwrap();
+        assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), with_account);
+    }
+
+    /// A format 2 record's states (before scopes) read as a supervisor of
+    /// then saw: the whole account; a format 3 record keeps its scopes.
+    #[test]
+    fn audit_records_of_format_2_decode_with_the_scope_they_meant() {
+        let at = SystemTime::UNIX_EPOCH;
+        let actor = Actor {
+            token_id: "tok_1".into(),
+            name: "billing".into(),
+            role: Role::Provisioner,
+            via: Via::Console,
+        };
+        let mut old = vec![FORMAT_AUDIT_V2];
+        old.extend(
+            postcard::to_stdvec(&(
+                7u64,
+                3u64,
+                at,
+                &actor,
+                Rpc::UpdateUserServices,
+                "acme",
+                "ada",
+                Some(("Ada", Some("X2"), Tier::Essentials)),
+                Some(("Ada", Some("X8"), Tier::Supervisor)),
+                Vec::<String>::new(),
+                Outcome::Applied,
+            ))
+            .unwrap(),
+        );
+        let read = decode_audit("audit", b"k", &old).unwrap();
+        assert_eq!(read.actor, actor);
+        assert_eq!(read.before.as_ref().unwrap().supervisor_scope, None);
+        let after = read.after.clone().unwrap();
+        assert_eq!(after.tier, Tier::Supervisor);
+        assert_eq!(after.supervisor_scope, Some(SupervisorScope::WholeAccount));
+
+        let new = AuditRecord {
+            after: Some(UserState {
+                supervisor_scope: Some(scoped()),
+                ..after
+            }),
+            ..read
         };
         let bytes = encode_audit(&new).unwrap();
-        assert_eq!(bytes[0], FORMAT_AUDIT_V3);
         assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), new);
     }
 }

@@ -42,6 +42,7 @@ use crate::domain::{Account, User};
 
 pub use self::sled::restore;
 pub use backup::{Backup, BackupError, BackupSummary, FORMAT_VERSION, verify};
+pub use codec::UserV1;
 pub use location::{CopySummary, Location, copy, restore_into_database};
 pub use view::{UserServices, View};
 pub use write::{

@@ -12,7 +12,8 @@ use std::{
 
 use super::{Mutation, StoreError, codec::USERS};
 use crate::domain::{
-    Account, AccountId, MAX_ID_LEN, Principal, Tier, Token, User, UserId, validate_id,
+    Account, AccountId, MAX_ID_LEN, Principal, ScopeRef, SupervisorScope, Tier, Token, User,
+    UserId, validate_id,
 };
 
 /// Accounts and users as of `revision`.
@@ -47,6 +48,48 @@ impl From<Token> for TokenEntry {
 struct AccountEntry {
     account: Account,
     users: BTreeMap<UserKey, UserEntry>,
+    /// The groups of each supervisor scoped to a list of them (rule 12), by
+    /// user id: few users have one, so it lives beside the users' slots
+    /// (whose `scoped` says to look here) rather than in each of them.
+    scopes: HashMap<Box<str>, Arc<[ScopeRef]>>,
+}
+
+impl AccountEntry {
+    fn new(account: Account) -> Self {
+        AccountEntry {
+            account,
+            users: BTreeMap::new(),
+            scopes: HashMap::new(),
+        }
+    }
+
+    /// A user's scope: set exactly when its tier is Supervisor.
+    fn scope(&self, id: &str, user: &UserEntry) -> Option<SupervisorScope> {
+        if user.tier != Tier::Supervisor {
+            return None;
+        }
+        Some(match user.scoped.then(|| self.scopes.get(id)).flatten() {
+            Some(refs) => SupervisorScope::Only(Arc::clone(refs)),
+            None => SupervisorScope::WholeAccount,
+        })
+    }
+
+    /// Keeps (or forgets) a user's list of groups, and says whether it has
+    /// one.
+    fn set_scope(&mut self, id: &str, scope: Option<&SupervisorScope>) -> bool {
+        match scope {
+            Some(SupervisorScope::Only(refs)) => {
+                self.scopes.insert(id.into(), Arc::clone(refs));
+                true
+            }
+            _ => {
+                if !self.scopes.is_empty() {
+                    self.scopes.remove(id);
+                }
+                false
+            }
+        }
+    }
 }
 
 /// A user's id and display name in one allocation, ordered (and looked up)
@@ -119,7 +162,9 @@ impl Ord for UserKey {
 }
 
 /// The rest of a user as the view keeps it (the account id is its map's,
-/// the id and name are the key's): 40 bytes.
+/// the id and name are the key's): 40 bytes. A supervisor's scope is the
+/// whole account unless `scoped`, when its groups are in the account's
+/// `scopes` (in what was padding, so a slot is no bigger for it).
 #[derive(Debug)]
 struct UserEntry {
     revision: u64,
@@ -130,6 +175,7 @@ struct UserEntry {
     /// An index into `View::editions`; `NO_EDITION` for none.
     edition: u32,
     tier: Tier,
+    scoped: bool,
 }
 
 const NO_EDITION: u32 = u32::MAX;
@@ -165,10 +211,13 @@ fn time((secs, nanos): (i64, u32)) -> SystemTime {
 }
 
 /// What a check needs of a user, borrowed from the view.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UserServices<'a> {
     pub edition: Option<&'a str>,
     pub tier: Tier,
+    /// Set exactly when `tier` is Supervisor; a list of groups is shared
+    /// with the view, not copied.
+    pub supervisor_scope: Option<SupervisorScope>,
 }
 
 /// A user's fields, borrowed: what a backend that decodes its records in
@@ -183,6 +232,7 @@ pub(crate) struct UserFields<'a> {
     pub revision: u64,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
+    pub supervisor_scope: Option<&'a SupervisorScope>,
 }
 
 /// A view being loaded: tokens and accounts first, then users one by one
@@ -214,13 +264,8 @@ impl Builder {
         }
         for account in accounts {
             let account = account?;
-            view.accounts.insert(
-                account.id.clone(),
-                AccountEntry {
-                    account,
-                    users: BTreeMap::new(),
-                },
-            );
+            view.accounts
+                .insert(account.id.clone(), AccountEntry::new(account));
         }
         Ok(Builder {
             view,
@@ -250,7 +295,10 @@ impl Builder {
             self.run_account = Some(entry.account.id.clone());
         }
         validate_id(user.id).map_err(|e| corrupt(format!("user id {e}")))?;
-        let entry = self.view.entry(&user);
+        let mut entry = self.view.entry(&user);
+        if let Some(account) = self.view.accounts.get_mut(user.account_id) {
+            entry.1.scoped = account.set_scope(user.id, user.supervisor_scope);
+        }
         self.run.push(entry);
         Ok(())
     }
@@ -264,11 +312,11 @@ impl Builder {
 }
 
 impl UserEntry {
-    fn user(&self, view: &View, account: &AccountId, key: &UserKey) -> Option<User> {
+    fn user(&self, view: &View, account: &AccountEntry, key: &UserKey) -> Option<User> {
         // The key was made from a `UserId`, so this never fails.
         let id = UserId::try_from(key.id().to_owned()).ok()?;
         Some(User {
-            account_id: account.clone(),
+            account_id: account.account.id.clone(),
             id,
             display_name: key.display_name().to_owned(),
             edition: view.edition(self.edition).map(str::to_owned),
@@ -276,6 +324,7 @@ impl UserEntry {
             revision: self.revision,
             created_at: time((self.secs[0], self.nanos[0])),
             updated_at: time((self.secs[1], self.nanos[1])),
+            supervisor_scope: account.scope(key.id(), self),
         })
     }
 }
@@ -305,6 +354,7 @@ impl View {
                 revision: user.revision,
                 created_at: user.created_at,
                 updated_at: user.updated_at,
+                supervisor_scope: user.supervisor_scope.as_ref(),
             })?;
         }
         Ok(builder.finish())
@@ -358,12 +408,13 @@ impl View {
             nanos: [created.1, updated.1],
             edition: self.edition_index(user.edition),
             tier: user.tier,
+            scoped: false,
         };
         (key, entry)
     }
 
     fn put_user(&mut self, user: User) {
-        let (key, entry) = self.entry(&UserFields {
+        let (key, mut entry) = self.entry(&UserFields {
             account_id: user.account_id.as_str(),
             id: user.id.as_str(),
             display_name: &user.display_name,
@@ -372,8 +423,10 @@ impl View {
             revision: user.revision,
             created_at: user.created_at,
             updated_at: user.updated_at,
+            supervisor_scope: None,
         });
         if let Some(stored) = self.accounts.get_mut(user.account_id.as_str()) {
+            entry.scoped = stored.set_scope(key.id(), user.supervisor_scope.as_ref());
             stored.users.remove(key.id());
             stored.users.insert(key, entry);
         }
@@ -385,19 +438,15 @@ impl View {
                 Mutation::PutAccount(account) => match self.accounts.get_mut(account.id.as_str()) {
                     Some(entry) => entry.account = account,
                     None => {
-                        self.accounts.insert(
-                            account.id.clone(),
-                            AccountEntry {
-                                account,
-                                users: BTreeMap::new(),
-                            },
-                        );
+                        self.accounts
+                            .insert(account.id.clone(), AccountEntry::new(account));
                     }
                 },
                 Mutation::PutUser(user) => self.put_user(user),
                 Mutation::DeleteUser(account, user) => {
                     if let Some(entry) = self.accounts.get_mut(account.as_str()) {
                         entry.users.remove(user.as_str());
+                        entry.set_scope(user.as_str(), None);
                     }
                 }
                 Mutation::PutToken(token) => {
@@ -426,7 +475,7 @@ impl View {
     pub fn user(&self, account: &str, user: &str) -> Option<User> {
         let entry = self.accounts.get(account)?;
         let (key, stored) = entry.users.get_key_value(user)?;
-        stored.user(self, &entry.account.id, key)
+        stored.user(self, entry, key)
     }
 
     /// Every account, in no order.
@@ -472,6 +521,7 @@ impl View {
                 entry.users.get(user).map(|u| UserServices {
                     edition: self.edition(u.edition),
                     tier: u.tier,
+                    supervisor_scope: entry.scope(user, u),
                 }),
             ),
             None => (None, None),
@@ -490,7 +540,7 @@ impl View {
             .flat_map(|e| {
                 e.users
                     .iter()
-                    .filter_map(|(key, stored)| stored.user(self, &e.account.id, key))
+                    .filter_map(|(key, stored)| stored.user(self, e, key))
             })
             .collect()
     }
@@ -512,7 +562,7 @@ impl View {
         let page: Vec<User> = range
             .by_ref()
             .take(limit)
-            .filter_map(|(key, u)| u.user(self, &entry.account.id, key))
+            .filter_map(|(key, u)| u.user(self, entry, key))
             .collect();
         let more = range.next().is_some();
         Some((page, more))
@@ -533,6 +583,7 @@ mod tests {
             revision: 7,
             created_at: at,
             updated_at: at + Duration::from_nanos(1),
+            supervisor_scope: Some(SupervisorScope::WholeAccount),
         }
     }
 
@@ -589,6 +640,87 @@ mod tests {
             std::mem::size_of::<UserKey>() + std::mem::size_of::<UserEntry>(),
             56
         );
+    }
+
+    fn scope(ids: &[&str]) -> SupervisorScope {
+        use crate::domain::ScopeKind;
+        SupervisorScope::Only(
+            ids.iter()
+                .map(|id| ScopeRef {
+                    kind: ScopeKind::UserGroup,
+                    id: (*id).to_owned(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Rule 12 in the view: a list of groups is kept beside the user's
+    /// slot, follows the user through loads, puts, lowering and deletion,
+    /// and reaches the check; a whole-account supervisor needs no entry.
+    #[test]
+    fn a_scoped_supervisor_keeps_its_groups_beside_its_slot() {
+        let at = UNIX_EPOCH;
+        let scoped = User {
+            supervisor_scope: Some(scope(&["G1", "G2"])),
+            ..user("acme", "sam", "Sam", at)
+        };
+        let whole = user("acme", "wes", "Wes", at);
+        let mut view = View::load(
+            1,
+            [],
+            [Ok(account("acme"))],
+            [Ok(scoped.clone()), Ok(whole.clone())],
+        )
+        .unwrap();
+        assert_eq!(view.user("acme", "sam"), Some(scoped.clone()));
+        assert_eq!(view.user("acme", "wes"), Some(whole.clone()));
+        assert_eq!(view.accounts["acme"].scopes.len(), 1);
+        assert_eq!(
+            view.account_and_user("acme", "sam")
+                .1
+                .unwrap()
+                .supervisor_scope,
+            scoped.supervisor_scope
+        );
+        assert_eq!(
+            view.account_and_user("acme", "wes")
+                .1
+                .unwrap()
+                .supervisor_scope,
+            Some(SupervisorScope::WholeAccount)
+        );
+
+        // Scoped anew, then lowered: the groups go with Supervisor.
+        let rescoped = User {
+            supervisor_scope: Some(scope(&["G3"])),
+            ..whole.clone()
+        };
+        view.apply(2, vec![Mutation::PutUser(rescoped.clone())]);
+        assert_eq!(view.user("acme", "wes"), Some(rescoped));
+        assert_eq!(view.accounts["acme"].scopes.len(), 2);
+        let lowered = User {
+            tier: Tier::Essentials,
+            supervisor_scope: None,
+            ..scoped.clone()
+        };
+        view.apply(3, vec![Mutation::PutUser(lowered.clone())]);
+        assert_eq!(view.user("acme", "sam"), Some(lowered));
+        assert_eq!(
+            view.account_and_user("acme", "sam")
+                .1
+                .unwrap()
+                .supervisor_scope,
+            None
+        );
+        view.apply(
+            4,
+            vec![Mutation::DeleteUser(
+                whole.account_id.clone(),
+                whole.id.clone(),
+            )],
+        );
+        assert!(view.accounts["acme"].scopes.is_empty());
+        assert_eq!(view.user_count(), 1);
     }
 
     /// A user put again with a new name is found under its id with the new

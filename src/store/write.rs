@@ -209,6 +209,24 @@ impl Store {
         &self,
         target: &Target,
         ctx: WriteContext,
+        plan: impl FnMut(TargetState) -> Result<WritePlan<T>, E> + Send,
+    ) -> Result<Written<T>, E>
+    where
+        T: Serialize + DeserializeOwned + Send,
+        E: From<StoreError> + Refusable + Send,
+    {
+        self.write_upgrading(target, ctx, unchanged::<T>, plan)
+            .await
+    }
+
+    /// `write`, for an output whose shape changed since answers were first
+    /// kept for retries (one holding a `User`, which gained its scope):
+    /// `v1` reads an answer kept in the old shape (format 1).
+    pub async fn write_upgrading<T, E>(
+        &self,
+        target: &Target,
+        ctx: WriteContext,
+        v1: fn(&[u8]) -> Result<T, postcard::Error>,
         mut plan: impl FnMut(TargetState) -> Result<WritePlan<T>, E> + Send,
     ) -> Result<Written<T>, E>
     where
@@ -222,7 +240,7 @@ impl Store {
         });
         let mut outcome: Option<Answer<T, E>> = None;
         let mut write = |seen: Seen| {
-            let (step, answer) = plan_write(seen, &ctx, &mut plan)?;
+            let (step, answer) = plan_write(seen, &ctx, v1, &mut plan)?;
             outcome = Some(answer);
             Ok(step)
         };
@@ -268,12 +286,18 @@ impl Store {
     }
 }
 
+/// A kept output whose shape is the same in both formats.
+fn unchanged<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
 /// One run of a write as the one writer: replays a retry, refuses a reused
 /// request id, or runs `plan` and says what to commit. Returns the step
 /// for the backend and the answer for the caller.
 fn plan_write<T, E>(
     seen: Seen,
     ctx: &WriteContext,
+    v1: fn(&[u8]) -> Result<T, postcard::Error>,
     plan: &mut impl FnMut(TargetState) -> Result<WritePlan<T>, E>,
 ) -> Result<(Step, Answer<T, E>), StoreError>
 where
@@ -295,7 +319,8 @@ where
             let answer = match record.answer {
                 Ok(output) => {
                     let key = format!("{}\0{}", ctx.actor.token_id, request.id);
-                    let output = codec::decode(codec::REQUESTS, key.as_bytes(), &output)?;
+                    let output =
+                        codec::decode_output(codec::REQUESTS, key.as_bytes(), &output, v1)?;
                     Ok((
                         Written {
                             output,
@@ -371,7 +396,7 @@ where
         // running.
         let changes = Changes {
             keep: match &ctx.request {
-                Some(_) => keep(committed, Ok(codec::encode(&output)?)),
+                Some(_) => keep(committed, Ok(codec::encode_output(&output)?)),
                 None => None,
             },
             ..Changes::default()
@@ -388,7 +413,7 @@ where
     let audit = audit_records(ctx, revision, &mutations, &befores, &details);
     let changes = Changes {
         keep: match &ctx.request {
-            Some(_) => keep(revision, Ok(codec::encode(&output)?)),
+            Some(_) => keep(revision, Ok(codec::encode_output(&output)?)),
             None => None,
         },
         mutations,

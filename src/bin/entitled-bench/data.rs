@@ -8,7 +8,7 @@ use std::{
 };
 
 use entitled::{
-    domain::{Account, AccountId, Tier, User, UserId},
+    domain::{Account, AccountId, SupervisorScope, Tier, User, UserId},
     store::{Location, Store},
 };
 
@@ -84,6 +84,8 @@ pub fn load(
                 revision: 0,
                 created_at: activated,
                 updated_at: activated,
+                supervisor_scope: (tier == Tier::Supervisor)
+                    .then_some(SupervisorScope::WholeAccount),
             })
         })
         .collect::<Result<Vec<_>, BoxError>>()?;

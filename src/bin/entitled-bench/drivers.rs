@@ -22,7 +22,7 @@ use crate::{
     data::{account_name, user_name, x8_users},
     proto::{self as bpb, baseline_service_client::BaselineServiceClient},
     servers::{ServerProcess, connect},
-    stats::{Stats, WatchRun, cpu_time},
+    stats::{Stats, WatchRun, cpu_time, machine_busy},
 };
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
@@ -63,6 +63,7 @@ fn flip(i: usize, per_account: usize, pass: usize) -> pb::UpdateUserServicesRequ
         analytics_tier: Some(tier as i32),
         expected_revision: None,
         request_id: String::new(),
+        supervisor_scope: None,
     }
 }
 
@@ -94,9 +95,11 @@ where
     let end = start + duration;
     let cpu = tokio::spawn(async move {
         tokio::time::sleep_until(start.into()).await;
-        let before = cpu_time(pid);
+        let before = (cpu_time(pid), machine_busy());
         tokio::time::sleep_until(end.into()).await;
-        Some(cpu_time(pid)?.saturating_sub(before?))
+        let after = (cpu_time(pid), machine_busy());
+        let used = |a: Option<Duration>, b: Option<Duration>| Some(a?.saturating_sub(b?));
+        (used(after.0, before.0), used(after.1, before.1))
     });
     let mut tasks = Vec::with_capacity(concurrency);
     for t in 0..concurrency {
@@ -139,7 +142,7 @@ where
         total.latencies.extend(s.latencies);
     }
     total.elapsed = duration;
-    total.server_cpu = cpu.await?;
+    (total.server_cpu, total.machine_cpu) = cpu.await?;
     total.latencies.sort_unstable();
     if total.errors > 0 {
         eprintln!("  warning: {} calls failed", total.errors);

@@ -11,6 +11,9 @@ pub struct Stats {
     pub elapsed: Duration,
     /// CPU time the server process used during the measured window.
     pub server_cpu: Option<Duration>,
+    /// CPU time the whole machine was busy (every process, every core,
+    /// PostgreSQL and the load generator included) during the window.
+    pub machine_cpu: Option<Duration>,
     /// Per-call latencies, nanoseconds, sorted.
     pub latencies: Vec<u64>,
 }
@@ -25,6 +28,13 @@ impl Stats {
     /// Server CPU per call, microseconds.
     pub fn cpu_us_per_call(&self) -> f64 {
         match self.server_cpu {
+            Some(cpu) if self.calls > 0 => cpu.as_secs_f64() * 1e6 / self.calls as f64,
+            _ => f64::NAN,
+        }
+    }
+    /// The whole machine's CPU per call, microseconds.
+    pub fn machine_us_per_call(&self) -> f64 {
+        match self.machine_cpu {
             Some(cpu) if self.calls > 0 => cpu.as_secs_f64() * 1e6 / self.calls as f64,
             _ => f64::NAN,
         }
@@ -73,6 +83,22 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_secs_f64(
         (utime + stime) as f64 / clock_ticks(),
     ))
+}
+
+/// CPU time the machine has spent busy since boot, all cores: user, nice,
+/// system, irq and softirq (not idle, I/O wait or time stolen by the host).
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let busy: u64 = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| fields.get(i).copied())
+        .sum::<Option<u64>>()?;
+    Some(Duration::from_secs_f64(busy as f64 / clock_ticks()))
 }
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).

@@ -277,6 +277,7 @@ fn notice_text(notice: &Notice, edition: Option<&str>) -> String {
             edition.unwrap_or("the new edition")
         ),
         NoticeKind::TierRemoved => "Analytics access was set to None, do not allow access: without an edition licence no analytics can be given.".to_owned(),
+        NoticeKind::ScopeDropped => "The groups this supervisor was limited to were removed with Supervisor Analytics.".to_owned(),
     }
 }
 

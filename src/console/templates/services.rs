@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use super::{
     Chrome, FieldError, edition_label, field_error, href, page, tier_label, tier_short, time,
 };
-use crate::console::service::{Account, Decision, ProductLine, ReportKind, Tier, User};
+use crate::console::service::{Account, Decision, ProductLine, ReportKind, ScopeKind, Tier, User};
 
 /// What the page shows.
 pub struct View<'a> {
@@ -223,6 +223,15 @@ fn max_tier(line: Option<&ProductLine>, edition: Option<&str>) -> Tier {
 }
 
 /// What `CheckAnalyticsAccess` answers for this user now.
+fn scope_kind_label(kind: ScopeKind) -> &'static str {
+    match kind {
+        ScopeKind::Site => "site",
+        ScopeKind::UserGroup => "user group",
+        ScopeKind::RingGroup => "ring group",
+        ScopeKind::CallQueue => "call queue",
+    }
+}
+
 fn gateway(v: &View) -> Markup {
     let d = v.decision;
     let delay = super::duration(v.data_delay);
@@ -232,6 +241,25 @@ fn gateway(v: &View) -> Markup {
             dl class="summary" {
                 div { dt { "Edition licence" } dd { (edition_label(v.user.edition.as_deref())) } }
                 div { dt { "Analytics access" } dd { (tier_short(v.user.tier)) } }
+                // Rule 12: shown, not edited here (set over the API or the
+                // command line); a save that keeps Supervisor keeps it.
+                @if let Some(scope) = &d.supervisor_scope {
+                    div {
+                        dt { "Supervisor sees" }
+                        dd id="supervisor-scope" {
+                            @match scope.refs() {
+                                None => { "The whole account" }
+                                Some(refs) => {
+                                    "Only these groups: "
+                                    @for (i, r) in refs.iter().enumerate() {
+                                        @if i > 0 { ", " }
+                                        (scope_kind_label(r.kind)) " " code { (r.id) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
                 div {
                     dt { "Dashboard icon" }
                     dd id="dashboard-icon" {

@@ -7,9 +7,10 @@ use crate::{
     catalogue::{Catalogue, Report, ReportKind},
     domain::{
         Account, AccountState, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome,
-        ReportAccess, Role, Tier, Token, User, UserState, Via,
+        ReportAccess, Role, ScopeKind, ScopeRef, SupervisorScope, Tier, Token, User, UserState,
+        Via,
     },
-    proto::{CheckAnswer, EncodedReports, v1 as pb},
+    proto::{CheckAnswer, EncodedReports, EncodedScope, v1 as pb},
     service::{AccountChangeKind, WatchEvent},
 };
 
@@ -36,6 +37,55 @@ impl From<ReportKind> for pb::ReportKind {
     }
 }
 
+impl From<ScopeKind> for pb::ScopeKind {
+    fn from(k: ScopeKind) -> Self {
+        match k {
+            ScopeKind::Site => pb::ScopeKind::Site,
+            ScopeKind::UserGroup => pb::ScopeKind::UserGroup,
+            ScopeKind::RingGroup => pb::ScopeKind::RingGroup,
+            ScopeKind::CallQueue => pb::ScopeKind::CallQueue,
+        }
+    }
+}
+
+impl From<&ScopeRef> for pb::ScopeRef {
+    fn from(r: &ScopeRef) -> Self {
+        pb::ScopeRef {
+            kind: pb::ScopeKind::from(r.kind) as i32,
+            id: r.id.clone(),
+        }
+    }
+}
+
+impl From<&SupervisorScope> for pb::SupervisorScope {
+    fn from(s: &SupervisorScope) -> Self {
+        match s {
+            SupervisorScope::WholeAccount => pb::SupervisorScope {
+                whole_account: true,
+                refs: Vec::new(),
+            },
+            SupervisorScope::Only(refs) => pb::SupervisorScope {
+                whole_account: false,
+                refs: refs.iter().map(Into::into).collect(),
+            },
+        }
+    }
+}
+
+fn pb_scope(s: &Option<SupervisorScope>) -> Option<pb::SupervisorScope> {
+    s.as_ref().map(Into::into)
+}
+
+/// A decision's scope as the fast path writes it: the whole account is a
+/// constant; only a list of groups is encoded for the answer.
+fn encoded_scope(s: &Option<SupervisorScope>) -> EncodedScope {
+    match s {
+        None => EncodedScope::NONE,
+        Some(SupervisorScope::WholeAccount) => EncodedScope::WHOLE_ACCOUNT,
+        Some(scope) => EncodedScope::new(&scope.into()),
+    }
+}
+
 impl From<&Account> for pb::Account {
     fn from(a: &Account) -> Self {
         pb::Account {
@@ -59,6 +109,7 @@ impl From<&User> for pb::User {
             revision: u.revision,
             updated_at: Some(u.updated_at.into()),
             created_at: Some(u.created_at.into()),
+            supervisor_scope: pb_scope(&u.supervisor_scope),
         }
     }
 }
@@ -68,6 +119,7 @@ impl From<&Notice> for pb::Notice {
         let kind = match n.kind {
             NoticeKind::TierLowered => pb::NoticeKind::TierLowered,
             NoticeKind::TierRemoved => pb::NoticeKind::TierRemoved,
+            NoticeKind::ScopeDropped => pb::NoticeKind::ScopeDropped,
         };
         pb::Notice {
             kind: kind as i32,
@@ -101,6 +153,7 @@ impl From<Decision> for pb::CheckAnalyticsAccessResponse {
             revision: d.revision,
             stored_tier: tier_i32(d.stored_tier),
             reason: d.reason,
+            supervisor_scope: pb_scope(&d.supervisor_scope),
         }
     }
 }
@@ -175,6 +228,7 @@ impl Answers {
 }
 
 fn write(d: Decision, reports: EncodedReports) -> CheckAnswer {
+    let supervisor_scope = encoded_scope(&d.supervisor_scope);
     CheckAnswer {
         allowed: d.allowed,
         tier: tier_i32(d.tier),
@@ -186,6 +240,7 @@ fn write(d: Decision, reports: EncodedReports) -> CheckAnswer {
         revision: d.revision,
         stored_tier: tier_i32(d.stored_tier),
         reason: d.reason,
+        supervisor_scope,
     }
 }
 
@@ -267,6 +322,7 @@ impl From<&UserState> for pb::UserState {
             display_name: u.display_name.clone(),
             edition: u.edition.clone().unwrap_or_default(),
             analytics_tier: tier_i32(u.tier),
+            supervisor_scope: pb_scope(&u.supervisor_scope),
         }
     }
 }
@@ -334,6 +390,7 @@ impl From<&User> for pb::UserRow {
             display_name: u.display_name.clone(),
             edition: u.edition.clone().unwrap_or_default(),
             analytics_tier: tier_i32(u.tier),
+            supervisor_scope: pb_scope(&u.supervisor_scope),
         }
     }
 }
@@ -348,11 +405,15 @@ impl From<&WatchEvent> for pb::WatchEntitlementsResponse {
             }
             WatchEvent::Change(c) => {
                 let state = |s: &Option<UserState>| match s {
-                    Some(s) => (s.edition.clone().unwrap_or_default(), tier_i32(s.tier)),
-                    None => (String::new(), pb::AnalyticsTier::Unspecified as i32),
+                    Some(s) => (
+                        s.edition.clone().unwrap_or_default(),
+                        tier_i32(s.tier),
+                        pb_scope(&s.supervisor_scope),
+                    ),
+                    None => (String::new(), pb::AnalyticsTier::Unspecified as i32, None),
                 };
-                let (before_edition, before_tier) = state(&c.before);
-                let (after_edition, after_tier) = state(&c.after);
+                let (before_edition, before_tier, before_supervisor_scope) = state(&c.before);
+                let (after_edition, after_tier, after_supervisor_scope) = state(&c.after);
                 pb::watch_entitlements_response::Event::Change(pb::EntitlementChange {
                     revision: c.revision,
                     time: Some(c.at.into()),
@@ -364,6 +425,8 @@ impl From<&WatchEvent> for pb::WatchEntitlementsResponse {
                     after_tier,
                     deleted: c.after.is_none(),
                     created: c.before.is_none(),
+                    before_supervisor_scope,
+                    after_supervisor_scope,
                 })
             }
             WatchEvent::Account(a) => {

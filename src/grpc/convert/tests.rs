@@ -7,7 +7,7 @@ use prost::Message;
 use super::Answers;
 use crate::{
     catalogue::Catalogue,
-    domain::{Decision, Denial, Tier},
+    domain::{Decision, Denial, ScopeKind, ScopeRef, SupervisorScope, Tier},
     proto::{BatchAnswer, v1 as pb},
 };
 
@@ -23,8 +23,30 @@ fn answers(catalogue: &Catalogue) -> Answers {
     )
 }
 
+/// The scopes a decision of `tier` can carry: none below Supervisor; for
+/// Supervisor the whole account or a list of groups (and none, which no
+/// decision carries, but which must still encode alike).
+fn scopes(tier: Tier) -> Vec<Option<SupervisorScope>> {
+    if tier != Tier::Supervisor {
+        return vec![None];
+    }
+    let list = SupervisorScope::Only(
+        [
+            (ScopeKind::Site, "S1".to_owned()),
+            (ScopeKind::UserGroup, "g.2@x".to_owned()),
+            (ScopeKind::RingGroup, "r:3".to_owned()),
+            (ScopeKind::CallQueue, "q".repeat(128)),
+        ]
+        .into_iter()
+        .map(|(kind, id)| ScopeRef { kind, id })
+        .collect(),
+    );
+    vec![None, Some(SupervisorScope::WholeAccount), Some(list)]
+}
+
 /// Every decision shape: tier × data ready × denial (none and each
-/// reason), with and without an edition and a data time.
+/// reason), with and without an edition and a data time, and for
+/// Supervisor each kind of scope.
 fn decisions(catalogue: &Catalogue) -> Vec<Decision> {
     let denials = [
         None,
@@ -45,18 +67,21 @@ fn decisions(catalogue: &Catalogue) -> Vec<Decision> {
                     ),
                     (None, None),
                 ] {
-                    out.push(Decision {
-                        allowed: tier.grants_access(),
-                        tier,
-                        stored_tier: Tier::Supervisor,
-                        edition,
-                        denial,
-                        data_available_at: at,
-                        data_ready,
-                        reports: catalogue.report_access(tier, data_ready),
-                        revision: 4242,
-                        reason: format!("{tier} because of `ada` — é"),
-                    });
+                    for supervisor_scope in scopes(tier) {
+                        out.push(Decision {
+                            allowed: tier.grants_access(),
+                            tier,
+                            stored_tier: Tier::Supervisor,
+                            edition: edition.clone(),
+                            denial,
+                            data_available_at: at,
+                            data_ready,
+                            reports: catalogue.report_access(tier, data_ready),
+                            revision: 4242,
+                            reason: format!("{tier} because of `ada` — é"),
+                            supervisor_scope,
+                        });
+                    }
                 }
             }
         }
@@ -69,7 +94,11 @@ fn a_check_s_answer_is_the_plain_answer_s_bytes_in_every_case() {
     let catalogue = catalogue();
     let answers = answers(&catalogue);
     let all = decisions(&catalogue);
-    assert_eq!(all.len(), 3 * 2 * 6 * 2);
+    assert_eq!(all.len(), (1 + 1 + 3) * 2 * 6 * 2);
+    assert!(
+        all.iter()
+            .any(|d| matches!(d.supervisor_scope, Some(SupervisorScope::Only(_))))
+    );
     for d in all {
         let plain = pb::CheckAnalyticsAccessResponse::from(d.clone()).encode_to_vec();
         let fast = answers.answer(d.clone());

@@ -181,9 +181,9 @@ fn decode(section: &'static str, bytes: &[u8]) -> Result<Record, StoreError> {
     Ok(match section {
         COUNTERS => Record::Counters(codec::decode(section, key, bytes)?),
         ACCOUNTS => Record::Account(codec::decode(section, key, bytes)?),
-        USERS => Record::User(codec::decode(section, key, bytes)?),
+        USERS => Record::User(codec::decode_user_owned(section, key, bytes)?),
         TOKENS => Record::Token(codec::decode(section, key, bytes)?),
-        AUDIT => Record::Audit(Box::new(codec::decode_audit(section, key, bytes)?)),
+        AUDIT => Record::Audit(codec::decode_audit(section, key, bytes)?),
         _ => Record::Request(codec::decode(section, key, bytes)?),
     })
 }
@@ -284,7 +284,7 @@ pub(crate) fn encoded(record: &Record) -> Result<(&'static str, Vec<u8>), StoreE
     Ok(match record {
         Record::Counters(c) => (COUNTERS, codec::encode(c)?),
         Record::Account(a) => (ACCOUNTS, codec::encode(a)?),
-        Record::User(u) => (USERS, codec::encode(u)?),
+        Record::User(u) => (USERS, codec::encode_user(u)?),
         Record::Token(t) => (TOKENS, codec::encode(t)?),
         Record::Audit(r) => (AUDIT, codec::encode_audit(r)?),
         Record::Request(r) => (REQUESTS, codec::encode(r)?),

@@ -48,9 +48,9 @@ pub(super) fn record(
 ) -> Result<Option<Record>, StoreError> {
     Ok(Some(match tree {
         ACCOUNTS => Record::Account(codec::decode(tree, key, value)?),
-        USERS => Record::User(codec::decode(tree, key, value)?),
+        USERS => Record::User(codec::decode_user_owned(tree, key, value)?),
         TOKENS => Record::Token(codec::decode(tree, key, value)?),
-        AUDIT => Record::Audit(Box::new(codec::decode_audit(tree, key, value)?)),
+        AUDIT => Record::Audit(codec::decode_audit(tree, key, value)?),
         REQUESTS => {
             let corrupt = |reason: &str| StoreError::Corrupt {
                 kind: REQUESTS,

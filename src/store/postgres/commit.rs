@@ -177,47 +177,58 @@ impl Batch {
 }
 
 /// Opens a batch: takes the write lock in a new transaction, reads the
-/// counters and catches the view up to them.
+/// counters and catches the view up to them. One round trip when the
+/// other replicas committed fewer than a page of revisions since the view's.
 async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
     let client = inner.connection().await?;
     let fail = inner.fail();
+    let from = inner.publisher.read(|v| v.revision());
     let begun = async {
         let lock = client
             .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-            .await?;
+            .await
+            .map_err(&fail)?;
         let state = client
             .prepare_cached("SELECT revision, audit_seq, bootstrapped FROM entitled_state")
-            .await?;
-        // Sent together (pipelined): BEGIN, then the lock. The counters are
-        // read after the lock is held, in a statement of their own, so they
-        // are what the last holder committed.
-        // The COMMIT does not wait for the WAL flush, so the lock is let go
-        // before it (see `commit`).
-        tokio::try_join!(
-            client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
-            client.execute(&lock, &[&WRITE_LOCK])
+            .await
+            .map_err(&fail)?;
+        // Sent together (pipelined): BEGIN, the lock, then the counters
+        // and the change feed after the view's revision, which PostgreSQL
+        // runs in order, so once the lock is held: they are what the last
+        // holder committed. The COMMIT does not wait for the WAL flush, so
+        // the lock is let go before it (see `commit`).
+        let (_, _, row, page) = tokio::try_join!(
+            async {
+                client
+                    .batch_execute("BEGIN; SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(&fail)
+            },
+            async { client.execute(&lock, &[&WRITE_LOCK]).await.map_err(&fail) },
+            async { client.query_one(&state, &[]).await.map_err(&fail) },
+            follow::read_page(inner, &client, from),
         )?;
-        client.query_one(&state, &[]).await
+        let revision = counter(row.get(0));
+        let (mut caught, _) = page;
+        caught.retain(|(r, _)| *r <= revision);
+        // More than a page behind: the rest, up to the counters.
+        let reached = caught.last().map_or(from, |(r, _)| *r);
+        if reached < revision {
+            caught.extend(follow::read_changes(inner, &client, reached, Some(revision)).await?);
+        }
+        Ok::<_, StoreError>((row, caught))
     }
     .await;
-    let row = match begun {
-        Ok(row) => row,
-        Err(e) => {
-            drop(Object::take(client));
-            return Err(fail(e));
-        }
-    };
-    let revision = counter(row.get(0));
-    let audit_seq = counter(row.get(1));
-    let bootstrapped: bool = row.get(2);
-    let from = inner.publisher.read(|v| v.revision());
-    let caught = match follow::read_changes(inner, &client, from, Some(revision)).await {
-        Ok(caught) => caught,
+    let (row, caught) = match begun {
+        Ok(begun) => begun,
         Err(e) => {
             drop(Object::take(client));
             return Err(e);
         }
     };
+    let revision = counter(row.get(0));
+    let audit_seq = counter(row.get(1));
+    let bootstrapped: bool = row.get(2);
     let mut batch = Batch {
         id,
         client,
@@ -762,7 +773,8 @@ impl Rows {
         }
         for (revision, mutations) in &batch.changes {
             rows.change_revisions.push(int(*revision));
-            rows.change_records.push(codec::encode(mutations)?);
+            rows.change_records
+                .push(codec::encode_mutations(mutations)?);
         }
         for record in &batch.audit {
             rows.audit(record)?;
@@ -795,7 +807,7 @@ impl Rows {
     fn user(&mut self, user: &User) -> Result<(), StoreError> {
         self.user_accounts.push(user.account_id.as_str().to_owned());
         self.user_ids.push(user.id.as_str().to_owned());
-        self.user_records.push(codec::encode(user)?);
+        self.user_records.push(codec::encode_user(user)?);
         Ok(())
     }
 

@@ -195,7 +195,7 @@ pub(super) async fn read_changes(
 
 /// Up to `PAGE` revisions after `from`, in order and with no gap, and
 /// whether more may follow.
-async fn read_page(
+pub(super) async fn read_page(
     inner: &Inner,
     client: &Object,
     from: u64,
@@ -226,7 +226,7 @@ async fn read_page(
             });
         }
         let key = revision.to_be_bytes();
-        let mutations: Vec<Mutation> = codec::decode("changes", &key, row.get(1))?;
+        let mutations: Vec<Mutation> = codec::decode_mutations("changes", &key, row.get(1))?;
         changes.push((revision, mutations));
     }
     Ok((changes, more))

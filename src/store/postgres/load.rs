@@ -53,14 +53,26 @@ async fn each_decoded<T: serde::de::DeserializeOwned>(
     database: &str,
     kind: &'static str,
     sql: &str,
+    each: impl FnMut(T) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    each_decoded_with(client, database, kind, sql, codec::decode, each).await
+}
+
+/// A record kind's decoder: kind, key, value.
+type Decode<T> = fn(&'static str, &[u8], &[u8]) -> Result<T, StoreError>;
+
+/// `each_decoded` with a record kind's own decoder (users have formats of
+/// their own).
+async fn each_decoded_with<T>(
+    client: &Client,
+    database: &str,
+    kind: &'static str,
+    sql: &str,
+    decode: Decode<T>,
     mut each: impl FnMut(T) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     each_row(client, database, sql, |row| {
-        each(codec::decode(
-            kind,
-            row.get::<_, &str>(0).as_bytes(),
-            row.get(1),
-        )?)
+        each(decode(kind, row.get::<_, &str>(0).as_bytes(), row.get(1))?)
     })
     .await
 }
@@ -93,10 +105,17 @@ pub(super) async fn view(client: &Client, database: &str) -> Result<(View, bool)
         Ok(())
     })
     .await?;
-    each_decoded(client, database, USERS, USER_ROWS, |u: User| {
-        users.push(u);
-        Ok(())
-    })
+    each_decoded_with(
+        client,
+        database,
+        USERS,
+        USER_ROWS,
+        codec::decode_user_owned,
+        |u: User| {
+            users.push(u);
+            Ok(())
+        },
+    )
     .await?;
     client.batch_execute("COMMIT").await.map_err(fail)?;
     let view = View::load(
@@ -123,9 +142,14 @@ pub(super) async fn snapshot(
         visit(Record::Account(a))
     })
     .await?;
-    each_decoded(&client, database, USERS, USER_ROWS_ORDERED, |u| {
-        visit(Record::User(u))
-    })
+    each_decoded_with(
+        &client,
+        database,
+        USERS,
+        USER_ROWS_ORDERED,
+        codec::decode_user_owned,
+        |u| visit(Record::User(u)),
+    )
     .await?;
     each_decoded(&client, database, TOKENS, TOKEN_ROWS_ORDERED, |t| {
         visit(Record::Token(t))
@@ -137,11 +161,11 @@ pub(super) async fn snapshot(
         "SELECT seq, record FROM entitled_audit ORDER BY seq",
         |row| {
             let seq: i64 = row.get(0);
-            visit(Record::Audit(Box::new(codec::decode_audit(
+            visit(Record::Audit(codec::decode_audit(
                 AUDIT,
                 &seq.to_be_bytes(),
                 row.get(1),
-            )?)))
+            )?))
         },
     )
     .await?;

@@ -9,10 +9,13 @@ use super::unavailable;
 
 /// The migrations, in order: version, SQL. Add new ones at the end; never
 /// change one that has shipped.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_supervisor_scope.sql")),
+];
 
 /// The newest schema version this binary knows.
-pub(super) const LATEST: i32 = 1;
+pub(super) const LATEST: i32 = 2;
 
 /// Held (session-level) while migrating.
 const MIGRATE_LOCK: i64 = 0x656e_7469_746c_6564; // "entitled"

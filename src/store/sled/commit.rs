@@ -258,7 +258,7 @@ impl SledBackend {
             let mut batch = ::sled::Batch::default();
             for u in chunk.iter_mut() {
                 u.revision = revision;
-                batch.insert(keys::user_key(&u.account_id, &u.id), codec::encode(u)?);
+                batch.insert(keys::user_key(&u.account_id, &u.id), codec::encode_user(u)?);
             }
             inner
                 .trees
@@ -300,7 +300,7 @@ fn mutation_op(m: &Mutation) -> Result<Op, StoreError> {
         Mutation::PutUser(u) => Op::put(
             Tree::Users,
             keys::user_key(&u.account_id, &u.id),
-            codec::encode(u)?,
+            codec::encode_user(u)?,
         ),
         Mutation::DeleteUser(a, u) => Op::remove(Tree::Users, keys::user_key(a, u)),
         Mutation::PutToken(t) => Op::put(Tree::Tokens, t.id.as_bytes().to_vec(), codec::encode(t)?),

@@ -165,7 +165,7 @@ impl WriterState {
         }
         users
             .iter()
-            .map(|(key, value)| codec::decode(USERS, key, value))
+            .map(|(key, value)| codec::decode_user_owned(USERS, key, value))
             .collect()
     }
 
@@ -241,7 +241,12 @@ impl SledBackend {
                     &keys::account_key(a),
                 )
             },
-            |a, u| get(writer, CTree::Users, &t.users, USERS, &keys::user_key(a, u)),
+            |a, u| {
+                writer
+                    .get(CTree::Users, &t.users, &keys::user_key(a, u))?
+                    .map(|v| codec::decode_user_owned(USERS, &keys::user_key(a, u), &v))
+                    .transpose()
+            },
             |id| get(writer, CTree::Tokens, &t.tokens, TOKENS, id.as_bytes()),
             |a| writer.users_of(&t.users, a),
             |a| writer.tokens_of(&t.tokens, a),
@@ -343,6 +348,7 @@ fn load_view(trees: &Trees, revision: u64) -> Result<View, StoreError> {
             revision: user.revision,
             created_at: user.created_at,
             updated_at: user.updated_at,
+            supervisor_scope: user.supervisor_scope.as_ref(),
         })?;
     }
     Ok(view.finish())
@@ -460,15 +466,13 @@ impl Backend for SledBackend {
             visit(Record::Account(codec::decode(ACCOUNTS, &key, &value)?))?;
         }
         for (key, value) in users.map_err(backend)? {
-            visit(Record::User(codec::decode(USERS, &key, &value)?))?;
+            visit(Record::User(codec::decode_user_owned(USERS, &key, &value)?))?;
         }
         for (key, value) in tokens.map_err(backend)? {
             visit(Record::Token(codec::decode(TOKENS, &key, &value)?))?;
         }
         for (key, value) in audit.map_err(backend)? {
-            visit(Record::Audit(Box::new(codec::decode_audit(
-                AUDIT, &key, &value,
-            )?)))?;
+            visit(Record::Audit(codec::decode_audit(AUDIT, &key, &value)?))?;
         }
         for (key, value) in requests.map_err(backend)? {
             let (token_id, request_id) = keys::split_request_key(&key)?;

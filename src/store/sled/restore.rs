@@ -176,7 +176,7 @@ impl SledBackend {
                 Record::User(u) => ops.push(Op::put(
                     Tree::Users,
                     keys::user_key(&u.account_id, &u.id),
-                    codec::encode(&u)?,
+                    codec::encode_user(&u)?,
                 )),
                 Record::Token(t) => ops.push(Op::put(
                     Tree::Tokens,

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use super::{SledBackend, keys};
 use crate::{
     domain::{
-        Account, AccountId, Actor, Notice, Outcome, Refusal, RefusalKind, Role, Rpc, Tier, Token,
-        User, UserId, Via,
+        Account, AccountId, Actor, Notice, Outcome, Refusal, RefusalKind, Role, Rpc,
+        SupervisorScope, Tier, Token, User, UserId, Via,
     },
     store::{
         Mutation, Refusable, RequestKey, Store, StoreError, Target, WriteContext, WritePlan,
@@ -64,6 +64,22 @@ impl Refusable for DomainError {
 struct ServicesChanged {
     user: User,
     notices: Vec<Notice>,
+}
+
+impl ServicesChanged {
+    /// As the service reads an answer kept before users had a scope.
+    fn v1(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        #[derive(serde::Deserialize)]
+        struct Old {
+            user: crate::store::UserV1,
+            notices: Vec<Notice>,
+        }
+        let old: Old = postcard::from_bytes(bytes)?;
+        Ok(ServicesChanged {
+            user: old.user.into(),
+            notices: old.notices,
+        })
+    }
 }
 
 fn account_id(id: &str) -> AccountId {
@@ -123,6 +139,7 @@ fn user(account: &str, id: &str, edition: Option<&str>, tier: Tier) -> User {
         revision: 0,
         created_at: at,
         updated_at: at,
+        supervisor_scope: (tier == Tier::Supervisor).then_some(SupervisorScope::WholeAccount),
     }
 }
 
@@ -436,18 +453,29 @@ async fn a_format_1_backup_made_by_an_earlier_entitled_restores() {
     };
     let target = Target::User(account_id("acme"), user_id("bob"));
     let replayed = store
-        .write::<ServicesChanged, DomainError>(&target, retry("save-1"), |_| {
-            panic!("a retry is answered from its record")
-        })
+        .write_upgrading::<ServicesChanged, DomainError>(
+            &target,
+            retry("save-1"),
+            ServicesChanged::v1,
+            |_| panic!("a retry is answered from its record"),
+        )
         .await
         .unwrap();
     assert!(replayed.replayed);
     assert_eq!(replayed.revision, 8);
     assert_eq!(replayed.output.user.tier, Tier::Supervisor);
+    // Kept before scopes: a supervisor of then saw the whole account.
+    assert_eq!(
+        replayed.output.user.supervisor_scope,
+        Some(SupervisorScope::WholeAccount)
+    );
     let again = store
-        .write::<ServicesChanged, DomainError>(&target, retry("save-3"), |_| {
-            panic!("a retry is answered from its record")
-        })
+        .write_upgrading::<ServicesChanged, DomainError>(
+            &target,
+            retry("save-3"),
+            ServicesChanged::v1,
+            |_| panic!("a retry is answered from its record"),
+        )
         .await;
     match again {
         Err(DomainError::Refused(refusal)) => {
