@@ -854,6 +854,9 @@ on_both_backends! {
             [
                 ("ProvisioningService.CreateAccount", start + 1, false),
                 ("ProvisioningService.PutUser", start + 3, false),
+                // The first tier started the account's clock: the
+                // account's record, then the user's, at one revision.
+                ("ProvisioningService.UpdateUserServices", start + 4, false),
                 ("ProvisioningService.UpdateUserServices", start + 4, false),
                 ("ProvisioningService.UpdateUserServices", start + 5, false),
                 ("ProvisioningService.UpdateUserServices", start + 5, true),
@@ -881,34 +884,44 @@ on_both_backends! {
             (changes[1].before.clone(), changes[1].after.clone()),
             (None, state("", T::None))
         );
+        let account = &changes[2];
+        assert_eq!((account.before.clone(), account.after.clone()), (None, None));
+        assert_eq!(account.user_id, "");
+        let (was, is) = (
+            account.account_before.as_ref().unwrap(),
+            account.account_after.as_ref().unwrap(),
+        );
+        assert!(was.analytics_activated_at.is_none());
+        assert!(is.analytics_activated_at.is_some());
+        assert_eq!(is.product_line, "work");
         assert_eq!(
-            (changes[2].before.clone(), changes[2].after.clone()),
+            (changes[3].before.clone(), changes[3].after.clone()),
             (state("", T::None), state("X8", T::Supervisor))
         );
         assert_eq!(
-            (changes[3].before.clone(), changes[3].after.clone()),
+            (changes[4].before.clone(), changes[4].after.clone()),
             (state("X8", T::Supervisor), state("X2", T::Essentials))
         );
         assert!(
-            changes[3].details[0].contains("lowered to essentials"),
+            changes[4].details[0].contains("lowered to essentials"),
             "{:?}",
-            changes[3].details
+            changes[4].details
         );
-        assert_eq!(changes[4].refusal_code, "FAILED_PRECONDITION");
+        assert_eq!(changes[5].refusal_code, "FAILED_PRECONDITION");
         assert!(
-            changes[4]
+            changes[5]
                 .refusal_reason
                 .contains("does not include supervisor")
         );
         assert_eq!(
             (
-                changes[5].refusal_code.as_str(),
-                changes[5].user_id.as_str()
+                changes[6].refusal_code.as_str(),
+                changes[6].user_id.as_str()
             ),
             ("PERMISSION_DENIED", "eve")
         );
         assert_eq!(
-            changes[5].caller.as_ref().unwrap().role,
+            changes[6].caller.as_ref().unwrap().role,
             Role::Gateway as i32
         );
         assert!(changes.windows(2).all(|w| w[0].sequence < w[1].sequence));
@@ -953,7 +966,7 @@ on_both_backends! {
             .unwrap()
             .into_inner()
             .changes;
-        assert_eq!(later, changes[3..]);
+        assert_eq!(later, changes[4..]);
 
         // All accounts: globex's creation and the tokens are there too.
         let all = app

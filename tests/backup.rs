@@ -252,6 +252,19 @@ on_both_backends! {
             })
             .await
             .unwrap();
+        // An account deleted with its user and its token: the trail keeps
+        // the account's before and after.
+        app.create_account("gone", "work").await;
+        app.put_user("gone", "eve").await;
+        app.token("gone admin", Role::AccountAdmin, "gone", "eve").await;
+        app.provisioning
+            .clone()
+            .delete_account(pb::DeleteAccountRequest {
+                account_id: "gone".into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
         // Tokens: one in use, one revoked; a write with a request id.
         let gateway = app.token("gateway", Role::Gateway, "", "").await;
         let admin = app
@@ -277,6 +290,12 @@ on_both_backends! {
 
         let before = everything(&app, &["acme", "legacy"]).await;
         assert!(before.trail.iter().any(|c| c.refused));
+        assert!(
+            before
+                .trail
+                .iter()
+                .any(|c| c.account_before.is_some() && c.account_after.is_none())
+        );
         assert!(
             before
                 .users

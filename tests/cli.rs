@@ -880,3 +880,72 @@ on_both_backends! {
         assert!(again.stderr.contains("already on product line `work`"), "{}", again.stderr);
     }
 }
+
+/// `entitled ARGS` as the operator, with `input` typed on its standard
+/// input.
+async fn run_typing(app: &TestApp, input: &str, args: &[&str]) -> Run {
+    use std::{io::Write, process::Stdio};
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("ENTITLED_SERVER", format!("http://{}", app.addr))
+        .env("ENTITLED_TOKEN", &app.operator_secret)
+        .env_remove("ENTITLED_TOKEN_FILE")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Dropped at once: the command reads the line, then end of input.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = common::within(
+        common::process::COMMAND_TIMEOUT,
+        "the command's end",
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+on_both_backends! {
+    /// `account delete` asks for the account id again; anything else
+    /// deletes nothing. `--yes` does not ask.
+    async fn deleting_an_account_asks_first(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+
+        let refused = run_typing(&app, "acm\n", &["account", "delete", "acme"]).await;
+        assert_eq!(refused.code, 2, "{}", refused.stderr);
+        assert!(refused.stderr.contains("Type the account id to confirm"), "{}", refused.stderr);
+        assert!(refused.stderr.contains("not confirmed: typed `acm`, not `acme`"), "{}", refused.stderr);
+        assert!(app.get_user("acme", "ada").await.is_ok());
+        let silent = run_typing(&app, "", &["account", "delete", "acme"]).await;
+        assert_eq!(silent.code, 2, "{}", silent.stderr);
+        assert!(app.get_user("acme", "ada").await.is_ok());
+
+        let done = run_typing(&app, "acme\n", &["account", "delete", "acme", "--output", "json"]).await;
+        assert_eq!(done.code, 0, "{}", done.stderr);
+        let json = done.json();
+        assert_eq!((json["deleted"].as_str(), json["users_deleted"].as_u64()), (Some("acme"), Some(1)));
+        assert!(app.get_account("acme").await.is_err());
+
+        app.create_account("acme", "work").await;
+        ok(&app, &["account", "delete", "acme", "--yes"]).await;
+        assert!(app.get_account("acme").await.is_err());
+        let unknown = run(&app, &app.operator_secret, &["account", "delete", "acme", "--yes"]).await;
+        assert_eq!(unknown.code, 3, "{}", unknown.stderr);
+        assert!(unknown.stderr.contains("account `acme` does not exist"), "{}", unknown.stderr);
+    }
+}

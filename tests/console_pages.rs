@@ -263,7 +263,9 @@ async fn console_writes_are_marked_as_such_in_the_audit_trail() {
         .changes;
     let updates: Vec<_> = changes
         .iter()
-        .filter(|c| c.rpc.ends_with("UpdateUserServices"))
+        // The user's records (the first tier's also made the account's,
+        // its analytics activation).
+        .filter(|c| c.rpc.ends_with("UpdateUserServices") && c.account_after.is_none())
         .map(|c| {
             let caller = c.caller.as_ref().unwrap();
             (caller.name.as_str(), caller.via)

@@ -163,7 +163,7 @@ async fn watched(app: &TestApp, after: u64) -> Vec<pb::EntitlementChange> {
                 }
             }
             Event::Heartbeat(h) if h.revision >= until => return out,
-            Event::Heartbeat(_) => {}
+            Event::Heartbeat(_) | Event::Account(_) => {}
         }
     }
 }

@@ -50,7 +50,7 @@ async fn next_change(
     loop {
         match next(stream).await {
             Event::Change(c) => return c,
-            Event::Heartbeat(_) => {}
+            Event::Heartbeat(_) | Event::Account(_) => {}
         }
     }
 }

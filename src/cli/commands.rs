@@ -45,6 +45,16 @@ pub enum AccountCommand {
         #[arg(long, default_value = "")]
         request_id: String,
     },
+    /// Delete an account with all its users, and revoke its tokens, in one
+    /// write. Asks for the account id to be typed again, unless `--yes`.
+    Delete {
+        account: String,
+        /// Do not ask: delete at once (for scripts).
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +184,14 @@ pub enum AuditCommand {
 }
 
 pub async fn account(args: &ClientArgs, command: AccountCommand) -> Result<(), CliError> {
+    if let AccountCommand::Delete {
+        account,
+        yes: false,
+        ..
+    } = &command
+    {
+        confirm_deletion(account)?;
+    }
     let mut c = args.connect().await?.provisioning;
     let value = match command {
         AccountCommand::Create {
@@ -237,8 +255,52 @@ pub async fn account(args: &ClientArgs, command: AccountCommand) -> Result<(), C
             })?;
             output::migration(users, &summary)
         }
+        AccountCommand::Delete {
+            account,
+            yes: _,
+            request_id,
+        } => {
+            let r = c
+                .delete_account(pb::DeleteAccountRequest {
+                    account_id: account.clone(),
+                    request_id,
+                })
+                .await?
+                .into_inner();
+            json!({
+                "deleted": account,
+                "users_deleted": r.users_deleted,
+                "tokens_revoked": r.tokens_revoked,
+                "revision": r.revision,
+            })
+        }
     };
     output::print(args.output, &value);
+    Ok(())
+}
+
+/// Asks, on the terminal, for the account id to be typed again before an
+/// account is deleted; anything else (or no input) deletes nothing.
+fn confirm_deletion(account: &str) -> Result<(), CliError> {
+    use std::io::{BufRead, Read, Write};
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "This deletes account `{account}`, every one of its users, and revokes its tokens; it cannot be undone.\nType the account id to confirm: "
+    );
+    let _ = err.flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(1024)
+        .read_line(&mut line)
+        .map_err(|e| CliError::Local(format!("cannot read the confirmation: {e}")))?;
+    if line.trim() != account {
+        return Err(CliError::Usage(format!(
+            "not confirmed: typed `{}`, not `{account}`; nothing was deleted (pass --yes to skip the question)",
+            line.trim()
+        )));
+    }
     Ok(())
 }
 

@@ -254,6 +254,22 @@ pub fn change(c: &pb::Change) -> Value {
         )),
         None => Value::Null,
     };
+    // An account's record: its states in place of a user's.
+    let account = |s: &Option<pb::AccountState>| match s {
+        Some(s) => Value::String(match &s.analytics_activated_at {
+            Some(at) => match time(Some(at)) {
+                Value::String(at) => format!("{}, analytics since {at}", s.product_line),
+                _ => s.product_line.clone(),
+            },
+            None => s.product_line.clone(),
+        }),
+        None => Value::Null,
+    };
+    let (before, after) = if c.account_before.is_some() || c.account_after.is_some() {
+        (account(&c.account_before), account(&c.account_after))
+    } else {
+        (state(&c.before), state(&c.after))
+    };
     let caller = c.caller.as_ref();
     json!({
         "revision": c.revision,
@@ -262,8 +278,8 @@ pub fn change(c: &pb::Change) -> Value {
         "rpc": c.rpc.rsplit('.').next().unwrap_or(&c.rpc),
         "account_id": c.account_id,
         "user_id": c.user_id,
-        "before": state(&c.before),
-        "after": state(&c.after),
+        "before": before,
+        "after": after,
         "outcome": if c.refused { format!("refused {}: {}", c.refusal_code, c.refusal_reason) } else { c.details.join("; ") },
     })
 }

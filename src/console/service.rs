@@ -312,6 +312,7 @@ pub fn code_name(error: &DomainError) -> &'static str {
         DomainError::ProductLineRetired(_)
         | DomainError::TierNotAllowed { .. }
         | DomainError::TierNeedsEdition { .. }
+        | DomainError::AccountTooLarge { .. }
         | DomainError::ScopeNeedsSupervisor { .. }
         | DomainError::TokenReplay { .. } => "FAILED_PRECONDITION",
         DomainError::RevisionMismatch { .. } => "ABORTED",

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Role, Rpc, SupervisorScope, Tier, User};
+use super::{Account, Role, Rpc, SupervisorScope, Tier, User};
 
 /// Who made a call, as the audit trail keeps it (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,26 @@ impl From<&User> for UserState {
     }
 }
 
+/// An account's fields that writes change, as the audit trail keeps them
+/// before and after a write (and Watch turns into account events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    pub display_name: String,
+    pub product_line: String,
+    /// Rule 8: when the account's analytics clock started.
+    pub analytics_activated_at: Option<SystemTime>,
+}
+
+impl From<&Account> for AccountState {
+    fn from(a: &Account) -> Self {
+        AccountState {
+            display_name: a.display_name.clone(),
+            product_line: a.product_line.clone(),
+            analytics_activated_at: a.analytics_activated_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The write was applied at the record's revision.
@@ -70,6 +90,12 @@ pub struct AuditRecord {
     pub user_id: String,
     pub before: Option<UserState>,
     pub after: Option<UserState>,
+    /// The account as it was and as it is after, on the record of a write
+    /// that changed the account (created, activated, moved, deleted); both
+    /// unset on a user's record. A record has a user's states or an
+    /// account's, never both.
+    pub account_before: Option<AccountState>,
+    pub account_after: Option<AccountState>,
     /// Notices, and for non-user writes what was written.
     pub details: Vec<String>,
     pub outcome: Outcome,

@@ -114,6 +114,7 @@ pub enum Rpc {
     RevokeToken,
     // New variants go last: audit records store the variant's index.
     Backup,
+    DeleteAccount,
     MigrateAccount,
 }
 
@@ -138,6 +139,7 @@ impl Rpc {
             Rpc::ListTokens => "ListTokens",
             Rpc::RevokeToken => "RevokeToken",
             Rpc::Backup => "Backup",
+            Rpc::DeleteAccount => "DeleteAccount",
             Rpc::MigrateAccount => "MigrateAccount",
         }
     }
@@ -154,7 +156,8 @@ impl Rpc {
             | Rpc::UpdateUserServices
             | Rpc::ImportUsers
             | Rpc::ExportUsers
-            | Rpc::MigrateAccount => Service::Provisioning,
+            | Rpc::DeleteAccount => Service::Provisioning,
+            Rpc::MigrateAccount => Service::Provisioning,
             Rpc::CheckAnalyticsAccess | Rpc::BatchCheckAnalyticsAccess | Rpc::WatchEntitlements => {
                 Service::Access
             }
@@ -191,7 +194,8 @@ pub enum Forbidden {
     /// The role may not call this service at all.
     #[error("role `{role}` may not call {rpc}; it may call only {}", callable(*.role))]
     Service { role: Role, rpc: Rpc },
-    /// An account admin may not create accounts.
+    /// An account admin may not create accounts, nor delete one (its own
+    /// included).
     #[error("role `{role}` may not call {rpc}; ask a provisioner or operator")]
     CreateAccount { role: Role, rpc: Rpc },
     /// An account admin may not move its account to another product line
@@ -256,7 +260,7 @@ impl Principal {
         if role != Role::AccountAdmin {
             return Ok(());
         }
-        if rpc == Rpc::CreateAccount {
+        if matches!(rpc, Rpc::CreateAccount | Rpc::DeleteAccount) {
             return Err(Forbidden::CreateAccount { role, rpc });
         }
         if rpc == Rpc::MigrateAccount {
@@ -325,6 +329,10 @@ mod tests {
             (
                 admin().authorize(Rpc::CreateAccount, Some("acme"), None),
                 "role `account-admin` may not call ProvisioningService.CreateAccount; ask a provisioner or operator",
+            ),
+            (
+                admin().authorize(Rpc::DeleteAccount, Some("acme"), None),
+                "role `account-admin` may not call ProvisioningService.DeleteAccount; ask a provisioner or operator",
             ),
             (
                 admin().authorize(Rpc::MigrateAccount, Some("acme"), None),

@@ -19,8 +19,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use audit::{
-    Actor, AuditRecord, MAX_KEPT_ID, MAX_KEPT_REASON, Outcome, Refusal, RefusalKind, UserState,
-    Via, kept,
+    AccountState, Actor, AuditRecord, MAX_KEPT_ID, MAX_KEPT_REASON, Outcome, Refusal, RefusalKind,
+    UserState, Via, kept,
 };
 pub use auth::{Forbidden, Principal, Role, Rpc, Service};
 pub use field::FieldError;

@@ -321,6 +321,7 @@ write_request!(
     pb::CreateTokenRequest,
     pb::RevokeTokenRequest,
     pb::MigrateAccountRequest,
+    pb::DeleteAccountRequest,
 );
 
 /// A MigrateAccount request as the domain takes it: the account and what

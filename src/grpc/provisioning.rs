@@ -263,6 +263,26 @@ impl ProvisioningService for Api {
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
+    #[tracing::instrument(skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id)))]
+    async fn delete_account(
+        &self,
+        request: Request<pb::DeleteAccountRequest>,
+    ) -> Reply<pb::DeleteAccountResponse> {
+        let principal = principal(&request)?;
+        let r = request.into_inner();
+        self.audited(&principal, Rpc::DeleteAccount, &r.account_id, "", async {
+            let caller = convert::writer(&principal, Rpc::DeleteAccount, &r)?;
+            let id = convert::account_id("account_id", r.account_id.clone())?;
+            let written = self.entitlements.delete_account(&caller, id).await?;
+            Ok(Response::new(pb::DeleteAccountResponse {
+                revision: written.revision,
+                users_deleted: written.output.users_deleted,
+                tokens_revoked: written.output.tokens_revoked,
+            }))
+        })
+        .await
+    }
+
     type MigrateAccountStream =
         Pin<Box<dyn Stream<Item = Result<pb::MigrateAccountResponse, Status>> + Send>>;
 

@@ -36,6 +36,7 @@ impl From<DomainError> for Status {
             DomainError::ProductLineRetired(_)
             | DomainError::TierNotAllowed { .. }
             | DomainError::TierNeedsEdition { .. }
+            | DomainError::AccountTooLarge { .. }
             | DomainError::ScopeNeedsSupervisor { .. } => Status::failed_precondition(message),
             DomainError::RevisionMismatch { .. } => Status::aborted(message),
             DomainError::PermissionDenied(_) => Status::permission_denied(message),
@@ -189,6 +190,11 @@ mod tests {
                 tier: Tier::Essentials,
             },
             DomainError::NothingToChange,
+            DomainError::AccountTooLarge {
+                account: account(),
+                users: 300_000,
+                max: 200_000,
+            },
             DomainError::PermissionDenied(Forbidden::Service {
                 role: Role::Gateway,
                 rpc: Rpc::PutUser,

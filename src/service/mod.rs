@@ -40,8 +40,8 @@ pub use migrate::AccountMoved;
 pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
 pub use retention::{PruneReport, Pruner, RetentionOptions};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec, TokenSpecError};
-pub use users::{ServicesChange, ServicesChanged};
-pub use watch::{Change, WatchEvent, WatchOptions};
+pub use users::{AccountDeleted, MAX_DELETED_USERS, ServicesChange, ServicesChanged};
+pub use watch::{AccountChange, AccountChangeKind, Change, WatchEvent, WatchOptions};
 
 /// Who is calling, the request id they sent with a write, if any, and the
 /// door they came through (kept in the audit trail).
@@ -115,6 +115,14 @@ pub enum DomainError {
         wanted: u64,
         current: u64,
         within: Duration,
+    },
+    #[error(
+        "account `{account}` has {users} users; DeleteAccount deletes at most {max} in one write: delete users with DeleteUser until at most {max} are left"
+    )]
+    AccountTooLarge {
+        account: AccountId,
+        users: usize,
+        max: usize,
     },
     #[error(
         "supervisor_scope is only for supervisor analytics, and user `{user}` would have {tier}; set the supervisor tier with it, or leave supervisor_scope unset"
@@ -198,6 +206,7 @@ impl Refusable for DomainError {
             DomainError::ProductLineRetired(_)
             | DomainError::TierNotAllowed { .. }
             | DomainError::TierNeedsEdition { .. }
+            | DomainError::AccountTooLarge { .. }
             | DomainError::ScopeNeedsSupervisor { .. } => K::FailedPrecondition,
             DomainError::RevisionMismatch { .. } => K::Aborted,
             DomainError::PermissionDenied(_) => K::PermissionDenied,

@@ -5,9 +5,24 @@ use std::sync::Arc;
 
 use super::{Caller, DomainError, Entitlements, authorize, rules::plan_services};
 use crate::{
-    domain::{Account, AccountId, DisplayName, Notice, Rpc, SupervisorScope, Tier, User, UserId},
+    domain::{
+        Account, AccountId, DisplayName, Notice, Rpc, SupervisorScope, Tier, Token, User, UserId,
+    },
     store::{Mutation, Target, TargetState, UserV1, WritePlan, Written},
 };
+
+/// The most users `DeleteAccount` deletes in one write. The write holds
+/// each user's deletion and audit record in memory at once (about 300 bytes
+/// each), so a larger account is refused, and its users are deleted first
+/// (`DeleteUser`), rather than one call taking the server's memory.
+pub const MAX_DELETED_USERS: usize = 200_000;
+
+/// What deleting an account did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AccountDeleted {
+    pub users_deleted: u64,
+    pub tokens_revoked: u64,
+}
 
 /// A request to change a user's services; `None` keeps a field as it is.
 #[derive(Debug, Clone, Default)]
@@ -224,6 +239,68 @@ impl Entitlements {
                     require_user(&current, &account, &user)?;
                     let deleted = Mutation::DeleteUser(account.clone(), user.clone());
                     Ok(WritePlan::new(vec![deleted], ()))
+                },
+            )
+            .await
+    }
+
+    /// Deletes the account, every one of its users, and revokes every token
+    /// bound to it, in one write at one revision: one audit record per user
+    /// deleted, then the account's. Re-creating the same id later starts
+    /// empty, and the revoked tokens stay revoked.
+    pub async fn delete_account(
+        &self,
+        caller: &Caller,
+        account: AccountId,
+    ) -> Result<Written<AccountDeleted>, DomainError> {
+        authorize(caller, Rpc::DeleteAccount, Some(&account), None)?;
+        let now = (self.clock)();
+        let ctx = self.context(caller, Rpc::DeleteAccount, account.as_str(), "");
+        self.store
+            .write(
+                &Target::WholeAccount(account.clone()),
+                ctx,
+                move |current| {
+                    require_account(&current, &account)?;
+                    if current.users.len() > MAX_DELETED_USERS {
+                        return Err(DomainError::AccountTooLarge {
+                            account: account.clone(),
+                            users: current.users.len(),
+                            max: MAX_DELETED_USERS,
+                        });
+                    }
+                    let live: Vec<Token> = current
+                        .tokens
+                        .into_iter()
+                        .filter(|t| t.revoked_at.is_none())
+                        .collect();
+                    let mut mutations = Vec::with_capacity(current.users.len() + live.len() + 1);
+                    mutations.extend(
+                        current
+                            .users
+                            .iter()
+                            .map(|u| Mutation::DeleteUser(account.clone(), u.id.clone())),
+                    );
+                    let output = AccountDeleted {
+                        users_deleted: current.users.len() as u64,
+                        tokens_revoked: live.len() as u64,
+                    };
+                    // Counts only: the account's trail outlives it, and a
+                    // re-created account's admin reads it.
+                    let detail = format!(
+                        "deleted account `{account}` with its {} users; revoked {} tokens",
+                        output.users_deleted, output.tokens_revoked
+                    );
+                    mutations.extend(live.iter().map(|t| {
+                        Mutation::PutToken(Token {
+                            revoked_at: Some(now),
+                            ..t.clone()
+                        })
+                    }));
+                    mutations.push(Mutation::DeleteAccount(account.clone()));
+                    let mut planned = WritePlan::new(mutations, output);
+                    planned.details.push(detail);
+                    Ok(planned)
                 },
             )
             .await

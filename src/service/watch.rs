@@ -1,6 +1,9 @@
-//! The change feed: every change to users after a revision, from the audit
-//! trail (history) and then as writes are published (live), with heartbeats
-//! when idle. One task per watcher reads the trail; a bounded buffer stands
+//! The change feed: every change to users and accounts after a revision,
+//! from the audit trail (history) and then as writes are published (live),
+//! with heartbeats when idle. Account events come from the account's
+//! before and after that the store keeps in the trail whenever a write
+//! changes an account (`AuditRecord::account_before`), whatever the RPC:
+//! so a gateway can keep every answer of its cache from the feed alone. One task per watcher reads the trail; a bounded buffer stands
 //! between it and the client, so a slow client is cut off rather than
 //! growing the server's memory.
 
@@ -12,7 +15,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::{Caller, DomainError, Entitlements, authorize};
-use crate::domain::{AccountId, AuditRecord, Rpc, UserState};
+use crate::domain::{AccountId, AccountState, AuditRecord, Rpc, UserState};
 
 /// Records read from the trail at a time.
 const READ_BATCH: usize = 512;
@@ -54,13 +57,40 @@ pub struct Change {
     pub after: Option<UserState>,
 }
 
+/// Why an account event was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChangeKind {
+    Created,
+    /// Rule 8: the account's analytics clock started, so every user's
+    /// `data_available_at` is now set.
+    AnalyticsActivated,
+    ProductLineChanged,
+    /// The account is gone, and with it every user (each sent as a user's
+    /// deletion, at the same revision, before this event).
+    Deleted,
+}
+
+/// One account's change, with the account as it is after it (as it was
+/// before it, for a deletion).
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every event is a change; boxing each would cost an allocation per event for the rare heartbeat's sake"
-)]
+pub struct AccountChange {
+    pub revision: u64,
+    pub at: SystemTime,
+    pub account_id: String,
+    pub kind: AccountChangeKind,
+    pub display_name: String,
+    pub product_line: String,
+    /// For `ProductLineChanged`: the line before.
+    pub before_product_line: Option<String>,
+    /// The activation plus the data delay in force; `None` before the
+    /// account's activation, and for a deletion.
+    pub data_available_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     Change(Change),
+    Account(AccountChange),
     /// Nothing changed for a while; the stream has reached this revision.
     Heartbeat(u64),
 }
@@ -90,6 +120,7 @@ impl Entitlements {
         let store = self.store.clone();
         let mut stopping = self.stopping.subscribe();
         let account: Option<Arc<str>> = account.map(|a| Arc::from(a.as_str()));
+        let data_delay = self.catalogue.data_delay();
         tokio::spawn(async move {
             let mut published = store.subscribe();
             let mut reached = after_revision;
@@ -123,14 +154,12 @@ impl Entitlements {
                         // Records come in revision order: every change of an
                         // earlier revision has been handed over.
                         complete = complete.max(record.revision.saturating_sub(1));
-                        let Some(change) = change_of(record, account.as_deref()) else {
-                            continue;
-                        };
-                        let event = WatchEvent::Change(change);
-                        if !offer(&tx, event, &options, &mut stopping, complete).await {
-                            return;
+                        for event in events_of(record, account.as_deref(), data_delay) {
+                            if !offer(&tx, event, &options, &mut stopping, complete).await {
+                                return;
+                            }
+                            last_sent = Instant::now();
                         }
-                        last_sent = Instant::now();
                     }
                     if !full {
                         break;
@@ -171,26 +200,62 @@ impl Entitlements {
     }
 }
 
-/// A user's change from an applied audit record, if it is one and is in
-/// the account watched.
-fn change_of(record: AuditRecord, account: Option<&str>) -> Option<Change> {
+/// The events of an applied audit record in the account watched: a user's
+/// change, or an account's (one event per kind of change it made), or none
+/// (a token's write, a refusal, a write that changed nothing watched).
+pub(crate) fn events_of(
+    record: AuditRecord,
+    account: Option<&str>,
+    data_delay: Duration,
+) -> Vec<WatchEvent> {
+    if account.is_some_and(|a| a != record.account_id) {
+        return Vec::new();
+    }
     // A write that changed no user (an account, a token, even one that
     // names a user) has neither a before nor an after.
-    let no_user_changed = record.before.is_none() && record.after.is_none();
-    if record.user_id.is_empty()
-        || no_user_changed
-        || account.is_some_and(|a| a != record.account_id)
-    {
-        return None;
+    let user_changed = record.before.is_some() || record.after.is_some();
+    if user_changed && !record.user_id.is_empty() {
+        return vec![WatchEvent::Change(Change {
+            revision: record.revision,
+            at: record.at,
+            account_id: record.account_id,
+            user_id: record.user_id,
+            before: record.before,
+            after: record.after,
+        })];
     }
-    Some(Change {
-        revision: record.revision,
-        at: record.at,
-        account_id: record.account_id,
-        user_id: record.user_id,
-        before: record.before,
-        after: record.after,
-    })
+    let event = |kind, state: &AccountState, before_product_line| {
+        WatchEvent::Account(AccountChange {
+            revision: record.revision,
+            at: record.at,
+            account_id: record.account_id.clone(),
+            kind,
+            display_name: state.display_name.clone(),
+            product_line: state.product_line.clone(),
+            before_product_line,
+            data_available_at: match kind {
+                AccountChangeKind::Deleted => None,
+                _ => state.analytics_activated_at.map(|at| at + data_delay),
+            },
+        })
+    };
+    use AccountChangeKind as K;
+    match (&record.account_before, &record.account_after) {
+        (None, None) => Vec::new(),
+        (None, Some(after)) => vec![event(K::Created, after, None)],
+        (Some(before), None) => vec![event(K::Deleted, before, None)],
+        (Some(before), Some(after)) => {
+            let mut events = Vec::new();
+            if before.analytics_activated_at != after.analytics_activated_at {
+                events.push(event(K::AnalyticsActivated, after, None));
+            }
+            if before.product_line != after.product_line {
+                let was = Some(before.product_line.clone());
+                events.push(event(K::ProductLineChanged, after, was));
+            }
+            events
+        }
+    }
 }
 
 /// Hands an event to the client's buffer, waiting for room for at most
@@ -248,4 +313,136 @@ async fn say_stopping(tx: &mpsc::Sender<Result<WatchEvent, DomainError>>, comple
         })),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Actor, Outcome, Role, Tier, Via};
+
+    fn record(before: Option<AccountState>, after: Option<AccountState>) -> AuditRecord {
+        AuditRecord {
+            seq: 1,
+            revision: 7,
+            at: SystemTime::UNIX_EPOCH,
+            actor: Actor {
+                token_id: "tok".into(),
+                name: "billing".into(),
+                role: Role::Provisioner,
+                via: Via::Api,
+            },
+            rpc: Rpc::UpdateUserServices,
+            account_id: "acme".into(),
+            user_id: String::new(),
+            before: None,
+            after: None,
+            account_before: before,
+            account_after: after,
+            details: Vec::new(),
+            outcome: Outcome::Applied,
+        }
+    }
+
+    fn state(line: &str, activated: Option<u64>) -> AccountState {
+        AccountState {
+            display_name: "Acme".into(),
+            product_line: line.into(),
+            analytics_activated_at: activated
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+        }
+    }
+
+    fn kinds(events: &[WatchEvent]) -> Vec<AccountChangeKind> {
+        events
+            .iter()
+            .map(|e| match e {
+                WatchEvent::Account(a) => a.kind,
+                other => panic!("not an account event: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// One event per kind of change an account's record shows, with the
+    /// account after it and `data_available_at` from the delay in force.
+    #[test]
+    fn an_accounts_record_gives_one_event_per_kind_of_change() {
+        use AccountChangeKind as K;
+        let delay = Duration::from_secs(48 * 3600);
+        let cases = [
+            (None, Some(state("work", None)), vec![K::Created]),
+            (
+                Some(state("work", None)),
+                Some(state("work", Some(100))),
+                vec![K::AnalyticsActivated],
+            ),
+            (
+                Some(state("virtual-office", Some(100))),
+                Some(state("work", Some(100))),
+                vec![K::ProductLineChanged],
+            ),
+            (
+                Some(state("virtual-office", None)),
+                Some(state("work", Some(100))),
+                vec![K::AnalyticsActivated, K::ProductLineChanged],
+            ),
+            (Some(state("work", Some(100))), None, vec![K::Deleted]),
+            // A change no check depends on, and no account at all.
+            (
+                Some(state("work", None)),
+                Some(AccountState {
+                    display_name: "Acme Corp".into(),
+                    ..state("work", None)
+                }),
+                vec![],
+            ),
+            (None, None, vec![]),
+        ];
+        for (before, after, expected) in cases {
+            let events = events_of(record(before.clone(), after.clone()), None, delay);
+            assert_eq!(kinds(&events), expected, "{before:?} → {after:?}");
+            for event in &events {
+                let WatchEvent::Account(a) = event else {
+                    unreachable!()
+                };
+                assert_eq!(a.revision, 7);
+                let shown = if a.kind == K::Deleted {
+                    before.as_ref()
+                } else {
+                    after.as_ref()
+                };
+                assert_eq!(Some(&a.product_line), shown.map(|s| &s.product_line));
+                let expected_at = match a.kind {
+                    K::Deleted => None,
+                    _ => shown
+                        .and_then(|s| s.analytics_activated_at)
+                        .map(|t| t + delay),
+                };
+                assert_eq!(a.data_available_at, expected_at);
+                let was = (a.kind == K::ProductLineChanged).then(|| "virtual-office".to_owned());
+                assert_eq!(a.before_product_line, was);
+            }
+        }
+    }
+
+    /// A user's record is a user's change; another account's is nothing to
+    /// a watch of one account.
+    #[test]
+    fn records_are_filtered_by_the_account_watched() {
+        let delay = Duration::from_secs(1);
+        let created = record(None, Some(state("work", None)));
+        assert!(events_of(created.clone(), Some("globex"), delay).is_empty());
+        assert_eq!(events_of(created, Some("acme"), delay).len(), 1);
+        let user = AuditRecord {
+            user_id: "ada".into(),
+            after: Some(UserState {
+                display_name: "Ada".into(),
+                edition: None,
+                tier: Tier::None,
+                supervisor_scope: None,
+            }),
+            ..record(None, None)
+        };
+        let events = events_of(user, Some("acme"), delay);
+        assert!(matches!(events.as_slice(), [WatchEvent::Change(c)] if c.user_id == "ada"));
+    }
 }

@@ -34,6 +34,26 @@ const FORMAT_AUDIT_V2: u8 = 2;
 /// Audit records whose `UserState`s carry the supervisor scope; format 2
 /// (and 1) records' states (`UserStateV1`) had none.
 const FORMAT_AUDIT_V3: u8 = 3;
+/// Audit records with the account's before and after
+/// (`AuditRecord::account_before`, `account_after`); a format 3 record
+/// (`AuditRecordV3`) changed no account that the trail shows.
+const FORMAT_AUDIT_V4: u8 = 4;
+
+/// An audit record of format 3: `AuditRecord` without the account's states.
+#[derive(Deserialize)]
+struct AuditRecordV3 {
+    seq: u64,
+    revision: u64,
+    at: SystemTime,
+    actor: Actor,
+    rpc: Rpc,
+    account_id: String,
+    user_id: String,
+    before: Option<UserState>,
+    after: Option<UserState>,
+    details: Vec<String>,
+    outcome: Outcome,
+}
 
 /// User records with `User::supervisor_scope`, and change-feed records
 /// (lists of mutations) whose users carry it; format 1 ones (`UserRecordV1`,
@@ -106,7 +126,7 @@ struct ActorV1 {
 }
 
 pub fn encode_audit(record: &AuditRecord) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![FORMAT_AUDIT_V3];
+    let mut out = vec![FORMAT_AUDIT_V4];
     out.extend_from_slice(
         &postcard::to_stdvec(record).map_err(|e| StoreError::Encode(e.to_string()))?,
     );
@@ -125,7 +145,25 @@ pub fn decode_audit(
         reason: e.to_string(),
     };
     match value.split_first() {
-        Some((&FORMAT_AUDIT_V3, body)) => postcard::from_bytes(body).map_err(corrupt),
+        Some((&FORMAT_AUDIT_V4, body)) => postcard::from_bytes(body).map_err(corrupt),
+        Some((&FORMAT_AUDIT_V3, body)) => {
+            let old: AuditRecordV3 = postcard::from_bytes(body).map_err(corrupt)?;
+            Ok(AuditRecord {
+                seq: old.seq,
+                revision: old.revision,
+                at: old.at,
+                actor: old.actor,
+                rpc: old.rpc,
+                account_id: old.account_id,
+                user_id: old.user_id,
+                before: old.before,
+                after: old.after,
+                account_before: None,
+                account_after: None,
+                details: old.details,
+                outcome: old.outcome,
+            })
+        }
         Some((&FORMAT_AUDIT_V2, body)) => {
             let old: AuditRecordV2 = postcard::from_bytes(body).map_err(corrupt)?;
             Ok(AuditRecord {
@@ -138,6 +176,8 @@ pub fn decode_audit(
                 user_id: old.user_id,
                 before: old.before.map(Into::into),
                 after: old.after.map(Into::into),
+                account_before: None,
+                account_after: None,
                 details: old.details,
                 outcome: old.outcome,
             })
@@ -159,6 +199,8 @@ pub fn decode_audit(
                 user_id: old.user_id,
                 before: old.before.map(Into::into),
                 after: old.after.map(Into::into),
+                account_before: None,
+                account_after: None,
                 details: old.details,
                 outcome: old.outcome,
             })
@@ -624,8 +666,38 @@ mod tests {
             ..read
         };
         let bytes = encode_audit(&new).unwrap();
-        assert_eq!(bytes[0], FORMAT_AUDIT_V3);
+        assert_eq!(bytes[0], FORMAT_AUDIT_V4);
         assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), new);
+
+        // A format 3 record is a format 4 one without the account's states.
+        let mut v3 = vec![FORMAT_AUDIT_V3];
+        v3.extend(
+            postcard::to_stdvec(&(
+                new.seq,
+                new.revision,
+                new.at,
+                &new.actor,
+                new.rpc,
+                &new.account_id,
+                &new.user_id,
+                &new.before,
+                &new.after,
+                &new.details,
+                &new.outcome,
+            ))
+            .unwrap(),
+        );
+        assert_eq!(decode_audit("audit", b"k", &v3).unwrap(), new);
+        let with_account = AuditRecord {
+            account_after: Some(crate::domain::AccountState {
+                display_name: "Acme".to_owned(),
+                product_line: "work".to_owned(),
+                analytics_activated_at: Some(at),
+            }),
+            ..new
+        };
+        let bytes = encode_audit(&with_account).unwrap();
+        assert_eq!(decode_audit("audit", b"k", &bytes).unwrap(), with_account);
     }
 
     /// A format 2 record's states (before scopes) read as a supervisor of

@@ -453,6 +453,11 @@ impl View {
                     self.tokens.insert(token.id.clone(), token.into());
                 }
                 Mutation::MarkBootstrapped => {}
+                // Its users went by their own `DeleteUser`s before this;
+                // any left go with the account's entry.
+                Mutation::DeleteAccount(account) => {
+                    self.accounts.remove(account.as_str());
+                }
             }
         }
         self.revision = revision;

@@ -18,7 +18,8 @@ use super::{
     codec::{self, RequestRecord},
 };
 use crate::domain::{
-    Account, AccountId, Actor, AuditRecord, Outcome, Refusal, Rpc, Token, User, UserId, UserState,
+    Account, AccountId, AccountState, Actor, AuditRecord, Outcome, Refusal, Rpc, Token, User,
+    UserId, UserState,
 };
 
 /// How long a request id is remembered.
@@ -32,6 +33,12 @@ pub enum Mutation {
     DeleteUser(AccountId, UserId),
     PutToken(Token),
     MarkBootstrapped,
+    /// Removes the account's record. Its users go by their own
+    /// `DeleteUser`s in the same write (so the audit trail and Watch show
+    /// each), before this: a write that deletes an account deletes every
+    /// user `Target::WholeAccount` showed it. New variants go last: the
+    /// PostgreSQL change feed stores mutations by the variant's index.
+    DeleteAccount(AccountId),
 }
 
 /// What a write is about: what `plan` is shown.
@@ -41,9 +48,10 @@ pub enum Target {
     User(AccountId, UserId),
     /// Many users at once (bulk import): `TargetState::many`, in this order.
     Users(Vec<(AccountId, UserId)>),
-    /// An account and every one of its users (`TargetState::users`): a write
-    /// on the whole account (moving it to another line, deleting it) sees
-    /// every user committed before it, whichever replica wrote them.
+    /// An account and every one of its users (`TargetState::users`) and
+    /// tokens (`TargetState::tokens`): a write on the whole account (moving
+    /// it to another line, deleting it) sees every user committed before
+    /// it, whichever replica wrote them.
     WholeAccount(AccountId),
     Token(String),
     /// No stored record: a token made for no account.
@@ -84,6 +92,9 @@ pub struct TargetState {
     pub many: Vec<(Option<Account>, Option<User>)>,
     /// For `Target::WholeAccount`: every user of the account, in id order.
     pub users: Vec<User>,
+    /// For `Target::WholeAccount`: every token bound to the account
+    /// (revoked ones too), in id order.
+    pub tokens: Vec<Token>,
     /// The revision a write planned now would get.
     pub next_revision: u64,
     /// Whether the first start's operator token was made (so that replicas
@@ -100,6 +111,7 @@ impl TargetState {
         user: impl Fn(&AccountId, &UserId) -> Result<Option<User>, StoreError>,
         token: impl Fn(&str) -> Result<Option<Token>, StoreError>,
         users_of: impl Fn(&AccountId) -> Result<Vec<User>, StoreError>,
+        tokens_of: impl Fn(&AccountId) -> Result<Vec<Token>, StoreError>,
     ) -> Result<TargetState, StoreError> {
         let mut current = TargetState {
             account: None,
@@ -107,6 +119,7 @@ impl TargetState {
             token: None,
             many: Vec::new(),
             users: Vec::new(),
+            tokens: Vec::new(),
             next_revision,
             bootstrapped: false,
         };
@@ -134,6 +147,7 @@ impl TargetState {
                 current.account = account(a)?;
                 if current.account.is_some() {
                     current.users = users_of(a)?;
+                    current.tokens = tokens_of(a)?;
                 }
             }
             Target::Token(id) => current.token = token(id)?,
@@ -261,6 +275,8 @@ impl Store {
             user_id: ctx.user_id,
             before: None,
             after: None,
+            account_before: None,
+            account_after: None,
             details: Vec::new(),
             outcome: Outcome::Refused {
                 code: code.to_owned(),
@@ -324,18 +340,28 @@ where
         }
     }
 
-    // The users as they were, for the audit trail's "before".
-    let mut befores: HashMap<(AccountId, UserId), UserState> = HashMap::new();
+    // The users and accounts as they were, for the audit trail's "before".
+    let mut befores = Befores::default();
     for user in current
         .user
         .iter()
         .chain(current.many.iter().filter_map(|(_, u)| u.as_ref()))
         .chain(current.users.iter())
     {
-        befores.insert(
+        befores.users.insert(
             (user.account_id.clone(), user.id.clone()),
             UserState::from(user),
         );
+    }
+    for account in current
+        .account
+        .iter()
+        .chain(current.many.iter().filter_map(|(a, _)| a.as_ref()))
+    {
+        befores
+            .accounts
+            .entry(account.id.clone())
+            .or_insert_with(|| AccountState::from(account));
     }
     let keep = |revision, answer| {
         ctx.request.as_ref().map(|request| RequestRecord {
@@ -401,17 +427,26 @@ where
     Ok((Step::Commit(changes), Ok((written, true))))
 }
 
-/// A write's audit records: one per user it changed, with the user as it
-/// was and as it is after; one for the write if it changed no user. Their
+/// What the users and accounts a write touches were before it.
+#[derive(Default)]
+struct Befores {
+    users: HashMap<(AccountId, UserId), UserState>,
+    accounts: HashMap<AccountId, AccountState>,
+}
+
+/// A write's audit records, in the order of its mutations: one per user it
+/// changed, with the user as it was and as it is after, and one per
+/// account it changed (created, changed or deleted), with the account as
+/// it was and is after; one for the write if it changed neither. Their
 /// sequence numbers are the backend's to give.
 fn audit_records(
     ctx: &WriteContext,
     revision: u64,
     mutations: &[Mutation],
-    befores: &HashMap<(AccountId, UserId), UserState>,
+    befores: &Befores,
     details: &[String],
 ) -> Vec<AuditRecord> {
-    let record = |account_id, user_id, before, after| AuditRecord {
+    let record = |account_id, user_id| AuditRecord {
         seq: 0,
         revision,
         at: ctx.at,
@@ -419,32 +454,44 @@ fn audit_records(
         rpc: ctx.rpc,
         account_id,
         user_id,
-        before,
-        after,
+        before: None,
+        after: None,
+        account_before: None,
+        account_after: None,
         details: details.to_vec(),
         outcome: Outcome::Applied,
     };
+    let user_record = |account: &AccountId, user: &UserId, after| {
+        let before = befores.users.get(&(account.clone(), user.clone())).cloned();
+        AuditRecord {
+            before,
+            after,
+            ..record(account.to_string(), user.to_string())
+        }
+    };
+    let account_record = |account: &AccountId, after: Option<AccountState>| {
+        let before = befores.accounts.get(account).cloned();
+        // An account written as it was (no field changed) is no change.
+        (before != after).then(|| AuditRecord {
+            account_before: before,
+            account_after: after,
+            ..record(account.to_string(), String::new())
+        })
+    };
     let mut records: Vec<AuditRecord> = mutations
         .iter()
-        .filter_map(|m| {
-            let (account, user, after) = match m {
-                Mutation::PutUser(u) => (&u.account_id, &u.id, Some(UserState::from(u))),
-                Mutation::DeleteUser(a, u) => (a, u, None),
-                Mutation::PutAccount(_) | Mutation::PutToken(_) | Mutation::MarkBootstrapped => {
-                    return None;
-                }
-            };
-            let before = befores.get(&(account.clone(), user.clone())).cloned();
-            Some(record(account.to_string(), user.to_string(), before, after))
+        .filter_map(|m| match m {
+            Mutation::PutUser(u) => {
+                Some(user_record(&u.account_id, &u.id, Some(UserState::from(u))))
+            }
+            Mutation::DeleteUser(a, u) => Some(user_record(a, u, None)),
+            Mutation::PutAccount(a) => account_record(&a.id, Some(AccountState::from(a))),
+            Mutation::DeleteAccount(a) => account_record(a, None),
+            Mutation::PutToken(_) | Mutation::MarkBootstrapped => None,
         })
         .collect();
     if records.is_empty() {
-        records.push(record(
-            ctx.account_id.clone(),
-            ctx.user_id.clone(),
-            None,
-            None,
-        ));
+        records.push(record(ctx.account_id.clone(), ctx.user_id.clone()));
     }
     records
 }

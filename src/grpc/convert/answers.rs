@@ -6,12 +6,12 @@ use std::sync::Arc;
 use crate::{
     catalogue::{Catalogue, Report, ReportKind},
     domain::{
-        Account, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome, ReportAccess, Role,
-        ScopeKind, ScopeRef, SupervisorScope, Tier, Token, User, UserState, Via,
-        migration::MovedUser,
+        Account, AccountState, AuditRecord, Decision, Denial, Notice, NoticeKind, Outcome,
+        ReportAccess, Role, ScopeKind, ScopeRef, SupervisorScope, Tier, Token, User, UserState,
+        Via, migration::MovedUser,
     },
     proto::{CheckAnswer, EncodedReports, EncodedScope, v1 as pb},
-    service::{AccountMoved, WatchEvent},
+    service::{AccountChangeKind, AccountMoved, WatchEvent},
     store::Written,
 };
 
@@ -347,6 +347,27 @@ impl From<&UserState> for pb::UserState {
     }
 }
 
+impl From<&AccountState> for pb::AccountState {
+    fn from(a: &AccountState) -> Self {
+        pb::AccountState {
+            display_name: a.display_name.clone(),
+            product_line: a.product_line.clone(),
+            analytics_activated_at: a.analytics_activated_at.map(Into::into),
+        }
+    }
+}
+
+impl From<AccountChangeKind> for pb::AccountChangeKind {
+    fn from(k: AccountChangeKind) -> Self {
+        match k {
+            AccountChangeKind::Created => pb::AccountChangeKind::Created,
+            AccountChangeKind::AnalyticsActivated => pb::AccountChangeKind::AnalyticsActivated,
+            AccountChangeKind::ProductLineChanged => pb::AccountChangeKind::ProductLineChanged,
+            AccountChangeKind::Deleted => pb::AccountChangeKind::Deleted,
+        }
+    }
+}
+
 impl From<&AuditRecord> for pb::Change {
     fn from(r: &AuditRecord) -> Self {
         let (refused, refusal_code, refusal_reason) = match &r.outcome {
@@ -371,6 +392,8 @@ impl From<&AuditRecord> for pb::Change {
             user_id: r.user_id.clone(),
             before: r.before.as_ref().map(Into::into),
             after: r.after.as_ref().map(Into::into),
+            account_before: r.account_before.as_ref().map(Into::into),
+            account_after: r.account_after.as_ref().map(Into::into),
             details: r.details.clone(),
             refused,
             refusal_code,
@@ -424,6 +447,18 @@ impl From<&WatchEvent> for pb::WatchEntitlementsResponse {
                     created: c.before.is_none(),
                     before_supervisor_scope,
                     after_supervisor_scope,
+                })
+            }
+            WatchEvent::Account(a) => {
+                pb::watch_entitlements_response::Event::Account(pb::AccountChange {
+                    revision: a.revision,
+                    time: Some(a.at.into()),
+                    account_id: a.account_id.clone(),
+                    kind: pb::AccountChangeKind::from(a.kind) as i32,
+                    display_name: a.display_name.clone(),
+                    product_line: a.product_line.clone(),
+                    before_product_line: a.before_product_line.clone().unwrap_or_default(),
+                    data_available_at: a.data_available_at.map(Into::into),
                 })
             }
         };

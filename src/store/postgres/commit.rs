@@ -68,7 +68,8 @@ struct Batch {
     revision: u64,
     audit_seq: u64,
     bootstrapped: bool,
-    accounts: HashMap<AccountId, Account>,
+    /// `None`: deleted.
+    accounts: HashMap<AccountId, Option<Account>>,
     /// `None`: deleted.
     users: HashMap<(AccountId, UserId), Option<User>>,
     tokens: HashMap<String, Token>,
@@ -98,7 +99,7 @@ impl Batch {
                 self.revision + 1,
                 |a| {
                     Ok(match self.accounts.get(a) {
-                        Some(account) => Some(account.clone()),
+                        Some(account) => account.clone(),
                         None => view.account(a.as_str()).cloned(),
                     })
                 },
@@ -131,6 +132,20 @@ impl Batch {
                     }
                     Ok(users.into_values().collect())
                 },
+                |a| {
+                    let mut tokens: BTreeMap<String, Token> = view
+                        .tokens()
+                        .into_iter()
+                        .map(|t| (t.id.clone(), t))
+                        .collect();
+                    for (id, token) in &self.tokens {
+                        tokens.insert(id.clone(), token.clone());
+                    }
+                    Ok(tokens
+                        .into_values()
+                        .filter(|t| t.account.as_ref() == Some(a))
+                        .collect())
+                },
             )
         })
     }
@@ -140,7 +155,10 @@ impl Batch {
         for m in mutations {
             match m {
                 Mutation::PutAccount(a) => {
-                    self.accounts.insert(a.id.clone(), a.clone());
+                    self.accounts.insert(a.id.clone(), Some(a.clone()));
+                }
+                Mutation::DeleteAccount(a) => {
+                    self.accounts.insert(a.clone(), None);
                 }
                 Mutation::PutUser(u) => {
                     self.users
@@ -554,6 +572,14 @@ pub(super) async fn write_rows(
                 .await
         }));
     }
+    if !rows.deleted_account_ids.is_empty() {
+        let s = client
+            .prepare_cached("DELETE FROM entitled_accounts WHERE id = ANY($1::text[])")
+            .await?;
+        sent.push(Box::pin(async move {
+            client.execute(&s, &[&rows.deleted_account_ids]).await
+        }));
+    }
     if !rows.user_accounts.is_empty() {
         let s = client
             .prepare_cached(
@@ -678,6 +704,7 @@ pub(super) async fn write_rows(
 pub(super) struct Rows {
     account_ids: Vec<String>,
     account_records: Vec<Vec<u8>>,
+    deleted_account_ids: Vec<String>,
     user_accounts: Vec<String>,
     user_ids: Vec<String>,
     user_records: Vec<Vec<u8>>,
@@ -700,14 +727,17 @@ impl Rows {
     fn of(batch: &Batch) -> Result<Rows, StoreError> {
         // The records this batch's own writes leave, each key once (the
         // overlay also holds what it caught up on, which is stored).
-        let mut accounts: HashMap<&AccountId, &Account> = HashMap::new();
+        let mut accounts: HashMap<&AccountId, Option<&Account>> = HashMap::new();
         let mut users: HashMap<(&AccountId, &UserId), Option<&User>> = HashMap::new();
         let mut tokens: HashMap<&str, &Token> = HashMap::new();
         for (_, mutations) in &batch.changes {
             for m in mutations {
                 match m {
                     Mutation::PutAccount(a) => {
-                        accounts.insert(&a.id, a);
+                        accounts.insert(&a.id, Some(a));
+                    }
+                    Mutation::DeleteAccount(a) => {
+                        accounts.insert(a, None);
                     }
                     Mutation::PutUser(u) => {
                         users.insert((&u.account_id, &u.id), Some(u));
@@ -723,8 +753,11 @@ impl Rows {
             }
         }
         let mut rows = Rows::default();
-        for account in accounts.into_values() {
-            rows.account(account)?;
+        for (id, account) in accounts {
+            match account {
+                Some(account) => rows.account(account)?,
+                None => rows.deleted_account_ids.push(id.as_str().to_owned()),
+            }
         }
         for ((a, u), user) in users {
             match user {

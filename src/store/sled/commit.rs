@@ -305,6 +305,7 @@ fn mutation_op(m: &Mutation) -> Result<Op, StoreError> {
         Mutation::DeleteUser(a, u) => Op::remove(Tree::Users, keys::user_key(a, u)),
         Mutation::PutToken(t) => Op::put(Tree::Tokens, t.id.as_bytes().to_vec(), codec::encode(t)?),
         Mutation::MarkBootstrapped => Op::put(Tree::Meta, BOOTSTRAPPED_KEY.to_vec(), vec![1]),
+        Mutation::DeleteAccount(a) => Op::remove(Tree::Accounts, keys::account_key(a)),
     })
 }
 

@@ -49,7 +49,7 @@ use super::{
 };
 #[cfg(feature = "bench")]
 use crate::domain::Account;
-use crate::domain::{AccountId, AuditRecord, User};
+use crate::domain::{AccountId, AuditRecord, Token, User};
 
 pub(super) use restore::create;
 pub use restore::restore;
@@ -176,6 +176,35 @@ impl WriterState {
             .collect()
     }
 
+    /// Every token bound to `account`, in id order: sled's, with what is
+    /// staged laid over them. Tokens are few (each is made by an operator
+    /// or an account's admin), so they are scanned whole.
+    fn tokens_of(&self, sled: &Tree, account: &AccountId) -> Result<Vec<Token>, StoreError> {
+        let mut tokens = BTreeMap::new();
+        for item in sled.iter() {
+            let (key, value) = item.map_err(backend)?;
+            tokens.insert(key.to_vec(), value.to_vec());
+        }
+        for ((tree, key), &i) in &self.overlay {
+            if *tree != CTree::Tokens {
+                continue;
+            }
+            match self.staged.get(i).map(|op| &op.value) {
+                Some(Some(value)) => tokens.insert(key.clone(), value.clone()),
+                Some(None) => tokens.remove(key),
+                None => None,
+            };
+        }
+        let mut bound = Vec::new();
+        for (key, value) in &tokens {
+            let token: Token = codec::decode(TOKENS, key, value)?;
+            if token.account.as_ref() == Some(account) {
+                bound.push(token);
+            }
+        }
+        Ok(bound)
+    }
+
     /// `key` of `tree`, staged or in sled.
     fn get(&self, tree: CTree, sled: &Tree, key: &[u8]) -> Result<Option<IVec>, StoreError> {
         match self.staged(tree, key) {
@@ -227,6 +256,7 @@ impl SledBackend {
             },
             |id| get(writer, CTree::Tokens, &t.tokens, TOKENS, id.as_bytes()),
             |a| writer.users_of(&t.users, a),
+            |a| writer.tokens_of(&t.tokens, a),
         )
     }
 
