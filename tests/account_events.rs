@@ -395,8 +395,8 @@ struct CachedAccount {
 #[derive(Default)]
 struct Gateway {
     accounts: BTreeMap<String, CachedAccount>,
-    /// (account, user) → (edition, stored tier).
-    users: BTreeMap<(String, String), (String, i32)>,
+    /// (account, user) → (edition, stored tier, supervisor scope).
+    users: BTreeMap<(String, String), (String, i32, Option<pb::SupervisorScope>)>,
     /// The highest revision a heartbeat said the stream had reached.
     reached: u64,
     /// Events applied.
@@ -411,6 +411,8 @@ struct Answer {
     edition: String,
     data_available_at: Option<SystemTime>,
     reports: Vec<(String, bool)>,
+    /// Set exactly when the effective tier is Supervisor (rule 12).
+    supervisor_scope: Option<pb::SupervisorScope>,
 }
 
 impl Gateway {
@@ -423,7 +425,10 @@ impl Gateway {
                 if c.deleted {
                     self.users.remove(&key);
                 } else {
-                    self.users.insert(key, (c.after_edition, c.after_tier));
+                    self.users.insert(
+                        key,
+                        (c.after_edition, c.after_tier, c.after_supervisor_scope),
+                    );
                 }
             }
             Event::Account(a) => {
@@ -464,8 +469,9 @@ impl Gateway {
             edition: edition.to_owned(),
             data_available_at: None,
             reports: Vec::new(),
+            supervisor_scope: None,
         };
-        let (Some(acc), Some((edition, stored))) = (
+        let (Some(acc), Some((edition, stored, scope))) = (
             self.accounts.get(account),
             self.users.get(&(account.to_owned(), user.to_owned())),
         ) else {
@@ -494,6 +500,11 @@ impl Gateway {
                 .iter()
                 .map(|(id, live)| (id.clone(), *live || ready))
                 .collect(),
+            supervisor_scope: if tier == T::Supervisor as i32 {
+                scope.clone()
+            } else {
+                None
+            },
         }
     }
 }
@@ -509,6 +520,7 @@ fn answer_of(r: &pb::CheckAnalyticsAccessResponse) -> Answer {
             .iter()
             .map(|r| (r.id.to_string(), r.available))
             .collect(),
+        supervisor_scope: r.supervisor_scope.clone(),
     }
 }
 
@@ -545,18 +557,20 @@ enum Write {
     UpdateServices,
     Import,
     DeleteAccount,
+    MigrateAccount,
     /// Not a write: time passes, so historical reports open (rule 8).
     AdvanceClock,
 }
 
 /// Each kind with its weight.
-const WRITES: [(Write, u32); 7] = [
+const WRITES: [(Write, u32); 8] = [
     (Write::CreateAccount, 6),
     (Write::PutUser, 12),
     (Write::DeleteUser, 4),
     (Write::UpdateServices, 30),
     (Write::Import, 5),
     (Write::DeleteAccount, 2),
+    (Write::MigrateAccount, 3),
     (Write::AdvanceClock, 3),
 ];
 
@@ -619,6 +633,7 @@ impl Workload<'_> {
             Write::UpdateServices => self.update_services().await,
             Write::Import => self.import().await,
             Write::DeleteAccount => self.delete_account().await,
+            Write::MigrateAccount => self.migrate_account().await,
             Write::AdvanceClock => {
                 let hours = self.rng.random_range(1..30);
                 self.clock.advance(Duration::from_secs(hours * 3600));
@@ -685,6 +700,7 @@ impl Workload<'_> {
             1 => (None, Some(self.tier())),
             _ => (Some(self.edition()), Some(self.tier())),
         };
+        let supervisor_scope = self.scope();
         let r = self
             .app
             .update(pb::UpdateUserServicesRequest {
@@ -692,6 +708,7 @@ impl Workload<'_> {
                 user_id: user.into(),
                 edition,
                 analytics_tier: tier,
+                supervisor_scope,
                 ..Default::default()
             })
             .await;
@@ -741,6 +758,71 @@ impl Workload<'_> {
             Ok(r) => r.into_inner().errors.is_empty(),
             Err(status) => panic!("import failed: {status:?}"),
         }
+    }
+
+    /// Rule 12: mostly none (a supervisor keeps its scope, a new one gets
+    /// the whole account), else the whole account or a few groups (refused
+    /// unless the change leaves a supervisor).
+    fn scope(&mut self) -> Option<pb::SupervisorScope> {
+        match self.rng.random_range(0..6) {
+            0 => Some(pb::SupervisorScope {
+                whole_account: true,
+                refs: Vec::new(),
+            }),
+            1 | 2 => {
+                let n = self.rng.random_range(1..4);
+                let mut ids: Vec<u32> = (0..5).collect();
+                let refs = (0..n)
+                    .map(|_| {
+                        let id = ids.remove(self.rng.random_range(0..ids.len()));
+                        pb::ScopeRef {
+                            kind: self.rng.random_range(1..5),
+                            id: format!("G{id}"),
+                        }
+                    })
+                    .collect();
+                Some(pb::SupervisorScope {
+                    whole_account: false,
+                    refs,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Rule 15: an account to another line (refused when it is on that
+    /// line already, when the catalogue has no such move, or when a licence
+    /// has no mapping and its removal is not asked for).
+    async fn migrate_account(&mut self) -> bool {
+        let account = self.one(&ACCOUNTS);
+        let to = self.lines[self.rng.random_range(0..self.lines.len())].clone();
+        let remove_unmapped_licences = self.rng.random_range(0..2) == 0;
+        let r = self
+            .app
+            .provisioning
+            .clone()
+            .migrate_account(pb::MigrateAccountRequest {
+                account_id: account.into(),
+                to_product_line: to,
+                remove_unmapped_licences,
+                ..Default::default()
+            })
+            .await;
+        let mut stream = match r {
+            Ok(stream) => stream.into_inner(),
+            Err(status) => {
+                return applied::<()>(Err(status), &[Code::NotFound, Code::FailedPrecondition]);
+            }
+        };
+        let mut summary = None;
+        while let Some(message) = stream.message().await.unwrap() {
+            if let Some(pb::migrate_account_response::Item::Summary(s)) = message.item {
+                summary = Some(s);
+            }
+        }
+        !summary
+            .expect("a move's answer ends with its summary")
+            .dry_run
     }
 
     async fn delete_account(&mut self) -> bool {

@@ -278,7 +278,17 @@ on_both_backends! {
             .unwrap()
             .into_inner()
             .changes;
-        let trail: Vec<_> = changes
+        // The account's own record: its line before and after.
+        let lines: Vec<_> = changes
+            .iter()
+            .filter_map(|c| {
+                let (b, a) = (c.account_before.as_ref()?, c.account_after.as_ref()?);
+                Some((c.revision, b.product_line.as_str(), a.product_line.as_str()))
+            })
+            .collect();
+        assert_eq!(lines, [(start + 1, "virtual-office", "work")]);
+        let users: Vec<&pb::Change> = changes.iter().filter(|c| !c.user_id.is_empty()).collect();
+        let trail: Vec<_> = users
             .iter()
             .map(|c| {
                 let (b, a) = (c.before.clone().unwrap(), c.after.clone().unwrap());
@@ -293,7 +303,7 @@ on_both_backends! {
             ]
         );
         assert_eq!(
-            changes[0].details,
+            users[0].details,
             ["moved account `acme` from product line `virtual-office` to `work`"]
         );
         // And a Watch event for each.
