@@ -687,7 +687,7 @@ async fn audit_retention_from_file_env_and_flag() {
     assert_eq!(zero.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&zero.stderr)
-            .contains("audit_retention `0s` would prune every record"),
+            .contains("audit_retention `0s` is shorter than the least, `1h`"),
         "{}",
         String::from_utf8_lossy(&zero.stderr)
     );

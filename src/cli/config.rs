@@ -15,10 +15,14 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use super::CliError;
+
 use entitled::{
     server::{CatalogueSource, Config, TlsFiles},
     store::Location,
 };
+
+/// The shortest `--audit-retention` accepted.
+pub const MIN_AUDIT_RETENTION: Duration = Duration::from_secs(3600);
 
 /// `--console-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,10 +278,15 @@ impl ServeArgs {
             server.watch.history = history;
         }
         if let Some(keep) = self.audit_retention.or(file_retention) {
-            if keep.is_zero() {
-                return Err(CliError::Usage(
-                    "audit_retention `0s` would prune every record as it is written; give at least `1s`, or leave it unset to keep everything".to_owned(),
-                ));
+            // With PostgreSQL, pruning also drops the change feed the
+            // other replicas follow: a retention shorter than an hour would
+            // leave a replica that lags by more (a pause, a lost
+            // connection) unable to catch up without a restart.
+            if keep < MIN_AUDIT_RETENTION {
+                return Err(CliError::Usage(format!(
+                    "audit_retention `{}` is shorter than the least, `1h`: records would be pruned before replicas and watchers that lag have read them; give at least `1h`, or leave it unset to keep everything",
+                    humantime::format_duration(keep)
+                )));
             }
             server.audit_retention.keep = Some(keep);
         }

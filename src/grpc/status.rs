@@ -194,6 +194,7 @@ mod tests {
                 account: account(),
                 users: 300_000,
                 max: 200_000,
+                rpc: Rpc::DeleteAccount,
             },
             DomainError::PermissionDenied(Forbidden::Service {
                 role: Role::Gateway,

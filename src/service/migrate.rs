@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Caller, DomainError, Entitlements, authorize, users::require_account};
+use super::{
+    Caller, DomainError, Entitlements, authorize,
+    users::{MAX_WHOLE_ACCOUNT_USERS, require_account},
+};
 use crate::{
     domain::{
         Account, AccountId, Rpc,
@@ -51,6 +54,14 @@ impl Entitlements {
                 ctx,
                 move |current| {
                     let stored = require_account(&current, &account)?;
+                    if current.users.len() > MAX_WHOLE_ACCOUNT_USERS {
+                        return Err(DomainError::AccountTooLarge {
+                            account: account.clone(),
+                            users: current.users.len(),
+                            max: MAX_WHOLE_ACCOUNT_USERS,
+                            rpc: Rpc::MigrateAccount,
+                        });
+                    }
                     // What the one writer sees is the committed state: the
                     // revision a dry run answers, and the one
                     // expected_revision is compared with.

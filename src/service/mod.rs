@@ -117,12 +117,13 @@ pub enum DomainError {
         within: Duration,
     },
     #[error(
-        "account `{account}` has {users} users; DeleteAccount deletes at most {max} in one write: delete users with DeleteUser until at most {max} are left"
+        "account `{account}` has {users} users; {rpc} takes an account of at most {max} in one write: delete users with DeleteUser until at most {max} are left"
     )]
     AccountTooLarge {
         account: AccountId,
         users: usize,
         max: usize,
+        rpc: Rpc,
     },
     #[error(
         "supervisor_scope is only for supervisor analytics, and user `{user}` would have {tier}; set the supervisor tier with it, or leave supervisor_scope unset"

@@ -16,6 +16,9 @@ use crate::{
 /// each), so a larger account is refused, and its users are deleted first
 /// (`DeleteUser`), rather than one call taking the server's memory.
 pub const MAX_DELETED_USERS: usize = 200_000;
+/// The most users a whole-account write (MigrateAccount, DeleteAccount)
+/// takes: it holds every one of them, and its records, in memory at once.
+pub const MAX_WHOLE_ACCOUNT_USERS: usize = MAX_DELETED_USERS;
 
 /// What deleting an account did.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -267,6 +270,7 @@ impl Entitlements {
                             account: account.clone(),
                             users: current.users.len(),
                             max: MAX_DELETED_USERS,
+                            rpc: Rpc::DeleteAccount,
                         });
                     }
                     let live: Vec<Token> = current

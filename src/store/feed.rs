@@ -143,7 +143,10 @@ impl Store {
         self.backend
             .audit_from(None, from, &mut |record| {
                 let seq = record.seq;
-                if next == from && seq != from {
+                // Anywhere in the read, not only at its start: a read
+                // spans several of the backend's reads, and a pruning
+                // batch may commit between two of them.
+                if seq != next {
                     hole = Some(seq);
                     return ControlFlow::Break(());
                 }
@@ -159,17 +162,20 @@ impl Store {
             .await?;
         if hole.is_some() || next == from {
             let pruned = self.backend.pruned().await?;
-            if pruned.seq >= from {
+            if pruned.seq >= next {
                 return Err(StoreError::Pruned {
-                    asked: PrunedAsk::Next(from),
+                    asked: PrunedAsk::Next(next),
                     pruned,
                 });
             }
             if let Some(seq) = hole {
                 return Err(StoreError::Corrupt {
                     kind: super::codec::AUDIT,
-                    key: from.to_string(),
-                    reason: format!("the audit trail goes from record {} to {seq}", from - 1),
+                    key: next.to_string(),
+                    reason: format!(
+                        "the audit trail goes from record {} to {seq}",
+                        next.saturating_sub(1)
+                    ),
                 });
             }
         }
