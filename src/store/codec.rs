@@ -148,62 +148,82 @@ pub fn decode_audit(
         Some((&FORMAT_AUDIT_V4, body)) => postcard::from_bytes(body).map_err(corrupt),
         Some((&FORMAT_AUDIT_V3, body)) => {
             let old: AuditRecordV3 = postcard::from_bytes(body).map_err(corrupt)?;
-            Ok(AuditRecord {
-                seq: old.seq,
-                revision: old.revision,
-                at: old.at,
-                actor: old.actor,
-                rpc: old.rpc,
-                account_id: old.account_id,
-                user_id: old.user_id,
-                before: old.before,
-                after: old.after,
-                account_before: None,
-                account_after: None,
-                details: old.details,
-                outcome: old.outcome,
-            })
+            Ok(old.into())
         }
         Some((&FORMAT_AUDIT_V2, body)) => {
             let old: AuditRecordV2 = postcard::from_bytes(body).map_err(corrupt)?;
-            Ok(AuditRecord {
-                seq: old.seq,
-                revision: old.revision,
-                at: old.at,
-                actor: old.actor,
-                rpc: old.rpc,
-                account_id: old.account_id,
-                user_id: old.user_id,
-                before: old.before.map(Into::into),
-                after: old.after.map(Into::into),
-                account_before: None,
-                account_after: None,
-                details: old.details,
-                outcome: old.outcome,
-            })
+            Ok(AuditRecordV3::from(old).into())
         }
         _ => {
             let old: AuditRecordV1 = decode(kind, key, value)?;
-            Ok(AuditRecord {
-                seq: old.seq,
-                revision: old.revision,
-                at: old.at,
-                actor: Actor {
-                    token_id: old.actor.token_id,
-                    name: old.actor.name,
-                    role: old.actor.role,
-                    via: Via::Api,
-                },
-                rpc: old.rpc,
-                account_id: old.account_id,
-                user_id: old.user_id,
-                before: old.before.map(Into::into),
-                after: old.after.map(Into::into),
-                account_before: None,
-                account_after: None,
-                details: old.details,
-                outcome: old.outcome,
-            })
+            Ok(AuditRecordV3::from(AuditRecordV2::from(old)).into())
+        }
+    }
+}
+
+// Each older audit format read as the next one, so that a new format adds
+// one step here rather than another copy of every field in each arm.
+
+impl From<AuditRecordV3> for AuditRecord {
+    /// Before an account's states were kept: none.
+    fn from(old: AuditRecordV3) -> Self {
+        AuditRecord {
+            seq: old.seq,
+            revision: old.revision,
+            at: old.at,
+            actor: old.actor,
+            rpc: old.rpc,
+            account_id: old.account_id,
+            user_id: old.user_id,
+            before: old.before,
+            after: old.after,
+            account_before: None,
+            account_after: None,
+            details: old.details,
+            outcome: old.outcome,
+        }
+    }
+}
+
+impl From<AuditRecordV2> for AuditRecordV3 {
+    /// Before the supervisor scope: the states read as they meant then.
+    fn from(old: AuditRecordV2) -> Self {
+        AuditRecordV3 {
+            seq: old.seq,
+            revision: old.revision,
+            at: old.at,
+            actor: old.actor,
+            rpc: old.rpc,
+            account_id: old.account_id,
+            user_id: old.user_id,
+            before: old.before.map(Into::into),
+            after: old.after.map(Into::into),
+            details: old.details,
+            outcome: old.outcome,
+        }
+    }
+}
+
+impl From<AuditRecordV1> for AuditRecordV2 {
+    /// Before `Actor::via`: every record came through the API.
+    fn from(old: AuditRecordV1) -> Self {
+        AuditRecordV2 {
+            seq: old.seq,
+            revision: old.revision,
+            at: old.at,
+            actor: Actor {
+                token_id: old.actor.token_id,
+                name: old.actor.name,
+                role: old.actor.role,
+                via: Via::Api,
+            },
+            rpc: old.rpc,
+            account_id: old.account_id,
+            user_id: old.user_id,
+            before: old.before,
+            after: old.after,
+            details: old.details,
+            outcome: old.outcome,
         }
     }
 }
