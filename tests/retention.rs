@@ -88,37 +88,13 @@ async fn next_change(
     }
 }
 
-/// Users `prefix0000`, … of `acme` in one import: `count` changes at one
-/// revision, which it returns.
-async fn import_users(app: &TestApp, prefix: &str, count: usize) -> u64 {
-    let rows: Vec<pb::UserRow> = (0..count)
-        .map(|i| pb::UserRow {
-            account_id: "acme".into(),
-            user_id: format!("{prefix}{i:04}"),
-            ..Default::default()
-        })
-        .collect();
-    let imported = app
-        .provisioning
-        .clone()
-        .import_users(pb::ImportUsersRequest {
-            rows,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(imported.errors.is_empty());
-    imported.revision
-}
-
 /// The old part of the trail every test starts from: the operator token
 /// (revision 1), `acme` (2), `ada` (3), an import of five users (4, five
 /// records) and a refusal at 4; all more than an hour before `carl` (5).
 async fn old_and_new(app: &TestApp, clock: &ManualClock) -> u64 {
     app.create_account("acme", "work").await;
     assert_eq!(app.put_user("acme", "ada").await.revision, 3);
-    assert_eq!(import_users(app, "imp", 5).await, 4);
+    assert_eq!(app.import_users("imp", 5).await, 4);
     let refused = app
         .provisioning
         .clone()
@@ -269,7 +245,7 @@ on_both_backends! {
         let clock = start();
         let app = spawn(backend, &clock, 20).await;
         app.create_account("acme", "work").await;
-        import_users(&app, "old", 2000).await;
+        app.import_users("old", 2000).await;
         for i in 0..20 {
             app.put_user("acme", &format!("single{i}")).await;
         }
@@ -330,7 +306,7 @@ async fn two_replicas_prune_one_database_without_fighting() {
         TestApp::start_with_secret(second_dir.path(), options(), first.operator_secret.clone())
             .await;
     first.create_account("acme", "work").await;
-    let import = import_users(&first, "u", 300).await;
+    let import = first.import_users("u", 300).await;
     clock.advance(2 * HOUR);
     let kept = second.put_user("acme", "carl").await.revision;
     let (a, b) = tokio::join!(first.pruner.pass(), second.pruner.pass());

@@ -298,29 +298,6 @@ async fn small_window_watch(app: &TestApp) -> Streaming<pb::WatchEntitlementsRes
         .into_inner()
 }
 
-/// Users `u0000`, `u0001`, … of `acme`, in one import: `count` changes at
-/// one revision.
-async fn import_users(app: &TestApp, count: usize) {
-    let rows: Vec<pb::UserRow> = (0..count)
-        .map(|i| pb::UserRow {
-            account_id: "acme".into(),
-            user_id: format!("u{i:04}"),
-            ..Default::default()
-        })
-        .collect();
-    let imported = app
-        .provisioning
-        .clone()
-        .import_users(pb::ImportUsersRequest {
-            rows,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(imported.errors.is_empty());
-}
-
 /// How a watch that was cut off as too slow ended: the changes it got
 /// before the cut, in order, and the status.
 struct CutOff {
@@ -387,7 +364,7 @@ on_both_backends! {
         .await;
         app.create_account("acme", "work").await;
         // Far more changes than the buffer and the transport's windows hold.
-        import_users(&app, 4000).await;
+        app.import_users("u", 4000).await;
         let CutOff { received, status } = watch_until_cut_off(&app, 4000).await;
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         let resume_after = resume_point(&status);
@@ -455,7 +432,7 @@ on_both_backends! {
         })
         .await;
         app.create_account("acme", "work").await;
-        import_users(&app, 4000).await;
+        app.import_users("u", 4000).await;
         let CutOff { received, status } = watch_until_cut_off(&app, 4000).await;
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         let last = resume_point(&status);
@@ -502,7 +479,7 @@ on_both_backends! {
         })
         .await;
         app.create_account("acme", "work").await;
-        import_users(&app, 2000).await;
+        app.import_users("u", 2000).await;
         let mut stream = watch(&app, "acme", 0).await.unwrap();
         for i in 0..2000 {
             assert_eq!(next_change(&mut stream).await.user_id, format!("u{i:04}"));
@@ -555,7 +532,7 @@ on_both_backends! {
         })
         .await;
         app.create_account("acme", "work").await;
-        import_users(&app, 4000).await;
+        app.import_users("u", 4000).await;
         let import = app.revision().await;
         let mut stream = small_window_watch(&app).await;
         for _ in 0..10 {

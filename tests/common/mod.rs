@@ -425,6 +425,30 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Users `prefix0000`, `prefix0001`, … of `acme` in one import:
+    /// `count` changes at one revision, which it returns.
+    pub async fn import_users(&self, prefix: &str, count: usize) -> u64 {
+        let rows: Vec<pb::UserRow> = (0..count)
+            .map(|i| pb::UserRow {
+                account_id: "acme".into(),
+                user_id: format!("{prefix}{i:04}"),
+                ..Default::default()
+            })
+            .collect();
+        let imported = self
+            .provisioning
+            .clone()
+            .import_users(pb::ImportUsersRequest {
+                rows,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(imported.errors.is_empty(), "{:?}", imported.errors);
+        imported.revision
+    }
+
     pub async fn put_user(&self, account: &str, user: &str) -> pb::User {
         self.provisioning
             .clone()
