@@ -11,9 +11,9 @@ use super::super::{
     codec::{self, ACCOUNTS, AUDIT, REQUESTS, TOKENS, USERS},
 };
 use super::{
-    Inner,
-    commit::{Rows, write_rows},
-    pool, schema, unavailable,
+    Inner, pool,
+    rows::{Rows, write_rows},
+    schema, unavailable,
 };
 use crate::domain::{Account, Token, User};
 

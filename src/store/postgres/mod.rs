@@ -23,6 +23,7 @@ mod commit;
 mod follow;
 mod load;
 mod prune;
+mod rows;
 mod schema;
 
 use std::{

@@ -1,0 +1,315 @@
+//! The rows a write sends to PostgreSQL, column by column, and the one
+//! pipelined round trip that sends them (a batch's, or a new database's).
+
+use std::collections::HashMap;
+
+use deadpool_postgres::Object;
+
+use super::super::{
+    Mutation, StoreError,
+    backend::{Counters, Record},
+    codec::{self, RequestRecord},
+};
+use super::commit::int;
+use crate::domain::{Account, AccountId, AuditRecord, Token, User, UserId, validate_id};
+
+/// Sends the batch's rows: one statement per table, then the counters, all
+/// at once (tokio-postgres pipelines statements issued together, so this is
+/// one round trip, not one per table).
+pub(super) async fn write_rows(
+    client: &Object,
+    rows: &Rows,
+    counters: Counters,
+) -> Result<(), tokio_postgres::Error> {
+    type Sent<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
+    >;
+    let mut sent: Vec<Sent<'_>> = Vec::new();
+    if !rows.account_ids.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_accounts (id, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(&s, &[&rows.account_ids, &rows.account_records])
+                .await
+        }));
+    }
+    if !rows.deleted_account_ids.is_empty() {
+        let s = client
+            .prepare_cached("DELETE FROM entitled_accounts WHERE id = ANY($1::text[])")
+            .await?;
+        sent.push(Box::pin(async move {
+            client.execute(&s, &[&rows.deleted_account_ids]).await
+        }));
+    }
+    if !rows.user_accounts.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_users (account_id, user_id, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (account_id, user_id) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(
+                    &s,
+                    &[&rows.user_accounts, &rows.user_ids, &rows.user_records],
+                )
+                .await
+        }));
+    }
+    if !rows.deleted_accounts.is_empty() {
+        let s = client
+            .prepare_cached(
+                "DELETE FROM entitled_users WHERE (account_id, user_id) IN \
+                 (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+            )
+            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(&s, &[&rows.deleted_accounts, &rows.deleted_users])
+                .await
+        }));
+    }
+    if !rows.token_ids.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_tokens (id, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(&s, &[&rows.token_ids, &rows.token_records])
+                .await
+        }));
+    }
+    if !rows.change_revisions.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_changes (revision, mutations) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
+            )
+            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(&s, &[&rows.change_revisions, &rows.change_records])
+                .await
+        }));
+    }
+    if !rows.audit_seqs.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_audit (seq, revision, account_id, record) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
+            )
+            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(
+                    &s,
+                    &[
+                        &rows.audit_seqs,
+                        &rows.audit_revisions,
+                        &rows.audit_accounts,
+                        &rows.audit_records,
+                    ],
+                )
+                .await
+        }));
+    }
+    if !rows.request_tokens.is_empty() {
+        let s = client
+            .prepare_cached(
+                "INSERT INTO entitled_requests (token_id, request_id, record) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (token_id, request_id) DO UPDATE SET record = EXCLUDED.record",
+            )
+            .await?;
+        sent.push(Box::pin(async move {
+            client
+                .execute(
+                    &s,
+                    &[
+                        &rows.request_tokens,
+                        &rows.request_ids,
+                        &rows.request_records,
+                    ],
+                )
+                .await
+        }));
+    }
+    let s = client
+        .prepare_cached(
+            "UPDATE entitled_state SET revision = $1, audit_seq = $2, bootstrapped = $3",
+        )
+        .await?;
+    let counters = (
+        int(counters.revision),
+        int(counters.audit_seq),
+        counters.bootstrapped,
+    );
+    sent.push(Box::pin(async move {
+        client
+            .execute(&s, &[&counters.0, &counters.1, &counters.2])
+            .await
+    }));
+    futures_util::future::try_join_all(sent).await?;
+    Ok(())
+}
+
+/// Rows to write, column by column (for `UNNEST`): a batch's, or a new
+/// database's (`load::create`).
+#[derive(Default)]
+pub(super) struct Rows {
+    account_ids: Vec<String>,
+    account_records: Vec<Vec<u8>>,
+    deleted_account_ids: Vec<String>,
+    user_accounts: Vec<String>,
+    user_ids: Vec<String>,
+    user_records: Vec<Vec<u8>>,
+    deleted_accounts: Vec<String>,
+    deleted_users: Vec<String>,
+    token_ids: Vec<String>,
+    token_records: Vec<Vec<u8>>,
+    change_revisions: Vec<i64>,
+    change_records: Vec<Vec<u8>>,
+    audit_seqs: Vec<i64>,
+    audit_revisions: Vec<i64>,
+    audit_accounts: Vec<Option<String>>,
+    audit_records: Vec<Vec<u8>>,
+    request_tokens: Vec<String>,
+    request_ids: Vec<String>,
+    request_records: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    /// A batch's rows: the records its writes leave, its changes, its audit
+    /// records and its request ids.
+    pub(super) fn of(
+        changes: &[(u64, Vec<Mutation>)],
+        audit: &[AuditRecord],
+        requests: &HashMap<(String, String), RequestRecord>,
+    ) -> Result<Rows, StoreError> {
+        // The records this batch's own writes leave, each key once (the
+        // overlay also holds what it caught up on, which is stored).
+        let mut accounts: HashMap<&AccountId, Option<&Account>> = HashMap::new();
+        let mut users: HashMap<(&AccountId, &UserId), Option<&User>> = HashMap::new();
+        let mut tokens: HashMap<&str, &Token> = HashMap::new();
+        for (_, mutations) in changes {
+            for m in mutations {
+                match m {
+                    Mutation::PutAccount(a) => {
+                        accounts.insert(&a.id, Some(a));
+                    }
+                    Mutation::DeleteAccount(a) => {
+                        accounts.insert(a, None);
+                    }
+                    Mutation::PutUser(u) => {
+                        users.insert((&u.account_id, &u.id), Some(u));
+                    }
+                    Mutation::DeleteUser(a, u) => {
+                        users.insert((a, u), None);
+                    }
+                    Mutation::PutToken(t) => {
+                        tokens.insert(&t.id, t);
+                    }
+                    Mutation::MarkBootstrapped => {}
+                }
+            }
+        }
+        let mut rows = Rows::default();
+        for (id, account) in accounts {
+            match account {
+                Some(account) => rows.account(account)?,
+                None => rows.deleted_account_ids.push(id.as_str().to_owned()),
+            }
+        }
+        for ((a, u), user) in users {
+            match user {
+                Some(user) => rows.user(user)?,
+                None => {
+                    rows.deleted_accounts.push(a.as_str().to_owned());
+                    rows.deleted_users.push(u.as_str().to_owned());
+                }
+            }
+        }
+        for token in tokens.into_values() {
+            rows.token(token)?;
+        }
+        for (revision, mutations) in changes {
+            rows.change_revisions.push(int(*revision));
+            rows.change_records
+                .push(codec::encode_mutations(mutations)?);
+        }
+        for record in audit {
+            rows.audit(record)?;
+        }
+        for ((token, id), record) in requests {
+            rows.request(token, id, record)?;
+        }
+        Ok(rows)
+    }
+
+    /// A stored record's row; the counters are not one (`write_rows` takes
+    /// them).
+    pub(super) fn record(&mut self, record: &Record) -> Result<(), StoreError> {
+        match record {
+            Record::Counters(_) => Ok(()),
+            Record::Account(a) => self.account(a),
+            Record::User(u) => self.user(u),
+            Record::Token(t) => self.token(t),
+            Record::Audit(r) => self.audit(r),
+            Record::Request(k) => self.request(&k.token_id, &k.request_id, &k.record),
+        }
+    }
+
+    fn account(&mut self, account: &Account) -> Result<(), StoreError> {
+        self.account_ids.push(account.id.as_str().to_owned());
+        self.account_records.push(codec::encode(account)?);
+        Ok(())
+    }
+
+    fn user(&mut self, user: &User) -> Result<(), StoreError> {
+        self.user_accounts.push(user.account_id.as_str().to_owned());
+        self.user_ids.push(user.id.as_str().to_owned());
+        self.user_records.push(codec::encode_user(user)?);
+        Ok(())
+    }
+
+    fn token(&mut self, token: &Token) -> Result<(), StoreError> {
+        self.token_ids.push(token.id.clone());
+        self.token_records.push(codec::encode(token)?);
+        Ok(())
+    }
+
+    fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.audit_seqs.push(int(record.seq));
+        self.audit_revisions.push(int(record.revision));
+        self.audit_accounts.push(audit_account(record));
+        self.audit_records.push(codec::encode_audit(record)?);
+        Ok(())
+    }
+
+    fn request(&mut self, token: &str, id: &str, record: &RequestRecord) -> Result<(), StoreError> {
+        self.request_tokens.push(token.to_owned());
+        self.request_ids.push(id.to_owned());
+        self.request_records.push(codec::encode_request(record)?);
+        Ok(())
+    }
+}
+
+/// The account an audit record is listed under: only a well-formed id, so
+/// that one account's listing never matches a refused call's malformed id.
+fn audit_account(record: &AuditRecord) -> Option<String> {
+    validate_id(&record.account_id)
+        .is_ok()
+        .then(|| record.account_id.clone())
+}
