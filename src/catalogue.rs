@@ -155,7 +155,7 @@ impl Catalogue {
 
         let migrations =
             migrations(raw.migrations, &product_lines).map_err(|(span, m)| invalid(span, m))?;
-        Ok(Catalogue::with_migrations(
+        Ok(Catalogue::new(
             product_lines,
             migrations,
             reports,

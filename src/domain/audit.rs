@@ -1,6 +1,6 @@
 //! The audit trail: one record for every write, applied or refused.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +55,13 @@ pub struct AccountState {
     pub product_line: String,
     /// Rule 8: when the account's analytics clock started.
     pub analytics_activated_at: Option<SystemTime>,
+}
+
+impl AccountState {
+    /// Rule 8, as `Account::data_available_at`.
+    pub fn data_available_at(&self, data_delay: Duration) -> Option<SystemTime> {
+        super::data_available_at(self.analytics_activated_at, data_delay)
+    }
 }
 
 impl From<&Account> for AccountState {

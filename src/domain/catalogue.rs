@@ -38,7 +38,7 @@ pub struct Edition {
 
 impl Edition {
     pub fn allows(&self, tier: Tier) -> bool {
-        tier <= self.max_tier
+        tier.allowed_up_to(self.max_tier)
     }
 }
 
@@ -97,19 +97,12 @@ impl Report {
 }
 
 impl Catalogue {
-    /// A catalogue of these lines and reports. The caller (the TOML reader)
-    /// has checked them: ids unique and well formed, editions in order.
+    /// A catalogue of these lines, the moves between them, and reports;
+    /// each tier's report list for the check is computed here, once (rule
+    /// 9). The caller (the TOML reader) has checked them: ids unique and
+    /// well formed, editions in order, lines and editions of each move
+    /// known, each pair of lines once.
     pub fn new(
-        product_lines: Vec<ProductLine>,
-        reports: Vec<Report>,
-        data_delay: Duration,
-    ) -> Self {
-        Self::with_migrations(product_lines, Vec::new(), reports, data_delay)
-    }
-
-    /// `new`, with the moves between lines it allows. The caller has
-    /// checked them: lines and editions known, each pair of lines once.
-    pub fn with_migrations(
         product_lines: Vec<ProductLine>,
         migrations: Vec<Migration>,
         reports: Vec<Report>,

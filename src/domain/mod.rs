@@ -57,8 +57,17 @@ impl Account {
     /// Rule 8: when the account's historical data is available: its
     /// activation plus the catalogue's data delay; none before activation.
     pub fn data_available_at(&self, data_delay: Duration) -> Option<SystemTime> {
-        self.analytics_activated_at.map(|at| at + data_delay)
+        data_available_at(self.analytics_activated_at, data_delay)
     }
+}
+
+/// Rule 8, the one sum: historical data is available the catalogue's data
+/// delay after the account's analytics clock started; none before it did.
+pub fn data_available_at(
+    activated_at: Option<SystemTime>,
+    data_delay: Duration,
+) -> Option<SystemTime> {
+    activated_at.map(|at| at + data_delay)
 }
 
 /// One person's extension inside an account, with its services.

@@ -17,6 +17,12 @@ pub enum Tier {
 impl Tier {
     pub const ALL: [Tier; 3] = [Tier::None, Tier::Essentials, Tier::Supervisor];
 
+    /// Rule 3's order: an edition that allows `max` allows every tier up to
+    /// it (`Edition::allows` is this, for an edition's own highest tier).
+    pub fn allowed_up_to(self, max: Tier) -> bool {
+        self <= max
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Tier::None => "none",

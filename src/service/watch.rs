@@ -235,7 +235,7 @@ pub(crate) fn events_of(
             before_product_line,
             data_available_at: match kind {
                 AccountChangeKind::Deleted => None,
-                _ => state.analytics_activated_at.map(|at| at + data_delay),
+                _ => state.data_available_at(data_delay),
             },
         })
     };

@@ -52,7 +52,7 @@ pub fn render(v: &View) -> Markup {
         }
     }
     let user = v.user;
-    let max = max_tier(v.line, v.edition);
+    let max = v.line.map_or(Tier::None, |l| l.max_tier(v.edition));
     page(
         &v.chrome,
         "Services and permissions",
@@ -175,7 +175,7 @@ fn tier_field(v: &View, max: Tier) -> Markup {
 
 fn radio(v: &View, tier: Tier, max: Tier) -> Markup {
     let id = format!("tier-{}", tier.name());
-    let allowed = tier <= max;
+    let allowed = tier.allowed_up_to(max);
     // The checked choice stays usable, so a refusal can be corrected.
     let disabled = !allowed && tier != v.tier;
     let editions: Vec<&str> = v
@@ -212,13 +212,6 @@ fn list(items: &[&str]) -> String {
         [] => "an edition that includes it".to_owned(),
         [one] => (*one).to_owned(),
         [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
-    }
-}
-
-fn max_tier(line: Option<&ProductLine>, edition: Option<&str>) -> Tier {
-    match (line, edition) {
-        (Some(line), Some(e)) => line.edition(e).map_or(Tier::None, |e| e.max_tier),
-        _ => Tier::None,
     }
 }
 
