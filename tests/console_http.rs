@@ -352,6 +352,7 @@ async fn over_tls_the_console_uses_the_servers_certificate_and_secure_cookies() 
         Catalogue::builtin().unwrap(),
     );
     config.console_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.operator_token_file = Some(dir.path().join("operator.token"));
     config.tls = Some(TlsFiles {
         cert: dir.path().join("server.pem"),
         key: dir.path().join("server.key"),
@@ -372,24 +373,70 @@ async fn over_tls_the_console_uses_the_servers_certificate_and_secure_cookies() 
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = TlsConnector::from(std::sync::Arc::new(client))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    tls.write_all(b"GET /sign-in HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tls.read_to_string(&mut response).await.unwrap();
+    let connector = TlsConnector::from(std::sync::Arc::new(client));
+    // One request on its own TLS connection; the whole response.
+    let send = |request: String| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            tls.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            tls.read_to_string(&mut response).await.unwrap();
+            response
+        }
+    };
+    let set_cookie = |response: &str, name: &str| -> String {
+        response
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:") && l.contains(name))
+            .unwrap_or_else(|| panic!("no {name} cookie in {response}"))
+            .to_owned()
+    };
+    let response =
+        send("GET /sign-in HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into()).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let cookie = response
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
-        .unwrap();
-    assert!(cookie.contains("__Host-entitled_sign_in="), "{cookie}");
+    let cookie = set_cookie(&response, "__Host-entitled_sign_in=");
     for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie}");
+    }
+
+    // Signed in, the session's cookie is Secure too.
+    let pair = cookie
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = response[response.find(marker).unwrap() + marker.len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let secret = std::fs::read_to_string(dir.path().join("operator.token")).unwrap();
+    let body = format!(
+        "token={}&csrf={}",
+        console_support::enc(secret.trim()),
+        console_support::enc(&csrf)
+    );
+    let response = send(format!(
+        "POST /sign-in HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Cookie: {pair}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    ))
+    .await;
+    assert!(response.starts_with("HTTP/1.1 303"), "{response}");
+    let session = set_cookie(&response, "__Host-entitled_session=");
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(session.contains(attribute), "{session}");
     }
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();

@@ -13,7 +13,7 @@ mod console_support;
 
 use std::{process::Command, time::Instant};
 
-use common::{T, process::BIN};
+use common::{T, TestApp, process::BIN};
 use console_support::{Http, World};
 use entitled::proto::v1 as pb;
 
@@ -43,14 +43,24 @@ async fn admin(w: &World) -> Http {
     http
 }
 
-#[tokio::test]
-async fn saves_apply_the_same_rules_as_grpc() {
-    let w = World::new().await;
+on_both_backends! {
+async fn saves_apply_the_same_rules_as_grpc(backend) {
+    let w = World::with(TestApp::spawn_on(backend).await).await;
     let mut http = admin(&w).await;
     let saved = save(&mut http, ADA, &[("edition", "X8"), ("tier", "supervisor")]).await;
     assert_eq!(saved.status, 200, "{}", saved.body);
     assert!(saved.body.contains("Saved: X8 with Supervisor Analytics."));
     assert_eq!(w.gateway_tier("acme", "ada").await, T::Supervisor as i32);
+    // The analytics as the gateway sees them: the icon, the reports the
+    // tier opens, and when historical data becomes available.
+    for shown in [
+        "Shown on the user's application panel",
+        "Company Summary",
+        "Call Quality",
+        "for data to populate: historical reports are available from",
+    ] {
+        assert!(saved.body.contains(shown), "{shown}: {}", saved.body);
+    }
 
     // The licence lowered, Supervisor still the choice shown: rule 6.
     let lowered = save(&mut http, ADA, &[("edition", "X2"), ("tier", "supervisor")]).await;
@@ -74,6 +84,14 @@ async fn saves_apply_the_same_rules_as_grpc() {
         "X2 does not include Supervisor Analytics. Choose a lower level, or an edition that includes it: X4, X5, X6, X7, X8 or X8e. Nothing was changed."
     ));
     assert!(refused.body.contains("id=\"tier-error\""));
+    // The error is tied to the radio group it concerns.
+    assert!(
+        refused
+            .body
+            .contains("aria-describedby=\"tier-hint tier-error\""),
+        "{}",
+        refused.body
+    );
     assert!(
         refused.body.contains("href=\"#tier-supervisor\""),
         "the summary links to the field"
@@ -151,6 +169,7 @@ async fn saves_apply_the_same_rules_as_grpc() {
         w.services("acme", "ada").await,
         ("X4".to_owned(), T::None as i32)
     );
+}
 }
 
 #[tokio::test]
@@ -240,6 +259,16 @@ async fn an_admin_changes_only_their_account_and_never_their_own_services() {
         "{acme:#?}"
     );
     assert!(changes("globex").await.iter().all(|c| !c.refused));
+    // And the console's audit page shows them, in words.
+    let audit = http.get("/accounts/acme/audit").await;
+    assert_eq!(audit.status, 200);
+    for shown in [
+        "Refused</strong> (PERMISSION_DENIED)",
+        "may not change its own services (user ann)",
+        "may not act on account globex",
+    ] {
+        assert!(audit.body.contains(shown), "{shown}: {}", audit.body);
+    }
 }
 
 #[tokio::test]
