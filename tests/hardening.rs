@@ -18,8 +18,9 @@ mod common;
 
 use common::{T, TestApp, assert_status};
 use entitled::{
-    proto::v1 as pb,
-    service::{REFUSAL_BURST, REFUSALS_PER_SECOND},
+    client::Authed,
+    proto::v1::{self as pb, provisioning_service_client::ProvisioningServiceClient},
+    service::{KEPT_ROW_MESSAGES, MAX_IMPORT_ROWS, REFUSAL_BURST, REFUSALS_PER_SECOND},
 };
 use tonic::Code;
 
@@ -565,7 +566,85 @@ on_both_backends! {
         let first = tokens.revoke_token(revoke.clone()).await.unwrap_err();
         let retry = tokens.revoke_token(revoke).await.unwrap_err();
         same_refusal(&first, &retry);
+
+        // DeleteAccount: NOT_FOUND first; the account made later is not
+        // deleted by the retry.
+        let delete = pb::DeleteAccountRequest {
+            account_id: "gone".into(),
+            request_id: "delacct".into(),
+        };
+        let first = provisioning.delete_account(delete.clone()).await.unwrap_err();
+        assert_eq!(first.code(), Code::NotFound);
+        app.create_account("gone", "work").await;
+        app.put_user("gone", "gus").await;
+        let retry = provisioning.delete_account(delete).await.unwrap_err();
+        same_refusal(&first, &retry);
+        app.get_account("gone").await.unwrap();
+        app.get_user("gone", "gus").await.unwrap();
+
+        // MigrateAccount: refused as already on `work`; once the account is
+        // re-made on `virtual-office` (a move the catalogue allows), the
+        // retry is still refused and nothing moves.
+        app.create_account("vo", "work").await;
+        let to_work = pb::MigrateAccountRequest {
+            account_id: "vo".into(),
+            to_product_line: "work".into(),
+            request_id: "move".into(),
+            ..Default::default()
+        };
+        let first = migrate(&provisioning, to_work.clone()).await.unwrap_err();
+        assert_eq!(first.code(), Code::FailedPrecondition, "{first:?}");
+        provisioning
+            .delete_account(pb::DeleteAccountRequest {
+                account_id: "vo".into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+        app.create_account("vo", "virtual-office").await;
+        app.put_user("vo", "val").await;
+        app.set("vo", "val", Some("X5"), Some(T::Essentials))
+            .await
+            .unwrap();
+        let revision = app.revision().await;
+        let retry = migrate(&provisioning, to_work.clone()).await.unwrap_err();
+        same_refusal(&first, &retry);
+        assert_eq!(
+            app.get_account("vo").await.unwrap().product_line,
+            "virtual-office"
+        );
+        assert_eq!(app.revision().await, revision);
+        // The same request with a new request id moves it: the retry was
+        // refused by its kept answer, not by the state.
+        let moved = migrate(
+            &provisioning,
+            pb::MigrateAccountRequest {
+                request_id: "move-2".into(),
+                ..to_work
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!moved.is_empty());
+        assert_eq!(app.get_account("vo").await.unwrap().product_line, "work");
     }
+}
+
+/// Every message of a MigrateAccount answer, or its refusal.
+async fn migrate(
+    provisioning: &ProvisioningServiceClient<Authed>,
+    request: pb::MigrateAccountRequest,
+) -> Result<Vec<pb::MigrateAccountResponse>, tonic::Status> {
+    let mut stream = provisioning
+        .clone()
+        .migrate_account(request)
+        .await?
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.message().await? {
+        messages.push(message);
+    }
+    Ok(messages)
 }
 
 on_both_backends! {
@@ -631,5 +710,137 @@ on_both_backends! {
             .unwrap()
             .into_inner();
         assert_eq!(retried.user.unwrap().edition, "X8");
+    }
+}
+
+on_both_backends! {
+    async fn a_token_over_its_refusal_rate_has_its_refused_imports_answered_but_not_kept(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        // An import's rows refused against the stored state answer OK, but
+        // the answer kept for a retry is a refusal's: within the token's
+        // rate only. A dry run's counts against the rate too, though it
+        // leaves no record in the trail.
+        for dry_run in [false, true] {
+            let attacker = app
+                .token(&format!("prov {dry_run}"), pb::Role::Provisioner, "", "")
+                .await;
+            let mut provisioning = app.clients(Some(&attacker)).provisioning;
+            let account = format!("zeta-{dry_run}");
+            let import = |request_id: String| pb::ImportUsersRequest {
+                rows: vec![pb::UserRow {
+                    account_id: account.clone(),
+                    user_id: "zed".into(),
+                    display_name: "Zed".into(),
+                    edition: "X8".into(),
+                    analytics_tier: T::Supervisor as i32,
+                    supervisor_scope: None,
+                }],
+                dry_run,
+                request_id,
+            };
+            let refused = |answer: &pb::ImportUsersResponse| {
+                assert_eq!(answer.errors.len(), 1, "{answer:?}");
+                assert_eq!(answer.errors[0].code, "NOT_FOUND", "{answer:?}");
+            };
+            for i in 0..REFUSAL_BURST * 2 {
+                let answer = provisioning.import_users(import(format!("r{i}"))).await;
+                refused(&answer.unwrap().into_inner());
+            }
+            // Over the rate now: answered, not kept...
+            let late = provisioning.import_users(import("late".into())).await;
+            refused(&late.unwrap().into_inner());
+            // ...so once the account exists its retry runs again, while an
+            // early one, kept, still gets its first answer.
+            app.create_account(&account, "work").await;
+            let early = provisioning.import_users(import("r0".into())).await;
+            refused(&early.unwrap().into_inner());
+            let retried = provisioning
+                .import_users(import("late".into()))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(retried.errors.is_empty(), "{dry_run}: {retried:?}");
+            assert_eq!(retried.created, 1);
+            assert_eq!(app.get_user(&account, "zed").await.is_ok(), !dry_run);
+        }
+    }
+}
+
+on_both_backends! {
+    async fn a_refused_import_kept_for_its_retry_stores_a_few_bytes_a_row(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        let mut provisioning = app.provisioning.clone();
+        // Every row refused for an unknown edition of the longest name, so
+        // each row's message is as long as an import row's gets.
+        let rows: Vec<pb::UserRow> = (0..MAX_IMPORT_ROWS)
+            .map(|i| pb::UserRow {
+                account_id: "acme".into(),
+                user_id: format!("u{i}"),
+                display_name: "U".into(),
+                edition: "Z".repeat(128),
+                analytics_tier: T::Essentials as i32,
+                supervisor_scope: None,
+            })
+            .collect();
+        let import = |request_id: &str| pb::ImportUsersRequest {
+            rows: rows.clone(),
+            dry_run: false,
+            request_id: request_id.into(),
+        };
+        let first = provisioning
+            .import_users(import("big-0"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.errors.len(), MAX_IMPORT_ROWS);
+        // The live answer is every row's, whole, and fits a default client.
+        let live = prost::Message::encoded_len(&first);
+        assert!(live < 4 * 1024 * 1024, "{live} bytes");
+        assert!(first.errors[MAX_IMPORT_ROWS - 1].message.contains("ZZZZ"));
+
+        // A retry gets every row's index and code, and the first rows'
+        // messages; nothing is applied.
+        let retry = provisioning
+            .import_users(import("big-0"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (retry.created, retry.updated, retry.unchanged, retry.revision),
+            (first.created, first.updated, first.unchanged, first.revision)
+        );
+        assert_eq!(retry.errors.len(), first.errors.len());
+        for (i, (again, was)) in retry.errors.iter().zip(&first.errors).enumerate() {
+            assert_eq!((again.index, &again.code), (was.index, &was.code));
+            if i < KEPT_ROW_MESSAGES {
+                assert_eq!(again.message, was.message);
+            } else {
+                assert!(
+                    again.message.contains("send the rows again with a new request_id"),
+                    "{}",
+                    again.message
+                );
+            }
+        }
+        assert_eq!(app.get_user("acme", "u0").await.unwrap_err().code(), Code::NotFound);
+
+        // Five more, each with a new request id, each kept: a few bytes a
+        // row, not every row's message (the answer is 1.36 MB).
+        let before = stored_bytes(&app).await;
+        for i in 1..=5 {
+            let answer = provisioning
+                .import_users(import(&format!("big-{i}")))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(answer.errors.len(), MAX_IMPORT_ROWS);
+        }
+        let _ = changes(&app, &app.operator_secret, "").await;
+        let grown = stored_bytes(&app).await.saturating_sub(before);
+        assert!(
+            grown < 1_000_000,
+            "the store grew by {grown} bytes ({backend:?})"
+        );
     }
 }

@@ -5,13 +5,29 @@ use std::collections::{HashMap, HashSet};
 use super::{Caller, DomainError, Entitlements, ServicesChange, authorize, rules::plan_services};
 use crate::{
     domain::{
-        AccountId, DisplayName, FieldError, Refusal, Rpc, SupervisorScope, Tier, User, UserId,
+        AccountId, DisplayName, FieldError, MAX_KEPT_REASON, Refusal, Rpc, SupervisorScope, Tier,
+        User, UserId, kept,
     },
     store::{Mutation, Refusable, Target, WritePlan, Written},
 };
 
 /// The most rows one import call takes (each call is one atomic write).
 pub const MAX_IMPORT_ROWS: usize = 5000;
+
+/// The refused rows whose message is kept for a retry with the import's
+/// request id; past them, a kept row has its index and code only, so what
+/// is stored for a refused import stays small (a few bytes a row) however
+/// long its rows' messages are.
+pub const KEPT_ROW_MESSAGES: usize = 10;
+
+/// The message a retry gets for a refused row whose message was not kept.
+fn not_kept() -> String {
+    format!(
+        "refused on the first call with this request_id, with this code; a retry repeats the \
+         messages of the first {KEPT_ROW_MESSAGES} refused rows only: send the rows again with \
+         a new request_id to read this row's"
+    )
+}
 
 /// One row of a bulk import, its fields validated (at the edge, row by row,
 /// so every bad row can be reported on its own: a row that failed comes as
@@ -116,9 +132,13 @@ impl Entitlements {
         let now = (self.clock)();
         let catalogue = std::sync::Arc::clone(&self.catalogue);
         let ctx = self.context(caller, Rpc::ImportUsers, "", "");
-        let apply = errors.is_empty() && !dry_run;
+        let kept_if_refused = ctx.keep_refusal;
+        let malformed = !errors.is_empty();
+        let apply = !malformed && !dry_run;
         // The rows refused against the stored state are part of the answer
-        // a retry with the same request id gets back.
+        // a retry with the same request id gets back (bounded: the first
+        // rows' messages, then indices and codes), but, as a refusal, only
+        // within the token's refusal rate.
         let written: Written<(ImportCounts, Vec<(usize, Refusal)>)> = self
             .store
             .write::<_, DomainError>(&Target::Users(targets.clone()), ctx, |current| {
@@ -191,18 +211,32 @@ impl Entitlements {
                         ..before.clone()
                     }));
                 }
-                if !apply || !store_errors.is_empty() {
+                if malformed || !store_errors.is_empty() {
+                    let kept = (counts.clone(), kept_rows(&store_errors));
+                    return Ok(WritePlan::refused((counts, store_errors), kept));
+                }
+                if !apply {
                     mutations.clear();
                 }
                 Ok(WritePlan::new(mutations, (counts, store_errors)))
             })
             .await?;
         let (counts, store_errors) = written.output;
-        errors.extend(
-            store_errors
-                .into_iter()
-                .map(|(index, refusal)| (index, DomainError::Refused(refusal))),
-        );
+        let refused = malformed || !store_errors.is_empty();
+        if refused && dry_run && kept_if_refused && !written.replayed {
+            // A refused import's answer kept for a retry is stored: a dry
+            // run's is counted against the token's refusal rate here, as
+            // the refusal record of one that is not a dry run is (the gRPC
+            // layer's), though a dry run leaves no record in the trail.
+            self.refusals.spend(&caller.principal.token_id);
+        }
+        let replayed = written.replayed;
+        errors.extend(store_errors.into_iter().map(|(index, mut refusal)| {
+            if replayed && refusal.message.is_empty() {
+                refusal.message = not_kept();
+            }
+            (index, DomainError::Refused(refusal))
+        }));
         errors.sort_by_key(|(index, _)| *index);
         Ok(Imported {
             errors,
@@ -225,8 +259,66 @@ impl Entitlements {
     }
 }
 
+/// The rows' refusals as a retry gets them back: the first
+/// `KEPT_ROW_MESSAGES` with their messages (cut as the audit trail cuts a
+/// reason), the rest with their index and code only.
+fn kept_rows(rows: &[(usize, Refusal)]) -> Vec<(usize, Refusal)> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, (index, refusal))| {
+            let message = if i < KEPT_ROW_MESSAGES {
+                kept(&refusal.message, MAX_KEPT_REASON)
+            } else {
+                String::new()
+            };
+            (
+                *index,
+                Refusal {
+                    kind: refusal.kind,
+                    message,
+                },
+            )
+        })
+        .collect()
+}
+
 /// A row's refusal as the answer keeps it; an error that is not a refusal
 /// (none of the rules' errors) fails the whole import instead.
 fn row_refusal(e: DomainError) -> Result<Refusal, DomainError> {
     e.refusal().ok_or(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::RefusalKind;
+
+    #[test]
+    fn a_refused_import_keeps_a_few_bytes_a_row_past_the_first_rows() {
+        let long = "m".repeat(4000);
+        let rows: Vec<(usize, Refusal)> = (0..MAX_IMPORT_ROWS)
+            .map(|i| {
+                let refusal = Refusal {
+                    kind: RefusalKind::FailedPrecondition,
+                    message: long.clone(),
+                };
+                (i, refusal)
+            })
+            .collect();
+        let kept = kept_rows(&rows);
+        assert_eq!(kept.len(), rows.len());
+        assert!(
+            kept[..KEPT_ROW_MESSAGES].iter().all(|(_, r)| {
+                r.message.len() <= MAX_KEPT_REASON && r.message.starts_with("mmm")
+            })
+        );
+        assert!(
+            kept[KEPT_ROW_MESSAGES..]
+                .iter()
+                .all(|(_, r)| r.message.is_empty())
+        );
+        let bytes = postcard::to_allocvec(&(ImportCounts::default(), kept)).unwrap();
+        // 5000 rows: about 4 bytes each, and 10 messages of at most 1 KiB.
+        assert!(bytes.len() < 40_000, "{} bytes", bytes.len());
+    }
 }

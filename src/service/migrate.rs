@@ -102,6 +102,7 @@ impl Entitlements {
                         mutations,
                         output,
                         details,
+                        refused: None,
                     })
                 },
             )

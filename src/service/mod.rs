@@ -35,7 +35,9 @@ use crate::{
     store::{Backup, Refusable, RequestKey, Store, StoreError, StoreStats, WriteContext},
 };
 
-pub use bulk::{ImportCounts, ImportError, ImportRow, Imported, MAX_IMPORT_ROWS};
+pub use bulk::{
+    ImportCounts, ImportError, ImportRow, Imported, KEPT_ROW_MESSAGES, MAX_IMPORT_ROWS,
+};
 pub use migrate::AccountMoved;
 pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
 pub use retention::{PruneReport, Pruner, RetentionOptions};

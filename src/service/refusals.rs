@@ -81,6 +81,18 @@ impl RefusalLimiter {
             .get(token_id)
             .is_none_or(|bucket| refill(bucket, Instant::now()) >= 1000)
     }
+
+    /// Uses one refusal of `token_id`'s budget without recording one: for
+    /// an answer kept for a retry that leaves no record in the trail (a
+    /// refused import's dry run). Nothing happens when none is left.
+    pub(super) fn spend(&self, token_id: &str) {
+        if let Admit::LeaveOut = self.admit(token_id, Instant::now()) {
+            // Not a refusal left out of the trail: undo its count.
+            if let Some(bucket) = self.buckets.lock().get_mut(token_id) {
+                bucket.left_out = bucket.left_out.saturating_sub(1);
+            }
+        }
+    }
 }
 
 /// The bucket's level at `now`.

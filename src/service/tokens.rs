@@ -280,6 +280,7 @@ impl Entitlements {
                     ],
                     output: true,
                     details,
+                    refused: None,
                 })
             })
             .await;

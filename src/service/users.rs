@@ -380,6 +380,7 @@ impl Entitlements {
                             notices: planned.notices,
                         },
                         details,
+                        refused: None,
                     })
                 },
             )

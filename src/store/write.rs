@@ -163,6 +163,13 @@ pub struct WritePlan<T> {
     pub mutations: Vec<Mutation>,
     pub output: T,
     pub details: Vec<String>,
+    /// Set when `output` answers but refuses the request (an import whose
+    /// rows were refused answers OK and changes nothing): the answer to
+    /// keep for a retry instead of `output`, bounded in bytes whatever the
+    /// caller sent. Such a plan has no mutations. It is kept as a refusal
+    /// is: only while the token is within its refusal rate
+    /// (`WriteContext::keep_refusal`); beyond it, its retry runs again.
+    pub refused: Option<T>,
 }
 
 impl<T> WritePlan<T> {
@@ -171,6 +178,16 @@ impl<T> WritePlan<T> {
             mutations,
             output,
             details: Vec::new(),
+            refused: None,
+        }
+    }
+
+    /// A plan that changes nothing and whose `output` refuses the request;
+    /// `kept` is what a retry gets back (see `WritePlan::refused`).
+    pub fn refused(output: T, kept: T) -> Self {
+        WritePlan {
+            refused: Some(kept),
+            ..WritePlan::new(Vec::new(), output)
         }
     }
 }
@@ -375,6 +392,7 @@ where
         mutations,
         output,
         details,
+        refused,
     } = match plan(current) {
         Ok(planned) => planned,
         Err(e) => {
@@ -390,15 +408,24 @@ where
             return Ok((step, Err(e)));
         }
     };
+    if refused.is_some() && !mutations.is_empty() {
+        return Err(StoreError::Failed(
+            "a plan that refuses its request has mutations; this is a bug in entitled".to_owned(),
+        ));
+    }
     if mutations.is_empty() {
         // The answer names the committed revision: it is durable before the
         // answer is given, even when another writer's sync of it is still
-        // running.
+        // running. An answer that refuses is kept as a refusal is: bounded,
+        // and only while the token is within its refusal rate.
+        let kept = match (&ctx.request, refused) {
+            (None, _) => None,
+            (Some(_), Some(_)) if !ctx.keep_refusal => None,
+            (Some(_), Some(bounded)) => keep(committed, Ok(codec::encode_output(&bounded)?)),
+            (Some(_), None) => keep(committed, Ok(codec::encode_output(&output)?)),
+        };
         let changes = Changes {
-            keep: match &ctx.request {
-                Some(_) => keep(committed, Ok(codec::encode_output(&output)?)),
-                None => None,
-            },
+            keep: kept,
             ..Changes::default()
         };
         let unchanged = Written {
