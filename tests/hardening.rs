@@ -5,6 +5,10 @@
 //! - B: nothing about one account reaches another account's trail.
 //! - C: every answered request id (a no-op and a refusal included) gives
 //!   its retry the first answer, on every RPC that takes one.
+//! - Hidden characters: no answer, message or audit record repeats a
+//!   caller's control or format character raw (an escape sequence for a
+//!   terminal, a direction override for any screen); a request id may not
+//!   hold one, as a name may not.
 //!
 //! Each test runs on sled and on PostgreSQL.
 
@@ -841,6 +845,176 @@ on_both_backends! {
         assert!(
             grown < 1_000_000,
             "the store grew by {grown} bytes ({backend:?})"
+        );
+    }
+}
+
+// ---- Hidden characters ----
+
+/// A user id as a hostile caller sends it: a terminal's "clear the screen"
+/// and a right-to-left override.
+const HOSTILE_ID: &str = "a\u{1b}[2Jb\u{202e}c";
+
+/// Whether `text` holds a character no answer may repeat raw: a control or
+/// format character (the server's own messages are single lines).
+fn hides(text: &str) -> bool {
+    text.chars().any(|c| {
+        c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
+}
+
+/// Every text of a record of the trail.
+fn texts(c: &pb::Change) -> Vec<&str> {
+    let mut out = vec![
+        c.rpc.as_str(),
+        &c.account_id,
+        &c.user_id,
+        &c.refusal_code,
+        &c.refusal_reason,
+    ];
+    out.extend(c.details.iter().map(String::as_str));
+    if let Some(caller) = &c.caller {
+        out.extend([caller.token_id.as_str(), &caller.name]);
+    }
+    for state in [&c.before, &c.after].into_iter().flatten() {
+        out.extend([state.display_name.as_str(), &state.edition]);
+        if let Some(scope) = &state.supervisor_scope {
+            out.extend(scope.refs.iter().map(|r| r.id.as_str()));
+        }
+    }
+    for state in [&c.account_before, &c.account_after].into_iter().flatten() {
+        out.extend([state.display_name.as_str(), &state.product_line]);
+    }
+    out
+}
+
+on_both_backends! {
+    async fn a_refused_id_with_an_escape_sequence_is_kept_escaped_in_the_trail(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.create_account("beta", "work").await;
+        let gateway = app.token("gw", pb::Role::Gateway, "", "").await;
+        let beta = app
+            .token("beta admin", pb::Role::AccountAdmin, "beta", "")
+            .await;
+        // A gateway may not write at all; beta's admin may not write to
+        // acme (its refusal is kept on beta's side, the ids in its reason).
+        for secret in [&gateway, &beta] {
+            let refused = app
+                .clients(Some(secret))
+                .provisioning
+                .put_user(pb::PutUserRequest {
+                    account_id: "acme".into(),
+                    user_id: HOSTILE_ID.into(),
+                    display_name: "x".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            assert!(!hides(refused.message()), "{:?}", refused.message());
+        }
+        let all = changes(&app, &app.operator_secret, "").await;
+        let refused: Vec<_> = all
+            .iter()
+            .filter(|c| c.refused && c.rpc.ends_with("PutUser"))
+            .collect();
+        assert_eq!(refused.len(), 2, "{all:?}");
+        for c in &all {
+            for text in texts(c) {
+                assert!(!hides(text), "{text:?} in {c:?}");
+            }
+        }
+        // The id is shown escaped: what hid in it is there to read.
+        let shown = "a\\u{1b}[2Jb\\u{202e}c";
+        assert!(refused.iter().any(|c| c.user_id == shown), "{refused:?}");
+        assert!(
+            refused
+                .iter()
+                .any(|c| c.refusal_reason.contains(&format!("user `{shown}`"))),
+            "{refused:?}"
+        );
+    }
+}
+
+on_both_backends! {
+    async fn an_unknown_catalogue_name_is_shown_escaped_in_its_refusal(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+        let mut provisioning = app.provisioning.clone();
+        let edition = provisioning
+            .update_user_services(pb::UpdateUserServicesRequest {
+                account_id: "acme".into(),
+                user_id: "ada".into(),
+                edition: Some("X\u{202e}8".into()),
+                ..Default::default()
+            })
+            .await;
+        let line = provisioning
+            .create_account(pb::CreateAccountRequest {
+                account_id: "beta".into(),
+                display_name: "Beta".into(),
+                product_line: "wo\u{202e}rk".into(),
+                ..Default::default()
+            })
+            .await;
+        let moved = provisioning
+            .migrate_account(pb::MigrateAccountRequest {
+                account_id: "acme".into(),
+                to_product_line: "wo\u{1b}[2Jrk".into(),
+                ..Default::default()
+            })
+            .await;
+        for (result, shown) in [
+            (edition.map(|_| ()), "edition `X\\u{202e}8`"),
+            (line.map(|_| ()), "product_line `wo\\u{202e}rk`"),
+            (moved.map(|_| ()), "to_product_line `wo\\u{1b}[2Jrk`"),
+        ] {
+            let status = result.unwrap_err();
+            assert!(
+                matches!(status.code(), Code::InvalidArgument | Code::NotFound),
+                "{status:?}"
+            );
+            assert!(!hides(status.message()), "{:?}", status.message());
+            assert!(status.message().contains(shown), "{:?}", status.message());
+        }
+        for c in changes(&app, &app.operator_secret, "").await {
+            for text in texts(&c) {
+                assert!(!hides(text), "{text:?} in {c:?}");
+            }
+        }
+    }
+}
+
+on_both_backends! {
+    async fn a_request_id_with_a_format_character_is_refused_naming_its_position(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        let mut provisioning = app.provisioning.clone();
+        for (request_id, pieces) in [
+            ("r1\u{202e}", ["invisible format character U+202E at position 3", "r1\\u{202e}"]),
+            ("\u{200b}r1", ["invisible format character U+200B at position 1", "\\u{200b}r1"]),
+            ("r\u{1b}[2J", ["control character U+001B at position 2", "r\\u{1b}[2J"]),
+        ] {
+            let refused = provisioning
+                .put_user(pb::PutUserRequest {
+                    account_id: "acme".into(),
+                    user_id: "ada".into(),
+                    display_name: "Ada".into(),
+                    request_id: request_id.into(),
+                })
+                .await;
+            let status = refused.as_ref().unwrap_err();
+            assert!(!hides(status.message()), "{:?}", status.message());
+            let mut pieces = pieces.to_vec();
+            pieces.push("request_id");
+            assert_status(refused, Code::InvalidArgument, &pieces);
+        }
+        // Nothing was written.
+        assert_eq!(
+            app.get_user("acme", "ada").await.unwrap_err().code(),
+            Code::NotFound
         );
     }
 }

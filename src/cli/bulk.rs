@@ -16,6 +16,7 @@ use std::{
 use clap::ValueEnum;
 use entitled::{
     bulk_file::{self, BadRow, COLUMNS, FileError, FileRow},
+    domain::field,
     proto::v1 as pb,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -96,7 +97,13 @@ pub async fn import(args: &ClientArgs, import: ImportArgs) -> Result<(), CliErro
     if !bad.is_empty() {
         bad.sort();
         for (line, problem) in &bad {
-            eprintln!("{}:{line}: {problem}", import.file.display());
+            // A problem can quote the file's own text (a parser's message,
+            // a duplicate's ids): escaped as a table cell is.
+            eprintln!(
+                "{}:{line}: {}",
+                import.file.display(),
+                field::shown_at_most(problem, usize::MAX)
+            );
         }
         return Err(CliError::Refused(format!(
             "{} bad rows; nothing was changed",

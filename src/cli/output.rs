@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use entitled::proto::v1 as pb;
+use entitled::{domain::field, proto::v1 as pb};
 use serde_json::{Value, json};
 
 use super::OutputFormat;
@@ -78,11 +78,17 @@ fn table(value: &Value) -> String {
     }
 }
 
+/// A value as a table shows it. Text is the server's, and much of it the
+/// callers' (names, ids and reasons in the audit trail, kept before the
+/// server escaped them): a control or format character is escaped by the
+/// same rule as the server's messages (`field::shown_at_most`, no bound),
+/// so no cell can send an escape sequence to the terminal or turn the
+/// line around.
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".to_owned(),
         Value::String(s) if s.is_empty() => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => field::shown_at_most(s, usize::MAX),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
@@ -316,4 +322,31 @@ pub fn catalogue(c: &pb::GetCatalogueResponse) -> Value {
             "becomes": e.to_edition,
         }))).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_cells_escape_control_and_format_characters() {
+        let rows = json!([{ "user_id": "a\u{1b}[2Jb\u{202e}c", "caller": "x" }]);
+        let out = table(&rows);
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{202e}'),
+            "{out:?}"
+        );
+        assert!(out.contains("a\\u{1b}[2Jb\\u{202e}c"), "{out}");
+        let one = json!({ "reason": "x\u{200b}y", "names": ["p\u{2066}q"] });
+        let out = table(&one);
+        assert!(
+            out.contains("x\\u{200b}y") && out.contains("p\\u{2066}q"),
+            "{out}"
+        );
+        // What people write is left alone.
+        assert_eq!(
+            table(&json!("Zoë \"Ångström\" 李")),
+            "Zoë \"Ångström\" 李\n"
+        );
+    }
 }

@@ -115,20 +115,26 @@ pub const MAX_KEPT_ID: usize = 128;
 /// See [`MAX_KEPT_ID`].
 pub const MAX_KEPT_REASON: usize = 1024;
 
-/// `value` as the audit trail keeps it: whole if it fits in `max` bytes,
-/// else its start (cut on a character boundary) followed by
-/// `… (N bytes)`, so the record still says how long the value was.
+/// `value` as the audit trail keeps it: shown as a message shows it
+/// (`field::shown_at_most`: a control or format character escaped, so a
+/// record cannot carry a terminal's escape sequence or turn text around),
+/// whole if that fits in `max` bytes, else its start (cut on a character
+/// boundary) followed by `… (N bytes)`, N the length of `value` as sent,
+/// so the record still says how long the value was.
 pub fn kept(value: &str, max: usize) -> String {
-    if value.len() <= max {
-        return value.to_owned();
+    // Every character takes at least one byte, so `max` of them is all
+    // that can be kept; escaping first never reads more than that.
+    let shown = super::field::shown_at_most(value, max);
+    if shown.len() <= max {
+        return shown;
     }
     // Room for the suffix: "… (" + up to 20 digits + " bytes)".
     let room = max.saturating_sub(32);
-    let mut cut = room.min(value.len());
-    while !value.is_char_boundary(cut) {
+    let mut cut = room.min(shown.len());
+    while !shown.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}… ({} bytes)", &value[..cut], value.len())
+    format!("{}… ({} bytes)", &shown[..cut], value.len())
 }
 
 /// How a refusal is kept for a retry with the same request id: the kind
@@ -170,5 +176,20 @@ mod tests {
         let k = kept(&wide, MAX_KEPT_ID);
         assert!(k.len() <= MAX_KEPT_ID);
         assert!(k.ends_with("… (2000 bytes)"), "{k}");
+    }
+
+    #[test]
+    fn kept_values_show_control_and_format_characters_escaped() {
+        assert_eq!(
+            kept("a\u{1b}[2Jb\u{202e}c", MAX_KEPT_ID),
+            "a\\u{1b}[2Jb\\u{202e}c"
+        );
+        // Escaped before the cut: the length said is the value's as sent.
+        let hostile = "\u{202e}".repeat(1000);
+        let k = kept(&hostile, MAX_KEPT_ID);
+        assert!(k.len() <= MAX_KEPT_ID, "{} bytes", k.len());
+        assert!(!k.contains('\u{202e}'), "{k}");
+        assert!(k.starts_with("\\u{202e}\\u{202e}"), "{k}");
+        assert!(k.ends_with("… (3000 bytes)"), "{k}");
     }
 }

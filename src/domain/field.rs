@@ -70,9 +70,16 @@ pub const MAX_SHOWN: usize = 64;
 /// (`HiddenKind`) escaped, so the message shows what hid in it, and at most
 /// `MAX_SHOWN` characters, so it does not repeat megabytes.
 pub fn shown(value: &str) -> String {
-    let mut out = String::with_capacity(value.len().min(MAX_SHOWN * 4));
+    shown_at_most(value, MAX_SHOWN)
+}
+
+/// `shown` with another bound: at most `max` of `value`'s characters, then
+/// `…`. The one escaper of text that came from a caller: the audit trail
+/// (`kept`) and the command line's tables show values through it too.
+pub fn shown_at_most(value: &str, max: usize) -> String {
+    let mut out = String::with_capacity(value.len().min(max.saturating_mul(4)));
     for (i, c) in value.chars().enumerate() {
-        if i == MAX_SHOWN {
+        if i == max {
             out.push('…');
             break;
         }

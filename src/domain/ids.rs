@@ -12,7 +12,10 @@ pub enum IdError {
     Empty,
     #[error("is {0} characters long; the most is {MAX_ID_LEN}")]
     TooLong(usize),
-    #[error("contains `{0}`; use only letters A-Z a-z, digits 0-9 and the characters . _ - @ : +")]
+    #[error(
+        "contains `{}`; use only letters A-Z a-z, digits 0-9 and the characters . _ - @ : +",
+        super::field::shown(.0.encode_utf8(&mut [0; 4]))
+    )]
     BadChar(char),
 }
 
@@ -42,16 +45,35 @@ pub const MAX_DISPLAY_NAME: usize = 256;
 pub enum DisplayNameError {
     #[error("is {0} characters long; the most is {MAX_DISPLAY_NAME}")]
     TooLong(usize),
-    #[error(
-        "contains the {kind} U+{:04X} at position {position} (counting characters from 1); remove it",
-        u32::from(*.ch)
-    )]
-    Hidden {
-        kind: HiddenKind,
-        ch: char,
-        /// 1-based, in characters.
-        position: usize,
-    },
+    #[error(transparent)]
+    Hidden(#[from] Hidden),
+}
+
+/// The first character of a caller's text that a name may not hold
+/// (`HiddenKind`), and where it is: the one rule for names and request ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "contains the {kind} U+{:04X} at position {position} (counting characters from 1); remove it",
+    u32::from(*.ch)
+)]
+pub struct Hidden {
+    pub kind: HiddenKind,
+    pub ch: char,
+    /// 1-based, in characters.
+    pub position: usize,
+}
+
+impl Hidden {
+    /// The first such character of `s`, if it holds one.
+    pub fn find(s: &str) -> Option<Hidden> {
+        s.chars().enumerate().find_map(|(i, ch)| {
+            HiddenKind::of(ch).map(|kind| Hidden {
+                kind,
+                ch,
+                position: i + 1,
+            })
+        })
+    }
 }
 
 /// The kinds of character a name may not hold: each is invisible, or
@@ -100,12 +122,8 @@ impl fmt::Display for HiddenKind {
 /// control or format character or a line or paragraph separator
 /// (`HiddenKind`). Every place that accepts such a name checks it here.
 pub fn validate_display_name(s: &str) -> Result<(), DisplayNameError> {
-    let hidden = s
-        .chars()
-        .enumerate()
-        .find_map(|(i, ch)| HiddenKind::of(ch).map(|kind| (i + 1, ch, kind)));
-    if let Some((position, ch, kind)) = hidden {
-        return Err(DisplayNameError::Hidden { kind, ch, position });
+    if let Some(hidden) = Hidden::find(s) {
+        return Err(hidden.into());
     }
     let len = s.chars().count();
     if len > MAX_DISPLAY_NAME {
@@ -246,9 +264,19 @@ mod tests {
         assert_eq!(validate_id("é"), Err(IdError::BadChar('é')));
     }
 
+    #[test]
+    fn a_refused_id_character_is_shown_escaped() {
+        let e = validate_id("a\u{1b}[2J").unwrap_err().to_string();
+        assert!(e.starts_with("contains `\\u{1b}`;"), "{e}");
+        let e = validate_id("a\u{202e}b").unwrap_err().to_string();
+        assert!(e.starts_with("contains `\\u{202e}`;"), "{e}");
+    }
+
     fn hidden(s: &str) -> Option<(HiddenKind, char, usize)> {
         match validate_display_name(s) {
-            Err(DisplayNameError::Hidden { kind, ch, position }) => Some((kind, ch, position)),
+            Err(DisplayNameError::Hidden(Hidden { kind, ch, position })) => {
+                Some((kind, ch, position))
+            }
             Err(e) => panic!("{s:?}: {e}"),
             Ok(()) => None,
         }

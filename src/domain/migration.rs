@@ -173,7 +173,7 @@ impl fmt::Display for AtRevision {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoveRefused {
     /// The product line asked for is not in the catalogue (a bad request).
-    #[error("to_product_line `{given}` is unknown; use one of {}", .valid.join(", "))]
+    #[error("to_product_line `{}` is unknown; use one of {}", super::field::shown(.given), .valid.join(", "))]
     UnknownLine { given: String, valid: Vec<String> },
     #[error("account `{account}` is already on product line `{line}`; there is nothing to move")]
     SameLine { account: AccountId, line: String },

@@ -25,8 +25,8 @@ pub use audit::{
 pub use auth::{Forbidden, Principal, Role, Rpc, Service};
 pub use field::FieldError;
 pub use ids::{
-    AccountId, AccountIdRef, DisplayName, DisplayNameError, HiddenKind, IdError, MAX_DISPLAY_NAME,
-    MAX_ID_LEN, UserId, UserIdRef, validate_display_name, validate_id,
+    AccountId, AccountIdRef, DisplayName, DisplayNameError, Hidden, HiddenKind, IdError,
+    MAX_DISPLAY_NAME, MAX_ID_LEN, UserId, UserIdRef, validate_display_name, validate_id,
 };
 pub use scope::{MAX_SCOPE_REFS, ScopeKind, ScopeRef, SupervisorScope, WHOLE_ACCOUNT};
 pub use tier::Tier;

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     domain::{
-        AccountId, AccountIdRef, DisplayName, FieldError, Principal, Role, Rpc, ScopeKind,
+        AccountId, AccountIdRef, DisplayName, FieldError, Hidden, Principal, Role, Rpc, ScopeKind,
         SupervisorScope, Tier, UserId, UserIdRef, Via,
         field::{self, RawScopeRef},
         migration::MoveRequest,
@@ -363,11 +363,13 @@ pub fn writer<M: WriteRequest>(
                 format!("is {len} characters long; the most is {MAX_REQUEST_ID}"),
             ));
         }
-        if id.chars().any(char::is_control) {
+        // The rule of names (`Hidden`): a request id is shown back in
+        // messages and the audit trail, so nothing in it may hide.
+        if let Some(hidden) = Hidden::find(id) {
             return Err(ConversionError::invalid(
                 "request_id",
-                id.escape_debug(),
-                "contains a control character; use printable characters, e.g. a UUID",
+                id,
+                hidden.to_string(),
             ));
         }
         let mut rest = request.clone();

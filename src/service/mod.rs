@@ -30,7 +30,7 @@ use crate::{
     catalogue::Catalogue,
     domain::{
         AccountId, Actor, AuditRecord, Forbidden, MAX_KEPT_REASON, Principal, Refusal, RefusalKind,
-        Rpc, Tier, UserId, Via, kept, migration::MoveRefused,
+        Rpc, Tier, UserId, Via, field::shown, kept, migration::MoveRefused,
     },
     store::{Backup, Refusable, RequestKey, Store, StoreError, StoreStats, WriteContext},
 };
@@ -74,11 +74,12 @@ pub enum DomainError {
     AccountExists(AccountId),
     #[error("user `{user}` does not exist in account `{account}`")]
     UserNotFound { account: AccountId, user: UserId },
-    #[error("product_line `{given}` is unknown; use one of {}", .valid.join(", "))]
+    /// `given` is the caller's, so it is `shown`, as any caller's text.
+    #[error("product_line `{}` is unknown; use one of {}", shown(.given), .valid.join(", "))]
     UnknownProductLine { given: String, valid: Vec<String> },
     #[error(
-        "edition `{given}` is not in product line `{product_line}`; use one of {}, or \"\" to remove the licence",
-        .valid.join(", ")
+        "edition `{}` is not in product line `{product_line}`; use one of {}, or \"\" to remove the licence",
+        shown(.given), .valid.join(", ")
     )]
     UnknownEdition {
         given: String,
