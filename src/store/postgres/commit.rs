@@ -10,9 +10,9 @@
 //! (no round trip, but for a request id not seen in this batch), and adds
 //! its rows to the batch in memory. It then waits for the batch to commit;
 //! the first waiter to get the writer lock commits it for everyone who
-//! joined meanwhile (their rows in one pipelined statement per table, then
-//! COMMIT with `synchronous_commit` off, which lets the write lock go at
-//! once), waits for the WAL flush (`flush`: a synchronous transaction that
+//! joined meanwhile (their rows in one statement per table and the COMMIT,
+//! with `synchronous_commit` off, pipelined in one round trip; the COMMIT
+//! lets the write lock go at once), waits for the WAL flush (`flush`: a synchronous transaction that
 //! writes this replica's row, shared with other replicas' flushes), and
 //! only then publishes what it caught up on and its own writes, in
 //! revision order. Writers that arrive meanwhile queue for the next batch.
@@ -39,7 +39,7 @@ use super::super::{
 };
 use super::{
     Inner, follow,
-    rows::{Rows, write_rows},
+    rows::{Rows, RowsFailed, write_rows},
     unavailable,
 };
 use crate::domain::{Account, AccountId, AuditRecord, Token, User, UserId};
@@ -467,22 +467,24 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
         audit_seq: batch.audit_seq,
         bootstrapped: batch.bootstrapped,
     };
-    let written = write_rows(&batch.client, &rows, counters).await;
+    // The COMMIT goes with the rows, in the same round trip, so the write
+    // lock is held one round trip less. Without waiting for the WAL flush
+    // (`synchronous_commit` off) it lets the lock go at once, so other
+    // replicas' batches go on while this one's flush is waited for: their
+    // flushes are shared, as PostgreSQL's own group commit shares them.
+    // Then a transaction of our own that does wait (it writes a row, so its
+    // commit is flushed, and with it all WAL before it, ours included).
+    // Nothing is acknowledged or published before that.
+    let written = write_rows(&batch.client, &rows, counters, true).await;
     let result = match written {
-        // COMMIT without waiting for the WAL flush lets the write lock go at
-        // once, so other replicas' batches go on while this one's flush is
-        // waited for: their flushes are shared, as PostgreSQL's own group
-        // commit shares them. Then a transaction of our own that does wait
-        // (it writes a row, so its commit is flushed, and with it all WAL
-        // before it, ours included). Nothing is acknowledged or published
-        // before that.
-        Ok(()) => match batch.client.batch_execute("COMMIT").await {
-            Ok(()) => flush(inner, &batch.client)
-                .await
-                .map_err(|e| unknown(inner, &e)),
-            Err(e) => Err(unknown(inner, &e)),
-        },
-        Err(e) => {
+        Ok(()) => flush(inner, &batch.client)
+            .await
+            .map_err(|e| unknown(inner, &e)),
+        // Rows and COMMIT sent, and the connection failed: it may have
+        // committed. (PostgreSQL refusing a statement is a known outcome:
+        // the transaction fails, and its COMMIT rolls it back.)
+        Err(RowsFailed::Sent(e)) if e.as_db_error().is_none() => Err(unknown(inner, &e)),
+        Err(RowsFailed::Sent(e) | RowsFailed::Unsent(e)) => {
             // Surely not committed. If the connection failed (rather than
             // PostgreSQL refusing a statement, which a record of the batch
             // might make it do again), the refusals it took along wait for

@@ -13,14 +13,26 @@ use super::super::{
 use super::commit::int;
 use crate::domain::{Account, AccountId, AuditRecord, Token, User, UserId, validate_id};
 
-/// Sends the batch's rows: one statement per table, then the counters, all
-/// at once (tokio-postgres pipelines statements issued together, so this is
-/// one round trip, not one per table).
+/// How `write_rows` failed: before anything of the batch was sent (each
+/// statement is prepared first), so surely not committed; or once its
+/// statements (and, if asked for, its COMMIT) were on their way.
+#[derive(Debug)]
+pub(super) enum RowsFailed {
+    Unsent(tokio_postgres::Error),
+    Sent(tokio_postgres::Error),
+}
+
+/// Sends the batch's rows: one statement per table, then the counters, and
+/// then, if `and_commit`, the COMMIT, all at once (tokio-postgres pipelines
+/// statements issued together, in the order they are first polled, so this
+/// is one round trip, not one per table; every statement is prepared
+/// before any is sent).
 pub(super) async fn write_rows(
     client: &Object,
     rows: &Rows,
     counters: Counters,
-) -> Result<(), tokio_postgres::Error> {
+    and_commit: bool,
+) -> Result<(), RowsFailed> {
     type Sent<'a> = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
     >;
@@ -32,7 +44,8 @@ pub(super) async fn write_rows(
                  SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
                  ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
             )
-            .await?;
+            .await
+            .map_err(RowsFailed::Unsent)?;
         sent.push(Box::pin(async move {
             client
                 .execute(&s, &[&rows.account_ids, &rows.account_records])
@@ -42,7 +55,8 @@ pub(super) async fn write_rows(
     if !rows.deleted_account_ids.is_empty() {
         let s = client
             .prepare_cached("DELETE FROM entitled_accounts WHERE id = ANY($1::text[])")
-            .await?;
+            .await
+            .map_err(RowsFailed::Unsent)?;
         sent.push(Box::pin(async move {
             client.execute(&s, &[&rows.deleted_account_ids]).await
         }));
@@ -54,7 +68,8 @@ pub(super) async fn write_rows(
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
                  ON CONFLICT (account_id, user_id) DO UPDATE SET record = EXCLUDED.record",
             )
-            .await?;
+            .await
+            .map_err(RowsFailed::Unsent)?;
         sent.push(Box::pin(async move {
             client
                 .execute(
@@ -70,7 +85,8 @@ pub(super) async fn write_rows(
                 "DELETE FROM entitled_users WHERE (account_id, user_id) IN \
                  (SELECT * FROM UNNEST($1::text[], $2::text[]))",
             )
-            .await?;
+            .await
+            .map_err(RowsFailed::Unsent)?;
         sent.push(Box::pin(async move {
             client
                 .execute(&s, &[&rows.deleted_accounts, &rows.deleted_users])
@@ -84,7 +100,8 @@ pub(super) async fn write_rows(
                  SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
                  ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
             )
-            .await?;
+            .await
+            .map_err(RowsFailed::Unsent)?;
         sent.push(Box::pin(async move {
             client
                 .execute(&s, &[&rows.token_ids, &rows.token_records])
@@ -97,7 +114,8 @@ pub(super) async fn write_rows(
                 "INSERT INTO entitled_changes (revision, mutations) \
                  SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
             )
-            .await?;
+            .await
+            .map_err(RowsFailed::Unsent)?;
         sent.push(Box::pin(async move {
             client
                 .execute(&s, &[&rows.change_revisions, &rows.change_records])
@@ -110,7 +128,8 @@ pub(super) async fn write_rows(
                 "INSERT INTO entitled_audit (seq, revision, account_id, record) \
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
             )
-            .await?;
+            .await
+            .map_err(RowsFailed::Unsent)?;
         sent.push(Box::pin(async move {
             client
                 .execute(
@@ -132,7 +151,8 @@ pub(super) async fn write_rows(
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
                  ON CONFLICT (token_id, request_id) DO UPDATE SET record = EXCLUDED.record",
             )
-            .await?;
+            .await
+            .map_err(RowsFailed::Unsent)?;
         sent.push(Box::pin(async move {
             client
                 .execute(
@@ -150,7 +170,8 @@ pub(super) async fn write_rows(
         .prepare_cached(
             "UPDATE entitled_state SET revision = $1, audit_seq = $2, bootstrapped = $3",
         )
-        .await?;
+        .await
+        .map_err(RowsFailed::Unsent)?;
     let counters = (
         int(counters.revision),
         int(counters.audit_seq),
@@ -161,7 +182,14 @@ pub(super) async fn write_rows(
             .execute(&s, &[&counters.0, &counters.1, &counters.2])
             .await
     }));
-    futures_util::future::try_join_all(sent).await?;
+    if and_commit {
+        sent.push(Box::pin(async move {
+            client.batch_execute("COMMIT").await.map(|()| 0)
+        }));
+    }
+    futures_util::future::try_join_all(sent)
+        .await
+        .map_err(RowsFailed::Sent)?;
     Ok(())
 }
 
