@@ -3,10 +3,12 @@
 //! the field and the value; domain → protobuf (`answers.rs`) cannot fail.
 
 mod answers;
+mod pages;
 #[cfg(test)]
 mod tests;
 
 pub use answers::{Answers, MoveAnswer};
+pub use pages::{CLIENT_MESSAGE_BYTES, MAX_PAGE_BYTES, Pages, first_page};
 
 use std::sync::Arc;
 
