@@ -1,11 +1,17 @@
 //! Answers bounded in bytes as well as in records: no stored record (a
-//! long refusal) can make a listing exceed what a default gRPC client
-//! accepts. Listings (ListChanges, MigrateAccount's messages) are cut into
-//! pages of at most `MAX_PAGE_BYTES` by `Pages`.
+//! supervisor scope of 1,000 groups, a long refusal) can make a listing or a
+//! batch exceed what a default gRPC client accepts.
+//!
+//! Listings (ListChanges, ListUsers, ExportUsers' and MigrateAccount's
+//! messages) are cut into pages of at most `MAX_PAGE_BYTES` by `Pages`; the
+//! batch check, whose items cannot be cut, is refused once its answers
+//! would not fit (`batch_answers`).
 
 use std::iter::Peekable;
 
 use prost::Message;
+
+use super::{ConversionError, OMIT_REPORTS};
 
 /// The largest message a gRPC client accepts unless told otherwise (tonic's,
 /// grpc-go's and grpc-java's default).
@@ -81,6 +87,58 @@ pub fn first_page<R, P: Message>(records: &[R], convert: impl FnMut(&&R) -> P) -
         .unwrap_or_default()
 }
 
+/// What a batch's answers may take of its message: a default client's
+/// limit, less the `revision` field (a key and a varint).
+const BATCH_ANSWERS_BYTES: usize = CLIENT_MESSAGE_BYTES - 11;
+
+/// A batch check's answers, made one by one from its `results` by
+/// `answer`, as long as together they fit a default client (`len`: an
+/// answer's encoded length in the batch's message, a sum of lengths already
+/// known: nothing is encoded to learn it). Past that the batch is refused
+/// as soon as it is known, before more answers are made: its items cannot
+/// be cut into pages, so the caller is told how many fit.
+pub fn batch_answers<R, A>(
+    results: Vec<R>,
+    omit_reports: bool,
+    mut answer: impl FnMut(R) -> A,
+    len: impl Fn(&A) -> usize,
+) -> Result<Vec<A>, ConversionError> {
+    let items = results.len();
+    let mut answers = Vec::with_capacity(items);
+    let mut bytes = 0;
+    for result in results {
+        let made = answer(result);
+        bytes += len(&made);
+        if bytes > BATCH_ANSWERS_BYTES {
+            return Err(too_large(items, answers.len(), omit_reports));
+        }
+        answers.push(made);
+    }
+    Ok(answers)
+}
+
+/// The refusal of a batch of `items` whose first `fit` answers fit a
+/// default client and the next did not.
+fn too_large(items: usize, fit: usize, omit_reports: bool) -> ConversionError {
+    let first = fit + 1;
+    // Each answer alone fits (a user's is at most about 140 KB).
+    let fit = fit.max(1);
+    ConversionError::AnswerTooLarge {
+        field: "items",
+        items,
+        first,
+        max: CLIENT_MESSAGE_BYTES,
+        advice: if omit_reports {
+            format!("send at most {fit} such items per call")
+        } else {
+            format!(
+                "send at most {fit} such items per call, or ask for the answers without their \
+                 reports (metadata `{OMIT_REPORTS}: true`)"
+            )
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +181,30 @@ mod tests {
             .collect();
         assert_eq!(sizes, [1, 1]);
         assert!(first_page(&[] as &[usize], |i| user(**i, 1)).is_empty());
+    }
+
+    #[test]
+    fn a_batch_whose_answers_pass_a_clients_limit_is_refused_saying_how_many_fit() {
+        // Answers of 1 MiB: four fit with the revision, five do not.
+        let answered = batch_answers(vec![1; 4], false, |i| i << 20, |a| *a - 11);
+        assert_eq!(answered.unwrap().len(), 4);
+        let refused = batch_answers(vec![1; 1000], false, |i| i << 20, |a| *a)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "items: ",
+            "the first 4 of these 1000 items",
+            "4194304 bytes",
+            "send at most 3 such items",
+            OMIT_REPORTS,
+        ] {
+            assert!(refused.contains(part), "{part:?} in {refused}");
+        }
+        // One answer alone past the limit: at least one is still said to fit.
+        let refused = batch_answers(vec![5; 3], true, |i| i << 20, |a| *a)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("send at most 1 such"), "{refused}");
+        assert!(!refused.contains(OMIT_REPORTS), "{refused}");
     }
 }
