@@ -188,6 +188,186 @@ on_both_backends! {
     }
 }
 
+/// The largest scope a user can hold: 1,000 groups of 128-character ids
+/// (about 135 KB a user).
+fn full_scope() -> pb::SupervisorScope {
+    pb::SupervisorScope {
+        whole_account: false,
+        refs: (0..1000)
+            .map(|i| pb::ScopeRef {
+                kind: pb::ScopeKind::UserGroup as i32,
+                id: format!("{i:0>128}"),
+            })
+            .collect(),
+    }
+}
+
+/// A batch check of `users` of acme (through a default client), with or
+/// without reports: how many answers, each with its scope's group count.
+async fn batch_scopes(
+    app: &TestApp,
+    users: &[String],
+    omit_reports: bool,
+) -> Result<Vec<usize>, tonic::Status> {
+    let mut request = tonic::Request::new(pb::BatchCheckAnalyticsAccessRequest {
+        items: users
+            .iter()
+            .map(|u| pb::CheckItem {
+                account_id: "acme".into(),
+                user_id: u.clone(),
+            })
+            .collect(),
+        min_revision: 0,
+    });
+    if omit_reports {
+        request
+            .metadata_mut()
+            .insert("entitled-omit-reports", "true".parse().unwrap());
+    }
+    let answer = app
+        .access
+        .clone()
+        .batch_check_analytics_access(request)
+        .await?;
+    Ok(answer
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| match r.outcome {
+            Some(pb::check_result::Outcome::Answer(a)) => {
+                a.supervisor_scope.map_or(0, |s| s.refs.len())
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect())
+}
+
+on_both_backends! {
+    /// 40 supervisors with full scopes (about 5.4 MB of users): before,
+    /// ListUsers' default page, ExportUsers' one message and a batch naming
+    /// them each exceeded a default client's 4 MiB and failed on the client.
+    async fn users_with_full_scopes_page_export_and_batch_within_a_default_client(backend) {
+        let app = TestApp::spawn_on(backend).await;
+        app.create_account("acme", "work").await;
+        let scope = full_scope();
+        let scoped: Vec<String> = (0..40).map(|i| format!("s{i:02}")).collect();
+        for user in &scoped {
+            app.put_user("acme", user).await;
+            app.update(pb::UpdateUserServicesRequest {
+                account_id: "acme".into(),
+                user_id: user.clone(),
+                edition: Some("X8".into()),
+                analytics_tier: Some(T::Supervisor as i32),
+                supervisor_scope: Some(scope.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        // Two users without a scope, before and after them.
+        app.put_user("acme", "ada").await;
+        app.put_user("acme", "zed").await;
+        let mut all: Vec<String> = scoped.clone();
+        all.insert(0, "ada".into());
+        all.push("zed".into());
+        let groups = |id: &str| if id.starts_with('s') { 1000 } else { 0 };
+
+        // ListUsers, with the default page size and the largest: pages cut
+        // at 1 MiB, each user once, in order, nothing lost.
+        for page_size in [0, 1000] {
+            let mut listed = Vec::new();
+            let mut pages = 0;
+            let mut page_token = String::new();
+            loop {
+                let page = app
+                    .provisioning
+                    .clone()
+                    .list_users(pb::ListUsersRequest {
+                        account_id: "acme".into(),
+                        page_size,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("ListUsers page {pages}: {s:?}"))
+                    .into_inner();
+                let bytes = prost::Message::encoded_len(&page);
+                assert!(bytes <= 1024 * 1024 + 1024, "a page of {bytes} bytes");
+                assert!(!page.users.is_empty());
+                pages += 1;
+                for user in page.users {
+                    let refs = user.supervisor_scope.as_ref().map_or(0, |s| s.refs.len());
+                    assert_eq!(refs, groups(&user.user_id), "{}", user.user_id);
+                    if refs > 0 {
+                        assert_eq!(user.supervisor_scope, Some(scope.clone()));
+                    }
+                    listed.push(user.user_id);
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            assert_eq!(listed, all, "page_size {page_size}");
+            assert!(pages >= 6, "{pages} pages");
+        }
+
+        // ExportUsers: messages of at most 1 MiB, each user once, in order.
+        let mut stream = app
+            .provisioning
+            .clone()
+            .export_users(pb::ExportUsersRequest {
+                account_id: "acme".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut exported = Vec::new();
+        let mut messages = 0;
+        while let Some(message) = stream.message().await.unwrap() {
+            let bytes = prost::Message::encoded_len(&message);
+            assert!(bytes <= 1024 * 1024 + 1024, "a message of {bytes} bytes");
+            messages += 1;
+            for row in message.rows {
+                let refs = row.supervisor_scope.as_ref().map_or(0, |s| s.refs.len());
+                assert_eq!(refs, groups(&row.user_id), "{}", row.user_id);
+                exported.push(row.user_id);
+            }
+        }
+        assert_eq!(exported, all);
+        assert!(messages >= 6, "{messages} messages");
+
+        // The batch: answered when it fits a default client; refused,
+        // naming the limit and how many fit, when it would not. 1,000 items
+        // naming one user would be about 135 MB; the 40 about 5.4 MB.
+        let same = vec![scoped[0].clone(); 1000];
+        for (users, omit_reports) in [(&same, false), (&scoped, false), (&scoped, true)] {
+            let refused = batch_scopes(&app, users, omit_reports).await;
+            let message = refused.as_ref().map_or_else(|s| s.message().to_owned(), |_| String::new());
+            assert_status(
+                refused.map(|answers| answers.len()),
+                Code::InvalidArgument,
+                &["items: ", &format!("of these {} items", users.len()), "4194304 bytes"],
+            );
+            assert_eq!(message.contains("entitled-omit-reports"), !omit_reports, "{message}");
+            // As many as it says fit are answered, each with its scope.
+            let fit: usize = message
+                .split("send at most ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((20..=31).contains(&fit), "{message}");
+            let answers = batch_scopes(&app, &users[..fit], omit_reports).await.unwrap();
+            assert_eq!(answers, vec![1000; fit]);
+        }
+        // Users with and without a scope in one batch that fits.
+        let answers = batch_scopes(&app, &all[..22], false).await.unwrap();
+        assert_eq!(answers.len(), 22);
+        assert_eq!(answers[0], 0);
+    }
+}
+
 on_both_backends! {
     async fn a_tokens_refusals_are_rate_limited_and_another_tokens_are_not(backend) {
         let app = TestApp::spawn_on(backend).await;

@@ -139,21 +139,21 @@ impl AccessService for Api {
     ) -> Reply<pb::BatchCheckAnalyticsAccessResponse> {
         let omit_reports = convert::omit_reports(request.metadata())?;
         let (results, revision) = self.decide_many(&request).await?;
-        let results = results
-            .into_iter()
-            .map(|result| pb::CheckResult {
-                outcome: Some(match result {
-                    Ok(decision) => {
-                        let mut answer = pb::CheckAnalyticsAccessResponse::from(decision);
-                        if omit_reports {
-                            answer.reports.clear();
-                        }
-                        pb::check_result::Outcome::Answer(answer)
+        let answer = |result| pb::CheckResult {
+            outcome: Some(match result {
+                Ok(decision) => {
+                    let mut answer = pb::CheckAnalyticsAccessResponse::from(decision);
+                    if omit_reports {
+                        answer.reports.clear();
                     }
-                    Err(e) => pb::check_result::Outcome::Error(e),
-                }),
-            })
-            .collect();
+                    pb::check_result::Outcome::Answer(answer)
+                }
+                Err(e) => pb::check_result::Outcome::Error(e),
+            }),
+        };
+        let results = convert::batch_answers(results, omit_reports, answer, |r| {
+            prost::encoding::message::encoded_len(1, r)
+        })?;
         Ok(Response::new(pb::BatchCheckAnalyticsAccessResponse {
             results,
             revision,

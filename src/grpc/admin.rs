@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 
-use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -106,17 +105,7 @@ impl AuditService for Api {
             .await?;
         // Bounded in bytes as well as in records: a page never exceeds what
         // a default client accepts, whatever the records hold.
-        let mut page: Vec<pb::Change> = Vec::with_capacity(changes.len());
-        let mut bytes = 0;
-        for change in &changes {
-            let change = pb::Change::from(change);
-            let len = change.encoded_len() + MESSAGE_OVERHEAD;
-            if !page.is_empty() && bytes + len > MAX_PAGE_BYTES {
-                break;
-            }
-            bytes += len;
-            page.push(change);
-        }
+        let page = convert::first_page(&changes, |c| pb::Change::from(*c));
         let more = more || page.len() < changes.len();
         let next_page_token = match page.len().checked_sub(1).map(|i| &changes[i]) {
             Some(last) if more => convert::audit_token(last.seq),
@@ -128,12 +117,6 @@ impl AuditService for Api {
         }))
     }
 }
-
-/// The most bytes of records one ListChanges page carries: a quarter of
-/// the 4 MiB a default gRPC client accepts.
-pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
-/// A repeated field's tag and length prefix, at most.
-const MESSAGE_OVERHEAD: usize = 6;
 
 /// How much of the backup file one message carries.
 const BACKUP_CHUNK: usize = 64 * 1024;

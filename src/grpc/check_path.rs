@@ -153,10 +153,13 @@ impl UnaryService<pb::BatchCheckAnalyticsAccessRequest> for Batch {
         Box::pin(async move {
             let omit_reports = convert::omit_reports(request.metadata())?;
             let (results, revision) = api.decide_many(&request).await?;
-            let results = results
-                .into_iter()
-                .map(|r| r.map(|d| api.answers.item(d, omit_reports)))
-                .collect();
+            // Refused once the answers would pass what a client accepts.
+            let results = convert::batch_answers(
+                results,
+                omit_reports,
+                |r| r.map(|d| api.answers.item(d, omit_reports)),
+                BatchAnswer::result_len,
+            )?;
             Ok(Response::new(BatchAnswer { results, revision }))
         })
     }

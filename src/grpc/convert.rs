@@ -3,10 +3,12 @@
 //! the field and the value; domain → protobuf (`answers.rs`) cannot fail.
 
 mod answers;
+mod pages;
 #[cfg(test)]
 mod tests;
 
 pub use answers::{Answers, MoveAnswer};
+pub use pages::{CLIENT_MESSAGE_BYTES, MAX_PAGE_BYTES, Pages, batch_answers, first_page};
 
 use std::sync::Arc;
 
@@ -33,7 +35,8 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// The most items one BatchCheckAnalyticsAccess may carry.
 pub const MAX_BATCH_ITEMS: usize = 1000;
 
-/// Why a request could not become domain values.
+/// Why a request could not become domain values (or, for a batch check,
+/// why its answer could not be sent).
 #[derive(Debug, thiserror::Error)]
 pub enum ConversionError {
     /// One field (`domain::field`: the one message shape of every field).
@@ -46,6 +49,20 @@ pub enum ConversionError {
         field: &'static str,
         count: usize,
         max: usize,
+    },
+    /// A batch whose answers would pass what a default client accepts
+    /// (`pages::batch_answers`).
+    #[error(
+        "{field}: the answers to the first {first} of these {items} items would already be more \
+         than the {max} bytes (4 MiB) a gRPC client accepts by default (supervisors scoped to \
+         many groups make large answers); {advice}"
+    )]
+    AnswerTooLarge {
+        field: &'static str,
+        items: usize,
+        first: usize,
+        max: usize,
+        advice: String,
     },
 }
 

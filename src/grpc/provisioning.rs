@@ -10,7 +10,8 @@ use crate::{
     service::ServicesChange,
 };
 
-/// Users per ExportUsers message.
+/// The most users one ExportUsers message carries (and at most
+/// `convert::MAX_PAGE_BYTES` of them).
 const EXPORT_CHUNK: usize = 1000;
 
 #[tonic::async_trait]
@@ -98,12 +99,17 @@ impl ProvisioningService for Api {
         let (users, more) =
             self.entitlements
                 .list_users(&caller, &account, after.as_ref(), size)?;
-        let next_page_token = match users.last() {
+        // Bounded in bytes as well as in users (a scope of 1,000 groups
+        // makes a user about 135 KB): the next page starts after the last
+        // user sent.
+        let page = convert::first_page(&users, |u| pb::User::from(*u));
+        let more = more || page.len() < users.len();
+        let next_page_token = match page.len().checked_sub(1).map(|i| &users[i]) {
             Some(last) if more => convert::page_token(&account, &last.id),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListUsersResponse {
-            users: users.iter().map(Into::into).collect(),
+            users: page,
             next_page_token,
         }))
     }
@@ -251,15 +257,11 @@ impl ProvisioningService for Api {
         let r = request.into_inner();
         let account = convert::optional_id("account_id", &r.account_id, convert::account_id)?;
         let (users, revision) = self.entitlements.export_users(&caller, account.as_ref())?;
-        let messages: Vec<Result<pb::ExportUsersResponse, Status>> = users
-            .chunks(EXPORT_CHUNK)
-            .map(|chunk| {
-                Ok(pb::ExportUsersResponse {
-                    rows: chunk.iter().map(Into::into).collect(),
-                    revision,
-                })
-            })
-            .collect();
+        // Messages of at most EXPORT_CHUNK users and MAX_PAGE_BYTES, each
+        // made as it is sent.
+        let messages =
+            convert::Pages::new(users.into_iter(), EXPORT_CHUNK, |u| pb::UserRow::from(u))
+                .map(move |rows| Ok(pb::ExportUsersResponse { rows, revision }));
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 

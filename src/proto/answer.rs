@@ -186,6 +186,15 @@ fn result_len(result: &Result<CheckAnswer, ItemError>) -> usize {
     }
 }
 
+impl BatchAnswer {
+    /// One item's bytes in the batch's message: its `results` (1) key,
+    /// length and `CheckResult`. A sum of lengths: nothing is encoded.
+    pub fn result_len(result: &Result<CheckAnswer, ItemError>) -> usize {
+        let len = result_len(result);
+        encoding::key_len(1) + encoding::encoded_len_varint(len as u64) + len
+    }
+}
+
 impl Message for BatchAnswer {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         for result in &self.results {
@@ -214,14 +223,7 @@ impl Message for BatchAnswer {
     }
 
     fn encoded_len(&self) -> usize {
-        let results: usize = self
-            .results
-            .iter()
-            .map(|r| {
-                let len = result_len(r);
-                encoding::key_len(1) + encoding::encoded_len_varint(len as u64) + len
-            })
-            .sum();
+        let results: usize = self.results.iter().map(BatchAnswer::result_len).sum();
         results
             + if self.revision != 0 {
                 encoding::uint64::encoded_len(2, &self.revision)

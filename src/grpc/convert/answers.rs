@@ -15,6 +15,8 @@ use crate::{
     store::Written,
 };
 
+use super::pages::Pages;
+
 impl From<Tier> for pb::AnalyticsTier {
     fn from(t: Tier) -> Self {
         match t {
@@ -482,19 +484,15 @@ impl From<&MovedUser> for pb::MigratedUser {
 
 /// The messages of a MigrateAccount answer, made as they are sent: the
 /// plan's users in chunks of at most `MOVE_CHUNK_USERS` users and
-/// `MOVE_CHUNK_BYTES` bytes, then the summary. An account of any size fits
-/// a default client's 4 MiB message limit.
+/// `MAX_PAGE_BYTES` bytes (`Pages`), then the summary. An account of any
+/// size fits a default client's 4 MiB message limit.
 pub struct MoveAnswer {
-    users: std::iter::Peekable<std::vec::IntoIter<MovedUser>>,
+    users: Pages<std::vec::IntoIter<MovedUser>, fn(&MovedUser) -> pb::MigratedUser>,
     summary: Option<pb::MigrationSummary>,
 }
 
 /// The most users one MigrateAccount message carries.
 pub const MOVE_CHUNK_USERS: usize = 1000;
-/// The most bytes of users one MigrateAccount message carries: a quarter
-/// of a default client's limit (a user's row is well under a KiB: its id,
-/// two editions and at most one notice).
-pub const MOVE_CHUNK_BYTES: usize = 1024 * 1024;
 
 impl From<Written<AccountMoved>> for MoveAnswer {
     fn from(written: Written<AccountMoved>) -> Self {
@@ -512,7 +510,9 @@ impl From<Written<AccountMoved>> for MoveAnswer {
             replayed: written.replayed,
         };
         MoveAnswer {
-            users: moved.users.into_iter().peekable(),
+            users: Pages::new(moved.users.into_iter(), MOVE_CHUNK_USERS, |u| {
+                pb::MigratedUser::from(u)
+            }),
             summary: Some(summary),
         }
     }
@@ -523,31 +523,10 @@ impl Iterator for MoveAnswer {
 
     fn next(&mut self) -> Option<Self::Item> {
         use pb::migrate_account_response::Item;
-        use prost::Message;
-        if self.users.peek().is_none() {
-            let summary = self.summary.take()?;
-            return Some(pb::MigrateAccountResponse {
-                item: Some(Item::Summary(summary)),
-            });
-        }
-        let mut chunk = pb::MigrationPlanChunk::default();
-        let mut bytes = 0;
-        while chunk.users.len() < MOVE_CHUNK_USERS {
-            let Some(user) = self.users.peek() else {
-                break;
-            };
-            let row = pb::MigratedUser::from(user);
-            // A tag and a length prefix of at most 5 bytes each.
-            let len = row.encoded_len() + 6;
-            if !chunk.users.is_empty() && bytes + len > MOVE_CHUNK_BYTES {
-                break;
-            }
-            bytes += len;
-            chunk.users.push(row);
-            self.users.next();
-        }
-        Some(pb::MigrateAccountResponse {
-            item: Some(Item::Users(chunk)),
-        })
+        let item = match self.users.next() {
+            Some(users) => Item::Users(pb::MigrationPlanChunk { users }),
+            None => Item::Summary(self.summary.take()?),
+        };
+        Some(pb::MigrateAccountResponse { item: Some(item) })
     }
 }
