@@ -30,7 +30,7 @@ async fn snapshot(app: &TestApp) -> (u64, Vec<pb::User>, Vec<pb::User>, Vec<pb::
     let tokens = app
         .tokens
         .clone()
-        .list_tokens(pb::ListTokensRequest {})
+        .list_tokens(pb::ListTokensRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -260,7 +260,7 @@ async fn call(
         "ListTokens" => c
             .tokens
             .clone()
-            .list_tokens(pb::ListTokensRequest {})
+            .list_tokens(pb::ListTokensRequest::default())
             .await
             .map(drop),
         "RevokeToken" => c
@@ -427,7 +427,7 @@ on_both_backends! {
         let tokens = app
             .tokens
             .clone()
-            .list_tokens(pb::ListTokensRequest {})
+            .list_tokens(pb::ListTokensRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -447,7 +447,7 @@ on_both_backends! {
         let tokens = app
             .tokens
             .clone()
-            .list_tokens(pb::ListTokensRequest {})
+            .list_tokens(pb::ListTokensRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -459,7 +459,7 @@ on_both_backends! {
         assert_eq!(
             app.tokens
                 .clone()
-                .list_tokens(pb::ListTokensRequest {})
+                .list_tokens(pb::ListTokensRequest::default())
                 .await
                 .unwrap()
                 .into_inner()
@@ -505,7 +505,7 @@ on_both_backends! {
         let tokens = app
             .tokens
             .clone()
-            .list_tokens(pb::ListTokensRequest {})
+            .list_tokens(pb::ListTokensRequest::default())
             .await
             .unwrap()
             .into_inner()

@@ -157,7 +157,7 @@ async fn everything(app: &TestApp, accounts: &[&str]) -> Everything {
         tokens: c
             .tokens
             .clone()
-            .list_tokens(pb::ListTokensRequest {})
+            .list_tokens(pb::ListTokensRequest::default())
             .await
             .unwrap()
             .into_inner()

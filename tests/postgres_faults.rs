@@ -781,7 +781,7 @@ async fn a_replica_killed_under_write_load_loses_no_acknowledged_write() {
         .clients
         .tokens
         .clone()
-        .list_tokens(pb::ListTokensRequest {})
+        .list_tokens(pb::ListTokensRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -210,7 +210,7 @@ async fn replicas_starting_together_make_exactly_one_operator_token() {
     let tokens = app
         .tokens
         .clone()
-        .list_tokens(pb::ListTokensRequest {})
+        .list_tokens(pb::ListTokensRequest::default())
         .await
         .unwrap()
         .into_inner()

@@ -485,8 +485,24 @@ pub async fn token(args: &ClientArgs, command: TokenCommand) -> Result<(), CliEr
             value
         }
         TokenCommand::List => {
-            let r = c.list_tokens(pb::ListTokensRequest {}).await?.into_inner();
-            Value::Array(r.tokens.iter().map(output::token).collect())
+            // Every page, oldest first.
+            let mut tokens = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_tokens(pb::ListTokensRequest {
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                tokens.extend(r.tokens.iter().map(output::token));
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            Value::Array(tokens)
         }
         TokenCommand::Revoke { token_id } => {
             let r = c

@@ -58,9 +58,22 @@ impl TokenService for Api {
         request: Request<pb::ListTokensRequest>,
     ) -> Reply<pb::ListTokensResponse> {
         let caller = reader(&request)?;
-        let tokens = self.entitlements.list_tokens(&caller)?;
+        let r = request.into_inner();
+        let size = convert::page_size(r.page_size)?;
+        let after = convert::token_page_cursor(&r.page_token)?;
+        let (tokens, more) = self
+            .entitlements
+            .list_tokens(&caller, after.as_ref(), size)?;
+        // Bounded in bytes as well as in tokens, as every listing is.
+        let page = convert::first_page(&tokens, |t| pb::TokenInfo::from(*t));
+        let more = more || page.len() < tokens.len();
+        let next_page_token = match page.len().checked_sub(1).map(|i| &tokens[i]) {
+            Some(last) if more => convert::token_page_token(last),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListTokensResponse {
-            tokens: tokens.iter().map(Into::into).collect(),
+            tokens: page,
+            next_page_token,
         }))
     }
 

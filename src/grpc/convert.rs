@@ -10,7 +10,10 @@ mod tests;
 pub use answers::{Answers, MoveAnswer};
 pub use pages::{CLIENT_MESSAGE_BYTES, MAX_PAGE_BYTES, Pages, batch_answers, first_page};
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use prost::Message;
@@ -19,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     domain::{
         AccountId, AccountIdRef, DisplayName, FieldError, Hidden, Principal, Role, Rpc, ScopeKind,
-        SupervisorScope, Tier, UserId, UserIdRef, Via,
+        SupervisorScope, Tier, Token, UserId, UserIdRef, Via,
         field::{self, RawScopeRef},
         migration::MoveRequest,
     },
@@ -28,9 +31,10 @@ use crate::{
     store::RequestKey,
 };
 
-/// ListUsers' page size when the request gives none.
+/// ListUsers' and ListTokens' page size when the request gives none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// ListUsers' largest page; larger requests are served this many.
+/// ListUsers' and ListTokens' largest page; larger requests are served
+/// this many.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// The most items one BatchCheckAnalyticsAccess may carry.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -307,6 +311,48 @@ pub fn page_cursor(account: &AccountId, token: &str) -> Result<Option<UserId>, C
         _ => Err(bad(
             "is not a page token; pass a next_page_token unchanged, or \"\" for the first page",
         )),
+    }
+}
+
+const TOKEN_PAGE_TOKEN_VERSION: &str = "t1";
+
+/// ListTokens' opaque cursor: the creation time (nanoseconds since the
+/// epoch) and id of the last token served, the order tokens are listed in.
+pub fn token_page_token(last: &Token) -> String {
+    let nanos = last
+        .created_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    URL_SAFE_NO_PAD.encode(format!("{TOKEN_PAGE_TOKEN_VERSION}\n{nanos}\n{}", last.id))
+}
+
+/// The token to continue after (its creation time and id), if any.
+pub fn token_page_cursor(token: &str) -> Result<Option<(SystemTime, String)>, ConversionError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        ConversionError::invalid(
+            "page_token",
+            token,
+            "is not a ListTokens page token; pass a next_page_token unchanged, or \"\" for the first page",
+        )
+    };
+    let decoded = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let mut parts = decoded.splitn(3, '\n');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(TOKEN_PAGE_TOKEN_VERSION), Some(nanos), Some(id)) => {
+            let nanos: u64 = nanos.parse().map_err(|_| bad())?;
+            Ok(Some((
+                UNIX_EPOCH + Duration::from_nanos(nanos),
+                id.to_owned(),
+            )))
+        }
+        _ => Err(bad()),
     }
 }
 

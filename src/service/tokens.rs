@@ -6,6 +6,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     sync::Arc,
+    time::SystemTime,
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -185,9 +186,23 @@ impl Entitlements {
         })
     }
 
-    pub fn list_tokens(&self, caller: &Caller) -> Result<Vec<Token>, DomainError> {
+    /// Tokens oldest first (by creation time, then id), at most `size`
+    /// after the cursor `after` (the creation time and id of the last one
+    /// a previous page held), and whether more follow.
+    pub fn list_tokens(
+        &self,
+        caller: &Caller,
+        after: Option<&(SystemTime, String)>,
+        size: usize,
+    ) -> Result<(Vec<Token>, bool), DomainError> {
         authorize(caller, Rpc::ListTokens, None, None)?;
-        Ok(self.store.read(|v| v.tokens()))
+        let mut tokens = self.store.read(|v| v.tokens());
+        if let Some((at, id)) = after {
+            tokens.retain(|t| (t.created_at, &t.id) > (*at, id));
+        }
+        let more = tokens.len() > size;
+        tokens.truncate(size);
+        Ok((tokens, more))
     }
 
     /// Revokes a token; it is refused from the very next call. Revoking a
