@@ -7,6 +7,11 @@
 //! PostgreSQL. A watch that pruning overtakes in the middle of its replay
 //! is tested at the store (`store/sled/tests.rs`): the watch hands on the
 //! store's error.
+//!
+//! Expired request records are swept by the same passes, whatever the
+//! audit retention (the last tests): one past its window is gone, one
+//! within it replays, and a stream of fresh request ids across windows
+//! leaves the store holding one window's worth.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,7 +24,11 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::{ManualClock, Options, TestApp, assert_status};
-use entitled::{proto::v1 as pb, service::RetentionOptions};
+use entitled::{
+    proto::v1 as pb,
+    service::RetentionOptions,
+    store::{REQUEST_ID_WINDOW, REQUEST_PRUNE_GRACE},
+};
 use pb::watch_entitlements_response::Event;
 use tonic::{Code, Streaming};
 
@@ -324,5 +333,146 @@ async fn two_replicas_prune_one_database_without_fighting() {
             Code::OutOfRange,
             &[&format!("the oldest revision held is {kept}")],
         );
+    }
+}
+
+/// A server keeping every audit record (no retention): its passes sweep
+/// expired request records only, `batch` at a time.
+async fn spawn_keeping_the_trail(
+    backend: common::Backend,
+    clock: &ManualClock,
+    batch: usize,
+) -> TestApp {
+    TestApp::spawn_with(Options {
+        backend,
+        clock: Some(clock.clock()),
+        retention: Some(RetentionOptions {
+            keep: None,
+            every: Duration::from_secs(24 * 3600),
+            batch,
+            pause: Duration::ZERO,
+            busy_percent: 100,
+        }),
+        ..Options::default()
+    })
+    .await
+}
+
+/// PutUser of `acme`'s `user` named `name`, sent with `request_id`.
+async fn put(app: &TestApp, user: &str, name: &str, request_id: &str) -> pb::PutUserResponse {
+    app.provisioning
+        .clone()
+        .put_user(pb::PutUserRequest {
+            account_id: "acme".into(),
+            user_id: user.into(),
+            display_name: name.into(),
+            request_id: request_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// How many records a backup of the store holds (request records among
+/// them).
+async fn records_held(app: &TestApp) -> u64 {
+    let mut stream = app
+        .clients(Some(&app.operator_secret))
+        .backup
+        .backup(pb::BackupRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&message.chunk);
+    }
+    entitled::store::verify(bytes.as_slice()).unwrap().entries
+}
+
+on_both_backends! {
+    /// A request record past its window (and the grace) is deleted by a
+    /// pass without an audit retention; one within it stays and replays;
+    /// the old id is then a new request, as it was past the window before.
+    async fn an_expired_request_record_goes_and_one_within_its_window_replays(backend) {
+        let clock = start();
+        let app = spawn_keeping_the_trail(backend, &clock, 100).await;
+        app.create_account("acme", "work").await;
+        put(&app, "ada", "Ada", "old").await;
+        clock.advance(12 * HOUR);
+        let young = put(&app, "bob", "Bob", "young").await;
+        let held = records_held(&app).await;
+
+        // Just short of the window and the grace: nothing goes.
+        clock.advance(REQUEST_ID_WINDOW + REQUEST_PRUNE_GRACE - 12 * HOUR - Duration::from_secs(60));
+        let report = app.pruner.pass().await.unwrap();
+        assert_eq!((report.requests, report.records), (0, 0), "{report:?}");
+        assert_eq!(records_held(&app).await, held);
+
+        // Past them: `old`'s record goes, `young`'s stays.
+        clock.advance(Duration::from_secs(120));
+        let report = app.pruner.pass().await.unwrap();
+        assert_eq!((report.requests, report.records), (1, 0), "{report:?}");
+        assert_eq!(records_held(&app).await, held - 1);
+        assert_eq!(app.pruner.pass().await.unwrap().requests, 0);
+
+        // `young`, 13 hours old, replays: the first answer, nothing new.
+        let revision = app.revision().await;
+        assert_eq!(put(&app, "bob", "Bob", "young").await, young);
+        assert_eq!(app.revision().await, revision);
+        // `old` is a new request, applied.
+        let again = put(&app, "ada", "Ada Lovelace", "old").await;
+        assert_eq!(again.revision, revision + 1);
+        assert_eq!(again.user.unwrap().display_name, "Ada Lovelace");
+        // And its retry replays the new answer.
+        assert_eq!(put(&app, "ada", "Ada Lovelace", "old").await.revision, revision + 1);
+        assert_eq!(app.revision().await, revision + 1);
+    }
+}
+
+on_both_backends! {
+    /// A caller sending fresh request ids (no-op writes: each keeps a
+    /// request record and nothing else) for four windows leaves the store
+    /// holding the last window's records only, swept in batches of 2. Each
+    /// window's ids sort before the last's, so on sled a sweep's first
+    /// batches read only records still honoured (20 at most each) and go
+    /// on from where they stopped.
+    async fn request_records_do_not_grow_under_fresh_request_ids(backend) {
+        let clock = start();
+        let app = spawn_keeping_the_trail(backend, &clock, 2).await;
+        app.create_account("acme", "work").await;
+        app.put_user("acme", "ada").await;
+        let mut held = Vec::new();
+        for window in 0..4 {
+            for i in 0..30 {
+                let id = format!("{}-{i:02}", 9 - window);
+                let answer = put(&app, "ada", "User ada", &id).await;
+                assert_eq!(answer.revision, 3, "a no-op");
+            }
+            // 13 hours on, the records of the window before are 26 hours
+            // old: past the window and the grace.
+            clock.advance(13 * HOUR);
+            let report = app.pruner.pass().await.unwrap();
+            let expected = if window == 0 { 0 } else { 30 };
+            assert_eq!(report.requests, expected, "window {window}: {report:?}");
+            if window > 0 {
+                assert!(report.request_batches >= 15, "batches of 2: {report:?}");
+            }
+            held.push(records_held(&app).await);
+        }
+        assert!(held.windows(2).all(|w| w[0] == w[1]), "records held after each pass: {held:?}");
+        // The last window's ids still replay: the same id with another
+        // request is refused as reused.
+        let reused = app
+            .provisioning
+            .clone()
+            .put_user(pb::PutUserRequest {
+                account_id: "acme".into(),
+                user_id: "ada".into(),
+                display_name: "Someone else".into(),
+                request_id: "6-00".into(),
+            })
+            .await;
+        assert_status(reused, Code::FailedPrecondition, &["6-00"]);
     }
 }

@@ -40,7 +40,7 @@ pub use bulk::{
 };
 pub use migrate::AccountMoved;
 pub use refusals::{REFUSAL_BURST, REFUSALS_PER_SECOND};
-pub use retention::{PruneReport, Pruner, RetentionOptions};
+pub use retention::{PruneReport, Pruner, REQUESTS_EVERY, RetentionOptions};
 pub use tokens::{NewToken, OPERATOR_TOKEN_FILE, TokenSpec, TokenSpecError};
 pub use users::{AccountDeleted, MAX_DELETED_USERS, ServicesChange, ServicesChanged};
 pub use watch::{AccountChange, AccountChangeKind, Change, WatchEvent, WatchOptions};

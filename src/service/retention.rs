@@ -3,6 +3,13 @@
 //! between batches, so writes and checks go on meanwhile. Default: keep
 //! everything. ListChanges and Watch from before what is kept are refused
 //! (`StoreError::Pruned`, OUT_OF_RANGE, naming the oldest revision held).
+//!
+//! The same passes sweep expired request records (`Store::prune_requests_batch`),
+//! always, whatever the audit retention: a request record is useless once
+//! its retry window is over, and without the sweep a caller sending fresh
+//! request ids would grow the store for ever. In the background a pass
+//! sweeps them at most every `REQUESTS_EVERY` (a record outlives its window
+//! by at most the grace and that), with the same batches and pacing.
 
 use std::{
     sync::Arc,
@@ -10,12 +17,19 @@ use std::{
 };
 
 use super::{Clock, DomainError};
-use crate::store::{PruneBatch, Pruned, Store};
+use crate::store::{PruneBatch, Pruned, RequestsResume, Store};
+
+/// How often the background passes sweep expired request records. On
+/// sled a sweep reads every record kept (the tree is in key order, not time
+/// order), so not at every pass: a record kept for 24 hours may wait an
+/// hour more.
+pub const REQUESTS_EVERY: Duration = Duration::from_secs(3600);
 
 /// How the audit trail is pruned; the defaults are the documented ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionOptions {
     /// Audit records older than this are pruned; `None` keeps them all.
+    /// Expired request records are swept either way.
     pub keep: Option<Duration>,
     /// How often a pass runs (each prunes all that has grown too old).
     pub every: Duration,
@@ -52,6 +66,10 @@ pub struct PruneReport {
     pub batches: u64,
     /// How far the trail is pruned after the pass.
     pub pruned: Pruned,
+    /// Expired request records deleted.
+    pub requests: u64,
+    /// Batches that deleted some.
+    pub request_batches: u64,
 }
 
 /// Runs pruning passes: in the background every `RetentionOptions::every`
@@ -81,40 +99,67 @@ impl Pruner {
     }
 
     /// Prunes every audit record older than the retention (by the clock,
-    /// now), batch by batch; returns what it did. Nothing without a
-    /// retention.
+    /// now), batch by batch, and deletes every expired request record;
+    /// returns what it did. No audit record is pruned without a retention.
     pub async fn pass(&self) -> Result<PruneReport, DomainError> {
-        let Some(keep) = self.options.keep else {
-            return Ok(PruneReport {
-                pruned: self.store.pruned().await?,
-                ..PruneReport::default()
-            });
-        };
+        self.pass_of(true).await
+    }
+
+    /// A pass, sweeping request records if `requests`.
+    async fn pass_of(&self, requests: bool) -> Result<PruneReport, DomainError> {
         let _one = self.running.lock().await;
-        let before = (self.clock)()
-            .checked_sub(keep)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut report = PruneReport::default();
-        loop {
-            let started = std::time::Instant::now();
-            let batch = self
-                .store
-                .prune_batch(before, self.options.batch.max(1))
-                .await?;
-            let took = started.elapsed();
-            report.records += batch.records;
-            report.batches += u64::from(batch.records > 0);
-            report.pruned = batch.pruned;
-            if !batch.more {
-                return Ok(report);
+        let mut report = PruneReport {
+            pruned: self.store.pruned().await?,
+            ..PruneReport::default()
+        };
+        if let Some(keep) = self.options.keep {
+            let before = (self.clock)()
+                .checked_sub(keep)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            loop {
+                let started = std::time::Instant::now();
+                let batch = self
+                    .store
+                    .prune_batch(before, self.options.batch.max(1))
+                    .await?;
+                report.records += batch.records;
+                report.batches += u64::from(batch.records > 0);
+                report.pruned = batch.pruned;
+                if !batch.more {
+                    break;
+                }
+                self.pause(started.elapsed()).await;
             }
-            tokio::time::sleep(
-                self.options
-                    .pause
-                    .max(idle_after(took, self.options.busy_percent)),
-            )
-            .await;
         }
+        if requests {
+            let now = (self.clock)();
+            let mut resume: Option<RequestsResume> = None;
+            loop {
+                let started = std::time::Instant::now();
+                let batch = self
+                    .store
+                    .prune_requests_batch(now, resume, self.options.batch.max(1))
+                    .await?;
+                report.requests += batch.records;
+                report.request_batches += u64::from(batch.records > 0);
+                resume = batch.resume;
+                if resume.is_none() {
+                    break;
+                }
+                self.pause(started.elapsed()).await;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The pause after a batch that took `took`.
+    async fn pause(&self, took: Duration) {
+        tokio::time::sleep(
+            self.options
+                .pause
+                .max(idle_after(took, self.options.busy_percent)),
+        )
+        .await;
     }
 
     /// One batch of a pass (what `pass` does first), for tests that look
@@ -136,34 +181,56 @@ impl Pruner {
             .await?)
     }
 
-    /// A pass every `every` until `stop` resolves; a pass under way ends
-    /// at its next batch.
+    /// A pass every `every` until `stop` resolves (sweeping request
+    /// records at most every `REQUESTS_EVERY`); a pass under way ends at
+    /// its next batch.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
-        if self.options.keep.is_none() {
-            return;
-        }
         tokio::pin!(stop);
+        let mut swept: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.options.every) => {}
                 _ = &mut stop => return,
             }
+            let requests = swept.is_none_or(|at| at.elapsed() >= REQUESTS_EVERY);
+            if self.options.keep.is_none() && !requests {
+                continue;
+            }
             let started = std::time::Instant::now();
             tokio::select! {
-                passed = self.pass() => match passed {
-                    Ok(report) if report.records > 0 => tracing::info!(
-                        records = report.records,
-                        batches = report.batches,
-                        pruned_through_revision = report.pruned.revision,
-                        took_ms = started.elapsed().as_millis(),
-                        "audit trail pruned"
-                    ),
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "audit trail not pruned; trying again later"),
+                passed = self.pass_of(requests) => match passed {
+                    Ok(report) => {
+                        if requests {
+                            swept = Some(started);
+                        }
+                        log_pass(&report, started);
+                    }
+                    Err(error) => tracing::warn!(%error, "audit trail or request records not pruned; trying again later"),
                 },
                 _ = &mut stop => return,
             }
         }
+    }
+}
+
+/// What a background pass did, when it did something.
+fn log_pass(report: &PruneReport, started: std::time::Instant) {
+    if report.records > 0 {
+        tracing::info!(
+            records = report.records,
+            batches = report.batches,
+            pruned_through_revision = report.pruned.revision,
+            took_ms = started.elapsed().as_millis(),
+            "audit trail pruned"
+        );
+    }
+    if report.requests > 0 {
+        tracing::info!(
+            records = report.requests,
+            batches = report.request_batches,
+            took_ms = started.elapsed().as_millis(),
+            "expired request records pruned"
+        );
     }
 }
 

@@ -9,12 +9,14 @@
 //! records, serialises writers, makes writes durable and hands them to the
 //! view in revision order.
 
-use std::{future::Future, ops::ControlFlow, pin::Pin};
+use std::{future::Future, ops::ControlFlow, pin::Pin, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Mutation, StoreError, Target, TargetState, codec::RequestRecord, prune::Pruned,
+    Mutation, StoreError, Target, TargetState,
+    codec::RequestRecord,
+    prune::{Pruned, RequestsBatch, RequestsResume},
     publish::Publisher,
 };
 use crate::domain::{Account, AuditRecord, Token, User};
@@ -179,6 +181,24 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// with nothing done, if the trail is no longer pruned to `from`
     /// (another replica pruned it) or another replica is pruning now.
     fn prune(&self, from: Pruned, to: Pruned) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Deletes up to `limit` request records kept before `before` (by
+    /// their `RequestRecord::at`), going on from `resume` (what the last
+    /// batch returned; `None`: from the start), and says where to go on
+    /// from (`None`: swept through). A record a writer replaced after this
+    /// read it (a retry past the window keeps a new answer under the same
+    /// key) is not deleted: only the record read as expired goes. Short,
+    /// taking no lock that writers or reads wait on (a writer keeping an
+    /// answer under a key being deleted waits for that row at most). Need
+    /// not be durable when it returns: a deletion lost in a crash leaves a
+    /// record that the write path treats as absent, and the next sweep
+    /// deletes. Replicas may sweep at once.
+    fn prune_requests(
+        &self,
+        before: SystemTime,
+        resume: Option<RequestsResume>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<RequestsBatch, StoreError>>;
 
     /// The last audit sequence number given (0 for none).
     fn last_audit_seq(&self) -> BoxFuture<'_, Result<u64, StoreError>>;

@@ -45,7 +45,9 @@ pub use self::sled::restore;
 pub use backup::{Backup, BackupError, BackupSummary, FORMAT_VERSION, verify};
 pub use codec::UserV1;
 pub use location::{CopySummary, Location, copy, restore_into_database};
-pub use prune::{PruneBatch, Pruned, PrunedAsk};
+pub use prune::{
+    PruneBatch, Pruned, PrunedAsk, REQUEST_PRUNE_GRACE, RequestsBatch, RequestsResume,
+};
 pub use view::{UserServices, View};
 pub use write::{
     Mutation, REQUEST_ID_WINDOW, Refusable, RequestKey, Target, TargetState, WriteContext,

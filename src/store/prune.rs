@@ -3,6 +3,14 @@
 //! one batch of pruning (`Store::prune_batch`). The service's
 //! `service/retention.rs` runs batches in the background.
 //!
+//! Also the sweep of expired request records (`Store::prune_requests_batch`),
+//! whatever the audit retention: a request record is honoured for
+//! `REQUEST_ID_WINDOW` only, after which a retry with its id is a new
+//! request whether the record is held or not, so deleting it changes no
+//! answer. It is deleted `REQUEST_PRUNE_GRACE` later still, so that a
+//! replica whose clock runs behind the sweeping one's still finds every
+//! record it would honour.
+//!
 //! The trail is pruned from its start only (a prefix, by sequence number),
 //! and whole revisions at a time as readers see it: before a batch deletes
 //! any record of a revision, the backend records that revision as pruned,
@@ -10,9 +18,12 @@
 //! (an import has one per user), but from the first of them on no listing
 //! or watch is served from before that revision.
 
-use std::{ops::ControlFlow, time::SystemTime};
+use std::{
+    ops::ControlFlow,
+    time::{Duration, SystemTime},
+};
 
-use super::{Store, StoreError};
+use super::{REQUEST_ID_WINDOW, Store, StoreError};
 use crate::domain::Outcome;
 
 /// How far the audit trail has been pruned: every record with a sequence
@@ -75,7 +86,47 @@ pub struct PruneBatch {
     pub more: bool,
 }
 
+/// How long a request record is kept past `REQUEST_ID_WINDOW` before the
+/// sweep deletes it: the window is judged by the clock of the replica a
+/// retry reaches, the sweep by the clock of the one sweeping, and an hour
+/// covers any skew between replicas that NTP keeps (and a clock stepped
+/// back on one process).
+pub const REQUEST_PRUNE_GRACE: Duration = Duration::from_secs(3600);
+
+/// Where a sweep of request records goes on from: the backend's own (sled:
+/// the last key a batch looked at; PostgreSQL deletes the oldest first and
+/// needs none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestsResume(pub(crate) Vec<u8>);
+
+/// What one batch of the sweep of expired request records did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestsBatch {
+    /// Request records deleted by this batch.
+    pub records: u64,
+    /// Where the next batch goes on from; `None`: the sweep is over.
+    pub resume: Option<RequestsResume>,
+}
+
 impl Store {
+    /// Deletes up to `limit` request records that expired (kept more than
+    /// `REQUEST_ID_WINDOW` and `REQUEST_PRUNE_GRACE` before `now`), going
+    /// on from where the last batch of the sweep stopped (`resume`; `None`
+    /// to start one). Short: see `Backend::prune_requests`.
+    pub async fn prune_requests_batch(
+        &self,
+        now: SystemTime,
+        resume: Option<RequestsResume>,
+        limit: usize,
+    ) -> Result<RequestsBatch, StoreError> {
+        let before = now
+            .checked_sub(REQUEST_ID_WINDOW + REQUEST_PRUNE_GRACE)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.backend
+            .prune_requests(before, resume, limit.max(1))
+            .await
+    }
+
     /// How far the audit trail has been pruned.
     pub async fn pruned(&self) -> Result<Pruned, StoreError> {
         self.backend.pruned().await

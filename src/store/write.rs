@@ -22,7 +22,8 @@ use crate::domain::{
     UserId, UserState,
 };
 
-/// How long a request id is remembered.
+/// How long a request id is remembered. Its record is deleted in the
+/// background some time after (`Store::prune_requests_batch`).
 pub const REQUEST_ID_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// One change to stored records.

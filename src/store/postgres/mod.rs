@@ -43,7 +43,7 @@ use super::{
     StoreError, Target,
     backend::{Backend, BoxFuture, Record, RequestId, Visit, WriteFn},
     codec::{self, AUDIT},
-    prune::Pruned,
+    prune::{Pruned, RequestsBatch, RequestsResume},
     publish::Publisher,
 };
 use crate::domain::AuditRecord;
@@ -349,6 +349,15 @@ impl Backend for PgBackend {
 
     fn prune(&self, from: Pruned, to: Pruned) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(prune::prune(&self.inner, from, to))
+    }
+
+    fn prune_requests(
+        &self,
+        before: std::time::SystemTime,
+        _resume: Option<RequestsResume>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<RequestsBatch, StoreError>> {
+        Box::pin(prune::prune_requests(&self.inner, before, limit))
     }
 
     fn bootstrapped(&self) -> BoxFuture<'_, Result<bool, StoreError>> {

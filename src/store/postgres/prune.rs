@@ -17,8 +17,23 @@
 //! for new rows of the same table; the files do not shrink. `VACUUM FULL
 //! entitled_audit` (or `pg_repack`) gives the space back to the operating
 //! system (README, operations).
+//!
+//! Expired request records (`prune_requests`): one DELETE of the oldest
+//! rows by `kept_at` (migration 0004, indexed), a batch at a time. Rows
+//! are picked `FOR UPDATE SKIP LOCKED`, so replicas sweeping at once take
+//! different rows and a row a writer is replacing is passed over; the
+//! DELETE checks `kept_at` again on the row as it is then (READ COMMITTED
+//! re-reads a row updated meanwhile), so an answer a writer kept anew
+//! under the same key is never the one deleted. Autocommitted, with no
+//! lock of the writers': a writer waits at most for the one statement,
+//! and only on a row it is about to replace.
 
-use super::super::{StoreError, prune::Pruned};
+use std::time::SystemTime;
+
+use super::super::{
+    StoreError,
+    prune::{Pruned, RequestsBatch, RequestsResume},
+};
 use super::Inner;
 
 /// Held (transaction-level) by the one replica pruning at a time.
@@ -112,4 +127,32 @@ pub(super) async fn prune(inner: &Inner, from: Pruned, to: Pruned) -> Result<boo
     .map_err(&fail)?;
     tx.commit().await.map_err(&fail)?;
     Ok(true)
+}
+
+/// `Backend::prune_requests`: the oldest first, so no place to go on from
+/// but "more" (an empty `RequestsResume`) when the batch was full.
+pub(super) async fn prune_requests(
+    inner: &Inner,
+    before: SystemTime,
+    limit: usize,
+) -> Result<RequestsBatch, StoreError> {
+    let client = inner.connection().await?;
+    let statement = client
+        .prepare_cached(
+            "DELETE FROM entitled_requests WHERE (token_id, request_id) IN \
+             (SELECT token_id, request_id FROM entitled_requests WHERE kept_at < $1 \
+              ORDER BY kept_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             AND kept_at < $1",
+        )
+        .await
+        .map_err(inner.fail())?;
+    let limit = signed(u64::try_from(limit).unwrap_or(u64::MAX));
+    let records = client
+        .execute(&statement, &[&before, &limit])
+        .await
+        .map_err(inner.fail())?;
+    Ok(RequestsBatch {
+        records,
+        resume: (signed(records) == limit).then(RequestsResume::default),
+    })
 }

@@ -1,7 +1,7 @@
 //! The rows a write sends to PostgreSQL, column by column, and the one
 //! pipelined round trip that sends them (a batch's, or a new database's).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::SystemTime};
 
 use deadpool_postgres::Object;
 
@@ -147,9 +147,10 @@ pub(super) async fn write_rows(
     if !rows.request_tokens.is_empty() {
         let s = client
             .prepare_cached(
-                "INSERT INTO entitled_requests (token_id, request_id, record) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
-                 ON CONFLICT (token_id, request_id) DO UPDATE SET record = EXCLUDED.record",
+                "INSERT INTO entitled_requests (token_id, request_id, record, kept_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::timestamptz[]) \
+                 ON CONFLICT (token_id, request_id) \
+                 DO UPDATE SET record = EXCLUDED.record, kept_at = EXCLUDED.kept_at",
             )
             .await
             .map_err(RowsFailed::Unsent)?;
@@ -161,6 +162,7 @@ pub(super) async fn write_rows(
                         &rows.request_tokens,
                         &rows.request_ids,
                         &rows.request_records,
+                        &rows.request_kept_at,
                     ],
                 )
                 .await
@@ -216,6 +218,8 @@ pub(super) struct Rows {
     request_tokens: Vec<String>,
     request_ids: Vec<String>,
     request_records: Vec<Vec<u8>>,
+    /// Each record's `at`: the sweep of expired records goes by it.
+    request_kept_at: Vec<SystemTime>,
 }
 
 impl Rows {
@@ -330,6 +334,7 @@ impl Rows {
         self.request_tokens.push(token.to_owned());
         self.request_ids.push(id.to_owned());
         self.request_records.push(codec::encode_request(record)?);
+        self.request_kept_at.push(record.at);
         Ok(())
     }
 }

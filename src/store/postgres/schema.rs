@@ -13,10 +13,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_supervisor_scope.sql")),
     (3, include_str!("migrations/0003_audit_retention.sql")),
+    (4, include_str!("migrations/0004_request_expiry.sql")),
 ];
 
 /// The newest schema version this binary knows.
-pub(super) const LATEST: i32 = 3;
+pub(super) const LATEST: i32 = 4;
 
 /// Held (session-level) while migrating.
 const MIGRATE_LOCK: i64 = 0x656e_7469_746c_6564; // "entitled"

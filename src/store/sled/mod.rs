@@ -43,7 +43,7 @@ use super::{
     Mutation, StoreError, Target, TargetState, View,
     backend::{Backend, BoxFuture, Counters, KeptRequest, Record, RequestId, Visit, WriteFn},
     codec::{self, RequestRecord},
-    prune::Pruned,
+    prune::{Pruned, RequestsBatch, RequestsResume},
     publish::Publisher,
     view::{Builder, UserFields},
 };
@@ -441,6 +441,20 @@ impl Backend for SledBackend {
         let store = self.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || store.prune_sync(from, to))
+                .await
+                .map_err(|e| StoreError::Failed(e.to_string()))?
+        })
+    }
+
+    fn prune_requests(
+        &self,
+        before: std::time::SystemTime,
+        resume: Option<RequestsResume>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<RequestsBatch, StoreError>> {
+        let store = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.prune_requests_sync(before, resume, limit))
                 .await
                 .map_err(|e| StoreError::Failed(e.to_string()))?
         })

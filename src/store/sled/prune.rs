@@ -20,13 +20,33 @@
 //! `segment_cleanup_threshold` is a no-op), so the file mostly stops
 //! growing rather than shrinking; `entitled store copy` into a new
 //! directory writes a compact copy.
+//!
+//! Expired request records (`prune_requests_sync`): the `requests` tree is
+//! keyed by token and request id, not by time, so a sweep reads it in key
+//! order, a bounded stretch per batch (`LOOKED_AT_PER_DELETE` records for
+//! each it may delete), and deletes those kept before the cut-off. Like
+//! the audit pruning it takes no lock of the store's and reads sled
+//! directly, not the writer's staged writes: each deletion is a
+//! compare-and-swap from the bytes read to nothing, so a record that a
+//! writer replaced meanwhile (a retry past the window keeps its new answer
+//! under the same key; staged, it reaches sled with the next flush, before
+//! or after the deletion) is never the one deleted. The deletions are not
+//! flushed here: they become durable with the next flush of a write (or
+//! sled's own, within half a second). One lost in a crash brings back an
+//! expired record, which the write path treats as absent and the next
+//! sweep deletes: harmless.
 
-use ::sled::{Transactional, transaction::ConflictableTransactionError};
+use std::{ops::Bound, time::SystemTime};
 
-use super::super::{StoreError, codec, prune::Pruned};
+use ::sled::{IVec, Transactional, transaction::ConflictableTransactionError};
+
+use super::super::{
+    StoreError, codec,
+    prune::{Pruned, RequestsBatch, RequestsResume},
+};
 use super::{
     SledBackend, Trees,
-    keys::{AUDIT, META, PRUNED_KEY, audit_account_prefix, backend},
+    keys::{AUDIT, META, PRUNED_KEY, REQUESTS, audit_account_prefix, backend},
 };
 use crate::domain::validate_id;
 
@@ -128,5 +148,54 @@ impl SledBackend {
                 StoreError::Backend(format!("pruning the audit trail: {e:?}"))
             })?;
         Ok(true)
+    }
+}
+
+/// Request records a sweep's batch reads for each it may delete: the tree
+/// is in key order, not time order, so a batch reads past records still
+/// honoured; reading takes no lock, and a bounded stretch keeps a batch
+/// short when most records are fresh.
+const LOOKED_AT_PER_DELETE: usize = 10;
+
+impl SledBackend {
+    /// `Backend::prune_requests`. Blocking.
+    pub(super) fn prune_requests_sync(
+        &self,
+        before: SystemTime,
+        resume: Option<RequestsResume>,
+        limit: usize,
+    ) -> Result<RequestsBatch, StoreError> {
+        let requests = &self.inner.trees.requests;
+        let records = match &resume {
+            Some(RequestsResume(after)) => {
+                requests.range::<&[u8], _>((Bound::Excluded(after.as_slice()), Bound::Unbounded))
+            }
+            None => requests.iter(),
+        };
+        let stretch = limit.saturating_mul(LOOKED_AT_PER_DELETE);
+        let mut deleted = 0u64;
+        let mut last: Option<IVec> = None;
+        for (looked_at, item) in records.enumerate() {
+            if looked_at == stretch || deleted as usize == limit {
+                return Ok(RequestsBatch {
+                    records: deleted,
+                    resume: last.map(|key| RequestsResume(key.to_vec())),
+                });
+            }
+            let (key, value) = item.map_err(backend)?;
+            let record = codec::decode_request(REQUESTS, &key, &value)?;
+            if record.at < before {
+                // Err: a writer replaced the record since it was read.
+                let swapped = requests
+                    .compare_and_swap(&key, Some(&value), None::<IVec>)
+                    .map_err(backend)?;
+                deleted += u64::from(swapped.is_ok());
+            }
+            last = Some(key);
+        }
+        Ok(RequestsBatch {
+            records: deleted,
+            resume: None,
+        })
     }
 }
