@@ -343,6 +343,11 @@ async fn users_are_added_found_paged_and_removed_with_a_confirmation() {
         )
         .await;
     assert!(again.body.contains("A user with ID cy already exists"));
+    // Refused in the write itself, so nothing was renamed.
+    assert_eq!(
+        w.app.get_user("acme", "cy").await.unwrap().display_name,
+        "Cy Young"
+    );
     let found = http.get("/accounts/acme/users?q=young").await;
     assert!(found.body.contains("Cy Young") && !found.body.contains("Ada Lovelace"));
     let confirm = http.get("/accounts/acme/users/cy/remove").await;

@@ -210,7 +210,7 @@ impl Service {
         })
     }
 
-    /// Adds a user (or renames one).
+    /// Renames a user.
     pub async fn put_user(
         &self,
         caller: &Caller,
@@ -221,6 +221,24 @@ impl Service {
         let result = self
             .entitlements
             .put_user(caller, account.clone(), user.clone(), display_name)
+            .await;
+        Ok(self
+            .audited(caller, Rpc::PutUser, account, user.as_str(), result)?
+            .output)
+    }
+
+    /// Adds a user: refused with `UserExists` if the id is taken, even by
+    /// one added a moment ago by someone else (never a rename).
+    pub async fn add_user(
+        &self,
+        caller: &Caller,
+        account: &AccountId,
+        user: &UserId,
+        display_name: DisplayName,
+    ) -> Result<User, DomainError> {
+        let result = self
+            .entitlements
+            .add_user(caller, account.clone(), user.clone(), display_name)
             .await;
         Ok(self
             .audited(caller, Rpc::PutUser, account, user.as_str(), result)?
@@ -303,7 +321,7 @@ pub fn code_name(error: &DomainError) -> &'static str {
         DomainError::AccountNotFound(_)
         | DomainError::UserNotFound { .. }
         | DomainError::TokenNotFound(_) => "NOT_FOUND",
-        DomainError::AccountExists(_) => "ALREADY_EXISTS",
+        DomainError::AccountExists(_) | DomainError::UserExists { .. } => "ALREADY_EXISTS",
         DomainError::UnknownProductLine { .. }
         | DomainError::UnknownEdition { .. }
         | DomainError::NothingToChange

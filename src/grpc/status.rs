@@ -29,7 +29,9 @@ impl From<DomainError> for Status {
             DomainError::AccountNotFound(_) | DomainError::UserNotFound { .. } => {
                 Status::not_found(message)
             }
-            DomainError::AccountExists(_) => Status::already_exists(message),
+            DomainError::AccountExists(_) | DomainError::UserExists { .. } => {
+                Status::already_exists(message)
+            }
             DomainError::UnknownProductLine { .. }
             | DomainError::UnknownEdition { .. }
             | DomainError::NothingToChange => Status::invalid_argument(message),

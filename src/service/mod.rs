@@ -74,6 +74,9 @@ pub enum DomainError {
     AccountExists(AccountId),
     #[error("user `{user}` does not exist in account `{account}`")]
     UserNotFound { account: AccountId, user: UserId },
+    /// Only from `add_user` (the console's Add a user): PutUser renames.
+    #[error("user `{user}` already exists in account `{account}`")]
+    UserExists { account: AccountId, user: UserId },
     /// `given` is the caller's, so it is `shown`, as any caller's text.
     #[error("product_line `{}` is unknown; use one of {}", shown(.given), .valid.join(", "))]
     UnknownProductLine { given: String, valid: Vec<String> },
@@ -201,7 +204,7 @@ impl Refusable for DomainError {
             DomainError::AccountNotFound(_)
             | DomainError::UserNotFound { .. }
             | DomainError::TokenNotFound(_) => K::NotFound,
-            DomainError::AccountExists(_) => K::AlreadyExists,
+            DomainError::AccountExists(_) | DomainError::UserExists { .. } => K::AlreadyExists,
             DomainError::UnknownProductLine { .. }
             | DomainError::UnknownEdition { .. }
             | DomainError::NothingToChange

@@ -155,6 +155,32 @@ impl Entitlements {
         user: UserId,
         display_name: DisplayName,
     ) -> Result<Written<User>, DomainError> {
+        self.write_user(caller, account, user, display_name, false)
+            .await
+    }
+
+    /// PutUser that only creates: a user of that id already there is
+    /// refused (`UserExists`), in the same write that would create it, so
+    /// two admins adding one id at once never rename each other's.
+    pub async fn add_user(
+        &self,
+        caller: &Caller,
+        account: AccountId,
+        user: UserId,
+        display_name: DisplayName,
+    ) -> Result<Written<User>, DomainError> {
+        self.write_user(caller, account, user, display_name, true)
+            .await
+    }
+
+    async fn write_user(
+        &self,
+        caller: &Caller,
+        account: AccountId,
+        user: UserId,
+        display_name: DisplayName,
+        only_new: bool,
+    ) -> Result<Written<User>, DomainError> {
         authorize(caller, Rpc::PutUser, Some(&account), Some(&user))?;
         let display_name = String::from(display_name);
         let now = (self.clock)();
@@ -167,6 +193,12 @@ impl Entitlements {
                 move |current| {
                     require_account(&current, &account)?;
                     let next = match current.user {
+                        Some(_) if only_new => {
+                            return Err(DomainError::UserExists {
+                                account: account.clone(),
+                                user: user.clone(),
+                            });
+                        }
                         Some(existing) if existing.display_name == display_name => {
                             return Ok(WritePlan::new(vec![], existing));
                         }

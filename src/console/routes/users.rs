@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{CsrfForm, Posted, Signed, account_of, failure, page, sentence, user_of};
 use crate::console::{
     Console,
-    service::{Service, display_name, user_id},
+    service::{DomainError, Service, display_name, user_id},
     templates::{href, users},
 };
 
@@ -241,22 +241,20 @@ pub async fn add(
         }
     };
     if let (Some(user), Some(typed)) = (&user, typed) {
-        let exists = service.user(&signed.caller, &account, user).is_ok();
-        if exists {
-            id_error = Some(format!(
-                "A user with ID {user} already exists in this account"
-            ));
-        } else {
-            match service
-                .put_user(&signed.caller, &account, user, typed)
-                .await
-            {
-                Ok(_) => {
-                    return Redirect::to(&format!("{}?done=added", href::user(&account, user)))
-                        .into_response();
-                }
-                Err(e) => return failure(&signed, Some(&account), &e),
+        match service
+            .add_user(&signed.caller, &account, user, typed)
+            .await
+        {
+            Ok(_) => {
+                return Redirect::to(&format!("{}?done=added", href::user(&account, user)))
+                    .into_response();
             }
+            Err(DomainError::UserExists { .. }) => {
+                id_error = Some(format!(
+                    "A user with ID {user} already exists in this account"
+                ));
+            }
+            Err(e) => return failure(&signed, Some(&account), &e),
         }
     }
     page(
