@@ -259,14 +259,14 @@ on_both_backends! {
         loop {
             let page = tokens
                 .list_tokens(pb::ListTokensRequest {
-                    page_size: 0,
+                    page_size: 100,
                     page_token,
                 })
                 .await
                 .unwrap()
                 .into_inner();
             pages += 1;
-            assert!(page.tokens.len() <= 100, "the default page is 100");
+            assert!(page.tokens.len() <= 100, "pages of 100 asked for");
             seen.extend(page.tokens);
             if page.next_page_token.is_empty() {
                 break;
@@ -282,6 +282,13 @@ on_both_backends! {
         let made: Vec<&str> = seen[1..].iter().map(|t| &t.name[..3]).collect();
         let expected: Vec<String> = (0..249).map(|i| format!("{i:03}")).collect();
         assert_eq!(made, expected, "oldest first");
+        // No page size: every one of them in one page, as before paging.
+        let all = tokens
+            .list_tokens(pb::ListTokensRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((all.tokens.len(), all.next_page_token.as_str()), (250, ""));
 
         let refused = tokens
             .list_tokens(pb::ListTokensRequest {

@@ -122,19 +122,15 @@ pub const MAX_KEPT_REASON: usize = 1024;
 /// boundary) followed by `… (N bytes)`, N the length of `value` as sent,
 /// so the record still says how long the value was.
 pub fn kept(value: &str, max: usize) -> String {
-    // Every character takes at least one byte, so `max` of them is all
-    // that can be kept; escaping first never reads more than that.
-    let shown = super::field::shown_at_most(value, max);
-    if shown.len() <= max {
+    let (shown, whole) = super::field::shown_within_bytes(value, max);
+    if whole {
         return shown;
     }
-    // Room for the suffix: "… (" + up to 20 digits + " bytes)".
+    // Room for the suffix: "… (" + up to 20 digits + " bytes)"; a
+    // character or its whole escape is in or out, never half an escape.
     let room = max.saturating_sub(32);
-    let mut cut = room.min(shown.len());
-    while !shown.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}… ({} bytes)", &shown[..cut], value.len())
+    let (cut, _) = super::field::shown_within_bytes(value, room);
+    format!("{cut}… ({} bytes)", value.len())
 }
 
 /// How a refusal is kept for a retry with the same request id: the kind
@@ -191,5 +187,12 @@ mod tests {
         assert!(!k.contains('\u{202e}'), "{k}");
         assert!(k.starts_with("\\u{202e}\\u{202e}"), "{k}");
         assert!(k.ends_with("… (3000 bytes)"), "{k}");
+        // Never half an escape, whatever the offset the cut falls at.
+        for prefix in ["a", "ab", "abc", "abcd"] {
+            let k = kept(&format!("{prefix}{hostile}"), MAX_KEPT_ID);
+            assert!(k.len() <= MAX_KEPT_ID, "{} bytes", k.len());
+            let (shown, _) = k.split_once('…').unwrap();
+            assert!(shown.ends_with("\\u{202e}"), "{k}");
+        }
     }
 }

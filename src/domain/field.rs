@@ -83,13 +83,34 @@ pub fn shown_at_most(value: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        if HiddenKind::of(c).is_some() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
+        push_shown(&mut out, c);
     }
     out
+}
+
+/// `value` shown as `shown_at_most` shows it, in at most `bytes` bytes, and
+/// whether all of it fitted: a character, or its whole escape, is in or
+/// out (never half an escape).
+pub fn shown_within_bytes(value: &str, bytes: usize) -> (String, bool) {
+    let mut out = String::new();
+    for c in value.chars() {
+        let before = out.len();
+        push_shown(&mut out, c);
+        if out.len() > bytes {
+            out.truncate(before);
+            return (out, false);
+        }
+    }
+    (out, true)
+}
+
+/// One character as shown: itself, or escaped if it is hidden.
+fn push_shown(out: &mut String, c: char) {
+    if HiddenKind::of(c).is_some() {
+        out.extend(c.escape_debug());
+    } else {
+        out.push(c);
+    }
 }
 
 /// Checks an id field without taking it.

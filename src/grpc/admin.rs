@@ -59,7 +59,12 @@ impl TokenService for Api {
     ) -> Reply<pb::ListTokensResponse> {
         let caller = reader(&request)?;
         let r = request.into_inner();
-        let size = convert::page_size(r.page_size)?;
+        // 0 is the largest page, so that a client from before ListTokens
+        // was paged still sees every token up to it.
+        let size = match r.page_size {
+            0 => convert::MAX_PAGE_SIZE,
+            n => convert::page_size(n)?,
+        };
         let after = convert::token_page_cursor(&r.page_token)?;
         let (tokens, more) = self
             .entitlements

@@ -33,8 +33,13 @@ pub struct RetentionOptions {
     pub keep: Option<Duration>,
     /// How often a pass runs (each prunes all that has grown too old).
     pub every: Duration,
-    /// Records deleted per batch: one short transaction each.
+    /// Audit records deleted per batch: one short transaction each.
     pub batch: usize,
+    /// Expired request records deleted per batch. Larger than `batch`: a
+    /// request record has no index entries to delete beside it, and the
+    /// sweep must outpace writes that each keep one (at the default pace,
+    /// 5,000 a batch sweeps several times the durable write rate).
+    pub request_batch: usize,
     /// The least pause between batches, so that a long pass leaves the
     /// storage to writes and watches in between.
     pub pause: Duration,
@@ -51,6 +56,7 @@ impl Default for RetentionOptions {
             keep: None,
             every: Duration::from_secs(60),
             batch: 100,
+            request_batch: 5000,
             pause: Duration::from_millis(10),
             busy_percent: 10,
         }
@@ -138,7 +144,7 @@ impl Pruner {
                 let started = std::time::Instant::now();
                 let batch = self
                     .store
-                    .prune_requests_batch(now, resume, self.options.batch.max(1))
+                    .prune_requests_batch(now, resume, self.options.request_batch.max(1))
                     .await?;
                 report.requests += batch.records;
                 report.request_batches += u64::from(batch.records > 0);

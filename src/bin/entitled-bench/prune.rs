@@ -82,6 +82,7 @@ async fn measure(
         // Passes only when the run starts one.
         every: Duration::from_secs(365 * 24 * 3600),
         batch: args.batch,
+        request_batch: RetentionOptions::default().request_batch,
         pause: args.pause,
         busy_percent: args.busy_percent,
     };

@@ -189,6 +189,15 @@ pub(super) async fn write_rows(
             client.batch_execute("COMMIT").await.map(|()| 0)
         }));
     }
+    // A connection lost before now (statements prepared earlier come from
+    // the cache, so this may be the first sign of it) has sent nothing of
+    // these: surely not committed. An empty query on a closed client fails
+    // at once, without the network, and gives the error to report.
+    if client.is_closed()
+        && let Err(e) = client.batch_execute("").await
+    {
+        return Err(RowsFailed::Unsent(e));
+    }
     futures_util::future::try_join_all(sent)
         .await
         .map_err(RowsFailed::Sent)?;
