@@ -4,6 +4,7 @@
 use std::{collections::HashMap, time::SystemTime};
 
 use deadpool_postgres::Object;
+use tokio_postgres::types::ToSql;
 
 use super::super::{
     Mutation, StoreError,
@@ -33,157 +34,104 @@ pub(super) async fn write_rows(
     counters: Counters,
     and_commit: bool,
 ) -> Result<(), RowsFailed> {
+    type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
     type Sent<'a> = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
     >;
-    let mut sent: Vec<Sent<'_>> = Vec::new();
-    if !rows.account_ids.is_empty() {
-        let s = client
-            .prepare_cached(
-                "INSERT INTO entitled_accounts (id, record) \
-                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-            )
-            .await
-            .map_err(RowsFailed::Unsent)?;
-        sent.push(Box::pin(async move {
-            client
-                .execute(&s, &[&rows.account_ids, &rows.account_records])
-                .await
-        }));
-    }
-    if !rows.deleted_account_ids.is_empty() {
-        let s = client
-            .prepare_cached("DELETE FROM entitled_accounts WHERE id = ANY($1::text[])")
-            .await
-            .map_err(RowsFailed::Unsent)?;
-        sent.push(Box::pin(async move {
-            client.execute(&s, &[&rows.deleted_account_ids]).await
-        }));
-    }
-    if !rows.user_accounts.is_empty() {
-        let s = client
-            .prepare_cached(
-                "INSERT INTO entitled_users (account_id, user_id, record) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
-                 ON CONFLICT (account_id, user_id) DO UPDATE SET record = EXCLUDED.record",
-            )
-            .await
-            .map_err(RowsFailed::Unsent)?;
-        sent.push(Box::pin(async move {
-            client
-                .execute(
-                    &s,
-                    &[&rows.user_accounts, &rows.user_ids, &rows.user_records],
-                )
-                .await
-        }));
-    }
-    if !rows.deleted_accounts.is_empty() {
-        let s = client
-            .prepare_cached(
-                "DELETE FROM entitled_users WHERE (account_id, user_id) IN \
-                 (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-            )
-            .await
-            .map_err(RowsFailed::Unsent)?;
-        sent.push(Box::pin(async move {
-            client
-                .execute(&s, &[&rows.deleted_accounts, &rows.deleted_users])
-                .await
-        }));
-    }
-    if !rows.token_ids.is_empty() {
-        let s = client
-            .prepare_cached(
-                "INSERT INTO entitled_tokens (id, record) \
-                 SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-            )
-            .await
-            .map_err(RowsFailed::Unsent)?;
-        sent.push(Box::pin(async move {
-            client
-                .execute(&s, &[&rows.token_ids, &rows.token_records])
-                .await
-        }));
-    }
-    if !rows.change_revisions.is_empty() {
-        let s = client
-            .prepare_cached(
-                "INSERT INTO entitled_changes (revision, mutations) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
-            )
-            .await
-            .map_err(RowsFailed::Unsent)?;
-        sent.push(Box::pin(async move {
-            client
-                .execute(&s, &[&rows.change_revisions, &rows.change_records])
-                .await
-        }));
-    }
-    if !rows.audit_seqs.is_empty() {
-        let s = client
-            .prepare_cached(
-                "INSERT INTO entitled_audit (seq, revision, account_id, record) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
-            )
-            .await
-            .map_err(RowsFailed::Unsent)?;
-        sent.push(Box::pin(async move {
-            client
-                .execute(
-                    &s,
-                    &[
-                        &rows.audit_seqs,
-                        &rows.audit_revisions,
-                        &rows.audit_accounts,
-                        &rows.audit_records,
-                    ],
-                )
-                .await
-        }));
-    }
-    if !rows.request_tokens.is_empty() {
-        let s = client
-            .prepare_cached(
-                "INSERT INTO entitled_requests (token_id, request_id, record, kept_at) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::timestamptz[]) \
-                 ON CONFLICT (token_id, request_id) \
-                 DO UPDATE SET record = EXCLUDED.record, kept_at = EXCLUDED.kept_at",
-            )
-            .await
-            .map_err(RowsFailed::Unsent)?;
-        sent.push(Box::pin(async move {
-            client
-                .execute(
-                    &s,
-                    &[
-                        &rows.request_tokens,
-                        &rows.request_ids,
-                        &rows.request_records,
-                        &rows.request_kept_at,
-                    ],
-                )
-                .await
-        }));
-    }
-    let s = client
-        .prepare_cached(
-            "UPDATE entitled_state SET revision = $1, audit_seq = $2, bootstrapped = $3",
-        )
-        .await
-        .map_err(RowsFailed::Unsent)?;
     let counters = (
         int(counters.revision),
         int(counters.audit_seq),
         counters.bootstrapped,
     );
-    sent.push(Box::pin(async move {
-        client
-            .execute(&s, &[&counters.0, &counters.1, &counters.2])
+    // The statement of each table the rows touch, with its columns, then
+    // the counters'.
+    let mut statements: Vec<(&str, Params<'_>)> = Vec::new();
+    let mut table = |touched: bool, sql, params| {
+        if touched {
+            statements.push((sql, params));
+        }
+    };
+    table(
+        !rows.account_ids.is_empty(),
+        "INSERT INTO entitled_accounts (id, record) \
+         SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+         ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+        vec![&rows.account_ids, &rows.account_records],
+    );
+    table(
+        !rows.deleted_account_ids.is_empty(),
+        "DELETE FROM entitled_accounts WHERE id = ANY($1::text[])",
+        vec![&rows.deleted_account_ids],
+    );
+    table(
+        !rows.user_accounts.is_empty(),
+        "INSERT INTO entitled_users (account_id, user_id, record) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
+         ON CONFLICT (account_id, user_id) DO UPDATE SET record = EXCLUDED.record",
+        vec![&rows.user_accounts, &rows.user_ids, &rows.user_records],
+    );
+    table(
+        !rows.deleted_accounts.is_empty(),
+        "DELETE FROM entitled_users WHERE (account_id, user_id) IN \
+         (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        vec![&rows.deleted_accounts, &rows.deleted_users],
+    );
+    table(
+        !rows.token_ids.is_empty(),
+        "INSERT INTO entitled_tokens (id, record) \
+         SELECT * FROM UNNEST($1::text[], $2::bytea[]) \
+         ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+        vec![&rows.token_ids, &rows.token_records],
+    );
+    table(
+        !rows.change_revisions.is_empty(),
+        "INSERT INTO entitled_changes (revision, mutations) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bytea[])",
+        vec![&rows.change_revisions, &rows.change_records],
+    );
+    table(
+        !rows.audit_seqs.is_empty(),
+        "INSERT INTO entitled_audit (seq, revision, account_id, record) \
+         SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bytea[])",
+        vec![
+            &rows.audit_seqs,
+            &rows.audit_revisions,
+            &rows.audit_accounts,
+            &rows.audit_records,
+        ],
+    );
+    table(
+        !rows.request_tokens.is_empty(),
+        "INSERT INTO entitled_requests (token_id, request_id, record, kept_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::timestamptz[]) \
+         ON CONFLICT (token_id, request_id) \
+         DO UPDATE SET record = EXCLUDED.record, kept_at = EXCLUDED.kept_at",
+        vec![
+            &rows.request_tokens,
+            &rows.request_ids,
+            &rows.request_records,
+            &rows.request_kept_at,
+        ],
+    );
+    table(
+        true,
+        "UPDATE entitled_state SET revision = $1, audit_seq = $2, bootstrapped = $3",
+        vec![&counters.0, &counters.1, &counters.2],
+    );
+    // Every statement prepared (from the connection's cache, after the
+    // first batch) before any is sent.
+    let mut prepared = Vec::with_capacity(statements.len());
+    for (sql, params) in &statements {
+        let statement = client
+            .prepare_cached(sql)
             .await
-    }));
+            .map_err(RowsFailed::Unsent)?;
+        prepared.push((statement, params.as_slice()));
+    }
+    let mut sent: Vec<Sent<'_>> = prepared
+        .iter()
+        .map(|(statement, params)| -> Sent<'_> { Box::pin(client.execute(statement, params)) })
+        .collect();
     if and_commit {
         sent.push(Box::pin(async move {
             client.batch_execute("COMMIT").await.map(|()| 0)
