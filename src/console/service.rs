@@ -221,10 +221,9 @@ impl Service {
         let result = self
             .entitlements
             .put_user(caller, account.clone(), user.clone(), display_name)
-            .await;
-        Ok(self
-            .audited(caller, Rpc::PutUser, account, user.as_str(), result)?
-            .output)
+            .await
+            .map(|written| written.output);
+        self.audited(caller, Rpc::PutUser, account, user.as_str(), result)
     }
 
     /// Adds a user: refused with `UserExists` if the id is taken, even by
@@ -239,10 +238,9 @@ impl Service {
         let result = self
             .entitlements
             .add_user(caller, account.clone(), user.clone(), display_name)
-            .await;
-        Ok(self
-            .audited(caller, Rpc::PutUser, account, user.as_str(), result)?
-            .output)
+            .await
+            .map(|written| written.output);
+        self.audited(caller, Rpc::PutUser, account, user.as_str(), result)
     }
 
     pub async fn delete_user(
