@@ -292,13 +292,7 @@ on_both_backends! {
                 supervisor_scope: None,
             })
             .collect();
-        for chunk in rows.chunks(5000) {
-            let imported = app.provisioning.clone().import_users(pb::ImportUsersRequest {
-                rows: chunk.to_vec(),
-                ..Default::default()
-            }).await.unwrap().into_inner();
-            assert!(imported.errors.is_empty(), "{:?}", imported.errors);
-        }
+        app.import_rows(&rows).await;
         let start = app.revision().await;
         let mut stream = watch(&app, "big", start).await;
         let began = Instant::now();

@@ -563,11 +563,7 @@ on_both_backends! {
                 ..Default::default()
             })
             .collect();
-        app.provisioning
-            .clone()
-            .import_users(pb::ImportUsersRequest { rows, ..Default::default() })
-            .await
-            .unwrap();
+        app.import_rows(&rows).await;
         let racer = |i: usize| {
             let app_clients = app.clients(Some(&app.operator_secret));
             async move {
@@ -629,28 +625,16 @@ async fn an_account_of_100_000_users_moves_in_one_write() {
     let count: usize = common::count_from_env("ENTITLED_MIGRATE_USERS", 100_000, 1000) as usize;
     let app = spawn(Backend::Sled).await;
     app.create_account("big", "virtual-office").await;
-    for start in (0..count).step_by(5000) {
-        let rows: Vec<pb::UserRow> = (start..count.min(start + 5000))
-            .map(|i| pb::UserRow {
-                account_id: "big".into(),
-                user_id: format!("u{i:06}"),
-                edition: "X5".into(),
-                analytics_tier: T::Essentials as i32,
-                ..Default::default()
-            })
-            .collect();
-        let imported = app
-            .provisioning
-            .clone()
-            .import_users(pb::ImportUsersRequest {
-                rows,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(imported.errors.is_empty());
-    }
+    let rows: Vec<pb::UserRow> = (0..count)
+        .map(|i| pb::UserRow {
+            account_id: "big".into(),
+            user_id: format!("u{i:06}"),
+            edition: "X5".into(),
+            analytics_tier: T::Essentials as i32,
+            ..Default::default()
+        })
+        .collect();
+    app.import_rows(&rows).await;
     let start = app.revision().await;
     let took = Instant::now();
     let moved = migrate(&app, to_work("big")).await.unwrap();

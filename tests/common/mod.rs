@@ -435,18 +435,28 @@ impl TestApp {
                 ..Default::default()
             })
             .collect();
-        let imported = self
-            .provisioning
-            .clone()
-            .import_users(pb::ImportUsersRequest {
-                rows,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(imported.errors.is_empty(), "{:?}", imported.errors);
-        imported.revision
+        self.import_rows(&rows).await
+    }
+
+    /// `rows` imported, as many calls as the import limit needs, each
+    /// without a row error; the last call's revision.
+    pub async fn import_rows(&self, rows: &[pb::UserRow]) -> u64 {
+        let mut revision = 0;
+        for chunk in rows.chunks(entitled::service::MAX_IMPORT_ROWS) {
+            let imported = self
+                .provisioning
+                .clone()
+                .import_users(pb::ImportUsersRequest {
+                    rows: chunk.to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(imported.errors.is_empty(), "{:?}", imported.errors);
+            revision = imported.revision;
+        }
+        revision
     }
 
     pub async fn put_user(&self, account: &str, user: &str) -> pb::User {
