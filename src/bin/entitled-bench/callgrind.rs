@@ -22,7 +22,7 @@ use crate::{
     BoxError,
     cli::CallgrindArgs,
     data::load_store,
-    drivers::{baseline_call, counted, entitled_call},
+    drivers::{baseline_call, batch_call, counted, entitled_call},
     servers::{Launch, ServerProcess},
 };
 
@@ -55,6 +55,29 @@ async fn run(args: CallgrindArgs) -> Result<(), BoxError> {
     let (users, per) = (args.users, args.users_per_account);
     let entitled = ServerProcess::entitled(&launch("entitled"), &dir).await?;
     let bearer = entitled.bearer.clone();
+    if args.batch_size > 0 {
+        // The batch row's profile: entitled alone, per user-check.
+        let size = args.batch_size;
+        let call = batch_call(users, per, size, args.omit_reports, bearer);
+        let ent = measure(&args, &out, "entitled", &entitled, call).await?;
+        entitled.stop()?;
+        let checks = args.calls * size as u64;
+        println!(
+            "entitled BatchCheckAnalyticsAccess × {size}{}: {} calls, {ent} instructions, {:.0} per user-check",
+            if args.omit_reports {
+                ", answers without reports"
+            } else {
+                ""
+            },
+            args.calls,
+            ent as f64 / checks as f64
+        );
+        println!(
+            "profile: scripts/callgrind-top.py {}/entitled.callgrind.1 {checks}",
+            out.display()
+        );
+        return Ok(());
+    }
     let call = entitled_call(users, per, bearer.clone());
     let ent = measure(&args, &out, "entitled", &entitled, call).await?;
     entitled.stop()?;

@@ -171,6 +171,15 @@ pub struct CallgrindArgs {
     /// Do not pin (no `taskset`).
     #[arg(long)]
     pub no_pin: bool,
+    /// Instead of single checks, count entitled's BatchCheckAnalyticsAccess
+    /// of this many users per call (no baseline): instructions per
+    /// user-check, for the batch row's profile.
+    #[arg(long, default_value_t = 0)]
+    pub batch_size: usize,
+    /// With `--batch-size`, answers without their reports
+    /// (`entitled-omit-reports`).
+    #[arg(long)]
+    pub omit_reports: bool,
 }
 
 #[derive(clap::Args, Clone)]

@@ -30,6 +30,7 @@ mod migrate;
 mod postgres;
 mod proto;
 mod prune;
+mod raw;
 mod report;
 mod run;
 mod servers;

@@ -13,7 +13,7 @@ use crate::{
     },
     report::{self, detail_row},
     servers::{Launch, ServerProcess},
-    stats::median,
+    stats::{Stats, median},
 };
 
 pub fn orchestrate(args: RunArgs) -> Result<(), BoxError> {
@@ -93,8 +93,11 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
             let (mut b_runs, mut e_runs) = (Vec::new(), Vec::new());
             for rep in 1..=args.repeat.max(1) {
                 eprintln!("concurrency {c}, round {rep}: baseline, entitled");
-                b_runs.push(baseline_checks(&args, &baseline, &small.bearer, c).await?);
-                e_runs.push(entitled_checks(&args, &small, args.users, c).await?);
+                let b = baseline_checks(&args, &baseline, &small.bearer, c).await?;
+                let e = entitled_checks(&args, &small, args.users, c).await?;
+                eprintln!("  baseline {}; entitled {}", round(&b), round(&e));
+                b_runs.push(b);
+                e_runs.push(e);
             }
             let (b, e) = (median(b_runs), median(e_runs));
             detail.push(detail_row("baseline Lookup", c, &b));
@@ -239,4 +242,15 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
     }
     report::print(&load_before, &rows, &detail);
     Ok(())
+}
+
+/// One round's figures, for the log: calls a second and the server's CPU
+/// per call.
+fn round(s: &Stats) -> String {
+    let per_second = s.calls as f64 / s.elapsed.as_secs_f64();
+    let cpu = s.server_cpu.map_or_else(
+        || "?".to_owned(),
+        |c| format!("{:.1}", c.as_secs_f64() * 1e6 / s.calls.max(1) as f64),
+    );
+    format!("{per_second:.0} calls/s, server CPU {cpu} µs/call")
 }
