@@ -48,6 +48,7 @@ use std::{
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -136,18 +137,16 @@ pub struct Shed<S> {
     counters: ShedCounters,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
 impl<S, B, RB> tower::Service<Request<B>> for Shed<S>
 where
     S: tower::Service<Request<Arrival<B>>, Response = Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S::Future: Unpin + Send + 'static,
     B: Body + Unpin + Send + 'static,
     RB: Default + Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = Shedding<S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -164,47 +163,117 @@ where
                         Refusal::ServerLimit { .. } => self.counters.server_limit.inc(),
                         Refusal::TokenShare { .. } => self.counters.token_share.inc(),
                     }
-                    let status = refusal.status();
-                    return Box::pin(async move { Ok(status.into_http()) });
+                    return Shedding::Refused(Some(refusal.status().into_http()));
                 }
             }
         };
-        let arrived = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| Arrival::new(body, Arc::clone(&arrived)));
+        // A request whose message is all here already (a unary call's
+        // headers and message usually come in one read) has nothing to
+        // wait for: no flag and no timer.
+        let arrived = (!request.body().is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        let request = request.map(|body| Arrival {
+            inner: body,
+            arrived: arrived.clone(),
+        });
         // Called here, on the service that was made ready: no clone of the
         // stack below per call.
         let call = self.inner.call(request);
-        let timeout = self.message_timeout;
-        let timed_out = self.counters.message_timeout.clone();
-        Box::pin(async move {
-            let answer = tokio::select! {
-                biased;
-                answer = call => answer,
-                () = stalled(timeout, &arrived) => {
-                    // The handler has not started (its message is not all
-                    // here), so dropping the call cuts no work short.
-                    timed_out.inc();
-                    Ok(Status::deadline_exceeded(format!(
-                        "the request message did not arrive within {} of the call's start; send it whole with the headers, or raise `--request-message-timeout`",
-                        humantime::format_duration(timeout)
-                    ))
-                    .into_http())
-                }
-            };
-            drop(slot);
-            answer
-        })
+        Shedding::Called {
+            call,
+            slot,
+            waiting: arrived.map(|arrived| Waiting {
+                arrived,
+                timeout: self.message_timeout,
+                timer: None,
+                timed_out: self.counters.message_timeout.clone(),
+            }),
+        }
     }
 }
 
-/// Completes `timeout` after it is first polled (the call's start: it is
-/// polled with the call's first poll) if the request has not arrived whole
-/// by then; never otherwise. The clock is read only here, when a call has
-/// had to wait: most answer in their first poll and never read it.
-async fn stalled(timeout: Duration, arrived: &AtomicBool) {
-    tokio::time::sleep_until(Instant::now() + timeout).await;
-    if arrived.load(Ordering::Acquire) {
-        std::future::pending::<()>().await;
+/// A call's answer: refused at once, or the inner service's, cut short
+/// with `DEADLINE_EXCEEDED` if its request message does not arrive whole
+/// in time. Not boxed: an admitted call whose message is all here
+/// allocates nothing in this layer.
+pub enum Shedding<F, RB> {
+    Refused(Option<Response<RB>>),
+    Called {
+        call: F,
+        /// Given back when the call is answered (or dropped).
+        slot: Option<Slot>,
+        /// Set while the request message may not all have arrived.
+        waiting: Option<Waiting>,
+    },
+}
+
+// Nothing in it is ever pinned in place: the response is only moved out.
+impl<F: Unpin, RB> Unpin for Shedding<F, RB> {}
+
+/// A call whose request message was still on its way at its start.
+pub struct Waiting {
+    arrived: Arc<AtomicBool>,
+    timeout: Duration,
+    /// Started at the first poll that finds the call waiting (its start:
+    /// most calls answer in their first poll and never read the clock).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: IntCounter,
+}
+
+impl Waiting {
+    /// Whether the timeout has passed with the message not all here.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.arrived.load(Ordering::Acquire) {
+            return false;
+        }
+        let timeout = self.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
+        timer.as_mut().poll(cx).is_ready() && !self.arrived.load(Ordering::Acquire)
+    }
+}
+
+impl<F, RB, E> Future for Shedding<F, RB>
+where
+    F: Future<Output = Result<Response<RB>, E>> + Unpin,
+    RB: Default,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Shedding::Refused(refusal) => match refusal.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after it answered: as any finished future.
+                None => Poll::Pending,
+            },
+            Shedding::Called {
+                call,
+                slot,
+                waiting,
+            } => {
+                if let Poll::Ready(answer) = Pin::new(call).poll(cx) {
+                    slot.take();
+                    return Poll::Ready(answer);
+                }
+                let Some(waiting) = waiting else {
+                    return Poll::Pending;
+                };
+                if !waiting.expired(cx) {
+                    return Poll::Pending;
+                }
+                // The handler has not started (its message is not all
+                // here), so answering now cuts no work short: the slot is
+                // freed at once, the call when this future is dropped.
+                waiting.timed_out.inc();
+                slot.take();
+                Poll::Ready(Ok(Status::deadline_exceeded(format!(
+                    "the request message did not arrive within {} of the call's start; send it whole with the headers, or raise `--request-message-timeout`",
+                    humantime::format_duration(waiting.timeout)
+                ))
+                .into_http()))
+            }
+        }
     }
 }
 
@@ -315,7 +384,9 @@ struct Running {
     total: usize,
     /// Only callers with at least one call running: an entry is removed
     /// when its count reaches zero, so there are never more than `limit`.
-    by_caller: HashMap<Caller, usize>,
+    /// A quick hash seeded at random per process (`foldhash`): at most
+    /// `limit` entries, looked up twice a call.
+    by_caller: HashMap<Caller, usize, foldhash::fast::RandomState>,
     /// A call was refused for the server's limit since the monitor last
     /// looked.
     shed: bool,
@@ -409,7 +480,7 @@ impl Limiter {
 
 /// One call's slot; given back when dropped (the call answered, failed or
 /// was cancelled).
-struct Slot {
+pub struct Slot {
     limiter: Arc<Limiter>,
     caller: Caller,
 }
@@ -420,19 +491,11 @@ impl Drop for Slot {
     }
 }
 
-/// A request body that notes when it has arrived whole.
+/// A request body that notes when it has arrived whole (when it had not
+/// already at the call's start).
 pub struct Arrival<B> {
     inner: B,
-    arrived: Arc<AtomicBool>,
-}
-
-impl<B: Body> Arrival<B> {
-    fn new(inner: B, arrived: Arc<AtomicBool>) -> Self {
-        if inner.is_end_stream() {
-            arrived.store(true, Ordering::Release);
-        }
-        Arrival { inner, arrived }
-    }
+    arrived: Option<Arc<AtomicBool>>,
 }
 
 impl<B: Body + Unpin> Body for Arrival<B> {
@@ -448,8 +511,8 @@ impl<B: Body + Unpin> Body for Arrival<B> {
         // The end of the stream: tonic reads to it (for trailers) before it
         // calls the handler, so asking the body after each frame whether it
         // has ended would tell no sooner in time to matter.
-        if let Poll::Ready(None) = polled {
-            this.arrived.store(true, Ordering::Release);
+        if let (Poll::Ready(None), Some(arrived)) = (&polled, &this.arrived) {
+            arrived.store(true, Ordering::Release);
         }
         polled
     }

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use foldhash::fast::RandomState;
+
 use super::{Mutation, StoreError, codec::USERS};
 use crate::domain::{
     Account, AccountId, MAX_ID_LEN, Principal, ScopeRef, SupervisorScope, Tier, Token, User,
@@ -20,9 +22,12 @@ use crate::domain::{
 #[derive(Debug, Default)]
 pub struct View {
     revision: u64,
-    accounts: HashMap<AccountId, AccountEntry>,
+    /// Read by every check and every call's token: a quick hash, seeded
+    /// at random per process (`foldhash`), where std's SipHash cost about
+    /// 200 instructions a lookup.
+    accounts: HashMap<AccountId, AccountEntry, RandomState>,
     /// Every token, revoked ones included, by id.
-    tokens: HashMap<String, TokenEntry>,
+    tokens: HashMap<String, TokenEntry, RandomState>,
     /// Each edition id once; users hold its index.
     editions: Vec<Arc<str>>,
     edition_index: HashMap<Arc<str>, u32>,

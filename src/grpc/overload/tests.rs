@@ -172,18 +172,21 @@ fn handler<B: Body + Unpin + Send + 'static>(
     Request<Arrival<B>>,
     Response = Response<tonic::body::Body>,
     Error = Infallible,
-    Future: Send,
+    Future: Send + Unpin,
 > + Clone
 + Send
 + 'static {
-    tower::service_fn(move |request: Request<Arrival<B>>| async move {
-        let mut body = request.into_body();
-        while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
-            .await
-            .is_some()
-        {}
-        tokio::time::sleep(work).await;
-        Ok::<_, Infallible>(Response::new(tonic::body::Body::empty()))
+    // Boxed, as the server's routes are (the layer wants an `Unpin` future).
+    tower::service_fn(move |request: Request<Arrival<B>>| {
+        Box::pin(async move {
+            let mut body = request.into_body();
+            while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+                .await
+                .is_some()
+            {}
+            tokio::time::sleep(work).await;
+            Ok::<_, Infallible>(Response::new(tonic::body::Body::empty()))
+        })
     })
 }
 
