@@ -169,8 +169,26 @@ impl Catalogue {
     /// the catalogue does not hold (rule 13: a check never grants what the
     /// catalogue in force does not).
     pub fn max_tier(&self, line: &str, edition: Option<&str>) -> Tier {
-        self.product_line(line)
-            .map_or(Tier::None, |l| l.max_tier(edition))
+        edition
+            .and_then(|e| self.locate(line, e))
+            .map_or(Tier::None, |(_, _, e)| e.max_tier)
+    }
+
+    /// Edition `edition` of line `line`, with where it is: the line's index
+    /// in `product_lines()` and the edition's in the line's `editions`.
+    /// None for a line or an edition the catalogue does not hold.
+    pub fn locate(&self, line: &str, edition: &str) -> Option<(usize, usize, &Edition)> {
+        let (l, found) = self
+            .product_lines
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.id == line)?;
+        let (e, ed) = found
+            .editions
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.id == edition)?;
+        Some((l, e, ed))
     }
 
     /// How long after activation historical data is ready (rule 8).

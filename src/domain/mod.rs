@@ -9,6 +9,7 @@ pub mod field;
 mod ids;
 pub mod migration;
 mod scope;
+mod text;
 mod tier;
 
 use std::{
@@ -29,6 +30,7 @@ pub use ids::{
     MAX_DISPLAY_NAME, MAX_ID_LEN, UserId, UserIdRef, validate_display_name, validate_id,
 };
 pub use scope::{MAX_SCOPE_REFS, ScopeKind, ScopeRef, SupervisorScope, WHOLE_ACCOUNT};
+pub use text::Text;
 pub use tier::Tier;
 
 /// One customer company (a tenant).
@@ -148,14 +150,17 @@ pub struct Decision {
     /// The effective tier (never above what the catalogue allows now).
     pub tier: Tier,
     pub stored_tier: Tier,
-    pub edition: Option<String>,
+    /// Shared with every answer that names the same edition of the
+    /// catalogue (`Text`).
+    pub edition: Option<Text>,
     pub denial: Option<Denial>,
     pub data_available_at: Option<SystemTime>,
     pub data_ready: bool,
     /// Shared: a tier's list is computed once per catalogue, not per check.
     pub reports: Arc<[ReportAccess]>,
     pub revision: u64,
-    pub reason: String,
+    /// Shared when it names only the edition and tiers (`Text`).
+    pub reason: Text,
     /// What the supervisor sees (rule 12): set exactly when the effective
     /// tier is Supervisor. Shared with the view, never copied per check.
     pub supervisor_scope: Option<SupervisorScope>,

@@ -18,6 +18,7 @@ use prost::{
 };
 
 use super::v1::{ItemError, Report, SupervisorScope};
+use crate::domain::Text;
 
 /// The `reports` field (7) of a `CheckAnalyticsAccessResponse`, encoded:
 /// each report's key, length and message, in order.
@@ -76,14 +77,15 @@ impl EncodedScope {
 pub struct CheckAnswer {
     pub allowed: bool,
     pub tier: i32,
-    pub edition: String,
+    /// Shared with the catalogue's texts where it can be (`Text`).
+    pub edition: Text,
     pub denial_reason: i32,
     pub data_available_at: Option<prost_types::Timestamp>,
     pub data_ready: bool,
     pub reports: EncodedReports,
     pub revision: u64,
     pub stored_tier: i32,
-    pub reason: String,
+    pub reason: Text,
     pub supervisor_scope: EncodedScope,
 }
 
@@ -97,7 +99,7 @@ impl Message for CheckAnswer {
             encoding::int32::encode(2, &self.tier, buf);
         }
         if !self.edition.is_empty() {
-            encoding::string::encode(3, &self.edition, buf);
+            encode_str(3, &self.edition, buf);
         }
         if self.denial_reason != 0 {
             encoding::int32::encode(4, &self.denial_reason, buf);
@@ -116,7 +118,7 @@ impl Message for CheckAnswer {
             encoding::int32::encode(9, &self.stored_tier, buf);
         }
         if !self.reason.is_empty() {
-            encoding::string::encode(10, &self.reason, buf);
+            encode_str(10, &self.reason, buf);
         }
         buf.put_slice(self.supervisor_scope.as_bytes());
     }
@@ -141,7 +143,7 @@ impl Message for CheckAnswer {
             len += encoding::int32::encoded_len(2, &self.tier);
         }
         if !self.edition.is_empty() {
-            len += encoding::string::encoded_len(3, &self.edition);
+            len += str_len(3, &self.edition);
         }
         if self.denial_reason != 0 {
             len += encoding::int32::encoded_len(4, &self.denial_reason);
@@ -160,7 +162,7 @@ impl Message for CheckAnswer {
             len += encoding::int32::encoded_len(9, &self.stored_tier);
         }
         if !self.reason.is_empty() {
-            len += encoding::string::encoded_len(10, &self.reason);
+            len += str_len(10, &self.reason);
         }
         len + self.supervisor_scope.as_bytes().len()
     }
@@ -168,6 +170,18 @@ impl Message for CheckAnswer {
     fn clear(&mut self) {
         *self = CheckAnswer::default();
     }
+}
+
+/// A string field, as prost writes one (`encoding::string` takes only a
+/// `String`).
+fn encode_str(tag: u32, value: &str, buf: &mut impl BufMut) {
+    encoding::encode_key(tag, WireType::LengthDelimited, buf);
+    encoding::encode_varint(value.len() as u64, buf);
+    buf.put_slice(value.as_bytes());
+}
+
+fn str_len(tag: u32, value: &str) -> usize {
+    encoding::key_len(tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
 }
 
 /// A `BatchCheckAnalyticsAccessResponse` to be written: each item's answer

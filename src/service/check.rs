@@ -7,7 +7,10 @@ use std::{sync::Arc, time::SystemTime};
 
 use super::{Caller, DomainError, Entitlements, FRESHNESS_WAIT};
 use crate::{
-    domain::{AccountIdRef, Decision, Denial, ReportAccess, Rpc, Tier, UserIdRef},
+    domain::{
+        AccountIdRef, Decision, Denial, ReportAccess, Rpc, Text, Tier, UserIdRef,
+        catalogue::Catalogue,
+    },
     store::View,
 };
 
@@ -161,57 +164,60 @@ impl Entitlements {
                 text(&["user `", user.as_str(), "` has no edition licence"]),
             );
         };
+        // Rule 13: the catalogue in force caps the stored tier; an edition
+        // it does not hold (in this line) allows none.
+        let found = self
+            .catalogue
+            .locate(&account_rec.product_line, edition)
+            .map(|(line, at, e)| (e.max_tier, &self.texts.lines[line][at]));
+        let edition_text = || {
+            found.map_or_else(
+                || Text::Made(edition.to_owned()),
+                |(_, t)| Text::Shared(Arc::clone(&t.id)),
+            )
+        };
         if !stored.grants_access() {
             return deny(
                 Denial::AnalyticsNotEnabled,
                 stored,
-                Some(edition.to_owned()),
+                Some(edition_text()),
                 text(&["analytics is not enabled for user `", user.as_str(), "`"]),
             );
         }
-        // Rule 13: the catalogue in force caps the stored tier.
-        let max = self
-            .catalogue
-            .max_tier(&account_rec.product_line, Some(edition));
+        let max = found.map_or(Tier::None, |(max, _)| max);
         let tier = stored.min(max);
         if !tier.grants_access() {
+            let reason = found.map_or_else(
+                || Text::Made(not_granted(edition, stored)),
+                |(_, t)| Text::Shared(Arc::clone(&t.not_granted[stored as usize])),
+            );
             return deny(
                 Denial::EditionNotEligible,
                 stored,
-                Some(edition.to_owned()),
-                text(&[
-                    "edition `",
-                    edition,
-                    "` no longer includes analytics in the catalogue in force; the stored ",
-                    stored.name(),
-                    " tier is not granted",
-                ]),
+                Some(edition_text()),
+                reason,
             );
         }
         let data_available_at = account_rec.data_available_at(self.catalogue.data_delay());
         let data_ready = data_available_at.is_some_and(|at| now >= at);
         let reports = self.catalogue.report_access(tier, data_ready);
+        // `found` is set here: an edition the catalogue does not hold
+        // allows no tier, so its check was denied above.
         let (denial, reason) = if tier < stored {
             (
                 Some(Denial::EditionNotEligible),
-                text(&[
-                    "edition `",
-                    edition,
-                    "` no longer includes ",
-                    stored.name(),
-                    " analytics in the catalogue in force; granted ",
-                    tier.name(),
-                ]),
+                found.map_or_else(
+                    || Text::Made(lowered(edition, stored, tier)),
+                    |(_, t)| Text::Shared(Arc::clone(&t.lowered[stored as usize][tier as usize])),
+                ),
             )
         } else {
             (
                 None,
-                text(&[
-                    tier.name(),
-                    " analytics enabled with edition `",
-                    edition,
-                    "`",
-                ]),
+                found.map_or_else(
+                    || Text::Made(enabled(edition, tier)),
+                    |(_, t)| Text::Shared(Arc::clone(&t.enabled[tier as usize])),
+                ),
             )
         };
         // Rule 12: the scope goes with the effective tier; a supervisor
@@ -225,7 +231,7 @@ impl Entitlements {
             allowed: true,
             tier,
             stored_tier: stored,
-            edition: Some(edition.to_owned()),
+            edition: Some(edition_text()),
             denial,
             data_available_at,
             data_ready,
@@ -237,8 +243,88 @@ impl Entitlements {
     }
 }
 
-/// A reason put together from its parts: one allocation of the right size,
+/// The texts of a check's answer that name only an edition and tiers, made
+/// once per edition of the catalogue (`Text` says why), indexed as
+/// `Catalogue::locate` places the edition.
+pub(super) struct CheckTexts {
+    lines: Vec<Vec<EditionTexts>>,
+}
+
+/// One edition's: by tier as `Tier as usize` (None, Essentials, Supervisor).
+struct EditionTexts {
+    id: Arc<str>,
+    /// An allowed check's reason, by effective tier.
+    enabled: [Arc<str>; 3],
+    /// A lowered check's reason, by stored then effective tier.
+    lowered: [[Arc<str>; 3]; 3],
+    /// The reason of a stored tier the catalogue no longer grants at all.
+    not_granted: [Arc<str>; 3],
+}
+
+impl CheckTexts {
+    pub(super) fn new(catalogue: &Catalogue) -> Self {
+        let lines = catalogue
+            .product_lines()
+            .iter()
+            .map(|line| {
+                line.editions
+                    .iter()
+                    .map(|e| {
+                        let id = e.id.as_str();
+                        EditionTexts {
+                            id: Arc::from(id),
+                            enabled: Tier::ALL.map(|t| Arc::from(enabled(id, t))),
+                            lowered: Tier::ALL
+                                .map(|stored| Tier::ALL.map(|t| Arc::from(lowered(id, stored, t)))),
+                            not_granted: Tier::ALL.map(|stored| Arc::from(not_granted(id, stored))),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        CheckTexts { lines }
+    }
+}
+
+/// The reason of an allowed check.
+fn enabled(edition: &str, tier: Tier) -> String {
+    [
+        tier.name(),
+        " analytics enabled with edition `",
+        edition,
+        "`",
+    ]
+    .concat()
+}
+
+/// The reason of a check whose stored tier the catalogue in force lowers.
+fn lowered(edition: &str, stored: Tier, tier: Tier) -> String {
+    [
+        "edition `",
+        edition,
+        "` no longer includes ",
+        stored.name(),
+        " analytics in the catalogue in force; granted ",
+        tier.name(),
+    ]
+    .concat()
+}
+
+/// The reason of a check whose stored tier the catalogue in force no longer
+/// grants at all.
+fn not_granted(edition: &str, stored: Tier) -> String {
+    [
+        "edition `",
+        edition,
+        "` no longer includes analytics in the catalogue in force; the stored ",
+        stored.name(),
+        " tier is not granted",
+    ]
+    .concat()
+}
+
+/// A text put together from its parts: one allocation of the right size,
 /// where `format!` cost about 450 instructions a check (callgrind).
-fn text(parts: &[&str]) -> String {
-    parts.concat()
+fn text(parts: &[&str]) -> Text {
+    Text::Made(parts.concat())
 }

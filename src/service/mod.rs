@@ -254,12 +254,15 @@ pub struct Entitlements {
     refusals: Arc<refusals::RefusalLimiter>,
     /// Bearers already verified, so a token's next call skips the SHA-256.
     verified: Arc<verified::VerifiedSecrets>,
+    /// The check's texts for each edition of the catalogue, made once.
+    texts: Arc<check::CheckTexts>,
 }
 
 impl Entitlements {
     pub fn new(store: Store, catalogue: Catalogue, clock: Clock) -> Self {
         Entitlements {
             store,
+            texts: Arc::new(check::CheckTexts::new(&catalogue)),
             catalogue: Arc::new(catalogue),
             clock,
             watch_options: WatchOptions::default(),

@@ -148,14 +148,14 @@ impl From<Decision> for pb::CheckAnalyticsAccessResponse {
         pb::CheckAnalyticsAccessResponse {
             allowed: d.allowed,
             tier: tier_i32(d.tier),
-            edition: d.edition.unwrap_or_default(),
+            edition: d.edition.map(String::from).unwrap_or_default(),
             denial_reason: d.denial.map_or(pb::DenialReason::Unspecified, Into::into) as i32,
             data_available_at: d.data_available_at.map(Into::into),
             data_ready: d.data_ready,
             reports: pb_reports(&d.reports),
             revision: d.revision,
             stored_tier: tier_i32(d.stored_tier),
-            reason: d.reason,
+            reason: d.reason.into(),
             supervisor_scope: pb_scope(&d.supervisor_scope),
         }
     }

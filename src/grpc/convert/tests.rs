@@ -1,13 +1,16 @@
 //! The fast path's answers against plainly built ones, byte for byte.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use prost::Message;
 
 use super::Answers;
 use crate::{
     catalogue::Catalogue,
-    domain::{Decision, Denial, ScopeKind, ScopeRef, SupervisorScope, Tier},
+    domain::{Decision, Denial, ScopeKind, ScopeRef, SupervisorScope, Text, Tier},
     proto::{BatchAnswer, v1 as pb},
 };
 
@@ -62,7 +65,7 @@ fn decisions(catalogue: &Catalogue) -> Vec<Decision> {
             for denial in denials {
                 for (edition, at) in [
                     (
-                        Some("X8".to_owned()),
+                        Some(Text::Shared(Arc::from("X8"))),
                         Some(SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 5)),
                     ),
                     (None, None),
@@ -78,7 +81,7 @@ fn decisions(catalogue: &Catalogue) -> Vec<Decision> {
                             data_ready,
                             reports: catalogue.report_access(tier, data_ready),
                             revision: 4242,
-                            reason: format!("{tier} because of `ada` — é"),
+                            reason: format!("{tier} because of `ada` — é").into(),
                             supervisor_scope,
                         });
                     }
