@@ -461,7 +461,7 @@ impl Application {
                     ProvisioningServiceServer::new(api.clone()).max_decoding_message_size(max),
                 ),
             )
-            .add_service(auth.wrap(AccessServer::new(api.clone(), max)))
+            .add_service(AccessServer::new(api.clone(), &auth, max))
             .add_service(
                 auth.wrap(AuditServiceServer::new(api.clone()).max_decoding_message_size(max)),
             )

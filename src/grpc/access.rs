@@ -1,11 +1,11 @@
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::{Api, Reply, convert, reader, status};
+use super::{Api, Reply, convert, principal, reader, reading, status};
 use crate::{
-    domain::{AccountIdRef, Decision, UserIdRef},
+    domain::{AccountIdRef, Decision, Principal, UserIdRef},
     proto::v1::{
         self as pb, access_service_server::AccessService,
         catalogue_service_server::CatalogueService,
@@ -26,31 +26,33 @@ impl CatalogueService for Api {
 
 impl Api {
     /// The check: what both ways of answering it (the fast path of
-    /// `check_path.rs`, and the generated service's below) decide.
+    /// `check_path.rs`, and the generated service's below) decide, for the
+    /// caller authentication found.
     pub(super) async fn decide(
         &self,
-        request: &Request<pb::CheckAnalyticsAccessRequest>,
+        principal: &Arc<Principal>,
+        r: &pb::CheckAnalyticsAccessRequest,
     ) -> Result<Decision, Status> {
-        match self.decide_now(request) {
+        match self.decide_now(principal, r) {
             Some(decided) => decided,
-            None => self.decide_later(request).await,
+            None => self.decide_later(principal, r).await,
         }
     }
 
     /// The check, if it need not wait (`min_revision` 0): then it is
     /// answered at once.
     // Debug level: the hot path pays for no span unless asked to.
-    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %convert::Logged(&r.account_id), user_id = %convert::Logged(&r.user_id)))]
     pub(super) fn decide_now(
         &self,
-        request: &Request<pb::CheckAnalyticsAccessRequest>,
+        principal: &Arc<Principal>,
+        r: &pb::CheckAnalyticsAccessRequest,
     ) -> Option<Result<Decision, Status>> {
-        let r = request.get_ref();
         if r.min_revision != 0 {
             return None;
         }
         Some((|| {
-            let caller = reader(request)?;
+            let caller = reading(principal);
             let (account, user) = check_ids(r)?;
             let decision = self.entitlements.check_now(&caller, account, user)?;
             self.metrics.check(&decision);
@@ -59,13 +61,13 @@ impl Api {
     }
 
     /// The check that waits for its `min_revision` first.
-    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %convert::Logged(&request.get_ref().account_id), user_id = %convert::Logged(&request.get_ref().user_id)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %convert::Logged(&r.account_id), user_id = %convert::Logged(&r.user_id)))]
     async fn decide_later(
         &self,
-        request: &Request<pb::CheckAnalyticsAccessRequest>,
+        principal: &Arc<Principal>,
+        r: &pb::CheckAnalyticsAccessRequest,
     ) -> Result<Decision, Status> {
-        let caller = reader(request)?;
-        let r = request.get_ref();
+        let caller = reading(principal);
         let (account, user) = check_ids(r)?;
         let decision = self
             .entitlements
@@ -77,13 +79,13 @@ impl Api {
 
     /// The batch: each item's decision or error, and the revision they
     /// all reflect.
-    #[tracing::instrument(level = "debug", skip_all, fields(items = request.get_ref().items.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(items = r.items.len()))]
     pub(super) async fn decide_many(
         &self,
-        request: &Request<pb::BatchCheckAnalyticsAccessRequest>,
+        principal: &Arc<Principal>,
+        r: &pb::BatchCheckAnalyticsAccessRequest,
     ) -> Result<(Vec<Result<Decision, pb::ItemError>>, u64), Status> {
-        let caller = reader(request)?;
-        let r = request.get_ref();
+        let caller = reading(principal);
         convert::batch_items("items", r.items.len())?;
         // Each item is validated as a single check would be; a malformed one
         // (or one on an account the caller may not see) gets its own error
@@ -130,7 +132,10 @@ impl AccessService for Api {
         &self,
         request: Request<pb::CheckAnalyticsAccessRequest>,
     ) -> Reply<pb::CheckAnalyticsAccessResponse> {
-        Ok(Response::new(self.decide(&request).await?.into()))
+        let principal = principal(&request)?;
+        Ok(Response::new(
+            self.decide(&principal, request.get_ref()).await?.into(),
+        ))
     }
 
     async fn batch_check_analytics_access(
@@ -138,7 +143,8 @@ impl AccessService for Api {
         request: Request<pb::BatchCheckAnalyticsAccessRequest>,
     ) -> Reply<pb::BatchCheckAnalyticsAccessResponse> {
         let omit_reports = convert::omit_reports(request.metadata())?;
-        let (results, revision) = self.decide_many(&request).await?;
+        let principal = principal(&request)?;
+        let (results, revision) = self.decide_many(&principal, request.get_ref()).await?;
         let answer = |result| pb::CheckResult {
             outcome: Some(match result {
                 Ok(decision) => {

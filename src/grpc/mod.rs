@@ -18,6 +18,7 @@ mod metrics;
 mod overload;
 mod provisioning;
 mod status;
+mod unary;
 
 pub use check_path::AccessServer;
 pub use metrics::RpcMetricsLayer;
@@ -136,11 +137,16 @@ fn principal<T>(request: &Request<T>) -> Result<Arc<Principal>, Status> {
 
 /// A caller of a read RPC.
 fn reader<T>(request: &Request<T>) -> Result<Caller, Status> {
-    Ok(Caller {
-        principal: principal(request)?,
+    Ok(reading(&principal(request)?))
+}
+
+/// `principal` calling a read RPC.
+fn reading(principal: &Arc<Principal>) -> Caller {
+    Caller {
+        principal: Arc::clone(principal),
         request: None,
         via: Via::Api,
-    })
+    }
 }
 
 /// Resolves `authorization: Bearer <token>` from memory, for every call:
@@ -153,6 +159,16 @@ pub struct Authenticate {
 impl Authenticate {
     pub fn new(entitlements: Entitlements) -> Self {
         Authenticate { entitlements }
+    }
+
+    /// The caller `authorization: Bearer <token>` names, or the refusal to
+    /// answer with.
+    pub fn principal<B>(&self, request: &http::Request<B>) -> Result<Arc<Principal>, Status> {
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        Ok(self.entitlements.authenticate(header)?)
     }
 
     /// `inner` behind authentication.
@@ -196,16 +212,12 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let header = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        match self.auth.entitlements.authenticate(header) {
+        match self.auth.principal(&request) {
             Ok(principal) => {
                 request.extensions_mut().insert(principal);
                 Authenticating::Called(self.inner.call(request))
             }
-            Err(e) => Authenticating::Refused(Some(Status::from(e).into_http())),
+            Err(refusal) => Authenticating::Refused(Some(refusal.into_http())),
         }
     }
 }

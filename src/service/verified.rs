@@ -4,8 +4,10 @@
 //! call of a gateway.
 //!
 //! It remains a secret check. A bearer is known here by a keyed hash
-//! (SipHash-2-4, a MAC for short inputs, under a 128-bit key drawn at start
-//! and never stored), mapped to the SHA-256 it was verified with; a
+//! (SipHash-1-3, std's keyed hash, under a 128-bit key drawn at start and
+//! never stored; about 250 instructions a call fewer than SipHash-2-4, and
+//! no attack on either is known that would find a bearer matching a tag
+//! it cannot see), mapped to the SHA-256 it was verified with; a
 //! hit stands in for computing that SHA-256, and nothing else:
 //! `authenticate` still looks the token up in the view by the bearer's id,
 //! compares the digest with the stored one in constant time and refuses a
@@ -30,18 +32,16 @@ const MAX_ENTRIES: usize = 4096;
 
 /// The verified bearers: keyed hash → the SHA-256 of the bearer.
 pub struct VerifiedSecrets {
-    key: (u64, u64),
+    /// std's randomly keyed SipHash-1-3: keys drawn from the operating
+    /// system once per process, and never exposed.
+    key: RandomState,
     digests: RwLock<HashMap<u64, [u8; 32], BuildHasherDefault<TagHasher>>>,
 }
 
 impl Default for VerifiedSecrets {
     fn default() -> Self {
-        // Keys from the standard library's randomly seeded hasher: drawn
-        // from the operating system once per process, and never exposed.
-        let random = RandomState::new();
-        let key = |i: u64| random.hash_one(i);
         VerifiedSecrets {
-            key: (key(1), key(2)),
+            key: RandomState::new(),
             digests: RwLock::default(),
         }
     }
@@ -50,13 +50,7 @@ impl Default for VerifiedSecrets {
 impl VerifiedSecrets {
     /// The bearer's keyed hash.
     pub fn tag(&self, bearer: &[u8]) -> u64 {
-        #[expect(
-            deprecated,
-            reason = "std's SipHash-2-4 with explicit keys; deprecated only as a HashMap default"
-        )]
-        let mut h = std::hash::SipHasher::new_with_keys(self.key.0, self.key.1);
-        h.write(bearer);
-        h.finish()
+        self.key.hash_one(bearer)
     }
 
     /// The SHA-256 a bearer with this tag was verified with, if any.
