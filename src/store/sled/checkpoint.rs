@@ -24,8 +24,11 @@
 //!   sled after that abandons it. Its body is written then; its header and
 //!   fingerprint only once sled is closed (its file lock let go, so none of
 //!   its threads can write any more): whatever sled writes while it closes
-//!   is in the fingerprint. Written beside, synced, renamed, directory
-//!   synced: a crash leaves the whole file or none.
+//!   is in the fingerprint (seen with a million users just bulk-loaded:
+//!   sled rewrote part of `db/db` a second after the stop's final flush;
+//!   a fingerprint taken at the flush would not have matched). Written
+//!   beside, synced, renamed, directory synced: a crash leaves the whole
+//!   file or none.
 //! - It is used at most once: the start reads its header, then deletes it
 //!   and syncs the directory before sled is opened, so before anything can
 //!   be written. A checkpoint can only ever describe the sled files of the
