@@ -103,26 +103,92 @@ pub fn big_vs_small(c: usize, big: usize, s: &Stats, small: usize, small_s: &Sta
     }
 }
 
-/// Resident memory (MiB) with `big` users, and with `small` for comparison.
-pub fn memory(big: usize, rss: Option<f64>, small: usize, small_rss: Option<f64>) -> Row {
-    Row {
-        figure: format!("resident memory with {big} users loaded"),
-        target: "≤ 250 MB",
-        measured: match rss {
-            Some(mib) => format!(
-                "{:.0} MB (VmRSS; {:.0} MB with {small} users)",
-                mib * 1.048_576,
-                small_rss.unwrap_or(f64::NAN) * 1.048_576,
-            ),
-            None => "unknown (no /proc)".to_owned(),
-        },
-        met: rss.map(|mib| mib * 1.048_576 <= 250.0),
+/// One start of the big store, as the server measured and logged it.
+pub struct Start {
+    pub to_serving: Duration,
+    pub cpu: Option<Duration>,
+    pub rss_mib: Option<f64>,
+    /// Whether its view was built from the view checkpoint.
+    pub from_checkpoint: bool,
+    /// The "store opened" line's parts of opening the store.
+    pub sled_ms: Option<u64>,
+    pub watermark_ms: Option<u64>,
+    pub view_ms: Option<u64>,
+}
+
+impl Start {
+    /// Where the store's opening went, as logged.
+    fn opening(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+        format!(
+            "opening sled {} ms, the watermark check {} ms, the view {} ms",
+            ms(self.sled_ms),
+            ms(self.watermark_ms),
+            ms(self.view_ms)
+        )
     }
 }
 
-/// `scan` is the `sled-scan` child's line: sled's own open and read of the
-/// users, the floor under a start.
-pub fn restart(big: usize, to_serving: Duration, cpu: Option<Duration>, scan: &str) -> Row {
+impl std::fmt::Display for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} s to SERVING, CPU {:.2} s, VmRSS {:.0} MiB, {}, from_checkpoint={}",
+            self.to_serving.as_secs_f64(),
+            self.cpu.map_or(f64::NAN, |c| c.as_secs_f64()),
+            self.rss_mib.unwrap_or(f64::NAN),
+            self.opening(),
+            self.from_checkpoint
+        )
+    }
+}
+
+/// Resident memory with `big` users after the median start from the view
+/// checkpoint (`warm`) and after the median start that read sled (`cold`);
+/// the target holds for the larger. With `small` users for comparison.
+pub fn memory(big: usize, warm: &Start, cold: &Start, small: usize, small_rss: Option<f64>) -> Row {
+    let mb = |mib: Option<f64>| mib.map(|m| m * 1.048_576);
+    let worst = match (mb(warm.rss_mib), mb(cold.rss_mib)) {
+        (Some(w), Some(c)) => Some(w.max(c)),
+        _ => None,
+    };
+    Row {
+        figure: format!("resident memory with {big} users loaded"),
+        target: "≤ 250 MB",
+        measured: match worst {
+            Some(_) => format!(
+                "{:.0} MB after a restart from the view checkpoint, {:.0} MB after a start that read sled (VmRSS; {:.0} MB with {small} users)",
+                mb(warm.rss_mib).unwrap_or(f64::NAN),
+                mb(cold.rss_mib).unwrap_or(f64::NAN),
+                mb(small_rss).unwrap_or(f64::NAN),
+            ),
+            None => "unknown (no /proc)".to_owned(),
+        },
+        met: worst.map(|mb| mb <= 250.0),
+    }
+}
+
+/// The median start after a graceful stop, which builds its view from the
+/// checkpoint that stop wrote; `stop` is the median graceful stop's time.
+pub fn restart(big: usize, warm: &Start, stop: Duration) -> Row {
+    Row {
+        figure: format!("restart to SERVING with {big} users (after a graceful stop)"),
+        target: "≤ 1 s",
+        measured: format!(
+            "{:.2} s (server CPU {:.2} s; {}; the graceful stop before it, which writes the view checkpoint: {:.2} s)",
+            warm.to_serving.as_secs_f64(),
+            warm.cpu.map_or(f64::NAN, |c| c.as_secs_f64()),
+            warm.opening(),
+            stop.as_secs_f64(),
+        ),
+        met: Some(warm.to_serving <= Duration::from_secs(1)),
+    }
+}
+
+/// The median start after a crash: no checkpoint, so sled's users are
+/// read. `scan` is the `sled-scan` child's line: sled's own open and read
+/// of the users, the floor under such a start. No target.
+pub fn cold_start(big: usize, cold: &Start, scan: &str) -> Row {
     let field = |name: &str| {
         scan.split_whitespace()
             .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
@@ -130,16 +196,17 @@ pub fn restart(big: usize, to_serving: Duration, cpu: Option<Duration>, scan: &s
             .map_or(f64::NAN, |ms| ms / 1e3)
     };
     Row {
-        figure: format!("restart to SERVING with {big} users"),
-        target: "≤ 1 s",
+        figure: format!("start to SERVING with {big} users after a crash (no checkpoint)"),
+        target: "",
         measured: format!(
-            "{:.2} s (server CPU {:.2} s; sled alone, opening and reading the users undecoded: {:.2} s, CPU {:.2} s)",
-            to_serving.as_secs_f64(),
-            cpu.map_or(f64::NAN, |c| c.as_secs_f64()),
+            "{:.2} s (server CPU {:.2} s; {}; sled alone, opening and reading the users undecoded: {:.2} s, CPU {:.2} s)",
+            cold.to_serving.as_secs_f64(),
+            cold.cpu.map_or(f64::NAN, |c| c.as_secs_f64()),
+            cold.opening(),
             field("open_ms") + field("scan_ms"),
             field("open_cpu_ms") + field("scan_cpu_ms"),
         ),
-        met: Some(to_serving <= Duration::from_secs(1)),
+        met: None,
     }
 }
 

@@ -16,6 +16,32 @@ use crate::{
     stats::{Stats, median},
 };
 
+/// A start of `server`, as it measured and logged it.
+fn start_of(server: &ServerProcess) -> report::Start {
+    let ms = |field| {
+        server
+            .logged("from_checkpoint=", field)
+            .and_then(|v| v.parse().ok())
+    };
+    report::Start {
+        to_serving: server.to_serving,
+        cpu: server.start_cpu,
+        rss_mib: server.rss_mib(),
+        from_checkpoint: server
+            .logged("from_checkpoint=", "from_checkpoint")
+            .is_some_and(|v| v == "true"),
+        sled_ms: ms("sled_ms"),
+        watermark_ms: ms("watermark_ms"),
+        view_ms: ms("view_ms"),
+    }
+}
+
+/// The median of `starts` by time to SERVING.
+fn median_start(mut starts: Vec<report::Start>) -> report::Start {
+    starts.sort_by_key(|s| s.to_serving);
+    starts.swap_remove(starts.len() / 2)
+}
+
 pub fn orchestrate(args: RunArgs) -> Result<(), BoxError> {
     let pin = !args.no_pin;
     if pin {
@@ -159,25 +185,45 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
         eprintln!("entitled: loading {} users", args.big_users);
         let load_time = load_store(&big_dir, args.big_users, args.users_per_account)?;
         eprintln!("entitled: {} users loaded in {load_time:?}", args.big_users);
-        // Started `--repeat` times (stopped gracefully in between, as an
-        // operator restarts it): the median start and its memory.
-        let mut starts = Vec::new();
+        // Started after the loader (which replays sled's whole log), then
+        // `--repeat` times after a crash (SIGKILL: no view checkpoint, so
+        // sled's users are read), then `--repeat` times after a graceful
+        // stop (as an operator restarts it: the view from the checkpoint).
+        // The last start stays up for the rounds below.
+        let repeat = args.repeat.max(1);
         let mut big = ServerProcess::entitled(&launch, &big_dir).await?;
-        for _ in 1..args.repeat.max(1) {
-            starts.push((big.to_serving, big.rss_mib(), big.start_cpu));
-            big.stop()?;
+        let first = start_of(&big);
+        let mut cold = Vec::new();
+        for _ in 0..repeat {
+            big.kill()?;
             big = ServerProcess::entitled(&launch, &big_dir).await?;
+            cold.push(start_of(&big));
         }
-        starts.push((big.to_serving, big.rss_mib(), big.start_cpu));
+        let (mut warm, mut stops) = (Vec::new(), Vec::new());
+        for _ in 0..repeat {
+            stops.push(big.stop()?);
+            big = ServerProcess::entitled(&launch, &big_dir).await?;
+            warm.push(start_of(&big));
+        }
         eprintln!(
-            "entitled: {} users, starts to SERVING {:?}, their CPU {:?}, VmRSS MiB {:?}",
-            args.big_users,
-            starts.iter().map(|s| s.0).collect::<Vec<_>>(),
-            starts.iter().map(|s| s.2).collect::<Vec<_>>(),
-            starts.iter().map(|s| s.1).collect::<Vec<_>>()
+            "entitled: {} users; the start after the loader: {first}",
+            args.big_users
         );
-        starts.sort_by_key(|s| s.0);
-        let (to_serving, rss, start_cpu) = starts[starts.len() / 2];
+        for (what, starts) in [("after a crash", &cold), ("after a graceful stop", &warm)] {
+            for start in starts {
+                eprintln!("entitled: {} users, start {what}: {start}", args.big_users);
+            }
+        }
+        eprintln!(
+            "entitled: {} users, graceful stops {stops:?}",
+            args.big_users
+        );
+        if cold.iter().any(|s| s.from_checkpoint) || !warm.iter().all(|s| s.from_checkpoint) {
+            return Err("a start after a crash used a view checkpoint, or one after a graceful stop did not".into());
+        }
+        let (cold, warm) = (median_start(cold), median_start(warm));
+        stops.sort();
+        let stop = stops[stops.len() / 2];
         if let Some(c) = small_top {
             let (mut small_runs, mut runs) = (Vec::new(), Vec::new());
             for rep in 1..=args.repeat.max(1) {
@@ -207,16 +253,18 @@ async fn run(args: RunArgs, server_pin: Option<usize>) -> Result<(), BoxError> {
                 &small_s,
             ));
         }
-        rows.push(report::memory(args.big_users, rss, args.users, small_rss));
+        rows.push(report::memory(
+            args.big_users,
+            &warm,
+            &cold,
+            args.users,
+            small_rss,
+        ));
         big.stop()?;
         let scan = run_sled_scan(&big_dir, server_pin)?;
         eprintln!("{scan}");
-        rows.push(report::restart(
-            args.big_users,
-            to_serving,
-            start_cpu,
-            &scan,
-        ));
+        rows.push(report::restart(args.big_users, &warm, stop));
+        rows.push(report::cold_start(args.big_users, &cold, &scan));
     }
 
     let watch = if args.storage_only {

@@ -80,6 +80,17 @@ pub fn serve(
         match kind {
             Kind::Entitled => {
                 let dir = dir.ok_or("serve --kind entitled needs --dir")?;
+                // The sled store's lines (its "store opened" line says
+                // where a start's time went, and whether the view came
+                // from the checkpoint) and every warning, on stderr, which
+                // the run reads; nothing per call.
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new(
+                        "warn,entitled::store::sled=info",
+                    ))
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false)
+                    .init();
                 let mut config =
                     Config::new("127.0.0.1:0".parse()?, dir.clone(), Catalogue::builtin()?);
                 if let Some(url) = store {
@@ -292,15 +303,35 @@ impl ServerProcess {
         Some(self.child.rss_kib()? as f64 / 1024.0)
     }
 
-    /// Stops the server gracefully (SIGTERM) and checks that it exited well.
-    pub fn stop(self) -> Result<(), BoxError> {
+    /// Stops the server gracefully (SIGTERM) and checks that it exited
+    /// well; how long it took (with sled, that includes writing the view
+    /// checkpoint).
+    pub fn stop(self) -> Result<Duration, BoxError> {
+        let began = Instant::now();
         let log = Arc::clone(&self.child.log);
         let status = self.child.terminate()?;
         if !status.success() {
             let log = log.lock().map(|l| l.join("\n")).unwrap_or_default();
             return Err(format!("server exited with {status}; its log:\n{log}").into());
         }
-        Ok(())
+        Ok(began.elapsed())
+    }
+
+    /// Stops the server as a crash would (SIGKILL): no final flush, so no
+    /// view checkpoint for the next start.
+    pub fn kill(self) -> Result<(), BoxError> {
+        Ok(self.child.kill()?)
+    }
+
+    /// `field`'s value in the first line of the server's log that says
+    /// `message` (tracing's `field=value`).
+    pub fn logged(&self, message: &str, field: &str) -> Option<String> {
+        let log = self.child.log_text();
+        let line = log.lines().find(|l| l.contains(message))?;
+        let value = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(field)?.strip_prefix('='))?;
+        Some(value.to_owned())
     }
 }
 

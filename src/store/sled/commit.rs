@@ -135,6 +135,7 @@ impl SledBackend {
 
     /// Applies `ops` in one transaction; fail-stop (see `write_staged`).
     fn transact(&self, writer: &mut WriterState, ops: &[Op]) -> Result<(), StoreError> {
+        writer.abandon_checkpoint();
         let t = &self.inner.trees;
         (
             &t.accounts,
@@ -243,6 +244,7 @@ impl SledBackend {
             return Err(StoreError::Failed(reason.clone()));
         }
         self.write_staged(&mut writer)?;
+        writer.abandon_checkpoint();
         let revision = writer.committed + 1;
         let mut batch = ::sled::Batch::default();
         for a in &accounts {

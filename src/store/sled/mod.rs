@@ -1,8 +1,10 @@
 //! The sled backend: one sled `Db` with one tree per record kind
 //! (`keys.rs`), the directory lock and the watermark (`open.rs`,
 //! `watermark.rs`), transactions and group commit (`commit.rs`), and
-//! restores into a new directory (`restore.rs`). Only what is sled's is
-//! here; the write path's rules and the view are the neutral store's.
+//! restores into a new directory (`restore.rs`), and the view checkpoint a
+//! graceful stop leaves for the next start (`checkpoint.rs`). Only what is
+//! sled's is here; the write path's rules and the view are the neutral
+//! store's.
 //!
 //! Writers are serialised by one writer lock, held by this process for as
 //! long as it has the directory (`entitled.lock`), so they are serialised
@@ -17,6 +19,7 @@
 //! writes until it is opened again (fail-stop, as databases do after an
 //! fsync error).
 
+mod checkpoint;
 mod commit;
 mod keys;
 mod open;
@@ -28,6 +31,7 @@ mod watermark;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -71,12 +75,17 @@ struct Trees {
     requests: Tree,
 }
 
+/// Fields drop in the order they are declared: `db` and `trees`, sled's
+/// handles, before `writer`, whose pending view checkpoint is finished as
+/// it drops, once sled has closed; `_lock` last.
 struct Inner {
     db: ::sled::Db,
     trees: Trees,
     /// Serialises writers; holds the last committed revision and the writes
     /// committed but not yet published to the view.
     writer: Mutex<WriterState>,
+    /// The data directory.
+    dir: PathBuf,
     /// One flusher at a time; waiting writers queue here and usually find
     /// their transaction already flushed by the one before them. Holds the
     /// count of transactions known durable (`WriterState::txns` at the
@@ -116,6 +125,9 @@ struct WriterState {
     /// The latest staged operation of each key: its index in `staged`.
     overlay: HashMap<(CTree, Vec<u8>), usize>,
     failed: Option<String>,
+    /// The view checkpoint a graceful stop wrote, finished when the store
+    /// is dropped; given up if anything is written into sled after it.
+    checkpoint: Option<checkpoint::Pending>,
 }
 
 impl WriterState {
@@ -128,6 +140,15 @@ impl WriterState {
             staged: Vec::new(),
             overlay: HashMap::new(),
             failed: None,
+            checkpoint: None,
+        }
+    }
+
+    /// Gives up the pending view checkpoint, if any: sled is about to be
+    /// written, so it would no longer be sled's copy.
+    fn abandon_checkpoint(&mut self) {
+        if let Some(pending) = self.checkpoint.take() {
+            pending.abandon();
         }
     }
 
@@ -275,6 +296,31 @@ impl SledBackend {
 }
 
 impl SledBackend {
+    /// Writes the users of sled, flushed at `committed` for a stop, into a
+    /// view checkpoint, finished when the store is dropped (`checkpoint`).
+    /// A checkpoint is only ever a faster start: failing to write one is
+    /// logged, and the stop goes on.
+    fn begin_checkpoint(&self, committed: u64) {
+        let mut writer = self.inner.writer.lock();
+        writer.abandon_checkpoint();
+        // Nothing may have been committed since the final flush.
+        if writer.failed.is_some() || writer.committed != committed || !writer.staged.is_empty() {
+            return;
+        }
+        match checkpoint::begin(
+            &self.inner.dir,
+            self.inner.id,
+            committed,
+            writer.audit_seq,
+            &self.inner.trees.users,
+        ) {
+            Ok(pending) => writer.checkpoint = Some(pending),
+            Err(reason) => {
+                tracing::warn!(%reason, "no view checkpoint written; the next start reads sled");
+            }
+        }
+    }
+
     fn audit_from_sync(
         &self,
         account: Option<&str>,
@@ -335,30 +381,71 @@ impl SledBackend {
     }
 }
 
-/// The view of what `trees` hold, as of `revision`: users decoded in place,
-/// straight into the view (a million of them is most of a start).
+/// The view of what `trees` hold, as of `revision`, with its users from
+/// `found`, the view checkpoint taken at this start, if it is right for
+/// these trees (sled's store id and audit sequence number are `sled`);
+/// otherwise, with a warning saying why, from sled (`load_view`). Returns
+/// whether the checkpoint was used.
+fn load_view_from(
+    trees: &Trees,
+    revision: u64,
+    found: Result<checkpoint::Found, String>,
+    sled: (&StoreId, u64),
+) -> Result<(View, bool), StoreError> {
+    let (id, audit_seq) = sled;
+    let mut view = builder(trees, revision)?;
+    let loaded = found.and_then(|found| {
+        found.matches(id, revision, audit_seq)?;
+        found.users(|key, value| add_user(&mut view, key, value))
+    });
+    match loaded {
+        Ok(()) => Ok((view.finish(), true)),
+        Err(reason) => {
+            drop(view);
+            tracing::warn!(
+                %reason,
+                "view checkpoint `{}` not used; reading the view from sled",
+                checkpoint::FILE
+            );
+            Ok((load_view(trees, revision)?, false))
+        }
+    }
+}
+
+/// The view of what `trees` hold, as of `revision`.
 fn load_view(trees: &Trees, revision: u64) -> Result<View, StoreError> {
-    let mut view = Builder::new(
+    let mut view = builder(trees, revision)?;
+    for item in trees.users.iter() {
+        let (key, value) = item.map_err(backend)?;
+        add_user(&mut view, &key, &value)?;
+    }
+    Ok(view.finish())
+}
+
+/// A view of `trees`' tokens and accounts, awaiting its users.
+fn builder(trees: &Trees, revision: u64) -> Result<Builder, StoreError> {
+    Builder::new(
         revision,
         decoded(&trees.tokens, TOKENS),
         decoded(&trees.accounts, ACCOUNTS),
-    )?;
-    for item in trees.users.iter() {
-        let (key, value) = item.map_err(backend)?;
-        let user = codec::decode_user(USERS, &key, &value)?;
-        view.user(UserFields {
-            account_id: user.account_id,
-            id: user.id,
-            display_name: user.display_name,
-            edition: user.edition,
-            tier: user.tier,
-            revision: user.revision,
-            created_at: user.created_at,
-            updated_at: user.updated_at,
-            supervisor_scope: user.supervisor_scope.as_ref(),
-        })?;
-    }
-    Ok(view.finish())
+    )
+}
+
+/// One user record, as sled holds it, decoded in place straight into the
+/// view (a million of them is most of a start).
+fn add_user(view: &mut Builder, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    let user = codec::decode_user(USERS, key, value)?;
+    view.user(UserFields {
+        account_id: user.account_id,
+        id: user.id,
+        display_name: user.display_name,
+        edition: user.edition,
+        tier: user.tier,
+        revision: user.revision,
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+        supervisor_scope: user.supervisor_scope.as_ref(),
+    })
 }
 
 /// The record at `key` of `tree`, staged or in sled, decoded.
@@ -533,6 +620,7 @@ impl Backend for SledBackend {
                 };
                 store.inner.db.flush().map_err(backend)?;
                 store.record_durable(committed, true);
+                store.begin_checkpoint(committed);
                 Ok(())
             })
             .await

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::super::{StoreError, publish::Publisher};
 use super::{
-    Inner, SledBackend, Trees, WriterState,
+    Inner, SledBackend, Trees, WriterState, checkpoint,
     keys::{
         ACCOUNTS, AUDIT, AUDIT_BY_ACCOUNT, AUDIT_SEQ_KEY, META, REQUESTS, REVISION_KEY,
         STORE_ID_KEY, TOKENS, USERS, backend, read_counter,
@@ -53,6 +53,9 @@ impl SledBackend {
             Err(std::fs::TryLockError::Error(e)) => return Err(open_error(io_message(e))),
         }
         let began = Instant::now();
+        // Taken (and deleted) before sled is opened: opening it writes to
+        // its files, and a checkpoint is used at most once.
+        let checkpoint = checkpoint::take(dir);
         let db = open_sled(&dir.join(DB_DIR)).map_err(|e| open_error(e.to_string()))?;
         let sled_opened = began.elapsed();
         let tree = |name: &str| db.open_tree(name).map_err(backend);
@@ -69,11 +72,15 @@ impl SledBackend {
         let audit_seq = read_counter(&trees.meta, AUDIT_SEQ_KEY)?;
         let (id, watermark) = check_watermark(dir, &db, &trees.meta, revision)?;
         let checked = began.elapsed();
-        let view = super::load_view(&trees, revision)?;
+        let (view, from_checkpoint) = match checkpoint {
+            Some(found) => super::load_view_from(&trees, revision, found, (&id, audit_seq))?,
+            None => (super::load_view(&trees, revision)?, false),
+        };
         let pruned = super::prune::read_pruned(&trees, revision, audit_seq)?;
         tracing::info!(
             revision,
             users = view.user_count(),
+            from_checkpoint,
             sled_ms = sled_opened.as_millis(),
             watermark_ms = (checked - sled_opened).as_millis(),
             view_ms = (began.elapsed() - checked).as_millis(),
@@ -83,6 +90,7 @@ impl SledBackend {
             inner: Arc::new(Inner {
                 _lock: lock,
                 id,
+                dir: dir.to_path_buf(),
                 watermark: Mutex::new(watermark),
                 db,
                 trees,

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{SledBackend, keys};
 
+mod checkpoint;
 mod format_v1;
 use crate::{
     domain::{
