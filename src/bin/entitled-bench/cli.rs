@@ -80,6 +80,10 @@ pub enum Role {
     /// Counts the servers' user-space instructions per call under valgrind's
     /// callgrind: the baseline and entitled, the same calls in one run.
     Callgrind(CallgrindArgs),
+    /// Issue 12's check rows as the issue measured them: h2load (nghttp2's
+    /// load generator) on one connection against the baseline and entitled,
+    /// alternating, a token on every call.
+    H2load(H2loadArgs),
     /// Times MigrateAccount: one Virtual Office account of N users moved
     /// to X Series in one write, on sled and (with --postgres) PostgreSQL.
     Migrate(MigrateArgs),
@@ -137,6 +141,30 @@ pub enum Role {
 pub enum Kind {
     Baseline,
     Entitled,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct H2loadArgs {
+    /// Users loaded into both servers.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    #[arg(long, default_value_t = 100)]
+    pub users_per_account: usize,
+    /// Streams in flight on the one connection.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub concurrency: Vec<usize>,
+    /// Measured seconds of each run (h2load's `-D`), after one second of
+    /// warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Rounds of each figure (baseline and entitled alternate); the median
+    /// round is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 0)]
+    pub server_core: usize,
+    #[arg(long, default_value_t = 1)]
+    pub client_core: usize,
 }
 
 #[derive(clap::Args, Clone)]

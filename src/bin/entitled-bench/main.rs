@@ -26,6 +26,7 @@ mod child;
 mod cli;
 mod data;
 mod drivers;
+mod h2load;
 mod migrate;
 mod postgres;
 mod proto;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
             users_per_account,
         }) => servers::serve(kind, dir, store, users, users_per_account),
         Some(Role::Callgrind(args)) => callgrind::callgrind(args),
+        Some(Role::H2load(args)) => h2load::h2load(args),
         Some(Role::Prune(args)) => prune::prune(args),
         None => run::orchestrate(cli.run),
     };
