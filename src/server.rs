@@ -15,13 +15,17 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::oneshot, time::MissedTickBehavior};
+use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     catalogue::{Catalogue, CatalogueError},
     console::{Console, ConsoleListener},
-    grpc::{AccessServer, Api, Authenticate, OverloadMonitor, RpcMetricsLayer, ShedLayer},
+    grpc::{
+        AccessServer, Api, Authenticate, ChecksFirstLayer, OverloadMonitor, RpcMetricsLayer,
+        ShedLayer, Unvectored,
+    },
     metrics::{Metrics, MetricsError},
     proto::{
         FILE_DESCRIPTOR_SET,
@@ -380,7 +384,11 @@ impl Application {
 
         let api = Api::new(self.entitlements.clone(), self.metrics.clone());
         let auth = Authenticate::new(self.entitlements.clone());
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        // Each connection without vectored writes: a check's answer then
+        // leaves in one write with its trailers (`grpc::Unvectored`).
+        let incoming = TcpIncoming::from(self.listener)
+            .with_nodelay(Some(true))
+            .map(|connection| connection.map(Unvectored));
         // The metrics server stops when the gRPC server has stopped, so the
         // last calls are still counted while they drain.
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -441,14 +449,18 @@ impl Application {
         };
         // Metrics outside the shedding, so shed calls are counted too.
         // tonic itself answers a `grpc-timeout` that expires with CANCELLED.
+        let max = self.max_request_bytes;
+        let access = AccessServer::new(api.clone(), &auth, max);
+        // The checks go straight to `access`, inside the metrics and the
+        // shedding, ahead of the router (`ChecksFirstLayer` says why).
         let mut builder = Server::builder()
             .layer(RpcMetricsLayer::new(self.metrics.clone()))
-            .layer(shed);
+            .layer(shed)
+            .layer(ChecksFirstLayer::new(access.clone()));
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
         // Health and reflection are open; everything else needs a token.
-        let max = self.max_request_bytes;
         builder
             .add_service(health)
             .add_service(reflection_v1)
@@ -461,7 +473,7 @@ impl Application {
                     ProvisioningServiceServer::new(api.clone()).max_decoding_message_size(max),
                 ),
             )
-            .add_service(AccessServer::new(api.clone(), &auth, max))
+            .add_service(access)
             .add_service(
                 auth.wrap(AuditServiceServer::new(api.clone()).max_decoding_message_size(max)),
             )

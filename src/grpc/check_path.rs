@@ -16,6 +16,8 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -144,5 +146,88 @@ impl UnaryService<pb::BatchCheckAnalyticsAccessRequest> for Batch {
             )?;
             Ok(Response::new(BatchAnswer { results, revision }))
         })
+    }
+}
+
+/// Sends the two checks straight to `AccessServer`, ahead of tonic's router:
+/// a layer inside the metrics and shedding layers, so a check is timed,
+/// counted and shed like any call, but skips the router's path matching,
+/// its percent-decoded path parameters and its boxed, cloned services
+/// (callgrind: about 5,000 instructions a check). Every other path goes to
+/// the router, where `AccessServer` is registered too.
+#[derive(Clone)]
+pub struct ChecksFirstLayer {
+    access: AccessServer,
+}
+
+impl ChecksFirstLayer {
+    pub fn new(access: AccessServer) -> Self {
+        ChecksFirstLayer { access }
+    }
+}
+
+impl<S> tower::Layer<S> for ChecksFirstLayer {
+    type Service = ChecksFirst<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ChecksFirst {
+            access: self.access.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ChecksFirst<S> {
+    access: AccessServer,
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ChecksFirst<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Routed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if path == CHECK || path == BATCH {
+            Routed::Check(self.access.call(request))
+        } else {
+            Routed::Router(self.inner.call(request))
+        }
+    }
+}
+
+/// A call's answer: from `AccessServer` directly, or from the router.
+pub enum Routed<F> {
+    Check(BoxFuture<http::Response<Body>, Infallible>),
+    Router(F),
+}
+
+impl<F, E> Future for Routed<F>
+where
+    F: Future<Output = Result<http::Response<Body>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Routed::Check(check) => match check.as_mut().poll(cx) {
+                Poll::Ready(Ok(response)) => Poll::Ready(Ok(response)),
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => Poll::Pending,
+            },
+            Routed::Router(router) => Pin::new(router).poll(cx),
+        }
     }
 }

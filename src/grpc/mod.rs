@@ -19,10 +19,12 @@ mod overload;
 mod provisioning;
 mod status;
 mod unary;
+mod unvectored;
 
-pub use check_path::AccessServer;
+pub use check_path::{AccessServer, ChecksFirstLayer};
 pub use metrics::RpcMetricsLayer;
 pub use overload::{OverloadMonitor, ShedLayer, token_share};
+pub use unvectored::Unvectored;
 
 use std::{
     future::Future,
