@@ -21,27 +21,35 @@ pub struct Row {
 pub fn checks_vs_baseline(c: usize, b: &Stats, e: &Stats) -> [Row; 2] {
     let ratio = e.rps() / b.rps();
     let p99 = e.percentile_us(0.99) / b.percentile_us(0.99);
+    // No target here: this client decodes every answer on its one core, so
+    // entitled's larger answer makes the client part of what is measured.
+    // Issue 12's rows are measured as the issue did, with h2load
+    // (`entitled-bench h2load`).
     [
         Row {
-            figure: format!("check throughput vs baseline, concurrency {c}"),
-            target: "≥ 0.90",
+            figure: format!(
+                "check throughput vs baseline, concurrency {c} (this client; the issue's rows: `entitled-bench h2load`)"
+            ),
+            target: "",
             measured: format!(
                 "{ratio:.3} ({:.0} / {:.0} calls/s; server CPU per call {:.2} of the baseline's)",
                 e.rps(),
                 b.rps(),
                 e.cpu_us_per_call() / b.cpu_us_per_call()
             ),
-            met: Some(ratio >= 0.90),
+            met: None,
         },
         Row {
-            figure: format!("check p99 vs baseline p99, concurrency {c}"),
-            target: "≤ 1.25",
+            figure: format!(
+                "check p99 vs baseline p99, concurrency {c} (this client; the issue's rows: `entitled-bench h2load`)"
+            ),
+            target: "",
             measured: format!(
                 "{p99:.3} ({:.0} / {:.0} µs)",
                 e.percentile_us(0.99),
                 b.percentile_us(0.99)
             ),
-            met: Some(p99 <= 1.25),
+            met: None,
         },
     ]
 }
