@@ -384,17 +384,16 @@ fn yield_to_checks() {
     #[cfg(target_os = "linux")]
     {
         use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
-            set_thread_priority_and_policy, thread_native_id,
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue,
+            ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
         };
-        // 50 of 0..=99 is nice 0: the thread's share is unchanged.
-        if let Ok(normal) = ThreadPriorityValue::try_from(50u8)
-            && let Err(e) = set_thread_priority_and_policy(
-                thread_native_id(),
-                ThreadPriority::Crossplatform(normal),
-                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
-            )
-        {
+        // The operating system's value 0 is nice 0: the thread's share is
+        // unchanged, and no privilege is needed.
+        if let Err(e) = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Os(ThreadPriorityOsValue::default()),
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch),
+        ) {
             tracing::debug!(error = %e, "the flushing thread stays a normal one");
         }
     }
