@@ -73,8 +73,8 @@ impl SledBackend {
         let (id, watermark) = check_watermark(dir, &db, &trees.meta, revision)?;
         let checked = began.elapsed();
         let (view, from_checkpoint) = match checkpoint {
-            Some(found) => super::load_view_from(&trees, revision, found, (&id, audit_seq))?,
-            None => (super::load_view(&trees, revision)?, false),
+            Some(found) => super::load::load_view_from(&trees, revision, found, (&id, audit_seq))?,
+            None => (super::load::load_view(&trees, revision)?, false),
         };
         let pruned = super::prune::read_pruned(&trees, revision, audit_seq)?;
         tracing::info!(

@@ -102,7 +102,7 @@ fn restore_into<R: io::Read>(source: R, dir: &Path) -> Result<BackupSummary, Bac
             summary.revision
         )));
     }
-    super::load_view(trees, revision)?;
+    super::load::load_view(trees, revision)?;
     // The restored directory is a store of its own: it keeps the id its
     // opening gave it (a backup holds none), and its watermark says that
     // the backup's revision is durable.
