@@ -56,6 +56,15 @@ fn not_used(server: &Server) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that the start read sled, not the checkpoint, and said why in
+/// exactly one warning, holding `says`; `what` names the case.
+fn read_sled_because(server: &Server, says: &str, what: &str) {
+    assert!(!from_checkpoint(server), "{what}");
+    let warnings = not_used(server);
+    assert_eq!(warnings.len(), 1, "{what}: {warnings:?}");
+    assert!(warnings[0].contains(says), "{what}: {warnings:?}");
+}
+
 /// A graceful stop (SIGTERM), which must succeed.
 fn stop(server: Server, clients: Clients) {
     // Our connection closes first: the stop waits for it.
@@ -301,13 +310,7 @@ async fn sled_changed_after_the_stop_is_read_from_sled_not_the_checkpoint() {
         db.flush().unwrap();
     }
     let server = Server::start(dir.path(), &[]);
-    assert!(!from_checkpoint(&server));
-    let warnings = not_used(&server);
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].contains("sled's files changed after it was written"),
-        "{warnings:?}"
-    );
+    read_sled_because(&server, "sled's files changed after it was written", "");
     let c = server.clients().await;
     let gone = c
         .provisioning
@@ -396,10 +399,7 @@ async fn a_damaged_checkpoint_is_ignored_with_a_warning_and_sled_is_read() {
         damage(&mut bytes, users_end);
         std::fs::write(&path, &bytes).unwrap();
         let server = Server::start(dir.path(), &[]);
-        assert!(!from_checkpoint(&server), "{what}");
-        let warnings = not_used(&server);
-        assert_eq!(warnings.len(), 1, "{what}: {warnings:?}");
-        assert!(warnings[0].contains(says), "{what}: {warnings:?}");
+        read_sled_because(&server, says, what);
         assert!(!path.exists(), "{what}");
         let c = server.clients().await;
         assert_eq!(answers(&c).await, before, "{what}");
@@ -423,13 +423,7 @@ async fn a_checkpoint_from_before_later_writes_is_never_used() {
     // Put back, as if the start had not deleted it.
     std::fs::write(checkpoint(dir.path()), &stale).unwrap();
     let server = Server::start(dir.path(), &[]);
-    assert!(!from_checkpoint(&server));
-    let warnings = not_used(&server);
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(
-        warnings[0].contains("sled's files changed after it was written"),
-        "{warnings:?}"
-    );
+    read_sled_because(&server, "sled's files changed after it was written", "");
     let c = server.clients().await;
     assert_eq!(answers(&c).await, seen);
     drop(c);
