@@ -8,7 +8,7 @@
 //! instructions a check). Reasons that name a user or an account are made
 //! for their answer.
 
-use std::{fmt, ops::Deref, sync::Arc};
+use std::{ops::Deref, sync::Arc};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Text {
@@ -39,18 +39,6 @@ impl Deref for Text {
     }
 }
 
-impl AsRef<str> for Text {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl fmt::Display for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl From<Text> for String {
     fn from(text: Text) -> Self {
         match text {
@@ -63,11 +51,5 @@ impl From<Text> for String {
 impl From<String> for Text {
     fn from(s: String) -> Self {
         Text::Made(s)
-    }
-}
-
-impl From<&str> for Text {
-    fn from(s: &str) -> Self {
-        Text::Made(s.to_owned())
     }
 }
