@@ -165,6 +165,10 @@ pub struct H2loadArgs {
     pub server_core: usize,
     #[arg(long, default_value_t = 1)]
     pub client_core: usize,
+    /// Durable writes a second for the rounds of checks with writes (issue
+    /// 12's "check p99 while 1,000 writes/s"); 0 leaves those rounds out.
+    #[arg(long, default_value_t = 1000)]
+    pub writes_per_second: u64,
 }
 
 #[derive(clap::Args, Clone)]

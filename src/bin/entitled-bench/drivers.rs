@@ -232,21 +232,46 @@ pub async fn entitled_checks_while_writing(
     concurrency: usize,
     rate: u64,
 ) -> Result<(Stats, u64), BoxError> {
-    let channel = connect(server.addr).await?;
-    let bearer = server.bearer.clone();
-    let per = args.users_per_account;
     let x8 = x8_users(args.users);
-    if x8.is_empty() {
+    let seconds = (args.warmup + args.duration).as_secs_f64().ceil() as u64;
+    let writer = write_at(
+        server.addr,
+        server.bearer.clone(),
+        x8,
+        args.users_per_account,
+        rate,
+        seconds,
+    )
+    .await?;
+    let checks = entitled_checks(args, server, args.users, concurrency).await?;
+    let written = writer.await?;
+    Ok((checks, written))
+}
+
+/// Starts `rate` UpdateUserServices a second for `seconds` on one
+/// connection of its own to `addr`, each flipping the next of `users` (X8 users of
+/// `per_account` to an account); the task's result is how many were
+/// acknowledged.
+pub async fn write_at(
+    addr: SocketAddr,
+    bearer: Bearer,
+    users: Vec<usize>,
+    per_account: usize,
+    rate: u64,
+    seconds: u64,
+) -> Result<tokio::task::JoinHandle<u64>, BoxError> {
+    if users.is_empty() {
         return Err("no X8 users to write; raise --users".into());
     }
-    let total = rate * (args.warmup + args.duration).as_secs_f64().ceil() as u64;
-    let writer = tokio::spawn(async move {
+    let channel = connect(addr).await?;
+    let total = rate * seconds;
+    Ok(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut writes = Vec::new();
         for k in 0..total as usize {
             ticker.tick().await;
-            let request = flip(x8[k % x8.len()], per, k / x8.len());
+            let request = flip(users[k % users.len()], per_account, k / users.len());
             let mut client =
                 ProvisioningServiceClient::with_interceptor(channel.clone(), bearer.clone());
             writes.push(tokio::spawn(async move {
@@ -260,10 +285,7 @@ pub async fn entitled_checks_while_writing(
             }
         }
         done
-    });
-    let checks = entitled_checks(args, server, args.users, concurrency).await?;
-    let written = writer.await?;
-    Ok((checks, written))
+    }))
 }
 
 /// Exactly `calls` calls of `call`, `concurrency` at a time over

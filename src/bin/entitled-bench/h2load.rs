@@ -23,7 +23,8 @@ use crate::{
     BoxError,
     child::operator_token,
     cli::H2loadArgs,
-    data::{account_name, load_store, user_name},
+    data::{account_name, load_store, user_name, x8_users},
+    drivers::write_at,
     proto as bpb,
     servers::{Launch, ServerProcess, connect},
     stats::{cpu_time, percentile},
@@ -37,8 +38,48 @@ const CHECK: &str = "/entitled.v1.AccessService/CheckAnalyticsAccess";
 const LOOKUP: &str = "/bench.v1.BaselineService/Lookup";
 
 pub fn h2load(args: H2loadArgs) -> Result<(), BoxError> {
+    // The writer of the rounds with writes runs on the load core, beside
+    // h2load (the servers are pinned to theirs).
+    crate::run::pin_self(args.client_core)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(args))
+}
+
+/// Runs `write_at` on a thread of its own that takes only the load core's
+/// idle time (`SCHED_IDLE`), so that the writer does not delay h2load,
+/// whose timings are the figures (the servers and h2load, started from
+/// other threads, keep the normal policy). Returns the writes acknowledged.
+fn idle_writer(
+    server: &ServerProcess,
+    users: Vec<usize>,
+    per_account: usize,
+    rate: u64,
+    seconds: u64,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    let (addr, bearer) = (server.addr, server.bearer.clone());
+    std::thread::spawn(move || {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue,
+            ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+        };
+        if let Err(e) = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Os(ThreadPriorityOsValue::default()),
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        ) {
+            eprintln!("h2load: the writer keeps the normal policy ({e})");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let writer = write_at(addr, bearer, users, per_account, rate, seconds)
+                .await
+                .map_err(|e| e.to_string())?;
+            writer.await.map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// One h2load run's figures.
@@ -154,6 +195,12 @@ async fn run(args: H2loadArgs) -> Result<(), BoxError> {
             ));
         }
     }
+    if args.writes_per_second > 0 {
+        let (row, mut rounds) =
+            while_writing(&args, &entitled, &check_body, &token, tmp.path()).await?;
+        rows.push(row);
+        detail.append(&mut rounds);
+    }
     entitled.stop()?;
     baseline.stop()?;
     println!("| figure | target | measured | met |");
@@ -168,6 +215,84 @@ async fn run(args: H2loadArgs) -> Result<(), BoxError> {
         println!("{row}");
     }
     Ok(())
+}
+
+/// Checks idle against checks while `--writes-per-second` durable
+/// UpdateUserServices are applied (to other users than the checked one, so
+/// the answer stays the same), on the first concurrency, in alternating
+/// rounds: the table's row and the detail rows of the median rounds.
+async fn while_writing(
+    args: &H2loadArgs,
+    entitled: &ServerProcess,
+    check_body: &Path,
+    token: &str,
+    tmp: &Path,
+) -> Result<(String, Vec<String>), BoxError> {
+    let c = args.concurrency.first().copied().unwrap_or(16);
+    let rate = args.writes_per_second;
+    // User 0 is the checked one; the writes flip the other X8 users.
+    let users: Vec<usize> = x8_users(args.users).into_iter().skip(1).collect();
+    // What the writes cost the server by themselves, with no checks.
+    let before = cpu_time(entitled.id());
+    let alone = idle_writer(
+        entitled,
+        users.clone(),
+        args.users_per_account,
+        rate,
+        args.seconds + 1,
+    )
+    .join()
+    .map_err(|_| "the writer panicked")??;
+    let alone_us = match (before, cpu_time(entitled.id())) {
+        (Some(b), Some(a)) => a.saturating_sub(b).as_secs_f64() * 1e6 / alone.max(1) as f64,
+        _ => 0.0,
+    };
+    eprintln!(
+        "{rate} writes/s alone: {alone} writes acknowledged, server CPU {alone_us:.1} µs per write"
+    );
+    let (mut idle_runs, mut busy_runs) = (Vec::new(), Vec::new());
+    let mut written = 0;
+    for round in 1..=args.repeat.max(1) {
+        let idle = drive(args, entitled, CHECK, check_body, token, c, tmp)?;
+        // The warm-up second and the measured ones.
+        let writer = idle_writer(
+            entitled,
+            users.clone(),
+            args.users_per_account,
+            rate,
+            args.seconds + 1,
+        );
+        let busy = drive(args, entitled, CHECK, check_body, token, c, tmp)?;
+        let w = writer.join().map_err(|_| "the writer panicked")??;
+        eprintln!(
+            "streams {c}, round {round}: idle {:.0} calls/s (p99 {} µs); with {rate} writes/s {:.0} calls/s (p99 {} µs, server CPU {:.1} µs/call), {w} writes acknowledged",
+            idle.per_second, idle.p99_us, busy.per_second, busy.p99_us, busy.cpu_us_per_call
+        );
+        written += w;
+        idle_runs.push(idle);
+        busy_runs.push(busy);
+    }
+    let (idle, busy) = (median(idle_runs), median(busy_runs));
+    let p99 = busy.p99_us as f64 / idle.p99_us.max(1) as f64;
+    let expected = rate * (args.seconds + 1) * args.repeat.max(1) as u64;
+    let row = format!(
+        "| check p99 while {rate} writes/s are applied vs idle, concurrency {c} (h2load, one connection) | ≤ 1.25 | {p99:.3} ({} / {} µs; {:.0} / {:.0} calls/s; {written} of {expected} writes acknowledged; server CPU per write, writes alone, {alone_us:.0} µs) | {} |",
+        busy.p99_us,
+        idle.p99_us,
+        busy.per_second,
+        idle.per_second,
+        met(p99 <= 1.25 && written == expected)
+    );
+    let detail = [("idle", &idle), ("with writes", &busy)]
+        .iter()
+        .map(|(name, r)| {
+            format!(
+                "| entitled CheckAnalyticsAccess, {name} | {c} | {:.0} | {} | {:.1} |",
+                r.per_second, r.p99_us, r.cpu_us_per_call
+            )
+        })
+        .collect();
+    Ok((row, detail))
 }
 
 fn met(yes: bool) -> &'static str {

@@ -56,7 +56,7 @@ pub fn orchestrate(args: RunArgs) -> Result<(), BoxError> {
     }
 }
 
-fn pin_self(core: usize) -> Result<(), BoxError> {
+pub fn pin_self(core: usize) -> Result<(), BoxError> {
     let status = Command::new("taskset")
         .args([
             "-a",
