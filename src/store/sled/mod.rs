@@ -87,10 +87,11 @@ struct Inner {
     /// The data directory.
     dir: PathBuf,
     /// One flusher at a time; waiting writers queue here and usually find
-    /// their transaction already flushed by the one before them. Holds the
-    /// count of transactions known durable (`WriterState::txns` at the
-    /// last flush).
-    flush_lock: tokio::sync::Mutex<u64>,
+    /// their transaction already flushed by the one before them.
+    flush_lock: tokio::sync::Mutex<Flushes>,
+    /// Told when `FULL_BATCH` transactions wait to be written: a flusher
+    /// waiting out `FLUSH_SPACING` goes at once.
+    batch_full: tokio::sync::Notify,
     publisher: Publisher,
     /// How far the audit trail is pruned, as `meta` holds it; raised just
     /// before a pruning transaction applies (`prune.rs`).
@@ -106,6 +107,27 @@ struct Inner {
     _lock: std::fs::File,
 }
 
+/// What the flushers keep, under `Inner::flush_lock`.
+struct Flushes {
+    /// The count of transactions known durable (`WriterState::txns` at the
+    /// last flush).
+    durable: u64,
+    /// When the last flush began.
+    last: Option<std::time::Instant>,
+    /// `commit::FLUSH_SPACING`, but for tests.
+    spacing: std::time::Duration,
+}
+
+impl Flushes {
+    fn new() -> Self {
+        Flushes {
+            durable: 0,
+            last: None,
+            spacing: commit::FLUSH_SPACING,
+        }
+    }
+}
+
 struct WriterState {
     committed: u64,
     audit_seq: u64,
@@ -114,6 +136,8 @@ struct WriterState {
     /// so a write that raises no revision (a no-op or a refusal kept for a
     /// retry) can still wait for its record to be flushed.
     txns: u64,
+    /// Transactions staged since the last `write_staged`.
+    unwritten: usize,
     /// Committed writes not yet published, in revision order.
     pending: Vec<(u64, Vec<Mutation>)>,
     /// The sled operations of committed transactions not yet written to
@@ -136,6 +160,7 @@ impl WriterState {
             committed,
             audit_seq,
             txns: 0,
+            unwritten: 0,
             pending: Vec::new(),
             staged: Vec::new(),
             overlay: HashMap::new(),
@@ -160,6 +185,7 @@ impl WriterState {
             self.staged.push(op);
         }
         self.txns += 1;
+        self.unwritten += 1;
     }
 
     /// The value staged for `key` of `tree`: `None` if nothing is staged

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::super::{StoreError, publish::Publisher};
 use super::{
-    Inner, SledBackend, Trees, WriterState, checkpoint,
+    Flushes, Inner, SledBackend, Trees, WriterState, checkpoint,
     keys::{
         ACCOUNTS, AUDIT, AUDIT_BY_ACCOUNT, AUDIT_SEQ_KEY, META, REQUESTS, REVISION_KEY,
         STORE_ID_KEY, TOKENS, USERS, backend, read_counter,
@@ -95,7 +95,8 @@ impl SledBackend {
                 db,
                 trees,
                 writer: Mutex::new(WriterState::new(revision, audit_seq)),
-                flush_lock: tokio::sync::Mutex::new(0),
+                flush_lock: tokio::sync::Mutex::new(Flushes::new()),
+                batch_full: tokio::sync::Notify::new(),
                 publisher: Publisher::new(view),
                 pruned: Mutex::new(pruned),
                 pruning: Mutex::new(()),

@@ -1,15 +1,19 @@
 //! The sled backend through `Store`: backups of both formats restore to
 //! the same store, a format 1 file made by an earlier entitled restores,
-//! and a write given up while its flush runs is still published.
+//! a write given up while its flush runs is still published, and writes
+//! close together share a flush.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 use std::{
     collections::BTreeMap,
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Waker},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use sha2::{Digest, Sha256};
@@ -24,8 +28,8 @@ use crate::{
         SupervisorScope, Tier, Token, User, UserId, Via,
     },
     store::{
-        Mutation, Refusable, RequestKey, Store, StoreError, Target, WriteContext, WritePlan,
-        backend::RequestId, restore, verify,
+        Mutation, Refusable, RequestKey, Store, StoreError, StoreObserver, Target, WriteContext,
+        WritePlan, backend::RequestId, restore, verify,
     },
 };
 
@@ -391,6 +395,106 @@ async fn a_write_given_up_during_its_flush_is_still_published() {
         );
     }
     assert!(store.read(|v| v.user("acme", "bob")).is_some());
+}
+
+/// Counts the store's syncs (sled's flushes).
+#[derive(Default)]
+struct Syncs(AtomicUsize);
+
+impl StoreObserver for Syncs {
+    fn committed(&self) {}
+    fn durable(&self, _waited: Duration) {}
+    fn synced(&self, _took: Duration) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A write that comes within `FLUSH_SPACING` of the last flush's start
+/// waits out the spacing, and a write committed meanwhile is in its flush:
+/// two writes, one flush (without the spacing, each had its own). The
+/// spacing is raised to a second here, so that the first flush surely
+/// ends within it.
+#[tokio::test]
+async fn writes_close_together_share_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, store) = open(dir.path());
+    backend.inner.flush_lock.lock().await.spacing = Duration::from_secs(1);
+    let syncs = Arc::new(Syncs::default());
+    assert!(store.observe(syncs.clone()));
+    let user_write = |id: &str| {
+        let target = Target::User(account_id("acme"), user_id(id));
+        let ctx = ctx(Rpc::PutUser, "acme", id, None);
+        put(
+            &store,
+            target,
+            ctx,
+            vec![Mutation::PutUser(user("acme", id, None, Tier::None))],
+        )
+    };
+    let acme = vec![Mutation::PutAccount(account("acme"))];
+    let target = Target::Account(account_id("acme"));
+    // The first write finds no flush before it: flushed at once.
+    let began = Instant::now();
+    put(
+        &store,
+        target,
+        ctx(Rpc::CreateAccount, "acme", "", None),
+        acme,
+    )
+    .await;
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "the first write waited"
+    );
+    // Write a: one poll commits it, and its flusher waits out the spacing.
+    let mut a = Box::pin(user_write("a"));
+    let first = a.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    assert!(first.is_pending(), "a was flushed at once");
+    // Write b, committed while a's flusher waits: a's flush covers it.
+    let (a, b) = tokio::join!(a, user_write("b"));
+    assert_eq!((a, b), (2, 3));
+    assert_eq!(
+        syncs.0.load(Ordering::SeqCst),
+        2,
+        "acme's flush, then a's and b's together"
+    );
+    assert!(store.read(|v| v.user("acme", "b").is_some()));
+}
+
+/// A full batch does not wait out the spacing: with the spacing at a
+/// minute, `FULL_BATCH` writes waiting are flushed at once.
+#[tokio::test]
+async fn a_full_batch_is_flushed_without_waiting_out_the_spacing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, store) = open(dir.path());
+    backend.inner.flush_lock.lock().await.spacing = Duration::from_secs(60);
+    let acme = vec![Mutation::PutAccount(account("acme"))];
+    let target = Target::Account(account_id("acme"));
+    put(
+        &store,
+        target,
+        ctx(Rpc::CreateAccount, "acme", "", None),
+        acme,
+    )
+    .await;
+    let began = Instant::now();
+    let writes = (0..super::commit::FULL_BATCH).map(|i| {
+        let id = format!("u{i}");
+        let target = Target::User(account_id("acme"), user_id(&id));
+        let ctx = ctx(Rpc::PutUser, "acme", &id, None);
+        put(
+            &store,
+            target,
+            ctx,
+            vec![Mutation::PutUser(user("acme", &id, None, Tier::None))],
+        )
+    });
+    let revisions = futures_util::future::join_all(writes).await;
+    assert_eq!(revisions.len(), super::commit::FULL_BATCH);
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "the batch waited out the spacing"
+    );
 }
 
 /// A write on a whole account sees every user of that account, in id
