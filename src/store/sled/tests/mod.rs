@@ -7,6 +7,7 @@
 
 use std::{
     collections::BTreeMap,
+    future::Future,
     path::Path,
     sync::{
         Arc,
@@ -159,6 +160,27 @@ async fn put(store: &Store, target: Target, ctx: WriteContext, mutations: Vec<Mu
         .await
         .unwrap()
         .revision
+}
+
+/// Creates account `acme`.
+async fn create_acme(store: &Store) -> u64 {
+    let target = Target::Account(account_id("acme"));
+    let ctx = ctx(Rpc::CreateAccount, "acme", "", None);
+    put(
+        store,
+        target,
+        ctx,
+        vec![Mutation::PutAccount(account("acme"))],
+    )
+    .await
+}
+
+/// Puts user `id` of `acme`, with no edition and no tier.
+fn put_user<'a>(store: &'a Store, id: &str) -> impl Future<Output = u64> + 'a {
+    let target = Target::User(account_id("acme"), user_id(id));
+    let ctx = ctx(Rpc::PutUser, "acme", id, None);
+    let plain = user("acme", id, None, Tier::None);
+    put(store, target, ctx, vec![Mutation::PutUser(plain)])
 }
 
 /// A store with a record of every kind: accounts, users (one changed, one
@@ -348,15 +370,7 @@ async fn backups_of_either_format_restore_to_the_store_they_were_taken_of() {
 async fn a_write_given_up_during_its_flush_is_still_published() {
     let dir = tempfile::tempdir().unwrap();
     let (_, store) = open(dir.path());
-    let acme = vec![Mutation::PutAccount(account("acme"))];
-    let target = Target::Account(account_id("acme"));
-    put(
-        &store,
-        target,
-        ctx(Rpc::CreateAccount, "acme", "", None),
-        acme,
-    )
-    .await;
+    create_acme(&store).await;
 
     // A big record, so that its flush is still running when the first
     // poll returns; tried until one is.
@@ -421,37 +435,19 @@ async fn writes_close_together_share_one_flush() {
     backend.inner.flush_lock.lock().await.spacing = Duration::from_secs(1);
     let syncs = Arc::new(Syncs::default());
     assert!(store.observe(syncs.clone()));
-    let user_write = |id: &str| {
-        let target = Target::User(account_id("acme"), user_id(id));
-        let ctx = ctx(Rpc::PutUser, "acme", id, None);
-        put(
-            &store,
-            target,
-            ctx,
-            vec![Mutation::PutUser(user("acme", id, None, Tier::None))],
-        )
-    };
-    let acme = vec![Mutation::PutAccount(account("acme"))];
-    let target = Target::Account(account_id("acme"));
     // The first write finds no flush before it: flushed at once.
     let began = Instant::now();
-    put(
-        &store,
-        target,
-        ctx(Rpc::CreateAccount, "acme", "", None),
-        acme,
-    )
-    .await;
+    create_acme(&store).await;
     assert!(
         began.elapsed() < Duration::from_secs(1),
         "the first write waited"
     );
     // Write a: one poll commits it, and its flusher waits out the spacing.
-    let mut a = Box::pin(user_write("a"));
+    let mut a = Box::pin(put_user(&store, "a"));
     let first = a.as_mut().poll(&mut Context::from_waker(Waker::noop()));
     assert!(first.is_pending(), "a was flushed at once");
     // Write b, committed while a's flusher waits: a's flush covers it.
-    let (a, b) = tokio::join!(a, user_write("b"));
+    let (a, b) = tokio::join!(a, put_user(&store, "b"));
     assert_eq!((a, b), (2, 3));
     assert_eq!(
         syncs.0.load(Ordering::SeqCst),
@@ -468,28 +464,12 @@ async fn a_full_batch_is_flushed_without_waiting_out_the_spacing() {
     let dir = tempfile::tempdir().unwrap();
     let (backend, store) = open(dir.path());
     backend.inner.flush_lock.lock().await.spacing = Duration::from_secs(60);
-    let acme = vec![Mutation::PutAccount(account("acme"))];
-    let target = Target::Account(account_id("acme"));
-    put(
-        &store,
-        target,
-        ctx(Rpc::CreateAccount, "acme", "", None),
-        acme,
-    )
-    .await;
+    create_acme(&store).await;
     let began = Instant::now();
-    let writes = (0..super::commit::FULL_BATCH).map(|i| {
-        let id = format!("u{i}");
-        let target = Target::User(account_id("acme"), user_id(&id));
-        let ctx = ctx(Rpc::PutUser, "acme", &id, None);
-        put(
-            &store,
-            target,
-            ctx,
-            vec![Mutation::PutUser(user("acme", &id, None, Tier::None))],
-        )
-    });
-    let revisions = futures_util::future::join_all(writes).await;
+    let ids: Vec<String> = (0..super::commit::FULL_BATCH)
+        .map(|i| format!("u{i}"))
+        .collect();
+    let revisions = futures_util::future::join_all(ids.iter().map(|id| put_user(&store, id))).await;
     assert_eq!(revisions.len(), super::commit::FULL_BATCH);
     assert!(
         began.elapsed() < Duration::from_secs(30),
