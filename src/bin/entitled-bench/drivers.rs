@@ -2,10 +2,10 @@
 //! connections, concurrency and sequence of users.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, LazyLock, Mutex},
     time::{Duration, Instant},
 };
 
@@ -48,11 +48,32 @@ fn seed(task: usize, k: u64) -> u64 {
     base.wrapping_add(k.wrapping_mul(0x2545_F491_4F6C_DD1D)) | 1
 }
 
-/// UpdateUserServices for user `i` on its `pass`-th pass over the X8 users:
-/// the first lowers it to Essentials, the next raises it back, and so on,
-/// so every call is a real write.
-fn flip(i: usize, per_account: usize, pass: usize) -> pb::UpdateUserServicesRequest {
-    let tier = if pass.is_multiple_of(2) {
+/// The users (of a store: `ServerProcess::store`) that this process last
+/// set to Essentials. Every X8 user is loaded with Supervisor
+/// (`data::services`).
+static AT_ESSENTIALS: LazyLock<Mutex<HashSet<StoreUser>>> = LazyLock::new(Mutex::default);
+
+/// A user of a store: its `ServerProcess::store` and its number.
+type StoreUser = (Arc<str>, usize);
+
+/// UpdateUserServices that turns X8 user `i` of `store` to the other tier
+/// than the one this process last set it to (Essentials first), so that
+/// every call is a real write, however many runs wrote the user before: a
+/// write of the tier a user already has is a no-op, which costs the server
+/// next to nothing (each run restarting its own alternation made a quarter
+/// of some runs' writes no-ops). A user's writes must not overlap, and a
+/// failed write leaves its user's next one a no-op.
+fn flip(store: &Arc<str>, i: usize, per_account: usize) -> pb::UpdateUserServicesRequest {
+    let essentials = {
+        let mut set = AT_ESSENTIALS.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (Arc::clone(store), i);
+        let turn = !set.remove(&key);
+        if turn {
+            set.insert(key);
+        }
+        turn
+    };
+    let tier = if essentials {
         pb::AnalyticsTier::Essentials
     } else {
         pb::AnalyticsTier::Supervisor
@@ -235,8 +256,7 @@ pub async fn entitled_checks_while_writing(
     let x8 = x8_users(args.users);
     let seconds = (args.warmup + args.duration).as_secs_f64().ceil() as u64;
     let writer = write_at(
-        server.addr,
-        server.bearer.clone(),
+        WriteTo::from(server),
         x8,
         args.users_per_account,
         rate,
@@ -248,13 +268,30 @@ pub async fn entitled_checks_while_writing(
     Ok((checks, written))
 }
 
-/// Starts `rate` UpdateUserServices a second for `seconds` on one
-/// connection of its own to `addr`, each flipping the next of `users` (X8 users of
-/// `per_account` to an account); the task's result is how many were
-/// acknowledged.
-pub async fn write_at(
+/// Where `write_at` writes: an entitled server's address, token and store.
+#[derive(Clone)]
+pub struct WriteTo {
     addr: SocketAddr,
     bearer: Bearer,
+    store: Arc<str>,
+}
+
+impl From<&ServerProcess> for WriteTo {
+    fn from(server: &ServerProcess) -> Self {
+        WriteTo {
+            addr: server.addr,
+            bearer: server.bearer.clone(),
+            store: Arc::clone(&server.store),
+        }
+    }
+}
+
+/// Starts `rate` UpdateUserServices a second for `seconds` on one
+/// connection of its own to `to`, each flipping the next of `users` (X8
+/// users of `per_account` to an account); the task's result is how many
+/// were acknowledged.
+pub async fn write_at(
+    to: WriteTo,
     users: Vec<usize>,
     per_account: usize,
     rate: u64,
@@ -263,6 +300,11 @@ pub async fn write_at(
     if users.is_empty() {
         return Err("no X8 users to write; raise --users".into());
     }
+    let WriteTo {
+        addr,
+        bearer,
+        store,
+    } = to;
     let channel = connect(addr).await?;
     let total = rate * seconds;
     Ok(tokio::spawn(async move {
@@ -271,7 +313,7 @@ pub async fn write_at(
         let mut writes = Vec::new();
         for k in 0..total as usize {
             ticker.tick().await;
-            let request = flip(users[k % users.len()], per_account, k / users.len());
+            let request = flip(&store, users[k % users.len()], per_account);
             let mut client =
                 ProvisioningServiceClient::with_interceptor(channel.clone(), bearer.clone());
             writes.push(tokio::spawn(async move {
@@ -402,19 +444,18 @@ pub async fn entitled_writes_part(
     let per = args.users_per_account;
     // Dealt out to the clients.
     let x8 = Arc::new(x8_users(args.users));
-    let bearer = server.bearer.clone();
+    let (store, bearer) = (Arc::clone(&server.store), server.bearer.clone());
     if x8.len() < clients {
         return Err("too few users for the write clients; raise --users".into());
     }
     drive(args, server, share, move |ch, task, k| {
-        let x8 = Arc::clone(&x8);
+        let mine = x8.len() / clients;
+        let slot = (k as usize) % mine;
+        let request = flip(&store, x8[first + task + slot * clients], per);
         let bearer = bearer.clone();
         async move {
-            let mine = x8.len() / clients;
-            let slot = (k as usize) % mine;
-            let i = x8[first + task + slot * clients];
             ProvisioningServiceClient::with_interceptor(ch, bearer)
-                .update_user_services(flip(i, per, k as usize / mine))
+                .update_user_services(request)
                 .await
                 .map(|_| 1)
         }
@@ -492,7 +533,7 @@ pub async fn change_latency(
     let mut writers = Vec::new();
     for k in 0..total as usize {
         ticker.tick().await;
-        let request = flip(x8[k % x8.len()], per, k / x8.len());
+        let request = flip(&writer.store, x8[k % x8.len()], per);
         let mut client =
             ProvisioningServiceClient::with_interceptor(channel.clone(), bearer.clone());
         let sent_tx = sent_tx.clone();

@@ -24,7 +24,7 @@ use crate::{
     child::operator_token,
     cli::H2loadArgs,
     data::{account_name, load_store, user_name, x8_users},
-    drivers::write_at,
+    drivers::{WriteTo, write_at},
     proto as bpb,
     servers::{Launch, ServerProcess, connect},
     stats::{cpu_time, percentile},
@@ -56,7 +56,7 @@ fn idle_writer(
     rate: u64,
     seconds: u64,
 ) -> std::thread::JoinHandle<Result<u64, String>> {
-    let (addr, bearer) = (server.addr, server.bearer.clone());
+    let to = WriteTo::from(server);
     std::thread::spawn(move || {
         use thread_priority::{
             NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue,
@@ -74,7 +74,7 @@ fn idle_writer(
             .build()
             .map_err(|e| e.to_string())?;
         runtime.block_on(async {
-            let writer = write_at(addr, bearer, users, per_account, rate, seconds)
+            let writer = write_at(to, users, per_account, rate, seconds)
                 .await
                 .map_err(|e| e.to_string())?;
             writer.await.map_err(|e| e.to_string())

@@ -199,6 +199,9 @@ pub struct ServerProcess {
     /// For entitled: the operator token its first start wrote. Every call
     /// sends it, so the figures include authentication.
     pub bearer: Bearer,
+    /// For entitled: its store (the database's URL, or the sled directory),
+    /// which replicas of one database share; empty for the baseline.
+    pub store: Arc<str>,
 }
 
 impl ServerProcess {
@@ -242,7 +245,11 @@ impl ServerProcess {
         if let Some(url) = database {
             args.extend(["--store".to_owned(), url.to_owned()]);
         }
-        Self::start(launch, &args, Some(token_dir)).await
+        let mut server = Self::start(launch, &args, Some(token_dir)).await?;
+        server.store = database
+            .map_or_else(|| dir.display().to_string(), str::to_owned)
+            .into();
+        Ok(server)
     }
 
     /// Starts `serve ARGS` (behind `launch`'s programs) and waits for health
@@ -289,6 +296,7 @@ impl ServerProcess {
             to_serving,
             start_cpu,
             bearer: Bearer::new(token.as_deref())?,
+            store: Arc::from(""),
             child,
         })
     }
