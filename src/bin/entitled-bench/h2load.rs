@@ -234,15 +234,17 @@ async fn while_writing(
     let users: Vec<usize> = x8_users(args.users).into_iter().skip(1).collect();
     // What the writes cost the server by themselves, with no checks.
     let before = cpu_time(entitled.id());
-    let alone = idle_writer(
-        entitled,
-        users.clone(),
-        args.users_per_account,
-        rate,
-        args.seconds + 1,
-    )
-    .join()
-    .map_err(|_| "the writer panicked")??;
+    // Each writer writes through the warm-up second and the measured ones.
+    let writer = || {
+        idle_writer(
+            entitled,
+            users.clone(),
+            args.users_per_account,
+            rate,
+            args.seconds + 1,
+        )
+    };
+    let alone = writer().join().map_err(|_| "the writer panicked")??;
     let alone_us = match (before, cpu_time(entitled.id())) {
         (Some(b), Some(a)) => a.saturating_sub(b).as_secs_f64() * 1e6 / alone.max(1) as f64,
         _ => 0.0,
@@ -254,16 +256,9 @@ async fn while_writing(
     let mut written = 0;
     for round in 1..=args.repeat.max(1) {
         let idle = drive(args, entitled, CHECK, check_body, token, c, tmp)?;
-        // The warm-up second and the measured ones.
-        let writer = idle_writer(
-            entitled,
-            users.clone(),
-            args.users_per_account,
-            rate,
-            args.seconds + 1,
-        );
+        let writing = writer();
         let busy = drive(args, entitled, CHECK, check_body, token, c, tmp)?;
-        let w = writer.join().map_err(|_| "the writer panicked")??;
+        let w = writing.join().map_err(|_| "the writer panicked")??;
         eprintln!(
             "streams {c}, round {round}: idle {:.0} calls/s (p99 {} µs); with {rate} writes/s {:.0} calls/s (p99 {} µs, server CPU {:.1} µs/call), {w} writes acknowledged",
             idle.per_second, idle.p99_us, busy.per_second, busy.p99_us, busy.cpu_us_per_call

@@ -319,9 +319,10 @@ impl SledBackend {
 /// `FULL_BATCH` transactions wait: at 1,000 writes a second, each write
 /// had a flush of its own, and a flush's fixed cost (sled wakes its eight
 /// I/O threads for each) was more than half of a write's CPU; measured with
-/// `entitled-bench h2load`, 372-392 µs of server CPU per write without the
-/// spacing, 195-198 µs with it. A write that finds no flush in the last
-/// 5 ms is flushed at once; one that does waits at most that long.
+/// `entitled-bench h2load`, 348-393 µs of server CPU per write without the
+/// spacing, 135-198 µs with it (BENCHMARKS.md). A write that finds no
+/// flush in the last 5 ms is flushed at once; one that does waits at most
+/// that long.
 pub(super) const FLUSH_SPACING: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Transactions waiting to be written that start a flush at once, so that
