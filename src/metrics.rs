@@ -111,6 +111,8 @@ struct Inner {
     refusals_left_out: IntCounter,
     write_seconds: Histogram,
     sync_seconds: Histogram,
+    lock_wait_seconds: Histogram,
+    lock_held_seconds: Histogram,
     revision: IntGauge,
     size_bytes: IntGauge,
     accounts: IntGauge,
@@ -176,6 +178,14 @@ impl Metrics {
             "entitled_store_sync_duration_seconds",
             "time one sync to durable storage took (one sync covers every write committed before it)",
         ))?;
+        let lock_wait_seconds = Histogram::with_opts(latency(
+            "entitled_store_write_lock_wait_seconds",
+            "PostgreSQL: time one batch of writes waited for the write lock that every replica's batches take in turn (one round trip included)",
+        ))?;
+        let lock_held_seconds = Histogram::with_opts(latency(
+            "entitled_store_write_lock_held_seconds",
+            "PostgreSQL: time one batch of writes held the write lock, until its COMMIT was acknowledged",
+        ))?;
         let revision = IntGauge::new("entitled_store_revision", "the durable store revision")?;
         let size_bytes = IntGauge::new(
             "entitled_store_size_bytes",
@@ -201,6 +211,8 @@ impl Metrics {
         registry.register(Box::new(refusals_left_out.clone()))?;
         registry.register(Box::new(write_seconds.clone()))?;
         registry.register(Box::new(sync_seconds.clone()))?;
+        registry.register(Box::new(lock_wait_seconds.clone()))?;
+        registry.register(Box::new(lock_held_seconds.clone()))?;
         registry.register(Box::new(revision.clone()))?;
         registry.register(Box::new(size_bytes.clone()))?;
         registry.register(Box::new(accounts.clone()))?;
@@ -225,6 +237,8 @@ impl Metrics {
                 refusals_left_out,
                 write_seconds,
                 sync_seconds,
+                lock_wait_seconds,
+                lock_held_seconds,
                 revision,
                 size_bytes,
                 accounts,
@@ -328,6 +342,11 @@ impl StoreObserver for Metrics {
 
     fn reachable(&self, reachable: bool) {
         self.inner.store_reachable.set(i64::from(reachable));
+    }
+
+    fn write_lock(&self, waited: Duration, held: Duration) {
+        self.inner.lock_wait_seconds.observe(waited.as_secs_f64());
+        self.inner.lock_held_seconds.observe(held.as_secs_f64());
     }
 }
 

@@ -13,7 +13,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{T, TestApp, assert_status};
+use common::{Backend, T, TestApp, assert_status};
 use entitled::{
     catalogue::Catalogue,
     proto::v1 as pb,
@@ -195,6 +195,28 @@ on_both_backends! {
         );
         let syncs = value(&after, "entitled_store_sync_duration_seconds_count", &[]);
         assert!((1.0..=writes).contains(&syncs), "{syncs} syncs");
+        // The write lock replicas take in turn: every PostgreSQL batch
+        // waited for it and held it. Here: the seven writes, made one after
+        // another, a batch each; the refused write's (rolled back); and,
+        // once the follower commits it (within 200 ms), the refusal's
+        // record. Sled has no such lock.
+        let lock = |scrape: &Scrape, what: &str| {
+            value(
+                scrape,
+                &format!("entitled_store_write_lock_{what}_seconds_count"),
+                &[],
+            )
+        };
+        let batches = lock(&after, "wait") - lock(&before, "wait");
+        assert_eq!(lock(&after, "wait"), lock(&after, "held"));
+        match backend {
+            Backend::Sled => assert_eq!(lock(&after, "wait"), 0.0),
+            Backend::Postgres => {
+                assert!((8.0..=9.0).contains(&batches), "{batches} batches");
+                let held = value(&after, "entitled_store_write_lock_held_seconds_sum", &[]);
+                assert!(held > 0.0, "the lock held for {held} s in all");
+            }
+        }
 
         assert_eq!(
             value(&after, "entitled_store_revision", &[]),

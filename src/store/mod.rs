@@ -145,6 +145,11 @@ pub trait StoreObserver: Send + Sync {
     /// are served as of the last revision seen. Only a backend with a
     /// database elsewhere (PostgreSQL) says.
     fn reachable(&self, _reachable: bool) {}
+    /// A batch of writes on a shared database waited `waited` for the
+    /// write lock that every replica's batches take in turn (one round
+    /// trip included), then held it `held`, until its COMMIT was
+    /// acknowledged. Only a backend shared by replicas (PostgreSQL) says.
+    fn write_lock(&self, _waited: Duration, _held: Duration) {}
 }
 
 /// Size and contents, for metrics.

@@ -69,6 +69,13 @@ impl Publisher {
         }
     }
 
+    /// A batch waited `waited` for the shared write lock and held it `held`.
+    pub(crate) fn write_lock(&self, waited: Duration, held: Duration) {
+        if let Some(observer) = self.inner.observer.get() {
+            observer.write_lock(waited, held);
+        }
+    }
+
     /// Whether the shared database can be reached.
     pub(crate) fn reachable(&self, reachable: bool) {
         if let Some(observer) = self.inner.observer.get() {

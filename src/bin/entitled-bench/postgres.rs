@@ -15,7 +15,7 @@ use crate::{
     data::load_into,
     drivers::{Since, change_latency, entitled_checks, entitled_writes, entitled_writes_part},
     report::{self, detail_row},
-    servers::{Launch, ServerProcess},
+    servers::{Launch, ServerProcess, WriteLock},
     stats::median,
 };
 
@@ -77,7 +77,7 @@ pub async fn run(
     let db = create_database(admin_url, "small").await?;
     let result = small_store_figures(args, server_pin, &db, tmp.path()).await;
     drop_database(admin_url, &db).await?;
-    let (mut rows, detail) = result?;
+    let (mut rows, detail, lock) = result?;
     if args.big_users > 0 {
         let big = create_database(admin_url, "big").await?;
         let result = big_store_figure(args, server_pin, &big, tmp.path()).await;
@@ -85,6 +85,14 @@ pub async fn run(
         rows.push(result?);
     }
     report::print(&load_before, &rows, &detail);
+    println!();
+    println!(
+        "| write lock, each replica | batches | writes per batch | waited for the lock, mean ms | held it, mean ms |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for line in lock {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -93,9 +101,9 @@ async fn small_store_figures(
     pin: Option<usize>,
     db: &Database,
     tmp: &std::path::Path,
-) -> Result<(Vec<report::Row>, Vec<String>), BoxError> {
+) -> Result<(Vec<report::Row>, Vec<String>, Vec<String>), BoxError> {
     let launch = Launch::pinned(pin);
-    let (mut rows, mut detail) = (Vec::new(), Vec::new());
+    let (mut rows, mut detail, mut lock) = (Vec::new(), Vec::new(), Vec::new());
     let sled_dir = tmp.join("sled");
     let took = load_into(&sled_dir, None, args.users, args.users_per_account)?;
     eprintln!("sled: {} users loaded in {took:?}", args.users);
@@ -125,11 +133,18 @@ async fn small_store_figures(
 
     let clients = args.write_clients;
     let (mut s_runs, mut p_runs) = (Vec::new(), Vec::new());
+    let before = write_lock(&a).await?;
     for round in 1..=args.repeat.max(1) {
         eprintln!("{clients} write clients, round {round}: sled, PostgreSQL replica");
         s_runs.push(entitled_writes(args, &sled).await?);
         p_runs.push(entitled_writes(args, &a).await?);
     }
+    lock.push(
+        write_lock(&a)
+            .await?
+            .since(before)
+            .row(&format!("1 replica, {clients} clients, every round")),
+    );
     let (s, one) = (median(s_runs), median(p_runs));
     detail.push(detail_row("sled UpdateUserServices (durable)", clients, &s));
     detail.push(detail_row(
@@ -142,12 +157,21 @@ async fn small_store_figures(
 
     let c3 = ServerProcess::replica(&launch, &dirs[2], Some(&db.url), &dirs[0]).await?;
     eprintln!("{clients} write clients over 3 replicas");
+    let replicas = [&a, &b, &c3];
+    let mut before = Vec::new();
+    for r in replicas {
+        before.push(write_lock(r).await?);
+    }
     let (ra, rb, rc) = tokio::join!(
         entitled_writes_part(args, &a, 0, 3),
         entitled_writes_part(args, &b, 1, 3),
         entitled_writes_part(args, &c3, 2, 3),
     );
     let mut parts = [ra?, rb?, rc?];
+    for (i, (r, before)) in replicas.into_iter().zip(before).enumerate() {
+        let row = write_lock(r).await?.since(before);
+        lock.push(row.row(&format!("replica {} of 3, {} clients", i + 1, clients / 3)));
+    }
     // The machine's CPU over the window the three share, per write of all
     // three (each part measured the same machine).
     let calls: u64 = parts.iter().map(|p| p.calls).sum();
@@ -171,7 +195,15 @@ async fn small_store_figures(
     for server in [a, b, c3] {
         server.stop()?;
     }
-    Ok((rows, detail))
+    Ok((rows, detail, lock))
+}
+
+/// A replica's write lock so far (its metrics are on in the bench).
+async fn write_lock(replica: &ServerProcess) -> Result<WriteLock, BoxError> {
+    replica
+        .write_lock()
+        .await?
+        .ok_or_else(|| "a PostgreSQL replica without metrics".into())
 }
 
 async fn big_store_figure(

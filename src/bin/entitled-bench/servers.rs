@@ -19,7 +19,10 @@ use entitled::{
     service::OPERATOR_TOKEN_FILE,
     store::Location,
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    signal::unix::{SignalKind, signal},
+};
 use tonic::{
     Request, Response, Status,
     transport::{Channel, Server, server::TcpIncoming},
@@ -96,8 +99,13 @@ pub fn serve(
                 if let Some(url) = store {
                     config.store = Some(Location::Postgres(url));
                     config.operator_token_file = Some(dir.join(OPERATOR_TOKEN_FILE));
+                    // For the write lock's figures (`ServerProcess::write_lock`).
+                    config.metrics_listen = Some("127.0.0.1:0".parse()?);
                 }
                 let app = Application::build(config).await?;
+                if let Some(addr) = app.metrics_addr() {
+                    eprintln!("{METRICS}{addr}");
+                }
                 announce(app.local_addr());
                 app.run(stop).await?;
             }
@@ -158,6 +166,10 @@ fn stop_requested() -> Result<impl Future<Output = ()>, BoxError> {
 }
 
 /// Says where the server listens, in the line `entitled serve` logs.
+/// What a PostgreSQL replica's `serve` logs before `SERVING`: where its
+/// metrics are.
+const METRICS: &str = "metrics addr=";
+
 fn announce(addr: SocketAddr) {
     eprintln!("{SERVING}{addr}");
 }
@@ -188,6 +200,40 @@ impl Launch {
 }
 
 /// A server child process; killed if dropped before `stop`.
+/// A replica's batches, the writes it committed, and the batches' time
+/// waiting for and holding the write lock, in seconds, in all so far.
+#[derive(Clone, Copy, Default)]
+pub struct WriteLock {
+    pub batches: f64,
+    pub writes: f64,
+    pub waited: f64,
+    pub held: f64,
+}
+
+impl WriteLock {
+    /// What happened between `before` and `self`.
+    pub fn since(self, before: WriteLock) -> WriteLock {
+        WriteLock {
+            batches: self.batches - before.batches,
+            writes: self.writes - before.writes,
+            waited: self.waited - before.waited,
+            held: self.held - before.held,
+        }
+    }
+
+    /// A row of the write lock's table.
+    pub fn row(self, name: &str) -> String {
+        let per = |v: f64| v / self.batches.max(1.0);
+        format!(
+            "| {name} | {:.0} | {:.1} | {:.2} | {:.2} |",
+            self.batches,
+            self.writes / self.batches.max(1.0),
+            per(self.waited) * 1e3,
+            per(self.held) * 1e3
+        )
+    }
+}
+
 pub struct ServerProcess {
     child: ServerChild,
     pub addr: SocketAddr,
@@ -304,6 +350,35 @@ impl ServerProcess {
     /// The process id, for its CPU time.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A PostgreSQL replica's write lock so far, from its metrics: none for
+    /// a server without them (sled's, the baseline).
+    pub async fn write_lock(&self) -> Result<Option<WriteLock>, BoxError> {
+        let log = self.child.log_text();
+        let Some(addr) = log.lines().find_map(|l| l.split(METRICS).nth(1)) else {
+            return Ok(None);
+        };
+        let mut stream = tokio::net::TcpStream::connect(addr.trim()).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        let sample = |name: &str| -> Result<f64, BoxError> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .ok_or_else(|| format!("no `{name}` in the metrics at {addr}"))?
+                .trim()
+                .parse()
+                .map_err(|e| format!("`{name}` at {addr}: {e}").into())
+        };
+        Ok(Some(WriteLock {
+            batches: sample("entitled_store_write_lock_wait_seconds_count")?,
+            writes: sample("entitled_store_writes_total")?,
+            waited: sample("entitled_store_write_lock_wait_seconds_sum")?,
+            held: sample("entitled_store_write_lock_held_seconds_sum")?,
+        }))
     }
 
     /// The server's resident memory (VmRSS), in MiB.

@@ -27,7 +27,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::atomic::Ordering,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use deadpool_postgres::Object;
@@ -86,6 +86,9 @@ struct Batch {
     /// did not show yet: laid over the view for this batch's writes, and
     /// published with them once durable (it may not be yet: see `commit`).
     caught: Vec<(u64, Vec<Mutation>)>,
+    /// How long the batch waited for the write lock.
+    waited: Duration,
+    /// When the lock was held.
     started: Instant,
 }
 
@@ -196,6 +199,7 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
             .prepare_cached("SELECT revision, audit_seq, bootstrapped FROM entitled_state")
             .await
             .map_err(&fail)?;
+        let asked = Instant::now();
         // Sent together (pipelined): BEGIN, the lock, then the counters
         // and the change feed after the view's revision, which PostgreSQL
         // runs in order, so once the lock is held: they are what the last
@@ -212,6 +216,7 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
             async { client.query_one(&state, &[]).await.map_err(&fail) },
             follow::read_page(inner, &client, from),
         )?;
+        let waited = asked.elapsed();
         let revision = counter(row.get(0));
         let (mut caught, _) = page;
         caught.retain(|(r, _)| *r <= revision);
@@ -220,10 +225,10 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
         if reached < revision {
             caught.extend(follow::read_changes(inner, &client, reached, Some(revision)).await?);
         }
-        Ok::<_, StoreError>((row, caught))
+        Ok::<_, StoreError>((row, caught, waited))
     }
     .await;
-    let (row, caught) = match begun {
+    let (row, caught, waited) = match begun {
         Ok(begun) => begun,
         Err(e) => {
             drop(Object::take(client));
@@ -247,6 +252,7 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
         audit: Vec::new(),
         changes: Vec::new(),
         caught: Vec::new(),
+        waited,
         started: Instant::now(),
     };
     for (_, mutations) in &caught {
@@ -449,6 +455,9 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     if batch.is_empty() {
         // What it caught up on is the follower's to publish, once durable.
         let ended = batch.client.batch_execute("ROLLBACK").await;
+        inner
+            .publisher
+            .write_lock(batch.waited, batch.started.elapsed());
         if ended.is_err() {
             drop(Object::take(batch.client));
         }
@@ -476,6 +485,9 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     // commit is flushed, and with it all WAL before it, ours included).
     // Nothing is acknowledged or published before that.
     let written = write_rows(&batch.client, &rows, counters, true).await;
+    inner
+        .publisher
+        .write_lock(batch.waited, batch.started.elapsed());
     let result = match written {
         Ok(()) => flush(inner, &batch.client)
             .await
