@@ -441,6 +441,13 @@ pub async fn entitled_writes_part(
     let parts = parts.clamp(1, clients);
     let share = clients / parts;
     let first = part * share;
+    // The last part takes the remainder: every client writes (64 over
+    // three replicas: 21, 21 and 22).
+    let mine_clients = if part + 1 == parts {
+        clients - first
+    } else {
+        share
+    };
     let per = args.users_per_account;
     // Dealt out to the clients.
     let x8 = Arc::new(x8_users(args.users));
@@ -448,7 +455,7 @@ pub async fn entitled_writes_part(
     if x8.len() < clients {
         return Err("too few users for the write clients; raise --users".into());
     }
-    drive(args, server, share, move |ch, task, k| {
+    drive(args, server, mine_clients, move |ch, task, k| {
         let mine = x8.len() / clients;
         let slot = (k as usize) % mine;
         let request = flip(&store, x8[first + task + slot * clients], per);

@@ -165,11 +165,11 @@ fn stop_requested() -> Result<impl Future<Output = ()>, BoxError> {
     })
 }
 
-/// Says where the server listens, in the line `entitled serve` logs.
 /// What a PostgreSQL replica's `serve` logs before `SERVING`: where its
 /// metrics are.
 const METRICS: &str = "metrics addr=";
 
+/// Says where the server listens, in the line `entitled serve` logs.
 fn announce(addr: SocketAddr) {
     eprintln!("{SERVING}{addr}");
 }
@@ -199,7 +199,6 @@ impl Launch {
     }
 }
 
-/// A server child process; killed if dropped before `stop`.
 /// A replica's batches, the writes it committed, and the batches' time
 /// waiting for and holding the write lock, in seconds, in all so far.
 #[derive(Clone, Copy, Default)]
@@ -234,6 +233,7 @@ impl WriteLock {
     }
 }
 
+/// A server child process; killed if dropped before `stop`.
 pub struct ServerProcess {
     child: ServerChild,
     pub addr: SocketAddr,
@@ -359,12 +359,18 @@ impl ServerProcess {
         let Some(addr) = log.lines().find_map(|l| l.split(METRICS).nth(1)) else {
             return Ok(None);
         };
-        let mut stream = tokio::net::TcpStream::connect(addr.trim()).await?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-            .await?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await?;
+        let scrape = async {
+            let mut stream = tokio::net::TcpStream::connect(addr.trim()).await?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+                .await?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await?;
+            Ok::<_, std::io::Error>(text)
+        };
+        let text = tokio::time::timeout(Duration::from_secs(10), scrape)
+            .await
+            .map_err(|_| format!("the metrics at {addr} did not answer within 10 s"))??;
         let sample = |name: &str| -> Result<f64, BoxError> {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))

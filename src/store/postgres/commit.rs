@@ -88,7 +88,7 @@ struct Batch {
     caught: Vec<(u64, Vec<Mutation>)>,
     /// How long the batch waited for the write lock.
     waited: Duration,
-    /// When the lock was held.
+    /// When the lock was held (its answer arrived).
     started: Instant,
 }
 
@@ -157,6 +157,15 @@ impl Batch {
         })
     }
 
+    /// Observes the write lock let go (or about to be: its connection is
+    /// dropped next): every batch that held it says so once, whatever its
+    /// outcome.
+    fn let_go(&self, inner: &Inner) {
+        inner
+            .publisher
+            .write_lock(self.waited, self.started.elapsed());
+    }
+
     /// Lays `mutations` over the batch's state.
     fn apply(&mut self, mutations: &[Mutation]) {
         for m in mutations {
@@ -190,6 +199,7 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
     let client = inner.connection().await?;
     let fail = inner.fail();
     let from = inner.publisher.read(|v| v.revision());
+    let asked = Instant::now();
     let begun = async {
         let lock = client
             .prepare_cached("SELECT pg_advisory_xact_lock($1)")
@@ -199,7 +209,6 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
             .prepare_cached("SELECT revision, audit_seq, bootstrapped FROM entitled_state")
             .await
             .map_err(&fail)?;
-        let asked = Instant::now();
         // Sent together (pipelined): BEGIN, the lock, then the counters
         // and the change feed after the view's revision, which PostgreSQL
         // runs in order, so once the lock is held: they are what the last
@@ -216,7 +225,8 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
             async { client.query_one(&state, &[]).await.map_err(&fail) },
             follow::read_page(inner, &client, from),
         )?;
-        let waited = asked.elapsed();
+        // The lock is held from here (its answer came with the counters).
+        let locked = Instant::now();
         let revision = counter(row.get(0));
         let (mut caught, _) = page;
         caught.retain(|(r, _)| *r <= revision);
@@ -225,10 +235,10 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
         if reached < revision {
             caught.extend(follow::read_changes(inner, &client, reached, Some(revision)).await?);
         }
-        Ok::<_, StoreError>((row, caught, waited))
+        Ok::<_, StoreError>((row, caught, locked))
     }
     .await;
-    let (row, caught, waited) = match begun {
+    let (row, caught, locked) = match begun {
         Ok(begun) => begun,
         Err(e) => {
             drop(Object::take(client));
@@ -252,8 +262,8 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
         audit: Vec::new(),
         changes: Vec::new(),
         caught: Vec::new(),
-        waited,
-        started: Instant::now(),
+        waited: locked.duration_since(asked),
+        started: locked,
     };
     for (_, mutations) in &caught {
         batch.apply(mutations);
@@ -309,6 +319,7 @@ pub(super) async fn add(
         Err(e) => {
             // The batch's connection failed: so does the batch.
             if let Some(batch) = writer.open.take() {
+                batch.let_go(inner);
                 drop(Object::take(batch.client));
             }
             writer.finished = id;
@@ -455,9 +466,7 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     if batch.is_empty() {
         // What it caught up on is the follower's to publish, once durable.
         let ended = batch.client.batch_execute("ROLLBACK").await;
-        inner
-            .publisher
-            .write_lock(batch.waited, batch.started.elapsed());
+        batch.let_go(inner);
         if ended.is_err() {
             drop(Object::take(batch.client));
         }
@@ -466,6 +475,7 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     let rows = match Rows::of(&batch.changes, &batch.audit, &batch.requests) {
         Ok(rows) => rows,
         Err(e) => {
+            batch.let_go(inner);
             drop(Object::take(batch.client));
             return Err(e);
         }
@@ -485,9 +495,7 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<(), StoreError> {
     // commit is flushed, and with it all WAL before it, ours included).
     // Nothing is acknowledged or published before that.
     let written = write_rows(&batch.client, &rows, counters, true).await;
-    inner
-        .publisher
-        .write_lock(batch.waited, batch.started.elapsed());
+    batch.let_go(inner);
     let result = match written {
         Ok(()) => flush(inner, &batch.client)
             .await
