@@ -643,3 +643,100 @@ async fn an_account_deleted_on_one_replica_is_gone_on_every_replica() {
     let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
     assert_eq!(ids, ["cy"]);
 }
+
+/// A write whose caller goes away (a deadline, a reset stream) while its
+/// batch waits for the write lock, or once it holds it, leaves nothing
+/// holding the lock: the other replicas' writes go on at once, instead of
+/// waiting out PostgreSQL's idle-in-transaction timeout (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_abandoned_while_waiting_for_the_lock_leaves_it_free() {
+    /// `WRITE_LOCK` in `src/store/postgres/commit.rs`.
+    const WRITE_LOCK: i64 = 0x656e_7469_746c_6565;
+    let Some((apps, _dirs, db)) = replicas(2).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    apps[0].put_user("acme", "ada").await;
+    // Hold the write lock from outside, as a long batch would.
+    let (holder, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&WRITE_LOCK])
+        .await
+        .unwrap();
+    // Replica 0's batch asks for it; its caller gives up meanwhile.
+    let mut abandoned = tonic::Request::new(pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        edition: Some("X8".into()),
+        ..Default::default()
+    });
+    abandoned.set_timeout(Duration::from_millis(300));
+    let answer = apps[0]
+        .provisioning
+        .clone()
+        .update_user_services(abandoned)
+        .await;
+    let code = answer.as_ref().map_err(tonic::Status::code).err();
+    assert!(
+        matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded)),
+        "{answer:?}"
+    );
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&WRITE_LOCK])
+        .await
+        .unwrap();
+    // Replica 1 writes at once: nothing of replica 0's holds the lock.
+    let written = within(
+        Duration::from_secs(5),
+        "a write on another replica after the abandoned one",
+        apps[1].set("acme", "ada", Some("X2"), None),
+    )
+    .await
+    .unwrap();
+    // And replica 0 writes again too.
+    let again = within(
+        Duration::from_secs(5),
+        "a write on the replica whose caller went away",
+        apps[0].set("acme", "ada", Some("X6"), None),
+    )
+    .await
+    .unwrap();
+    assert!(again.revision > written.revision);
+
+    // Once its batch holds the lock, a write with a request id looks the id
+    // up; a caller that goes away then leaves a batch open on replica 0,
+    // which is finished for it. (The lookup waits here on a table lock.)
+    holder
+        .batch_execute("BEGIN; LOCK TABLE entitled_requests IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut abandoned = tonic::Request::new(pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        edition: Some("X8".into()),
+        request_id: "abandoned".into(),
+        ..Default::default()
+    });
+    abandoned.set_timeout(Duration::from_millis(300));
+    let answer = apps[0]
+        .provisioning
+        .clone()
+        .update_user_services(abandoned)
+        .await;
+    let code = answer.as_ref().map_err(tonic::Status::code).err();
+    assert!(
+        matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded)),
+        "{answer:?}"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    within(
+        Duration::from_secs(5),
+        "a write on another replica after the one abandoned in its batch",
+        apps[1].set("acme", "ada", Some("X2"), None),
+    )
+    .await
+    .unwrap();
+}

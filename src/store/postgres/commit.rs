@@ -23,10 +23,14 @@
 //! acknowledged, and its writes, if they did commit, reach the view through
 //! the change feed once flushed. Its connection is closed, never returned
 //! to the pool, so PostgreSQL ends the transaction and releases the lock.
+//! So is the connection of a batch whose opener goes away while the lock
+//! is asked for (`Opening`), and a batch whose writer goes away after
+//! opening or joining it is finished in a task of its own (`Joined`):
+//! a caller's deadline never leaves the lock held.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -192,11 +196,33 @@ impl Batch {
     }
 }
 
+/// The connection a batch is being opened on: closed, never returned to
+/// the pool, if dropped before the batch holds it. That is what happens
+/// when opening fails, and when the caller goes away while the lock is
+/// asked for (a deadline, a reset stream): its transaction may then hold
+/// the write lock, or be granted it later, and a pooled connection would
+/// keep it, idle, from every replica's writes. Closed, PostgreSQL ends the
+/// transaction and lets the lock go at once.
+struct Opening(Option<Object>);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
 /// Opens a batch: takes the write lock in a new transaction, reads the
 /// counters and catches the view up to them. One round trip when the
 /// other replicas committed fewer than a page of revisions since the view's.
 async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
-    let client = inner.connection().await?;
+    let mut opening = Opening(Some(inner.connection().await?));
+    let Some(client) = opening.0.as_ref() else {
+        return Err(StoreError::Failed(
+            "no connection to open a batch on".to_owned(),
+        ));
+    };
     let fail = inner.fail();
     let from = inner.publisher.read(|v| v.revision());
     let asked = Instant::now();
@@ -223,7 +249,7 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
             },
             async { client.execute(&lock, &[&WRITE_LOCK]).await.map_err(&fail) },
             async { client.query_one(&state, &[]).await.map_err(&fail) },
-            follow::read_page(inner, &client, from),
+            follow::read_page(inner, client, from),
         )?;
         // The lock is held from here (its answer came with the counters).
         let locked = Instant::now();
@@ -233,17 +259,17 @@ async fn open(inner: &Inner, id: u64) -> Result<Batch, StoreError> {
         // More than a page behind: the rest, up to the counters.
         let reached = caught.last().map_or(from, |(r, _)| *r);
         if reached < revision {
-            caught.extend(follow::read_changes(inner, &client, reached, Some(revision)).await?);
+            caught.extend(follow::read_changes(inner, client, reached, Some(revision)).await?);
         }
         Ok::<_, StoreError>((row, caught, locked))
     }
     .await;
-    let (row, caught, locked) = match begun {
-        Ok(begun) => begun,
-        Err(e) => {
-            drop(Object::take(client));
-            return Err(e);
-        }
+    // Failed: `opening` closes the connection as it goes.
+    let (row, caught, locked) = begun?;
+    let Some(client) = opening.0.take() else {
+        return Err(StoreError::Failed(
+            "no connection to open a batch on".to_owned(),
+        ));
     };
     let revision = counter(row.get(0));
     let audit_seq = counter(row.get(1));
@@ -287,7 +313,7 @@ pub(super) fn int(n: u64) -> i64 {
 /// write lock), and this write's own outcome. Fails only if no batch could
 /// be opened.
 pub(super) async fn add(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     target: &Target,
     request: Option<RequestId<'_>>,
     write: &mut WriteFn<'_>,
@@ -310,10 +336,16 @@ pub(super) async fn add(
     };
     let id = batch.id;
     let batch = writer.open.insert(batch);
+    let joined = Joined {
+        inner,
+        id,
+        armed: true,
+    };
     let kept = match request {
         None => Ok(None),
         Some(r) => kept(inner, batch, r).await,
     };
+    joined.disarm();
     let kept = match kept {
         Ok(kept) => kept,
         Err(e) => {
@@ -365,6 +397,38 @@ pub(super) async fn add(
     // A no-op or a replay waits too: what it answers from may be in this
     // batch, not yet committed.
     Ok((id, Ok(())))
+}
+
+/// A writer that has joined open batch `id` and not yet handed it to its
+/// caller to `finish`: if dropped armed (the caller went away while the
+/// request id was looked up), it finishes the batch in a task of its own,
+/// so that no batch is left open holding the write lock.
+struct Joined<'a> {
+    inner: &'a Arc<Inner>,
+    id: u64,
+    armed: bool,
+}
+
+impl Joined<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (inner, id) = (Arc::clone(self.inner), self.id);
+            runtime.spawn(async move {
+                if let Err(e) = finish(&inner, id).await {
+                    tracing::warn!(error = %e, "a batch left by a writer that went away failed");
+                }
+            });
+        }
+    }
 }
 
 /// The answer kept for `request`: this batch's, or the database's.
