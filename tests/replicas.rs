@@ -644,6 +644,30 @@ async fn an_account_deleted_on_one_replica_is_gone_on_every_replica() {
     assert_eq!(ids, ["cy"]);
 }
 
+/// Sends ada to X8 on `app` (with `request_id`, if not empty) with a
+/// 300 ms deadline, which runs out while the write waits: the call is
+/// cancelled, its future dropped on the server.
+async fn abandon(app: &TestApp, request_id: &str) {
+    let mut abandoned = tonic::Request::new(pb::UpdateUserServicesRequest {
+        account_id: "acme".into(),
+        user_id: "ada".into(),
+        edition: Some("X8".into()),
+        request_id: request_id.into(),
+        ..Default::default()
+    });
+    abandoned.set_timeout(Duration::from_millis(300));
+    let answer = app
+        .provisioning
+        .clone()
+        .update_user_services(abandoned)
+        .await;
+    let code = answer.as_ref().map_err(tonic::Status::code).err();
+    assert!(
+        matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded)),
+        "{answer:?}"
+    );
+}
+
 /// A write whose caller goes away (a deadline, a reset stream) while its
 /// batch waits for the write lock, or once it holds it, leaves nothing
 /// holding the lock: the other replicas' writes go on at once, instead of
@@ -667,23 +691,7 @@ async fn a_write_abandoned_while_waiting_for_the_lock_leaves_it_free() {
         .await
         .unwrap();
     // Replica 0's batch asks for it; its caller gives up meanwhile.
-    let mut abandoned = tonic::Request::new(pb::UpdateUserServicesRequest {
-        account_id: "acme".into(),
-        user_id: "ada".into(),
-        edition: Some("X8".into()),
-        ..Default::default()
-    });
-    abandoned.set_timeout(Duration::from_millis(300));
-    let answer = apps[0]
-        .provisioning
-        .clone()
-        .update_user_services(abandoned)
-        .await;
-    let code = answer.as_ref().map_err(tonic::Status::code).err();
-    assert!(
-        matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded)),
-        "{answer:?}"
-    );
+    abandon(&apps[0], "").await;
     holder
         .execute("SELECT pg_advisory_unlock($1)", &[&WRITE_LOCK])
         .await
@@ -713,24 +721,7 @@ async fn a_write_abandoned_while_waiting_for_the_lock_leaves_it_free() {
         .batch_execute("BEGIN; LOCK TABLE entitled_requests IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let mut abandoned = tonic::Request::new(pb::UpdateUserServicesRequest {
-        account_id: "acme".into(),
-        user_id: "ada".into(),
-        edition: Some("X8".into()),
-        request_id: "abandoned".into(),
-        ..Default::default()
-    });
-    abandoned.set_timeout(Duration::from_millis(300));
-    let answer = apps[0]
-        .provisioning
-        .clone()
-        .update_user_services(abandoned)
-        .await;
-    let code = answer.as_ref().map_err(tonic::Status::code).err();
-    assert!(
-        matches!(code, Some(Code::Cancelled | Code::DeadlineExceeded)),
-        "{answer:?}"
-    );
+    abandon(&apps[0], "abandoned").await;
     holder.batch_execute("ROLLBACK").await.unwrap();
     within(
         Duration::from_secs(5),

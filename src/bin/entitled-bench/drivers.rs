@@ -428,6 +428,21 @@ pub async fn entitled_writes(args: &RunArgs, server: &ServerProcess) -> Result<S
     entitled_writes_part(args, server, 0, 1).await
 }
 
+/// The write clients `part` of `parts` takes: the first's index and how
+/// many. The last part takes the remainder, so every client writes (64
+/// over three replicas: 21, 21 and 22).
+pub fn clients_of_part(clients: usize, part: usize, parts: usize) -> (usize, usize) {
+    let parts = parts.clamp(1, clients.max(1));
+    let share = clients / parts;
+    let first = part * share;
+    let count = if part + 1 == parts {
+        clients - first
+    } else {
+        share
+    };
+    (first, count)
+}
+
 /// Part `part` of `parts` of `entitled_writes`' clients (and their users)
 /// against `server`: several replicas, each sent its share, write to
 /// disjoint users as one run would.
@@ -438,16 +453,7 @@ pub async fn entitled_writes_part(
     parts: usize,
 ) -> Result<Stats, BoxError> {
     let clients = args.write_clients.max(1);
-    let parts = parts.clamp(1, clients);
-    let share = clients / parts;
-    let first = part * share;
-    // The last part takes the remainder: every client writes (64 over
-    // three replicas: 21, 21 and 22).
-    let mine_clients = if part + 1 == parts {
-        clients - first
-    } else {
-        share
-    };
+    let (first, mine_clients) = clients_of_part(clients, part, parts);
     let per = args.users_per_account;
     // Dealt out to the clients.
     let x8 = Arc::new(x8_users(args.users));

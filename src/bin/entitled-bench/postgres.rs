@@ -13,7 +13,10 @@ use crate::{
     BoxError,
     cli::RunArgs,
     data::load_into,
-    drivers::{Since, change_latency, entitled_checks, entitled_writes, entitled_writes_part},
+    drivers::{
+        Since, change_latency, clients_of_part, entitled_checks, entitled_writes,
+        entitled_writes_part,
+    },
     report::{self, detail_row},
     servers::{Launch, ServerProcess, WriteLock},
     stats::median,
@@ -158,14 +161,7 @@ async fn small_store_figures(
     let c3 = ServerProcess::replica(&launch, &dirs[2], Some(&db.url), &dirs[0]).await?;
     eprintln!("{clients} write clients over 3 replicas");
     let replicas = [&a, &b, &c3];
-    // As `entitled_writes_part` deals them: the last takes the remainder.
-    let part_clients = |i: usize| {
-        if i == 2 {
-            clients - 2 * (clients / 3)
-        } else {
-            clients / 3
-        }
-    };
+    let part_clients = |i: usize| clients_of_part(clients, i, 3).1;
     let mut before = Vec::new();
     for r in replicas {
         before.push(write_lock(r).await?);
