@@ -789,19 +789,43 @@ async fn a_replica_killed_under_write_load_loses_no_acknowledged_write() {
     assert_eq!(tokens.len(), 1, "{tokens:?}");
 }
 
+/// The flush transactions every replica made (`entitled_flush`).
+async fn flushes(url: &str) -> i64 {
+    sql(url)
+        .await
+        .query_one(
+            "SELECT COALESCE(SUM(n), 0)::bigint FROM entitled_flush",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Two replicas on a fresh database: `far` through `proxy`, `near`
-/// straight to PostgreSQL; user `ada` made, with no services.
+/// straight to PostgreSQL; user `ada` made, with no services (at the
+/// revision returned). If `alone`, `far` then writes (user `bo`), so that
+/// its next batch opens on the counters its own last one left and commits
+/// durably itself (`Batch::alone` in `src/store/postgres/commit.rs`).
 async fn trap_setup(
     db: &TestDatabase,
     proxy: &Proxy,
-) -> (Replica, Replica, Vec<tempfile::TempDir>) {
+    alone: bool,
+) -> (Replica, Replica, Vec<tempfile::TempDir>, u64) {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let (near, secret) = Replica::start(dirs[0].path(), &db.url, None).await;
     let (far, _) = Replica::start(dirs[1].path(), &proxy.url(&db.url), Some(&secret)).await;
     seed(&near).await;
     let made = near.put("ada", "").await.unwrap();
     far.check("ada", made.revision).await;
-    (far, near, dirs)
+    if alone {
+        far.put("bo", "").await.unwrap();
+        // Writing alone: its batches commit durably, with no flush after.
+        let flushed = flushes(&db.url).await;
+        far.put("cy", "").await.unwrap();
+        assert_eq!(flushes(&db.url).await, flushed, "far does not write alone");
+    }
+    (far, near, dirs, made.revision)
 }
 
 /// The applied changes to `user`.
@@ -815,12 +839,23 @@ async fn changes_to(replica: &Replica, user: &str) -> Vec<pb::Change> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_answer_is_lost_is_not_acknowledged_and_its_retry_replays_it() {
+    answer_lost(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_commit_whose_answer_is_lost_is_not_acknowledged_and_its_retry_replays_it() {
+    answer_lost(true).await;
+}
+
+/// The COMMIT of `far`'s batch (one that commits durably itself, if
+/// `alone`) reaches PostgreSQL, and its answer is lost.
+async fn answer_lost(alone: bool) {
     if !postgres::available().await {
         return;
     }
     let db = TestDatabase::create().await;
     let proxy = Proxy::to(&db.url).await;
-    let (far, near, _dirs) = trap_setup(&db, &proxy).await;
+    let (far, near, _dirs, made) = trap_setup(&db, &proxy, alone).await;
     let before = database_revision(&db.url).await;
     let sprung = proxy.arm(Trap::LoseTheAnswer);
     let status = far.set("ada", T::Supervisor, "R1").await.unwrap_err();
@@ -852,7 +887,7 @@ async fn a_commit_whose_answer_is_lost_is_not_acknowledged_and_its_retry_replays
         );
         let changes = changes_to(replica, "ada").await;
         let revisions: Vec<u64> = changes.iter().map(|c| c.revision).collect();
-        assert_eq!(revisions, [before, before + 1], "{changes:?}");
+        assert_eq!(revisions, [made, before + 1], "{changes:?}");
     }
     let revision = assert_whole(&db.url).await;
     assert_one_change_per_revision(&near, revision).await;
@@ -860,12 +895,23 @@ async fn a_commit_whose_answer_is_lost_is_not_acknowledged_and_its_retry_replays
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_lost_on_its_way_is_not_acknowledged_and_its_retry_applies_it_once() {
+    commit_lost(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_commit_lost_on_its_way_is_not_acknowledged_and_its_retry_applies_it_once() {
+    commit_lost(true).await;
+}
+
+/// The COMMIT of `far`'s batch (one that commits durably itself, if
+/// `alone`) never reaches PostgreSQL.
+async fn commit_lost(alone: bool) {
     if !postgres::available().await {
         return;
     }
     let db = TestDatabase::create().await;
     let proxy = Proxy::to(&db.url).await;
-    let (far, near, _dirs) = trap_setup(&db, &proxy).await;
+    let (far, near, _dirs, made) = trap_setup(&db, &proxy, alone).await;
     let before = database_revision(&db.url).await;
     let sprung = proxy.arm(Trap::LoseTheCommit);
     let status = far.set("ada", T::Supervisor, "R1").await.unwrap_err();
@@ -897,7 +943,7 @@ async fn a_commit_lost_on_its_way_is_not_acknowledged_and_its_retry_applies_it_o
         );
         let changes = changes_to(replica, "ada").await;
         let revisions: Vec<u64> = changes.iter().map(|c| c.revision).collect();
-        assert_eq!(revisions, [before, before + 1], "{changes:?}");
+        assert_eq!(revisions, [made, before + 1], "{changes:?}");
     }
     let revision = assert_whole(&db.url).await;
     assert_one_change_per_revision(&near, revision).await;
@@ -910,7 +956,7 @@ async fn a_connection_lost_while_a_write_looks_up_its_request_id_leaves_no_broke
     }
     let db = TestDatabase::create().await;
     let proxy = Proxy::to(&db.url).await;
-    let (far, near, _dirs) = trap_setup(&db, &proxy).await;
+    let (far, near, _dirs, _) = trap_setup(&db, &proxy, false).await;
     let before = database_revision(&db.url).await;
     // `far` has made no write yet, so its lookup of a request id is
     // prepared, with its text, on the connection it writes on.
@@ -1014,7 +1060,7 @@ async fn a_refusal_whose_batch_failed_before_its_commit_is_recorded_by_a_later_o
     }
     let db = TestDatabase::create().await;
     let proxy = Proxy::to(&db.url).await;
-    let (far, near, _dirs) = trap_setup(&db, &proxy).await;
+    let (far, near, _dirs, _) = trap_setup(&db, &proxy, false).await;
     // `far` has written nothing yet, so the batch that records its
     // refusals prepares its statements, with their text, on its
     // connection: the connection is lost as the audit records are sent.

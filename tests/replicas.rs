@@ -731,3 +731,69 @@ async fn a_write_abandoned_while_waiting_for_the_lock_leaves_it_free() {
     .await
     .unwrap();
 }
+
+/// The number of flush transactions (`entitled_flush`) every replica made.
+async fn flushes(db: &postgres::TestDatabase) -> i64 {
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .query_one(
+            "SELECT COALESCE(SUM(n), 0)::bigint FROM entitled_flush",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A replica that writes alone (no other replica wrote since its last
+/// batch) commits durably in the COMMIT itself, with no flush transaction
+/// after it; replicas writing in turn commit without waiting for the flush
+/// (the lock goes at once) and each then flushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_writing_alone_commits_durably_without_a_flush_of_its_own() {
+    let Some((apps, _dirs, db)) = replicas(2).await else {
+        return;
+    };
+    apps[0].create_account("acme", "work").await;
+    apps[0].put_user("acme", "ada").await;
+    let before = flushes(&db).await;
+    let mut revision = 0;
+    for edition in ["X2", "X6", "X8", "X2", "X6"] {
+        let written = apps[0]
+            .set("acme", "ada", Some(edition), None)
+            .await
+            .unwrap();
+        assert!(written.revision > revision);
+        revision = written.revision;
+    }
+    assert_eq!(
+        flushes(&db).await,
+        before,
+        "a lone replica's writes flushed"
+    );
+    // Each acknowledged write is committed (and so readable from another
+    // replica at its revision).
+    let seen = apps[1]
+        .access
+        .clone()
+        .check_analytics_access(check_at("acme", "ada", revision))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.revision >= revision, "{seen:?}");
+    assert_eq!(seen.edition, "X6", "{seen:?}");
+    for (i, edition) in ["X8", "X2", "X6", "X8"].into_iter().enumerate() {
+        apps[(i + 1) % 2]
+            .set("acme", "ada", Some(edition), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        flushes(&db).await,
+        before + 4,
+        "replicas writing in turn each flushed"
+    );
+}

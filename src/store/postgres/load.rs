@@ -12,7 +12,7 @@ use super::super::{
 };
 use super::{
     Inner, pool,
-    rows::{Rows, RowsFailed, write_rows},
+    rows::{End, Rows, RowsFailed, write_rows},
     schema, unavailable,
 };
 use crate::domain::{Account, Token, User};
@@ -230,7 +230,7 @@ pub(in super::super) async fn create(url: &str, records: Vec<Record>) -> Result<
         for record in chunk {
             rows.record(record)?;
         }
-        write_rows(&client, &rows, counters, false)
+        write_rows(&client, &rows, counters, End::Open)
             .await
             .map_err(|(RowsFailed::Unsent(e) | RowsFailed::Sent(e))| fail(e))?;
     }

@@ -23,8 +23,20 @@ pub(super) enum RowsFailed {
     Sent(tokio_postgres::Error),
 }
 
+/// How `write_rows` ends the transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// Left open (a new database's rows, committed with the rest).
+    Open,
+    /// COMMIT without waiting for the WAL flush (the transaction's
+    /// `synchronous_commit` is off): the lock goes at once.
+    Commit,
+    /// COMMIT once the WAL is flushed past it: the answer says durable.
+    CommitDurably,
+}
+
 /// Sends the batch's rows: one statement per table, then the counters, and
-/// then, if `and_commit`, the COMMIT, all at once (tokio-postgres pipelines
+/// then, unless `End::Open`, the COMMIT, all at once (tokio-postgres pipelines
 /// statements issued together, in the order they are first polled, so this
 /// is one round trip, not one per table; every statement is prepared
 /// before any is sent).
@@ -32,7 +44,7 @@ pub(super) async fn write_rows(
     client: &Object,
     rows: &Rows,
     counters: Counters,
-    and_commit: bool,
+    end: End,
 ) -> Result<(), RowsFailed> {
     type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
     type Sent<'a> = std::pin::Pin<
@@ -132,9 +144,14 @@ pub(super) async fn write_rows(
         .iter()
         .map(|(statement, params)| -> Sent<'_> { Box::pin(client.execute(statement, params)) })
         .collect();
-    if and_commit {
+    let ending: &[&str] = match end {
+        End::Open => &[],
+        End::Commit => &["COMMIT"],
+        End::CommitDurably => &["SET LOCAL synchronous_commit = on", "COMMIT"],
+    };
+    for &query in ending {
         sent.push(Box::pin(async move {
-            client.batch_execute("COMMIT").await.map(|()| 0)
+            client.batch_execute(query).await.map(|()| 0)
         }));
     }
     // A connection lost before now (statements prepared earlier come from
