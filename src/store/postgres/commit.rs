@@ -681,12 +681,17 @@ pub(super) async fn import(
     writer.finished = id;
     let mut batch = open(inner, id, writer.last).await?;
     // Encoding a million users keeps the transaction idle for longer than
-    // a replica may be (see `pool`): this one may.
-    batch
+    // a replica may be (see `pool`): this one may. Failed, the batch's
+    // connection is closed, not pooled, as a failed batch's is.
+    if let Err(e) = batch
         .client
         .batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0")
         .await
-        .map_err(inner.fail())?;
+    {
+        batch.let_go(inner);
+        drop(Object::take(batch.client));
+        return Err(inner.fail()(e));
+    }
     let mut mutations: Vec<Mutation> = accounts.into_iter().map(Mutation::PutAccount).collect();
     batch.revision += 1;
     let revision = batch.revision;
