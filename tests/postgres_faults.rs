@@ -789,19 +789,6 @@ async fn a_replica_killed_under_write_load_loses_no_acknowledged_write() {
     assert_eq!(tokens.len(), 1, "{tokens:?}");
 }
 
-/// The flush transactions every replica made (`entitled_flush`).
-async fn flushes(url: &str) -> i64 {
-    sql(url)
-        .await
-        .query_one(
-            "SELECT COALESCE(SUM(n), 0)::bigint FROM entitled_flush",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// Two replicas on a fresh database: `far` through `proxy`, `near`
 /// straight to PostgreSQL; user `ada` made, with no services (at the
 /// revision returned). If `alone`, `far` then writes (user `bo`), so that
@@ -821,9 +808,9 @@ async fn trap_setup(
     if alone {
         far.put("bo", "").await.unwrap();
         // Writing alone: its batches commit durably, with no flush after.
-        let flushed = flushes(&db.url).await;
+        let flushed = db.flushes().await;
         far.put("cy", "").await.unwrap();
-        assert_eq!(flushes(&db.url).await, flushed, "far does not write alone");
+        assert_eq!(db.flushes().await, flushed, "far does not write alone");
     }
     (far, near, dirs, made.revision)
 }
@@ -903,8 +890,10 @@ async fn a_durable_commit_lost_on_its_way_is_not_acknowledged_and_its_retry_appl
     commit_lost(true).await;
 }
 
-/// The COMMIT of `far`'s batch (one that commits durably itself, if
-/// `alone`) never reaches PostgreSQL.
+/// The COMMIT of `far`'s batch never reaches PostgreSQL. If `alone`, the
+/// connection is cut as the batch asks for the session's synchronous
+/// commit, just before its COMMIT: only a batch that commits durably
+/// itself asks, so the trap springs only on that path.
 async fn commit_lost(alone: bool) {
     if !postgres::available().await {
         return;
@@ -913,7 +902,11 @@ async fn commit_lost(alone: bool) {
     let proxy = Proxy::to(&db.url).await;
     let (far, near, _dirs, made) = trap_setup(&db, &proxy, alone).await;
     let before = database_revision(&db.url).await;
-    let sprung = proxy.arm(Trap::LoseTheCommit);
+    let sprung = proxy.arm(if alone {
+        Trap::CutAt("synchronous_commit TO DEFAULT")
+    } else {
+        Trap::LoseTheCommit
+    });
     let status = far.set("ada", T::Supervisor, "R1").await.unwrap_err();
     assert_eq!(
         within(STEP, "the trap", sprung).await.unwrap(),

@@ -732,22 +732,6 @@ async fn a_write_abandoned_while_waiting_for_the_lock_leaves_it_free() {
     .unwrap();
 }
 
-/// The number of flush transactions (`entitled_flush`) every replica made.
-async fn flushes(db: &postgres::TestDatabase) -> i64 {
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .query_one(
-            "SELECT COALESCE(SUM(n), 0)::bigint FROM entitled_flush",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// A replica that writes alone (no other replica wrote since its last
 /// batch) commits durably in the COMMIT itself, with no flush transaction
 /// after it; replicas writing in turn commit without waiting for the flush
@@ -759,7 +743,7 @@ async fn a_replica_writing_alone_commits_durably_without_a_flush_of_its_own() {
     };
     apps[0].create_account("acme", "work").await;
     apps[0].put_user("acme", "ada").await;
-    let before = flushes(&db).await;
+    let before = db.flushes().await;
     let mut revision = 0;
     for edition in ["X2", "X6", "X8", "X2", "X6"] {
         let written = apps[0]
@@ -770,7 +754,7 @@ async fn a_replica_writing_alone_commits_durably_without_a_flush_of_its_own() {
         revision = written.revision;
     }
     assert_eq!(
-        flushes(&db).await,
+        db.flushes().await,
         before,
         "a lone replica's writes flushed"
     );
@@ -792,7 +776,7 @@ async fn a_replica_writing_alone_commits_durably_without_a_flush_of_its_own() {
             .unwrap();
     }
     assert_eq!(
-        flushes(&db).await,
+        db.flushes().await,
         before + 4,
         "replicas writing in turn each flushed"
     );

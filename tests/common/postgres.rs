@@ -118,6 +118,21 @@ impl TestDatabase {
         total
     }
 
+    /// The flush transactions every replica made (the sum of
+    /// `entitled_flush.n`): one per batch that committed without waiting
+    /// for the WAL flush, none for a batch that committed durably alone.
+    pub async fn flushes(&self) -> i64 {
+        let client = connect(&self.url).await.unwrap();
+        client
+            .query_one(
+                "SELECT COALESCE(SUM(n), 0)::bigint FROM entitled_flush",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The tables the database holds, by name, sorted: none in a new one.
     pub async fn tables(&self) -> Vec<String> {
         let client = connect(&self.url).await.unwrap();

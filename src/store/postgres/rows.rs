@@ -31,7 +31,8 @@ pub(super) enum End {
     /// COMMIT without waiting for the WAL flush (the transaction's
     /// `synchronous_commit` is off): the lock goes at once.
     Commit,
-    /// COMMIT once the WAL is flushed past it: the answer says durable.
+    /// COMMIT at the session's `synchronous_commit` (`on` by default):
+    /// answered once the WAL is flushed past it, so durable.
     CommitDurably,
 }
 
@@ -147,7 +148,9 @@ pub(super) async fn write_rows(
     let ending: &[&str] = match end {
         End::Open => &[],
         End::Commit => &["COMMIT"],
-        End::CommitDurably => &["SET LOCAL synchronous_commit = on", "COMMIT"],
+        // The session's own level, as `commit::flush`'s transaction has:
+        // `on`, or a standby's if the operator asks for one.
+        End::CommitDurably => &["SET LOCAL synchronous_commit TO DEFAULT", "COMMIT"],
     };
     for &query in ending {
         sent.push(Box::pin(async move {
