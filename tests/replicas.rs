@@ -668,6 +668,18 @@ async fn abandon(app: &TestApp, request_id: &str) {
     );
 }
 
+/// Sends ada to `edition` on `app`, which must answer within 5 s: no
+/// batch of an abandoned write holds the lock meanwhile.
+async fn set_promptly(app: &TestApp, edition: &str, what: &str) -> pb::UpdateUserServicesResponse {
+    within(
+        Duration::from_secs(5),
+        what,
+        app.set("acme", "ada", Some(edition), None),
+    )
+    .await
+    .unwrap()
+}
+
 /// A write whose caller goes away (a deadline, a reset stream) while its
 /// batch waits for the write lock, or once it holds it, leaves nothing
 /// holding the lock: the other replicas' writes go on at once, instead of
@@ -697,21 +709,19 @@ async fn a_write_abandoned_while_waiting_for_the_lock_leaves_it_free() {
         .await
         .unwrap();
     // Replica 1 writes at once: nothing of replica 0's holds the lock.
-    let written = within(
-        Duration::from_secs(5),
+    let written = set_promptly(
+        &apps[1],
+        "X2",
         "a write on another replica after the abandoned one",
-        apps[1].set("acme", "ada", Some("X2"), None),
     )
-    .await
-    .unwrap();
+    .await;
     // And replica 0 writes again too.
-    let again = within(
-        Duration::from_secs(5),
+    let again = set_promptly(
+        &apps[0],
+        "X6",
         "a write on the replica whose caller went away",
-        apps[0].set("acme", "ada", Some("X6"), None),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(again.revision > written.revision);
 
     // Once its batch holds the lock, a write with a request id looks the id
@@ -723,13 +733,12 @@ async fn a_write_abandoned_while_waiting_for_the_lock_leaves_it_free() {
         .unwrap();
     abandon(&apps[0], "abandoned").await;
     holder.batch_execute("ROLLBACK").await.unwrap();
-    within(
-        Duration::from_secs(5),
+    set_promptly(
+        &apps[1],
+        "X2",
         "a write on another replica after the one abandoned in its batch",
-        apps[1].set("acme", "ada", Some("X2"), None),
     )
-    .await
-    .unwrap();
+    .await;
 }
 
 /// A replica that writes alone (no other replica wrote since its last

@@ -183,6 +183,14 @@ impl Batch {
             .write_lock(self.waited, self.started.elapsed());
     }
 
+    /// Ends a batch that failed: observed as letting the lock go, and its
+    /// connection closed, never returned to the pool, so that PostgreSQL
+    /// ends the transaction and frees the lock at once.
+    fn close(self, inner: &Inner) {
+        self.let_go(inner);
+        drop(Object::take(self.client));
+    }
+
     /// Lays `mutations` over the batch's state.
     fn apply(&mut self, mutations: &[Mutation]) {
         for m in mutations {
@@ -365,8 +373,7 @@ pub(super) async fn add(
         Err(e) => {
             // The batch's connection failed: so does the batch.
             if let Some(batch) = writer.open.take() {
-                batch.let_go(inner);
-                drop(Object::take(batch.client));
+                batch.close(inner);
             }
             writer.finished = id;
             writer.failures.insert(id, e.to_string());
@@ -558,8 +565,7 @@ async fn commit(inner: &Inner, mut batch: Batch) -> Result<Option<(u64, u64)>, S
     let rows = match Rows::of(&batch.changes, &batch.audit, &batch.requests) {
         Ok(rows) => rows,
         Err(e) => {
-            batch.let_go(inner);
-            drop(Object::take(batch.client));
+            batch.close(inner);
             return Err(e);
         }
     };
@@ -688,8 +694,7 @@ pub(super) async fn import(
         .batch_execute("SET LOCAL idle_in_transaction_session_timeout = 0")
         .await
     {
-        batch.let_go(inner);
-        drop(Object::take(batch.client));
+        batch.close(inner);
         return Err(inner.fail()(e));
     }
     let mut mutations: Vec<Mutation> = accounts.into_iter().map(Mutation::PutAccount).collect();
